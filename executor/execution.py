@@ -1,0 +1,296 @@
+"""Run one thunk: the single execution core of the local engine and the Lambda handler.
+
+The caller guarantees that every input blob is in ``store`` (a :class:`LocalStore`;
+on Lambda it is a store in ``/tmp``) and that the thunk has no thunk inputs left (the
+scheduler rewrites them to values first). :func:`execute` then
+
+1. lays the inputs out under their names in a fresh work directory — hard links to
+   the read-only blobs, so no bytes are copied; an input whose name is also an output
+   tag is copied, because the function is expected to change it;
+2. runs the function blob with argv = the thunk's args and **only** the thunk's
+   environment plus documented ``GG_*`` variables: ``GG_DIR`` (a fresh, empty store
+   the function may put the thunks of a tail call into) and what the host passes as
+   ``runtime_env`` (``GG_PYTHON``: an interpreter that can import the gg runtime);
+   ``@{GGHASH:ID}`` is replaced by the blob's path;
+3. kills the whole process group on the thunk's timeout or on cancellation;
+4. moves every output (and every blob the function left in ``GG_DIR``) into the store,
+   verified, and reports their IDs.
+
+It writes no reductions: recording what a thunk reduced to is the caller's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import stat
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ir.hashing import hash_file
+from ir.ids import InvalidId, parse_id
+from ir.store import LocalStore, MissingBlob
+from ir.thunk import MalformedThunk, Thunk, parse_thunk
+
+GGHASH_RE = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
+STDERR_TAIL = 2000
+
+
+class ExecutionFailed(Exception):
+    """The function itself failed: re-running it elsewhere would fail the same way."""
+
+    def __init__(self, thunk_id: str, reason: str, argv: list[str] | None = None, stderr_tail: str = ""):
+        self.thunk_id = thunk_id
+        self.reason = reason
+        self.argv = argv or []
+        self.stderr_tail = stderr_tail
+        super().__init__(f"thunk {thunk_id} failed: {reason}")
+
+    def describe(self) -> str:
+        """A multi-line report: what failed, the command, and the tail of its stderr."""
+        lines = [str(self)]
+        if self.argv:
+            lines.append("  command: " + " ".join(self.argv))
+        if self.stderr_tail.strip():
+            lines.append("  stderr (tail):")
+            lines.extend("    " + line for line in self.stderr_tail.rstrip().splitlines()[-20:])
+        return "\n".join(lines)
+
+
+class InfrastructureError(Exception):
+    """Something around the function failed (missing blob, disk, ...): worth a retry."""
+
+
+@dataclass(frozen=True)
+class Output:
+    tag: str
+    id: str
+    executable: bool
+
+
+@dataclass
+class ExecutionResult:
+    thunk_id: str
+    outputs: list[Output]
+    created: list[str] = field(default_factory=list)  # blobs the function wrote to GG_DIR
+    duration: float = 0.0
+
+
+def substitute(text: str, store: LocalStore) -> str:
+    """Replace ``@{GGHASH:ID}`` with the path of blob ``ID`` in ``store``."""
+
+    def path_of(match: re.Match[str]) -> str:
+        if match.group(2):
+            raise InvalidId(f"reference {match.group(0)} was not rewritten before execution")
+        return str(store.blob_path(match.group(1)))
+
+    return GGHASH_RE.sub(path_of, text)
+
+
+def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
+    if thunk.thunks:
+        raise ExecutionFailed(thunk_id, f"thunk input {thunk.thunks[0].ref} was not reduced first")
+    for item in (*thunk.values, *thunk.executables):
+        if not store.has(item.id):
+            raise MissingBlob(item.id, str(store.blobs))
+
+
+def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, workdir: Path) -> list[tuple[Path, os.stat_result]]:
+    """Place the inputs; return the hard-linked ones with their stat, to check later."""
+    linked: list[tuple[Path, os.stat_result]] = []
+    outputs = set(thunk.outputs)
+    for item in thunk.executables:
+        store.mark_executable(item.id)
+    for item in (*thunk.values, *thunk.executables):
+        if not item.name:
+            continue
+        target = workdir / item.name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExecutionFailed(thunk_id, f"cannot lay out input {item.name!r}: {exc.strerror}") from None
+        source = store.blob_path(item.id)
+        if item.name in outputs:
+            shutil.copyfile(source, target)
+            os.chmod(target, os.stat(source).st_mode | stat.S_IWUSR)
+            continue
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            raise ExecutionFailed(thunk_id, f"two inputs are both laid out at {item.name!r}") from None
+        except OSError:  # another file system: fall back to a read-only copy
+            shutil.copyfile(source, target)
+            os.chmod(target, os.stat(source).st_mode & ~0o222)
+            continue
+        linked.append((source, os.stat(source)))
+    for link in thunk.links:
+        path = workdir / link.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(link.target, path)
+    return linked
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - STDERR_TAIL))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+async def execute(
+    thunk_id: str,
+    thunk: Thunk,
+    store: LocalStore,
+    scratch: Path | None = None,
+    default_timeout: float | None = None,
+    runtime_env: Mapping[str, str] | None = None,
+) -> ExecutionResult:
+    """Run ``thunk`` once and store its outputs; see the module docstring.
+
+    ``runtime_env`` holds the documented ``GG_*`` variables the host offers to every
+    function (e.g. ``GG_PYTHON``, an interpreter that can import the gg runtime); only
+    ``GG_`` names are accepted, so a host cannot leak its own environment into a thunk.
+    """
+    _check_ready(thunk_id, thunk, store)
+    scratch = Path(scratch or store.root / "work")
+    scratch.mkdir(parents=True, exist_ok=True)
+    rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
+    workdir, outstore_dir = rundir / "w", rundir / "gg"
+    workdir.mkdir()
+    outstore = LocalStore.init(outstore_dir)
+    started = time.monotonic()
+    try:
+        linked = _lay_out(thunk_id, thunk, store, workdir)
+        try:
+            argv = [substitute(arg, store) for arg in thunk.args]
+            env = dict(entry.split("=", 1) for entry in (substitute(e, store) for e in thunk.envars))
+        except InvalidId as exc:
+            raise ExecutionFailed(thunk_id, str(exc)) from None
+        for name, value in (runtime_env or {}).items():
+            if not name.startswith("GG_"):
+                raise ValueError(f"runtime variable {name} is not a GG_ variable")
+            env[name] = value
+        env["GG_DIR"] = str(outstore.root)
+        timeout = thunk.timeout_ms / 1000 if thunk.timeout_ms else default_timeout
+        await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, workdir, rundir, timeout)
+        _check_inputs_intact(thunk_id, linked, store)
+        outputs = _collect_outputs(thunk_id, thunk, workdir, store)
+        created = _collect_created(thunk_id, outstore, store)
+        return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
+    finally:
+        _remove_tree(rundir)
+
+
+async def _run(
+    thunk_id: str, argv: list[str], program: str, env: dict[str, str], workdir: Path, rundir: Path,
+    timeout: float | None,
+) -> None:
+    stderr_path = rundir / "stderr"
+    with open(rundir / "stdout", "wb") as out, open(stderr_path, "wb") as err:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+            )
+        except OSError as exc:
+            raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
+        try:
+            code = await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            _kill_group(process)
+            await process.wait()
+            raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _tail(stderr_path)) from None
+        except BaseException:
+            _kill_group(process)
+            await asyncio.shield(process.wait())
+            raise
+        _kill_group(process)  # nothing the function started may outlive it
+    if code != 0:
+        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _tail(stderr_path))
+
+
+def _check_inputs_intact(thunk_id: str, linked: list[tuple[Path, os.stat_result]], store: LocalStore) -> None:
+    """A function that changed a hard-linked input changed the store's blob: drop it."""
+    for source, before in linked:
+        after = os.stat(source)
+        if (after.st_size, after.st_mtime_ns, after.st_mode) != (before.st_size, before.st_mtime_ns, before.st_mode):
+            store.remove_corrupt(source.name)
+            raise ExecutionFailed(thunk_id, f"the function modified its input {source.name} in place")
+
+
+def _collect_outputs(thunk_id: str, thunk: Thunk, workdir: Path, store: LocalStore) -> list[Output]:
+    outputs = []
+    for tag in thunk.outputs:
+        path = workdir / tag
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ExecutionFailed(thunk_id, f"output {tag!r} is not a regular file")
+        executable = bool(st.st_mode & stat.S_IXUSR)
+        if st.st_nlink > 1:  # an input passed through unchanged: do not move the blob
+            ident = hash_file(path)
+            if not store.has(ident):
+                ident = store.put_file(path, executable)
+        else:
+            ident = store.adopt(path, executable)
+        if parse_id(ident).is_thunk:
+            try:
+                parse_thunk(store.read_bytes(ident), where=f"output {tag!r}")
+            except MalformedThunk as exc:
+                raise ExecutionFailed(thunk_id, f"returned a malformed thunk: {exc}") from None
+        outputs.append(Output(tag, ident, executable))
+    return outputs
+
+
+def _collect_created(thunk_id: str, outstore: LocalStore, store: LocalStore) -> list[str]:
+    created = []
+    for path in sorted(outstore.blobs.iterdir()):
+        ident = path.name
+        try:
+            parse_id(ident)
+        except InvalidId:
+            raise ExecutionFailed(thunk_id, f"function left a blob with a malformed name {ident!r}") from None
+        actual = store.adopt(path, bool(os.stat(path).st_mode & stat.S_IXUSR))
+        if actual != ident:
+            raise ExecutionFailed(thunk_id, f"function stored blob {ident} whose content hashes to {actual}")
+        created.append(ident)
+    return created
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a run directory even where the function left read-only subdirectories."""
+
+    def make_writable_and_retry(function, target, _excinfo):
+        os.chmod(os.path.dirname(target), 0o700)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.chmod(target, 0o700)
+        function(target)
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)

@@ -1,0 +1,38 @@
+"""The ``gg`` command: one entry point whose subcommands come from each layer.
+
+Subcommand modules are imported here, but each keeps its heavy imports (aiobotocore,
+the scheduler) inside its handler, so ``gg hash`` starts as fast as Python allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ir import cli as ir_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gg", description="gg-py: force thunks locally or on Lambda.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in ir_cli.SUBCOMMANDS:
+        add(sub)
+    for add in _optional_subcommands():
+        add(sub)
+    return parser
+
+
+def _optional_subcommands():
+    """Subcommands of the higher layers, registered by each layer's own module."""
+    from . import subcommands
+
+    return subcommands.SUBCOMMANDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return ir_cli.run_handler(args.handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""``gg`` subcommands of the layers above the IR (force, trace, infer, lambda ...).
+
+Each entry is a function ``add(subparsers)``; keep heavy imports inside handlers.
+"""
+
+SUBCOMMANDS: tuple = ()

@@ -1,0 +1,50 @@
+"""Atomic file writes: a temp file in the destination's directory, then a rename.
+
+A reader (or a crash, or a second process) therefore sees either the old file or the
+complete new one, never a half-written one; that is what keeps the store and the
+targets of ``gg-force`` from being poisoned by a kill at the wrong moment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def _temp_in(directory: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=directory, prefix=".tmp-")
+
+
+def atomic_write(path: Path, fill: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """Create ``path`` atomically with the bytes ``fill`` writes to the file object."""
+    path = Path(path)
+    fd, temp = _temp_in(path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    atomic_write(path, lambda handle: handle.write(data), mode)
+
+
+def atomic_copy(source: Path, path: Path, mode: int) -> None:
+    """Copy ``source`` over ``path`` atomically (the source may be read-only)."""
+    with open(source, "rb") as src:
+        atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20), mode)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,131 @@
+"""Content IDs: what every blob, thunk and reduction is called.
+
+An ID reads ``<kind><algorithm><digest>_<size>``:
+
+* kind ``V`` (a value: any bytes) or ``T`` (a thunk file),
+* one lowercase letter naming the hash algorithm (``x`` = XXH3-128), so a future
+  algorithm can be added without breaking existing stores,
+* the digest in lowercase hex (32 characters for XXH3-128),
+* ``_`` and the size in bytes in lowercase hex, with no upper bound (gg's
+  ``%08x`` field capped objects at 4 GiB).
+
+Lowercase hex plus ``_`` keeps an ID safe as a file name on case-insensitive file
+systems, as an S3 key and inside gg's ``@{GGHASH:...}`` references. A reference to a
+named output of a thunk is ``<thunk ID>#<tag>``; the bare thunk ID means its first
+output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import xxhash
+
+
+class Kind(str, Enum):
+    VALUE = "V"
+    THUNK = "T"
+
+
+# Algorithm letter -> (digest length in hex characters, hasher factory).
+ALGORITHMS = {"x": (32, xxhash.xxh3_128)}
+DEFAULT_ALGORITHM = "x"
+
+_ID_RE = re.compile(r"^([VT])([a-z])([0-9a-f]+)_(0|[1-9a-f][0-9a-f]*)$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.+\-/]+$")
+
+
+class InvalidId(ValueError):
+    """A string that should have been a content ID (or reference) is not one."""
+
+
+@dataclass(frozen=True, order=True)
+class ObjectId:
+    """A parsed content ID. ``str(oid)`` gives back the canonical text."""
+
+    kind: Kind
+    algorithm: str
+    digest: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}{self.algorithm}{self.digest}_{self.size:x}"
+
+    @property
+    def is_thunk(self) -> bool:
+        return self.kind is Kind.THUNK
+
+
+def parse_id(text: str) -> ObjectId:
+    """Parse and validate an ID; raise :class:`InvalidId` saying what is wrong."""
+    match = _ID_RE.match(text)
+    if not match:
+        raise InvalidId(f"malformed ID {text!r}")
+    kind, algorithm, digest, size = match.groups()
+    if algorithm not in ALGORITHMS:
+        raise InvalidId(f"ID {text!r} names unknown hash algorithm {algorithm!r}")
+    expected = ALGORITHMS[algorithm][0]
+    if len(digest) != expected:
+        raise InvalidId(f"ID {text!r} has a {len(digest)}-character digest, expected {expected}")
+    return ObjectId(Kind(kind), algorithm, digest, int(size, 16))
+
+
+def is_id(text: str) -> bool:
+    try:
+        parse_id(text)
+    except InvalidId:
+        return False
+    return True
+
+
+def make_id(kind: Kind, digest: str, size: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
+    return str(ObjectId(kind, algorithm, digest, size))
+
+
+def new_hasher(algorithm: str = DEFAULT_ALGORITHM):
+    """A fresh incremental hasher for ``algorithm`` (``update``/``hexdigest``)."""
+    return ALGORITHMS[algorithm][1]()
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to an object: an ID, optionally ``#tag`` (a thunk's named output)."""
+
+    id: str
+    tag: str | None = None
+
+    def __str__(self) -> str:
+        return self.id if self.tag is None else f"{self.id}#{self.tag}"
+
+    @property
+    def is_thunk(self) -> bool:
+        return self.id[0] == Kind.THUNK.value
+
+
+def parse_ref(text: str) -> Ref:
+    """Parse ``ID`` or ``THUNK_ID#tag``; a tag on a value ID is an error."""
+    ident, sep, tag = text.partition("#")
+    oid = parse_id(ident)
+    if not sep:
+        return Ref(ident)
+    if not oid.is_thunk:
+        raise InvalidId(f"reference {text!r} puts an output tag on a value ID")
+    validate_tag(tag)
+    return Ref(ident, tag)
+
+
+def validate_tag(tag: str) -> str:
+    """Output tags name files in the work directory: plain, relative, no '..'."""
+    if not tag or not _TAG_RE.match(tag):
+        raise InvalidId(f"invalid output tag {tag!r}")
+    if tag.startswith("/") or any(part in ("", ".", "..") for part in tag.split("/")):
+        raise InvalidId(f"output tag {tag!r} must be a plain relative path")
+    return tag
+
+
+def id_of_bytes(data: bytes, kind: Kind, algorithm: str = DEFAULT_ALGORITHM) -> str:
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return make_id(kind, hasher.hexdigest(), len(data), algorithm)

@@ -1,0 +1,92 @@
+"""Placeholder files: what a build sees where a real output will be.
+
+Two forms, as in gg. The shebang form makes the placeholder executable: running it
+runs ``gg-force-and-run``, which forces the thunk and then execs the real program.
+Objects, archives, shared libraries and assembly (``.o .a .so .s``) get a linker-script
+form instead, because a linker that meets one during dependency discovery
+(``ld --verbose``) accepts a linker script with a comment but not a shebang line.
+The placeholder is written with the mode the real file should end up with, so the
+build (and ``gg-force`` later) can keep it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+from .ids import InvalidId, parse_ref
+
+SHEBANG_PREFIX = b"#!/usr/bin/env gg-force-and-run\n"
+LINKER_PREFIX = b'OUTPUT_FORMAT("elf64-x86-64")/*\n'
+LINKER_SUFFIX = b"*/\n"
+LINKER_EXTENSIONS = (".o", ".a", ".so", ".s")
+# A placeholder is tiny; anything larger is certainly a real file.
+MAX_PLACEHOLDER_SIZE = 512
+
+_SO_VERSIONED = re.compile(r"\.so(\.\d+)*$")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    ref: str  # "ID" or "THUNK_ID#tag"
+    linker_form: bool
+
+
+def wants_linker_form(path: Path) -> bool:
+    name = Path(path).name
+    return name.endswith(LINKER_EXTENSIONS) or bool(_SO_VERSIONED.search(name))
+
+
+def render(ref: str, linker_form: bool) -> bytes:
+    parse_ref(ref)
+    if linker_form:
+        return LINKER_PREFIX + ref.encode() + b"\n" + LINKER_SUFFIX
+    return SHEBANG_PREFIX + ref.encode() + b"\n"
+
+
+def write_placeholder(path: Path, ref: str, mode: int | None = None, linker_form: bool | None = None) -> None:
+    """Write a placeholder for ``ref`` at ``path`` atomically.
+
+    ``linker_form`` defaults by file name; ``mode`` defaults to 0755 for the shebang
+    form (it must be runnable) and 0644 for the linker-script form.
+    """
+    path = Path(path)
+    if linker_form is None:
+        linker_form = wants_linker_form(path)
+    if mode is None:
+        mode = 0o644 if linker_form else 0o755
+    atomic_write_bytes(path, render(ref, linker_form), mode)
+
+
+def parse_placeholder(data: bytes) -> Placeholder | None:
+    """The placeholder in ``data``, or None if these bytes are not one."""
+    if len(data) > MAX_PLACEHOLDER_SIZE:
+        return None
+    for prefix, suffix, linker in (
+        (SHEBANG_PREFIX, b"", False),
+        (LINKER_PREFIX, LINKER_SUFFIX, True),
+    ):
+        if data.startswith(prefix) and data.endswith(b"\n" + suffix):
+            body = data[len(prefix) : len(data) - len(suffix)].strip()
+            try:
+                ref = body.decode("ascii")
+                parse_ref(ref)
+            except (UnicodeDecodeError, InvalidId):
+                return None
+            return Placeholder(ref, linker)
+    return None
+
+
+def read_placeholder(path: Path) -> Placeholder | None:
+    """The placeholder at ``path``, or None if it is a real file (or missing)."""
+    try:
+        st = os.stat(path)
+        if st.st_size > MAX_PLACEHOLDER_SIZE or not Path(path).is_file():
+            return None
+        with open(path, "rb") as handle:
+            return parse_placeholder(handle.read(MAX_PLACEHOLDER_SIZE + 1))
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        return None

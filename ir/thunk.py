@@ -1,0 +1,236 @@
+"""The thunk model, its canonical serialization and its validation.
+
+A thunk file is ``MAGIC`` followed by the deterministic protobuf encoding of a
+``gg.protobuf.Thunk``. Input lists are sorted before encoding, so the same thunk
+assembled in any order has the same bytes and therefore the same ID. Parsing checks
+everything the executor later relies on and fails with one specific line, because a
+malformed thunk found deep inside a forced graph must be reported, not crash a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+
+from google.protobuf.message import DecodeError
+
+from . import thunk_pb2
+from .ids import InvalidId, Kind, Ref, id_of_bytes, parse_id, parse_ref, validate_tag
+
+MAGIC = b"##GGTHUNK##"
+
+
+class MalformedThunk(ValueError):
+    """A thunk that cannot be parsed or would not be safe to execute."""
+
+
+def validate_input_name(name: str) -> str:
+    """Input names become paths inside the work directory: they may not leave it."""
+    if not name:
+        raise MalformedThunk("empty input name")
+    if "\0" in name:
+        raise MalformedThunk(f"input name {name!r} contains a NUL byte")
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        raise MalformedThunk(f"input name {name!r} is absolute")
+    if ".." in path.parts:
+        raise MalformedThunk(f"input name {name!r} escapes the work directory")
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class Input:
+    """One input: a reference (``ID`` or ``THUNK#tag``) laid out under ``name``."""
+
+    ref: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.ref}={self.name}" if self.name else self.ref
+
+    @property
+    def parsed(self) -> Ref:
+        return parse_ref(self.ref)
+
+    @property
+    def id(self) -> str:
+        return self.ref.partition("#")[0]
+
+    @classmethod
+    def parse(cls, text: str) -> Input:
+        ref, sep, name = text.partition("=")
+        try:
+            parse_ref(ref)
+        except InvalidId as exc:
+            raise MalformedThunk(str(exc)) from None
+        if sep:
+            validate_input_name(name)
+        return cls(ref, name)
+
+
+@dataclass(frozen=True, order=True)
+class Link:
+    name: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the function asks of the machine; 0 means no claim."""
+
+    memory_mib: int = 0
+    cpus: int = 0
+    disk_mib: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.memory_mib or self.cpus or self.disk_mib)
+
+
+@dataclass(frozen=True)
+class Thunk:
+    """A function application waiting to happen. Immutable: rewriting makes a new one."""
+
+    function_hash: str
+    args: tuple[str, ...]
+    outputs: tuple[str, ...]
+    envars: tuple[str, ...] = ()
+    values: tuple[Input, ...] = ()
+    thunks: tuple[Input, ...] = ()
+    executables: tuple[Input, ...] = ()
+    timeout_ms: int = 0
+    links: tuple[Link, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+
+    def canonical(self) -> Thunk:
+        """The same thunk with every order-free list in its canonical order."""
+        return replace(
+            self,
+            args=tuple(self.args),
+            outputs=tuple(self.outputs),
+            envars=tuple(self.envars),
+            values=tuple(sorted(set(self.values))),
+            thunks=tuple(sorted(set(self.thunks))),
+            executables=tuple(sorted(set(self.executables))),
+            links=tuple(sorted(set(self.links))),
+        )
+
+    def serialize(self) -> bytes:
+        """Validated, canonical thunk-file bytes (``MAGIC`` + protobuf)."""
+        thunk = self.canonical()
+        thunk.validate()
+        return MAGIC + thunk.to_proto().SerializeToString(deterministic=True)
+
+    @property
+    def id(self) -> str:
+        return id_of_bytes(self.serialize(), Kind.THUNK)
+
+    def to_proto(self) -> thunk_pb2.Thunk:
+        msg = thunk_pb2.Thunk()
+        msg.function.hash = self.function_hash
+        msg.function.args.extend(self.args)
+        msg.function.envars.extend(self.envars)
+        msg.values.extend(str(i) for i in self.values)
+        msg.thunks.extend(str(i) for i in self.thunks)
+        msg.executables.extend(str(i) for i in self.executables)
+        msg.outputs.extend(self.outputs)
+        msg.timeout = self.timeout_ms
+        for link in self.links:
+            msg.links.add(name=link.name, target=link.target)
+        if self.resources:
+            msg.resources.memory_mib = self.resources.memory_mib
+            msg.resources.cpus = self.resources.cpus
+            msg.resources.disk_mib = self.resources.disk_mib
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: thunk_pb2.Thunk) -> Thunk:
+        return cls(
+            function_hash=msg.function.hash,
+            args=tuple(msg.function.args),
+            envars=tuple(msg.function.envars),
+            values=tuple(Input.parse(s) for s in msg.values),
+            thunks=tuple(Input.parse(s) for s in msg.thunks),
+            executables=tuple(Input.parse(s) for s in msg.executables),
+            outputs=tuple(msg.outputs),
+            timeout_ms=msg.timeout,
+            links=tuple(Link(link.name, link.target) for link in msg.links),
+            resources=Resources(
+                msg.resources.memory_mib, msg.resources.cpus, msg.resources.disk_mib
+            ),
+        )
+
+    def validate(self) -> None:
+        """Raise :class:`MalformedThunk` with the first problem found."""
+        if not self.function_hash:
+            raise MalformedThunk("thunk has no function")
+        try:
+            function = parse_id(self.function_hash)
+        except InvalidId as exc:
+            raise MalformedThunk(f"function: {exc}") from None
+        if function.is_thunk:
+            raise MalformedThunk("function hash names a thunk, not an executable value")
+        if not self.args:
+            raise MalformedThunk("thunk has no args (args[0] is argv0)")
+        if not self.outputs:
+            raise MalformedThunk("thunk has no outputs")
+        if not self.executables:
+            raise MalformedThunk("thunk has no executables")
+        seen: set[str] = set()
+        for tag in self.outputs:
+            try:
+                validate_tag(tag)
+            except InvalidId as exc:
+                raise MalformedThunk(str(exc)) from None
+            if tag in seen:
+                raise MalformedThunk(f"duplicate output tag {tag!r}")
+            seen.add(tag)
+        for envar in self.envars:
+            if "=" not in envar or envar.startswith("="):
+                raise MalformedThunk(f"environment entry {envar!r} is not NAME=VALUE")
+        self._validate_inputs()
+        if self.function_hash not in {i.id for i in self.executables}:
+            raise MalformedThunk(f"function {self.function_hash} is not among the executables")
+        for link in self.links:
+            validate_input_name(link.name)
+
+    def _validate_inputs(self) -> None:
+        names: dict[str, str] = {}
+        for group, want_thunk in ((self.values, False), (self.executables, False), (self.thunks, True)):
+            for item in group:
+                ref = Input.parse(str(item)).parsed
+                if ref.is_thunk != want_thunk:
+                    kind = "thunk" if want_thunk else "value"
+                    raise MalformedThunk(f"input {item} is listed as a {kind} but is not one")
+                if item.name:
+                    other = names.setdefault(item.name, item.ref)
+                    if other != item.ref:
+                        raise MalformedThunk(
+                            f"input name {item.name!r} is given to both {other} and {item.ref}"
+                        )
+
+    def input_refs(self) -> Iterable[str]:
+        for group in (self.values, self.thunks, self.executables):
+            for item in group:
+                yield item.ref
+
+
+def parse_thunk(data: bytes, where: str = "thunk") -> Thunk:
+    """Parse thunk-file bytes; every problem becomes one :class:`MalformedThunk` line."""
+    if not data.startswith(MAGIC):
+        raise MalformedThunk(f"{where}: not a thunk file (no {MAGIC.decode()} header)")
+    msg = thunk_pb2.Thunk()
+    try:
+        msg.ParseFromString(data[len(MAGIC) :])
+    except DecodeError:
+        raise MalformedThunk(f"{where}: truncated or corrupt thunk encoding") from None
+    try:
+        thunk = Thunk.from_proto(msg)
+        thunk.validate()
+    except MalformedThunk as exc:
+        raise MalformedThunk(f"{where}: {exc}") from None
+    return thunk
+
+
+def is_thunk_bytes(head: bytes) -> bool:
+    return head.startswith(MAGIC)
