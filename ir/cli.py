@@ -153,7 +153,8 @@ def add_create_thunk(sub) -> None:
             "Create a thunk that runs FUNCTION with ARGS (args[0] is argv0) and store it. "
             "FUNCTION and the --value/--executable inputs are IDs or files (files are "
             "collected and named by their base name unless =NAME is given)."),
-        epilog="example: gg create-thunk --value in.txt --output out.txt /bin/sh -- sh -c 'wc -l in.txt > out.txt'",
+        epilog=("example: gg create-thunk --value in.txt --output out.txt /bin/sh -- "
+                "sh -c 'wc -l in.txt > out.txt'"),
     )
     parser.add_argument("--envar", "-e", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--value", "-v", action="append", default=[], metavar="ID|FILE[=NAME]")

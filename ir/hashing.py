@@ -2,10 +2,16 @@
 
 Files are hashed in fixed-size chunks, so a file of any size costs constant memory.
 The hash cache remembers ``(device, inode) -> (size, mtime_ns, ctime_ns, ID)`` so an
-unchanged file is not read again. Like git's "racy" rule, an entry is only trusted
-when the file's timestamps are older than the moment the entry was written by more
-than the file system's timestamp granularity: a file rewritten within the same clock
-tick (same size, same mtime) would otherwise keep a stale ID.
+unchanged file is not read again.
+
+The "racy" rule (as in git's index): an entry is only trusted when the file's newest
+timestamp is older, by more than the file system's timestamp granularity, than the
+moment the file was *stat'ed before it was read*. Otherwise a write that lands in the
+same clock tick as the stat (on a file system with coarse timestamps) leaves size,
+mtime and ctime unchanged, and the cache would keep the ID of the old content. The
+reference time must be taken before reading, not after hashing: a write during a
+long hash would otherwise be covered by a late "written" stamp. A write that forces
+mtime back (``touch -d``/``os.utime``) still moves ctime, which is compared too.
 """
 
 from __future__ import annotations
@@ -47,13 +53,15 @@ def hash_file(path: Path, algorithm: str = DEFAULT_ALGORITHM) -> str:
 class HashCache:
     """Remembers file IDs by inode and timestamps; a changed file is always re-hashed."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, racy_window_ns: int = RACY_WINDOW_NS):
         self.directory = Path(directory)
+        self.racy_window_ns = racy_window_ns
 
     def _entry_path(self, st: os.stat_result) -> Path:
         return self.directory / f"{st.st_dev:x}-{st.st_ino:x}"
 
     def lookup(self, path: Path, st: os.stat_result | None = None) -> str | None:
+        """The cached ID of ``path`` if the entry provably describes its current content."""
         st = st or os.stat(path)
         try:
             fields = self._entry_path(st).read_text().split()
@@ -61,25 +69,40 @@ class HashCache:
             return None
         if len(fields) != 5:
             return None
-        size, mtime, ctime, written, ident = fields
-        if (int(size), int(mtime), int(ctime)) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        try:
+            size, mtime, ctime, observed = (int(field) for field in fields[:4])
+        except ValueError:
             return None
-        if int(written) - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_WINDOW_NS:
+        if (size, mtime, ctime) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return None
+        if observed - max(mtime, ctime) < self.racy_window_ns:
             return None  # racy entry: the file may have changed within one tick
-        return ident
+        return fields[4]
+
+    def stat(self, path: Path) -> tuple[os.stat_result, int]:
+        """``os.stat(path)`` and a clock reading taken no later than it (for :meth:`remember`)."""
+        observed = time.time_ns()
+        return os.stat(path), observed
 
     def hash(self, path: Path) -> str:
         """ID of ``path``, from the cache when the file provably has not changed."""
-        st = os.stat(path)
+        st, observed = self.stat(path)
         cached = self.lookup(path, st)
         if cached is not None:
             return cached
         ident = hash_file(path)
-        self.remember(st, ident)
+        self.remember(st, ident, observed)
         return ident
 
-    def remember(self, st: os.stat_result, ident: str) -> None:
-        """Record ``ident`` for the file whose stat (taken before hashing) is ``st``."""
-        record = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {time.time_ns()} {ident}\n"
+    def remember(self, st: os.stat_result, ident: str, observed_ns: int | None = None) -> None:
+        """Record ``ident`` for the file whose stat (taken before hashing) is ``st``.
+
+        ``observed_ns`` is a clock reading taken before that stat (see :meth:`stat`);
+        without one, the entry is stamped so that it is never trusted — the safe
+        default for a caller that cannot say when it looked at the file.
+        """
+        if observed_ns is None:
+            observed_ns = max(st.st_mtime_ns, st.st_ctime_ns)
+        record = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {observed_ns} {ident}\n"
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self._entry_path(st), record.encode())

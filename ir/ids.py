@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
+from typing import NoReturn
 
 import xxhash
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     VALUE = "V"
     THUNK = "T"
 
@@ -33,8 +34,9 @@ class Kind(str, Enum):
 ALGORITHMS = {"x": (32, xxhash.xxh3_128)}
 DEFAULT_ALGORITHM = "x"
 
-_ID_RE = re.compile(r"^([VT])([a-z])([0-9a-f]+)_(0|[1-9a-f][0-9a-f]*)$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_.+\-/]+$")
+_ID_RE = re.compile(r"([VT])([a-z])([0-9a-f]+)_(0|[1-9a-f][0-9a-f]*)")
+_HEX = frozenset("0123456789abcdef")
+_TAG_RE = re.compile(r"[A-Za-z0-9_.+\-/]+")
 
 
 class InvalidId(ValueError):
@@ -59,10 +61,16 @@ class ObjectId:
 
 
 def parse_id(text: str) -> ObjectId:
-    """Parse and validate an ID; raise :class:`InvalidId` saying what is wrong."""
-    match = _ID_RE.match(text)
+    """Parse and validate an ID; raise :class:`InvalidId` saying what is wrong.
+
+    The message names the first problem found, because IDs are typed and pasted by
+    people, and "malformed" alone does not tell them which character to fix.
+    """
+    if not isinstance(text, str):
+        raise InvalidId(f"ID must be a string, not {type(text).__name__}")
+    match = _ID_RE.fullmatch(text)  # fullmatch: "$" would accept a trailing newline
     if not match:
-        raise InvalidId(f"malformed ID {text!r}")
+        _explain_malformed(text)
     kind, algorithm, digest, size = match.groups()
     if algorithm not in ALGORITHMS:
         raise InvalidId(f"ID {text!r} names unknown hash algorithm {algorithm!r}")
@@ -70,6 +78,24 @@ def parse_id(text: str) -> ObjectId:
     if len(digest) != expected:
         raise InvalidId(f"ID {text!r} has a {len(digest)}-character digest, expected {expected}")
     return ObjectId(Kind(kind), algorithm, digest, int(size, 16))
+
+
+def _explain_malformed(text: str) -> NoReturn:
+    """Raise :class:`InvalidId` naming why ``text`` does not match the ID grammar."""
+    if not text:
+        raise InvalidId("empty ID")
+    if text[0] not in "VT":
+        raise InvalidId(f"malformed ID {text!r}: must start with V (value) or T (thunk)")
+    if len(text) < 2 or not ("a" <= text[1] <= "z"):
+        raise InvalidId(f"malformed ID {text!r}: second character must name the hash algorithm")
+    body, sep, size = text[2:].partition("_")
+    if not sep:
+        raise InvalidId(f"malformed ID {text!r}: no '_' before the size")
+    if not body or not all(c in _HEX for c in body):
+        raise InvalidId(f"malformed ID {text!r}: digest must be lowercase hex")
+    if not size or not all(c in _HEX for c in size):
+        raise InvalidId(f"malformed ID {text!r}: size must be lowercase hex")
+    raise InvalidId(f"malformed ID {text!r}: size has leading zeros")
 
 
 def is_id(text: str) -> bool:
@@ -118,7 +144,7 @@ def parse_ref(text: str) -> Ref:
 
 def validate_tag(tag: str) -> str:
     """Output tags name files in the work directory: plain, relative, no '..'."""
-    if not tag or not _TAG_RE.match(tag):
+    if not tag or not _TAG_RE.fullmatch(tag):
         raise InvalidId(f"invalid output tag {tag!r}")
     if tag.startswith("/") or any(part in ("", ".", "..") for part in tag.split("/")):
         raise InvalidId(f"output tag {tag!r} must be a plain relative path")

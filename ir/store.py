@@ -4,12 +4,15 @@ Layout::
 
     .gg/blobs/<ID>              content, read-only (0444, or 0555 if executable)
     .gg/reductions/<THUNK>      ID the thunk's first output reduced to (a value or a thunk)
-    .gg/reductions/<THUNK>#tag  the same for a named output
+    .gg/reductions/<THUNK>#tag  the same for a named output ('/' in a tag written as %2F)
     .gg/hash_cache/             see ir.hashing.HashCache
     .gg/tmp/                    temp files, renamed into place when complete
 
-Every write is a temp file in the store plus a rename, so two processes writing the
-same store, or a process killed mid-write, never leave a partial blob or reduction.
+Every write is a temp file in the store plus a rename (a hard link for blobs, so the
+first complete copy wins and its mode is never replaced by a racing writer's), so two
+processes writing the same store, or a process killed mid-write, never leave a partial
+blob or reduction. A reduction's result is an ID or, for a tail call that hands a named
+output on, ``THUNK'#tag``.
 Blobs are named by the hash of their content and checked on the way in; a blob can be
 re-verified against its ID on the way out.
 """
@@ -104,18 +107,29 @@ class LocalStore:
         return self.blobs / ident
 
     def has(self, ident: str) -> bool:
-        return (self.blobs / ident).exists()
+        try:
+            return self.blob_path(ident).exists()
+        except InvalidId:
+            return False
 
     def _install(self, temp: str, ident: str, executable: bool) -> str:
-        """Move a complete temp file into place as blob ``ident`` (first writer wins)."""
+        """Move a complete temp file into place as blob ``ident`` (first writer wins).
+
+        ``os.link`` fails if the blob exists, so a racing writer never replaces a blob
+        (and a non-executable copy never replaces an executable one); the loser only
+        adds the execute bit if it needs it.
+        """
         os.chmod(temp, EXECUTABLE_MODE if executable else VALUE_MODE)
         target = self.blobs / ident
-        if target.exists():
-            os.unlink(temp)
+        try:
+            os.link(temp, target)
+        except FileExistsError:
             if executable:
                 self.mark_executable(ident)
-        else:
+        except OSError:  # a file system without hard links: rename (same content anyway)
             os.replace(temp, target)
+            return ident
+        os.unlink(temp)
         return ident
 
     def _temp(self) -> tuple[int, str]:
@@ -144,7 +158,7 @@ class LocalStore:
         ``executable`` defaults to the file's own execute bit.
         """
         path = Path(path)
-        st = os.stat(path)
+        st, observed = self.hash_cache.stat(path)
         if executable is None:
             executable = bool(st.st_mode & stat.S_IXUSR)
         known = self.hash_cache.lookup(path, st)
@@ -156,7 +170,7 @@ class LocalStore:
         try:
             with os.fdopen(fd, "wb") as sink, open(path, "rb") as source:
                 ident = hash_stream(source, sink=sink)
-            self.hash_cache.remember(st, ident)
+            self.hash_cache.remember(st, ident, observed)
             return self._install(temp, ident, executable)
         except BaseException:
             _unlink_quietly(temp)
@@ -209,7 +223,7 @@ class LocalStore:
     def load_thunk(self, ident: str) -> Thunk:
         if not parse_id(ident).is_thunk:
             raise StoreError(f"{ident} is a value, not a thunk")
-        return parse_thunk(self.read_bytes(ident), where=f"thunk {ident}")
+        return parse_thunk(self.read_bytes(ident), where=f"thunk {ident}", expected_id=ident)
 
     def verify(self, ident: str) -> bool:
         """True if blob ``ident`` exists and its content hashes to ``ident``."""
@@ -228,7 +242,8 @@ class LocalStore:
         parsed = parse_ref(ref)
         if not parsed.is_thunk:
             raise InvalidId(f"only thunks reduce; {ref} is a value")
-        return self.reductions / str(parsed)
+        name = parsed.id if parsed.tag is None else f"{parsed.id}#{parsed.tag.replace('/', '%2F')}"
+        return self.reductions / name
 
     def get_reduction(self, ref: str) -> str | None:
         """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None."""
@@ -237,13 +252,14 @@ class LocalStore:
         except FileNotFoundError:
             return None
         try:
-            parse_id(result)
+            parse_ref(result)
         except InvalidId:
             return None  # unreadable record: treat as unknown, it will be redone
         return result
 
     def put_reduction(self, ref: str, result: str) -> None:
-        parse_id(result)
+        """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``)."""
+        parse_ref(result)
         atomic_write_bytes(self._reduction_path(ref), (result + "\n").encode())
 
     def resolve(self, ref: str) -> str | None:

@@ -19,6 +19,8 @@ from . import thunk_pb2
 from .ids import InvalidId, Kind, Ref, id_of_bytes, parse_id, parse_ref, validate_tag
 
 MAGIC = b"##GGTHUNK##"
+_UINT32 = 1 << 32
+_UINT64 = 1 << 64
 
 
 class MalformedThunk(ValueError):
@@ -149,9 +151,9 @@ class Thunk:
             function_hash=msg.function.hash,
             args=tuple(msg.function.args),
             envars=tuple(msg.function.envars),
-            values=tuple(Input.parse(s) for s in msg.values),
-            thunks=tuple(Input.parse(s) for s in msg.thunks),
-            executables=tuple(Input.parse(s) for s in msg.executables),
+            values=_parse_inputs("values", msg.values),
+            thunks=_parse_inputs("thunks", msg.thunks),
+            executables=_parse_inputs("executables", msg.executables),
             outputs=tuple(msg.outputs),
             timeout_ms=msg.timeout,
             links=tuple(Link(link.name, link.target) for link in msg.links),
@@ -176,6 +178,7 @@ class Thunk:
             raise MalformedThunk("thunk has no outputs")
         if not self.executables:
             raise MalformedThunk("thunk has no executables")
+        self._validate_numbers()
         seen: set[str] = set()
         for tag in self.outputs:
             try:
@@ -194,11 +197,29 @@ class Thunk:
         for link in self.links:
             validate_input_name(link.name)
 
+    def _validate_numbers(self) -> None:
+        """Range checks the protobuf encoder would otherwise fail with a bare ValueError."""
+        limits = (
+            ("timeout", self.timeout_ms, _UINT64),
+            ("memory hint", self.resources.memory_mib, _UINT32),
+            ("cpus hint", self.resources.cpus, _UINT32),
+            ("disk hint", self.resources.disk_mib, _UINT64),
+        )
+        for what, number, limit in limits:
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise MalformedThunk(f"{what} {number!r} is not an integer")
+            if not 0 <= number < limit:
+                raise MalformedThunk(f"{what} {number} is out of range (0 to {limit - 1})")
+
     def _validate_inputs(self) -> None:
         names: dict[str, str] = {}
-        for group, want_thunk in ((self.values, False), (self.executables, False), (self.thunks, True)):
+        for field_name, group, want_thunk in (
+            ("values", self.values, False),
+            ("executables", self.executables, False),
+            ("thunks", self.thunks, True),
+        ):
             for item in group:
-                ref = Input.parse(str(item)).parsed
+                ref = _parse_inputs(field_name, [str(item)])[0].parsed
                 if ref.is_thunk != want_thunk:
                     kind = "thunk" if want_thunk else "value"
                     raise MalformedThunk(f"input {item} is listed as a {kind} but is not one")
@@ -215,10 +236,27 @@ class Thunk:
                 yield item.ref
 
 
-def parse_thunk(data: bytes, where: str = "thunk") -> Thunk:
-    """Parse thunk-file bytes; every problem becomes one :class:`MalformedThunk` line."""
+def _parse_inputs(field_name: str, texts: Iterable[str]) -> tuple[Input, ...]:
+    """Parse one input list, naming the field in any error."""
+    try:
+        return tuple(Input.parse(text) for text in texts)
+    except MalformedThunk as exc:
+        raise MalformedThunk(f"{field_name}: {exc}") from None
+
+
+def parse_thunk(data: bytes, where: str = "thunk", expected_id: str | None = None) -> Thunk:
+    """Parse thunk-file bytes; every problem becomes one :class:`MalformedThunk` line.
+
+    A file cut exactly at a field boundary can still decode as a (different, valid
+    looking) protobuf message, so pass ``expected_id`` whenever the thunk's ID is known
+    (the store always does): its size and digest catch any truncation or corruption.
+    """
     if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            raise MalformedThunk(f"{where}: truncated thunk file ({len(data)} bytes, inside the header)")
         raise MalformedThunk(f"{where}: not a thunk file (no {MAGIC.decode()} header)")
+    if expected_id is not None:
+        _check_against_id(data, where, expected_id)
     msg = thunk_pb2.Thunk()
     try:
         msg.ParseFromString(data[len(MAGIC) :])
@@ -230,6 +268,20 @@ def parse_thunk(data: bytes, where: str = "thunk") -> Thunk:
     except MalformedThunk as exc:
         raise MalformedThunk(f"{where}: {exc}") from None
     return thunk
+
+
+def _check_against_id(data: bytes, where: str, expected_id: str) -> None:
+    try:
+        expected = parse_id(expected_id)
+    except InvalidId as exc:
+        raise MalformedThunk(f"{where}: {exc}") from None
+    if not expected.is_thunk:
+        raise MalformedThunk(f"{where}: {expected_id} is a value ID, not a thunk ID")
+    if len(data) < expected.size:
+        raise MalformedThunk(f"{where}: truncated thunk file ({len(data)} of {expected.size} bytes)")
+    actual = id_of_bytes(data, Kind.THUNK, expected.algorithm)
+    if actual != expected_id:
+        raise MalformedThunk(f"{where}: content hashes to {actual}, not {expected_id}")
 
 
 def is_thunk_bytes(head: bytes) -> bool:
