@@ -1,0 +1,22 @@
+# gg-py on AWS: one bucket for content-addressed blobs, one function that forces
+# thunks (lambda_handler.handler.handle), its role and its log group.
+#
+# The names computed here are used by several files; the values the client needs
+# (GG_STORAGE_URI, the function name) are in outputs.tf.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+locals {
+  function_name  = "${var.name_prefix}-force"
+  bucket_name    = coalesce(var.bucket_name, "${var.name_prefix}-${data.aws_caller_identity.current.account_id}-${var.region}")
+  log_group_name = "/aws/lambda/${local.function_name}"
+  package_path   = coalesce(var.package_path, "${path.module}/../build/gg-lambda-${var.architecture}.zip")
+
+  # What the handler reads (lambda_handler/handler.py, ir/s3store.py); keep in sync
+  # with docs/lambda.md. tests/test_terraform.py checks this against the code.
+  storage_uri   = "s3://${local.bucket_name}/${var.storage_prefix}?region=${var.region}"
+  cache_dir     = "/tmp/gg"
+  cache_max_mib = floor(var.ephemeral_storage_mb * var.cache_fraction_percent / 100)
+}

@@ -1,0 +1,38 @@
+output "function_name" {
+  description = "The Lambda function gg-force --engine lambda invokes."
+  value       = aws_lambda_function.force.function_name
+}
+
+output "function_arn" {
+  description = "ARN of the function."
+  value       = aws_lambda_function.force.arn
+}
+
+output "bucket" {
+  description = "The blob bucket."
+  value       = aws_s3_bucket.blobs.bucket
+}
+
+output "region" {
+  description = "Region of the bucket and the function."
+  value       = var.region
+}
+
+output "storage_uri" {
+  description = "GG_STORAGE_URI for the client: the same bucket and prefix the function uses."
+  value       = local.storage_uri
+}
+
+output "log_group" {
+  description = "CloudWatch log group of the function."
+  value       = aws_cloudwatch_log_group.function.name
+}
+
+output "env_exports" {
+  description = "Shell lines that configure gg-force for this deployment: eval \"$(terraform output -raw env_exports)\"."
+  value       = <<-EOT
+    export GG_STORAGE_URI='${local.storage_uri}'
+    export GG_LAMBDA_FUNCTION='${aws_lambda_function.force.function_name}'
+    export AWS_REGION='${var.region}'
+  EOT
+}
