@@ -1,0 +1,1 @@
+"""gg's classic recursive fibonacci, written with the Python SDK (see fib.py)."""
