@@ -22,6 +22,8 @@ It writes no reductions: recording what a thunk reduced to is the caller's decis
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -146,6 +148,20 @@ def _tail(path: Path) -> str:
         return ""
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed if the executor dies (e.g. ``kill -9`` of gg-force).
+
+    The function runs in its own session so that its whole group can be killed on a
+    timeout; that also detaches it from the terminal's Ctrl-C, so without this an
+    orphan would keep running after its parent was killed.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -180,6 +196,7 @@ async def execute(
     scratch = Path(scratch or store.root / "work")
     scratch.mkdir(parents=True, exist_ok=True)
     rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
+    lock = _hold_lock(rundir)
     workdir, outstore_dir = rundir / "w", rundir / "gg"
     workdir.mkdir()
     outstore = LocalStore.init(outstore_dir)
@@ -204,6 +221,41 @@ async def execute(
         return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
     finally:
         _remove_tree(rundir)
+        os.close(lock)
+
+
+def _hold_lock(rundir: Path) -> int:
+    """Lock a run directory for as long as this process uses it (see sweep_stale_runs)."""
+    fd = os.open(rundir / ".lock", os.O_CREAT | os.O_WRONLY, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def sweep_stale_runs(scratch: Path) -> None:
+    """Remove run directories left by a killed process (their lock is no longer held).
+
+    Several processes may share one store; a directory whose lock someone still
+    holds is in use and is left alone.
+    """
+    if not scratch.is_dir():
+        return
+    for rundir in scratch.glob("run-*"):
+        try:
+            fd = os.open(rundir / ".lock", os.O_WRONLY)
+        except FileNotFoundError:
+            # Not yet locked by its creator, or a crash before locking: only old ones.
+            if time.time() - rundir.stat().st_mtime > 3600:
+                _remove_tree(rundir)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+        _remove_tree(rundir)
 
 
 async def _run(
@@ -216,6 +268,7 @@ async def _run(
             process = await asyncio.create_subprocess_exec(
                 argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None

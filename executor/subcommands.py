@@ -3,4 +3,6 @@
 Each entry is a function ``add(subparsers)``; keep heavy imports inside handlers.
 """
 
-SUBCOMMANDS: tuple = ()
+from . import force_cli
+
+SUBCOMMANDS: tuple = (force_cli.add,)

@@ -1,0 +1,188 @@
+"""``gg-force`` (and ``gg force``, ``gg-force-and-run``): force targets to real files.
+
+Exit status: 0 when every target was produced, 1 when a thunk failed or the run was
+stopped, 2 for a usage error. Errors are one paragraph on stderr, never a traceback;
+``GG_DEBUG=1`` re-raises unexpected errors for developers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ir.cli import USER_ERRORS
+from ir.store import LocalStore
+
+from .engine import Engine
+from .local_engine import LocalEngine
+from .observe import RunObserver
+from .progress import ProgressDisplay
+from .scheduler import ForceConfig, ForceFailed, Scheduler
+from .targets import Target, TargetError, materialize, parse_target
+from .trace import TraceWriter
+
+
+@dataclass
+class Summary:
+    targets: int
+    written: int
+    executed: int
+    elapsed: float
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help="placeholder file, thunk ID, or THUNK#tag")
+    parser.add_argument("-j", "--jobs", type=int, default=None,
+                        help="concurrent thunks per engine (default: cores for local, 64 for lambda)")
+    parser.add_argument("--engine", choices=("local", "lambda"), default=os.environ.get("GG_ENGINE", "local"),
+                        help="where thunks run (default: $GG_ENGINE or local); lambda falls back to local")
+    parser.add_argument("-k", "--keep-going", action="store_true",
+                        help="after a failure, finish every branch that does not depend on it")
+    parser.add_argument("--trace", type=Path, metavar="FILE", help="append one JSON line per event to FILE")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--progress", choices=("auto", "bar", "lines"), default="auto")
+    parser.add_argument("--max-attempts", type=int, default=4, metavar="N",
+                        help="attempts per engine for infrastructure failures (default 4)")
+    parser.add_argument("--no-speculate", action="store_true", help="never duplicate straggling thunks")
+    parser.add_argument("--speculate-after", type=float, default=5.0, metavar="SECONDS",
+                        help="earliest time a straggler is duplicated (default 5)")
+    parser.add_argument("--print", dest="print_ids", action="store_true",
+                        help="print 'TARGET VALUE_ID' for every target")
+
+
+def _build_engines(args, store: LocalStore) -> tuple[list[Engine], Engine | None, object | None]:
+    """(engines in order of preference, fallback engine, remote storage or None)."""
+    local_slots = args.jobs or os.cpu_count() or 1
+    if args.engine == "local":
+        return [LocalEngine(store, local_slots)], None, None
+    from .lambda_engine import build_lambda_engine
+
+    engine, remote = build_lambda_engine(store, args.jobs, os.environ)
+    return [engine], LocalEngine(store, os.cpu_count() or 1, remote=remote), remote
+
+
+async def force_targets(args, store: LocalStore) -> Summary:
+    started = time.monotonic()
+    targets: list[Target] = [parse_target(text) for text in args.targets]
+    real = [t for t in targets if t.ref is None]
+    for target in real:
+        if not args.quiet:
+            print(f"gg-force: {target.text} is already a real file", file=sys.stderr)
+    engines, fallback, remote = _build_engines(args, store)
+    progress = None if args.quiet else ProgressDisplay(args.progress)
+    observer = RunObserver(TraceWriter(args.trace), progress)
+    config = ForceConfig(keep_going=args.keep_going, max_attempts=max(1, args.max_attempts),
+                         speculate=not args.no_speculate, speculate_min=args.speculate_after)
+    scheduler = Scheduler(store, engines, fallback, config, observer)
+    refs = sorted({t.ref for t in targets if t.ref is not None})
+    written = 0
+    status = "failed"
+    try:
+        try:
+            results = await scheduler.force(refs)
+        except ForceFailed as failed:
+            # Targets that did reduce are still written: nothing done is thrown away.
+            for target in targets:
+                if target.ref in failed.results:
+                    await materialize(store, target, failed.results[target.ref], remote)
+            raise
+        for target in targets:
+            if target.ref is not None:
+                written += await materialize(store, target, results[target.ref], remote)
+                if args.print_ids:
+                    print(f"{target.text} {results[target.ref]}")
+        status = "ok"
+    finally:
+        observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
+                       executed=scheduler.executed)
+        observer.close()
+        for engine in {id(e): e for e in [*engines, *([fallback] if fallback else [])]}.values():
+            await engine.close()
+        if remote is not None:
+            await remote.close()
+    return Summary(len(targets), written, scheduler.executed, time.monotonic() - started)
+
+
+async def _run_cancellable(coro):
+    """Run ``coro``; SIGINT/SIGTERM cancel it, which kills every running thunk."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await task
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def run_force(args, prog: str = "gg-force") -> int:
+    try:
+        store = LocalStore.locate()
+        summary = asyncio.run(_run_cancellable(force_targets(args, store)))
+    except ForceFailed as failed:
+        for failure in failed.failures:
+            print(f"{prog}: error: {failure.report}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        print(f"{prog}: interrupted; finished reductions are kept, run again to resume", file=sys.stderr)
+        return 130
+    except (TargetError, *USER_ERRORS) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an internal error: one line, not a traceback
+        if os.environ.get("GG_DEBUG"):
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc} (set GG_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{prog}: {summary.targets} target(s), {summary.written} written, "
+              f"{summary.executed} thunk(s) run, {summary.elapsed:.2f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gg-force", description=(
+        "Force placeholders (or thunk IDs) to their real content: run what is not yet "
+        "reduced, locally or on Lambda, and write the results where the placeholders were."))
+    add_arguments(parser)
+    return run_force(parser.parse_args(argv))
+
+
+def add(sub) -> None:
+    """The ``gg force`` subcommand."""
+    parser = sub.add_parser("force", help="force placeholders or thunks (same as gg-force)")
+    add_arguments(parser)
+    parser.set_defaults(handler=lambda args: run_force(args, "gg force"))
+
+
+def force_and_run_main(argv: list[str] | None = None) -> int:
+    """``gg-force-and-run PLACEHOLDER [ARGS...]``: what executing a placeholder does.
+
+    The shebang line of a placeholder runs this with the placeholder's path first: the
+    placeholder is forced in place, then the real program replaces this process.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: gg-force-and-run PLACEHOLDER [ARGS...]", file=sys.stderr)
+        return 2
+    path = argv[0]
+    parser = argparse.ArgumentParser(prog="gg-force-and-run")
+    add_arguments(parser)
+    args = parser.parse_args(["--quiet", path])
+    status = run_force(args, "gg-force-and-run")
+    if status != 0:
+        return status
+    os.execv(path, [path, *argv[1:]])
+    return 127  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

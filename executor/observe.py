@@ -1,0 +1,25 @@
+"""One place where the scheduler reports what happens: trace, counters and progress."""
+
+from __future__ import annotations
+
+from .progress import Counts, ProgressDisplay
+from .trace import TraceWriter
+
+
+class RunObserver:
+    """Fans scheduler events out to the trace file and the progress display."""
+
+    def __init__(self, trace: TraceWriter | None = None, progress: ProgressDisplay | None = None):
+        self.trace = trace or TraceWriter(None)
+        self.progress = progress
+        self.counts = Counts()
+
+    def event(self, name: str, **fields) -> None:
+        self.trace.write(name, fields)
+        if self.progress is not None:
+            self.progress.update(self.counts)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close(self.counts)
+        self.trace.close()

@@ -1,0 +1,80 @@
+"""What a person watching ``gg-force`` sees.
+
+On a terminal: a live tqdm bar whose postfix carries running/queued/cached/failed
+counts (tqdm supplies rate and ETA). Not on a terminal: a plain line at most every
+few seconds, so logs stay readable. ``--quiet``: nothing but errors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+
+@dataclass
+class Counts:
+    discovered: int = 0
+    cached: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+
+    @property
+    def settled(self) -> int:
+        return self.cached + self.done + self.failed
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.discovered - self.settled - self.running)
+
+
+class ProgressDisplay:
+    """Renders :class:`Counts`; call :meth:`update` often, it rate-limits itself."""
+
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, interval: float = 2.0):
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "lines"
+        self.mode = mode
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self._bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit="thunk", file=self.stream, dynamic_ncols=True, leave=True)
+
+    def update(self, counts: Counts, force: bool = False) -> None:
+        if self._bar is not None:
+            self._bar.total = counts.discovered
+            self._bar.n = counts.settled
+            self._bar.set_postfix_str(
+                f"run {counts.running} queue {counts.queued} hit {counts.cached} fail {counts.failed}",
+                refresh=False,
+            )
+            self._bar.refresh()
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if force or now - self._last_line >= self.interval:
+                self._last_line = now
+                print(f"gg-force: {self._summary(counts)}", file=self.stream, flush=True)
+
+    def _summary(self, counts: Counts) -> str:
+        elapsed = time.monotonic() - self.started
+        return (
+            f"{counts.settled}/{counts.discovered} done ({counts.done} run, {counts.cached} cached, "
+            f"{counts.failed} failed), {counts.running} running, {counts.queued} queued, "
+            f"{elapsed:.1f}s"
+        )
+
+    def close(self, counts: Counts) -> None:
+        if self._bar is not None:
+            self.update(counts)
+            self._bar.close()
+            self._bar = None
+        elif self.mode == "lines":
+            self.update(counts, force=True)

@@ -1,0 +1,401 @@
+"""The scheduler: force thunk references to values, running each distinct thunk once.
+
+Each thunk in the graph is a *node* whose work is one asyncio task, memoized by thunk
+ID, so a subgraph shared by many parents runs once. A node:
+
+1. checks the reductions first — a hit costs no run and loads no dependencies;
+2. loads the thunk and forces its thunk inputs (all at once; they are nodes too);
+3. rewrites itself with their results — gg's rule: a thunk input becomes a value
+   input under the same name and ``@{GGHASH:T[#tag]}`` references follow — and
+   stores the rewritten thunk, whose ID is deterministic, so a later run hits the
+   cache under either ID;
+4. dispatches the rewritten thunk to the first engine that does not refuse it (else
+   the fallback engine), retrying infrastructure failures with capped exponential
+   back-off and a bounded number of attempts, then falling back; an attempt that runs
+   far past the typical duration is speculatively duplicated, first result wins;
+5. follows tail calls: an output that is itself a thunk is forced in turn;
+6. records reductions for both the original and the rewritten thunk.
+
+Execution failures are final: without ``keep_going`` the first one stops the run (all
+other work is cancelled, which kills its processes); with it, every branch that does
+not depend on the failure still finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ir.ids import InvalidId, parse_id, parse_ref
+from ir.store import LocalStore, StoreError
+from ir.thunk import Input, MalformedThunk, Thunk
+
+from .engine import Engine, Job
+from .execution import ExecutionFailed, ExecutionResult, InfrastructureError
+from .observe import RunObserver
+
+_REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
+
+
+@dataclass(frozen=True)
+class ForceConfig:
+    keep_going: bool = False
+    max_attempts: int = 4  # per engine, for infrastructure failures
+    backoff_initial: float = 0.2
+    backoff_max: float = 8.0
+    speculate: bool = True
+    speculate_factor: float = 4.0  # duplicate an attempt running this many times the median
+    speculate_min: float = 5.0  # ... but never earlier than this many seconds
+    speculate_initial: float = 60.0  # before there are enough finished runs to compare
+    speculate_samples: int = 5
+
+
+class NodeFailed(Exception):
+    """A node could not be reduced. ``report`` is the full, human-readable story."""
+
+    def __init__(self, thunk_id: str, message: str, report: str | None = None):
+        super().__init__(message)
+        self.thunk_id = thunk_id
+        self.report = report or message
+
+
+class DependencyFailed(NodeFailed):
+    pass
+
+
+class ForceFailed(Exception):
+    """The run did not reduce every target; ``failures`` are the root causes."""
+
+    def __init__(self, failures: list[NodeFailed], results: dict[str, str]):
+        self.failures = failures
+        self.results = results
+        first = failures[0]
+        extra = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        super().__init__(f"{first}{extra}")
+
+
+def _input_bytes(thunk: Thunk) -> int:
+    return sum(parse_id(item.id).size for item in (*thunk.values, *thunk.executables))
+
+
+def rewrite(thunk: Thunk, results: dict[str, dict[str, str]]) -> Thunk:
+    """Replace every thunk input by the value it reduced to (gg's deterministic rule).
+
+    ``results`` maps a dependency's thunk ID to its outputs (tag -> value ID); the
+    first output tag is what a bare reference means.
+    """
+
+    def value_of(ident: str, tag: str | None) -> str:
+        outputs = results[ident]
+        return outputs[tag] if tag else outputs["__default__"]
+
+    values = list(thunk.values)
+    for item in thunk.thunks:
+        ref = item.parsed
+        values.append(Input(value_of(ref.id, ref.tag), item.name))
+
+    def substitute(text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            ident, tag = match.group(1), match.group(2)
+            if ident in results:
+                return "@{GGHASH:" + value_of(ident, tag) + "}"
+            return match.group(0)
+
+        return _REF_IN_TEXT.sub(one, text)
+
+    return replace(
+        thunk,
+        values=tuple(values),
+        thunks=(),
+        args=tuple(substitute(a) for a in thunk.args),
+        envars=tuple(substitute(e) for e in thunk.envars),
+    ).canonical()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: LocalStore,
+        engines: Sequence[Engine],
+        fallback: Engine | None = None,
+        config: ForceConfig | None = None,
+        observer: RunObserver | None = None,
+    ):
+        if not engines:
+            raise ValueError("at least one engine is needed")
+        self.store = store
+        self.engines = list(engines)
+        self.fallback = fallback
+        self.config = config or ForceConfig()
+        self.observer = observer or RunObserver()
+        self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
+        self._slots = {id(e): asyncio.Semaphore(e.slots) for e in [*self.engines, *([fallback] if fallback else [])]}
+        self._durations: list[float] = []
+        self._failures: list[NodeFailed] = []
+        self._stop = asyncio.Event()  # set on the first failure unless keep_going
+        self.executed = 0  # attempts that ran to completion
+
+    # -- public -------------------------------------------------------------------
+
+    async def force(self, refs: Sequence[str]) -> dict[str, str]:
+        """Reduce every ref (``T``, ``T#tag`` or a value ID) to a value ID."""
+        parsed = {ref: parse_ref(ref) for ref in refs}
+        targets = {ref: self._node(p.id) for ref, p in parsed.items() if p.is_thunk}
+        results = {ref: ref for ref, p in parsed.items() if not p.is_thunk}
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            pending = set(targets.values())
+            while pending and not self._stop.is_set():
+                _, pending = await asyncio.wait({*pending, stop}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stop)
+        finally:
+            stop.cancel()
+            await self._cancel_all()
+        for ref, task in targets.items():
+            if task.cancelled() or task.exception() is not None:
+                continue
+            outputs = task.result()
+            tag = parsed[ref].tag
+            if tag is not None and tag not in outputs:
+                self._failures.append(NodeFailed(parsed[ref].id, f"thunk {parsed[ref].id} has no output {tag!r}"))
+                continue
+            results[ref] = outputs[tag or "__default__"]
+        if self._failures or len(results) < len(refs):
+            failures = self._failures or [NodeFailed("", "the run stopped before every target was reduced")]
+            raise ForceFailed(failures, results)
+        return results
+
+    async def _cancel_all(self) -> None:
+        pending = [task for task in self._nodes.values() if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._nodes.values():  # retrieve exceptions so asyncio does not warn
+            if not task.cancelled():
+                task.exception()
+
+    # -- nodes ----------------------------------------------------------------------
+
+    def _node(self, thunk_id: str) -> asyncio.Task[dict[str, str]]:
+        task = self._nodes.get(thunk_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._reduce(thunk_id), name=thunk_id)
+            self._nodes[thunk_id] = task
+        return task
+
+    def _fail(self, failure: NodeFailed) -> NodeFailed:
+        self._failures.append(failure)
+        if not self.config.keep_going:
+            self._stop.set()
+        self.observer.counts.failed += 1
+        self.observer.event("failed", thunk=failure.thunk_id, error=str(failure))
+        return failure
+
+    def _cached(self, thunk_id: str, thunk: Thunk | None) -> dict[str, str] | None:
+        """One-step reductions of every output of ``thunk_id`` (tag -> ID), if known."""
+        default = self.store.get_reduction(thunk_id)
+        if default is None:
+            return None
+        if thunk is None:
+            return {"__default__": default}
+        outputs = {"__default__": default}
+        for tag in thunk.outputs:
+            result = self.store.get_reduction(f"{thunk_id}#{tag}")
+            if result is None:
+                return None
+            outputs[tag] = result
+        return outputs
+
+    async def _reduce(self, thunk_id: str) -> dict[str, str]:
+        """Force one node; returns tag -> value ID (plus ``__default__``)."""
+        counts = self.observer.counts
+        counts.discovered += 1
+        try:
+            thunk = self.store.load_thunk(thunk_id)
+        except (StoreError, MalformedThunk, InvalidId) as exc:
+            raise self._fail(NodeFailed(thunk_id, str(exc))) from None
+        deps = sorted({item.id for item in thunk.thunks})
+        self.observer.event("queued", thunk=thunk_id, deps=deps)
+
+        cached = self._cached(thunk_id, thunk)
+        if cached is not None:
+            counts.cached += 1
+            self.observer.event("cached", thunk=thunk_id, result=cached["__default__"])
+            return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
+
+        if deps:
+            outcomes = await asyncio.gather(*(self._node(dep) for dep in deps), return_exceptions=True)
+            for dep, outcome in zip(deps, outcomes, strict=True):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                if isinstance(outcome, BaseException):
+                    counts.failed += 1
+                    raise DependencyFailed(thunk_id, f"dependency {dep} failed") from None
+            dep_results = dict(zip(deps, outcomes, strict=True))
+            try:
+                runnable = rewrite(thunk, dep_results)
+            except KeyError as exc:
+                raise self._fail(NodeFailed(thunk_id, f"a dependency has no output {exc}")) from None
+            run_id = self.store.put_thunk(runnable)
+            cached = self._cached(run_id, runnable)
+        else:
+            runnable, run_id = thunk, thunk_id
+
+        if cached is None:
+            result = await self._dispatch(thunk_id, run_id, runnable)
+            outputs = {o.tag: o.id for o in result.outputs}
+            cached = {"__default__": outputs[runnable.outputs[0]], **outputs}
+            for ident in {run_id, thunk_id}:
+                self._record(ident, runnable, cached)
+        else:
+            counts.cached += 1
+            self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached["__default__"])
+            self._record(thunk_id, runnable, cached)
+        return await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id))
+
+    def _record(self, thunk_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
+        for tag in thunk.outputs:
+            self.store.put_reduction(f"{thunk_id}#{tag}", outputs[tag])
+        # The bare ID last: its presence is what _cached() checks first.
+        self.store.put_reduction(thunk_id, outputs["__default__"])
+
+    async def _follow_tail_calls(
+        self, thunk_id: str, outputs: dict[str, str], chain: tuple[str, ...]
+    ) -> dict[str, str]:
+        """Replace every output that is a thunk by the value it reduces to (any depth)."""
+        final = {}
+        for tag, ident in outputs.items():
+            if not parse_id(ident).is_thunk:
+                final[tag] = ident
+                continue
+            if ident in chain:
+                raise self._fail(NodeFailed(thunk_id, f"tail-call cycle: {ident} returns itself"))
+            self.observer.event("tailcall", thunk=thunk_id, next=ident)
+            try:
+                reduced = await self._node(ident)
+            except NodeFailed:
+                raise DependencyFailed(thunk_id, f"tail call {ident} failed") from None
+            final[tag] = reduced["__default__"]
+        return final
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def _choose_engine(self, job: Job) -> tuple[Engine, list[str]]:
+        reasons = []
+        for engine in self.engines:
+            reason = engine.refuses(job)
+            if reason is None:
+                return engine, reasons
+            reasons.append(f"{engine.name}: {reason}")
+        if self.fallback is not None and self.fallback.refuses(job) is None:
+            return self.fallback, reasons
+        raise NodeFailed(job.thunk_id, "no engine can run it: " + "; ".join(reasons))
+
+    async def _dispatch(self, node_id: str, run_id: str, thunk: Thunk) -> ExecutionResult:
+        job = Job(run_id, thunk)
+        try:
+            engine, reasons = self._choose_engine(job)
+        except NodeFailed as failure:
+            raise self._fail(NodeFailed(node_id, str(failure))) from None
+        if reasons:
+            self.observer.event("fallback", thunk=node_id, to=engine.name, reason="; ".join(reasons))
+        attempt = 0
+        while True:
+            attempt += 1
+            job = Job(run_id, thunk, attempt)
+            try:
+                result = await self._attempt(node_id, engine, job)
+            except ExecutionFailed as exc:
+                raise self._fail(NodeFailed(node_id, str(exc), exc.describe())) from None
+            except StoreError as exc:
+                raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {exc}")) from None
+            except InfrastructureError as exc:
+                if attempt < self.config.max_attempts:
+                    delay = self._backoff(attempt)
+                    self.observer.counts.retried += 1
+                    self.observer.event("retried", thunk=node_id, engine=engine.name, attempt=attempt,
+                                        error=str(exc), delay=round(delay, 3))
+                    await asyncio.sleep(delay)
+                    continue
+                fallback = self.fallback
+                if fallback is not None and engine is not fallback and fallback.refuses(job) is None:
+                    self.observer.event("fallback", thunk=node_id, **{"from": engine.name},
+                                        to=fallback.name, reason=str(exc))
+                    engine, attempt = fallback, 0
+                    continue
+                raise self._fail(NodeFailed(
+                    node_id, f"thunk {run_id}: gave up after {attempt} attempts on {engine.name}: {exc}"
+                )) from None
+            return result
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _speculation_delay(self) -> float | None:
+        config = self.config
+        if not config.speculate:
+            return None
+        if len(self._durations) < config.speculate_samples:
+            return config.speculate_initial
+        return max(config.speculate_min, config.speculate_factor * statistics.median(self._durations))
+
+    async def _run_once(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
+        counts = self.observer.counts
+        async with self._slots[id(engine)]:
+            counts.running += 1
+            self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
+                                attempt=job.attempt)
+            try:
+                return await engine.run(job)
+            finally:
+                counts.running -= 1
+
+    async def _attempt(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
+        """One attempt, duplicated once if it straggles; the first success wins."""
+        started = time.monotonic()
+        primary = asyncio.ensure_future(self._run_once(node_id, engine, job))
+        attempts = [primary]
+        try:
+            delay = self._speculation_delay()
+            done, _ = await asyncio.wait(attempts, timeout=delay)
+            if not done:
+                self.observer.event("speculated", thunk=node_id, engine=engine.name)
+                attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job)))
+            error: BaseException | None = None
+            while attempts:
+                done, _ = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    attempts.remove(task)
+                    if task.exception() is None:
+                        result = task.result()
+                        duration = time.monotonic() - started
+                        self._durations.append(duration)
+                        self.executed += 1
+                        self.observer.counts.done += 1
+                        self.observer.event(
+                            "finished", thunk=node_id, ran=job.thunk_id, engine=engine.name,
+                            attempt=job.attempt, duration=round(duration, 6),
+                            outputs=[o.id for o in result.outputs],
+                            bytes_out=sum(parse_id(o.id).size for o in result.outputs),
+                            bytes_in=_input_bytes(job.thunk),
+                        )
+                        return result
+                    # An execution failure is final even if a duplicate is still running.
+                    if isinstance(task.exception(), ExecutionFailed) or error is None:
+                        error = task.exception()
+                    if isinstance(error, ExecutionFailed):
+                        raise error
+            assert error is not None
+            raise error
+        finally:
+            for task in attempts:
+                task.cancel()
+            if attempts:
+                await asyncio.gather(*attempts, return_exceptions=True)

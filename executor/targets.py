@@ -1,0 +1,70 @@
+"""Targets of ``gg-force``: what the user named, and writing the results back.
+
+A target is a placeholder file (the usual case after ``gg-infer``), a thunk
+reference (``T`` or ``T#tag``) or a value ID. A file that is already real is reported
+and left alone. A result replaces its placeholder atomically, copied out of the store
+(the store's blob stays read-only and shared), with mode 0755 if the output was
+executable and 0644 otherwise, less the umask — and only if the file is still the
+same placeholder, so a concurrent build step that wrote the real file is not undone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ir.atomic import atomic_copy
+from ir.ids import InvalidId, parse_ref
+from ir.placeholder import read_placeholder
+from ir.storage import RemoteStorage
+from ir.store import LocalStore
+
+
+class TargetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str  # as the user gave it
+    ref: str | None  # None: a real file, nothing to force
+    path: Path | None = None  # the placeholder to replace
+
+
+def parse_target(text: str) -> Target:
+    path = Path(text)
+    if path.exists():
+        if path.is_dir():
+            raise TargetError(f"{text} is a directory, not a placeholder")
+        placeholder = read_placeholder(path)
+        return Target(text, placeholder.ref if placeholder else None, path)
+    try:
+        parse_ref(text)
+    except InvalidId:
+        raise TargetError(f"{text}: no such file, and not a thunk or value ID") from None
+    return Target(text, text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+async def materialize(store: LocalStore, target: Target, value_id: str, remote: RemoteStorage | None) -> bool:
+    """Write ``value_id`` over the target's placeholder; False if it was no longer one."""
+    if target.path is None:
+        return False
+    if not store.has(value_id):
+        if remote is None:
+            raise TargetError(f"{target.text}: result {value_id} is not in the local store")
+        await remote.download(store, value_id)
+    current = read_placeholder(target.path)
+    if current is None or current.ref != target.ref:
+        return False
+    blob = store.blob_path(value_id)
+    executable = os.access(blob, os.X_OK)
+    mode = (0o755 if executable else 0o644) & ~_umask()
+    atomic_copy(blob, target.path, mode)
+    return True
