@@ -1,0 +1,493 @@
+"""S3 (and S3-compatible) remote storage for blobs, over aiobotocore.
+
+What it guarantees, and why (each point is a way gg hurt its users):
+
+* **Content-addressed keys** ``<prefix>/<ID>``: an upload is idempotent, so a retry or
+  two clients uploading the same blob can never conflict.
+* **Never a stale "already uploaded" belief.** The only memory of what the bucket
+  holds is an in-process set filled by this run's own HEADs and uploads; nothing is
+  written to disk. A caller that learns an object is gone (the Lambda handler reports
+  it missing) calls :meth:`S3Storage.forget`, and the next :meth:`upload` sends it
+  again. (gg kept markers outside ``.gg`` and looped forever on an emptied bucket.)
+* **Every download is verified** against its ID while it streams in; a mismatch is
+  discarded (never installed), fetched once more, then reported as one
+  :class:`~ir.store.CorruptBlob` line naming bucket and key.
+* **Bounded everything**: a semaphore caps requests in flight; each request has a
+  connect and a read timeout; each operation has an overall deadline; throttling,
+  5xx and connection errors are retried here with capped exponential back-off and
+  full jitter (botocore's own retries are off, so there is one retry policy).
+* **zstd where it pays**: the object metadata ``gg-encoding`` says ``zstd`` or
+  ``identity``; incompressible data (a sample compresses to more than 90 %) is sent
+  as is.
+* **Large objects stream**: multipart upload read from the file part by part, and
+  downloads written chunk by chunk, so a large blob is never held in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, TypeVar
+
+import zstandard
+
+from .ids import Kind, id_of_bytes, make_id, new_hasher, parse_id
+from .storage_uri import S3Config, parse_storage_uri
+from .store import CorruptBlob, LocalStore, MissingBlob, StoreError
+from .thunk import MAGIC
+
+T = TypeVar("T")
+
+CHUNK = 1 << 20
+SAMPLE = 1 << 20
+ZSTD_LEVEL = 3
+WORTH_IT = 0.9  # compress only if the result is at most this fraction of the input
+MIN_COMPRESS = 128  # below this, a zstd frame header is not worth it
+PUT_WITHOUT_HEAD = 1 << 20  # smaller uploads skip the HEAD: a PUT costs about the same
+PARTS_IN_FLIGHT = 4  # per multipart upload, on top of the global semaphore
+ENCODING = "gg-encoding"
+
+RETRYABLE_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "TooManyRequestsException",
+    "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503", "500", "502",
+    "504", "429",
+}
+
+
+class S3Error(StoreError):
+    """An S3 operation that failed for good; the message is one line: what, where, why."""
+
+
+class _Retryable(Exception):
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
+def _is_not_found(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _classify(exc: Exception) -> tuple[bool, str]:
+    """(retryable?, one-line reason) for an exception raised by a request."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = str(error.get("Code", status))
+        message = str(error.get("Message", "")).splitlines()[0] if error.get("Message") else ""
+        retry = code in RETRYABLE_CODES or status in (429, 500, 502, 503, 504)
+        return retry, f"{code} (HTTP {status})" + (f": {message}" if message else "")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
+        return True, f"cannot connect: {_first_line(exc)}"
+    if isinstance(exc, ReadTimeoutError):
+        return True, f"read timed out: {_first_line(exc)}"
+    if isinstance(exc, TimeoutError):
+        return True, "request timed out"
+    if isinstance(exc, BotoCoreError):
+        return False, _first_line(exc)
+    if isinstance(exc, OSError | ConnectionError):
+        return True, f"connection error: {_first_line(exc)}"
+    try:
+        import aiohttp
+
+        if isinstance(exc, aiohttp.ClientError):
+            return True, f"connection error: {_first_line(exc)}"
+    except ImportError:  # pragma: no cover - aiohttp comes with aiobotocore
+        pass
+    return False, f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _maybe_compress(data: bytes) -> tuple[bytes, str]:
+    if len(data) < MIN_COMPRESS:
+        return data, "identity"
+    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+    if len(compressed) <= len(data) * WORTH_IT:
+        return compressed, "zstd"
+    return data, "identity"
+
+
+def _compress_file_if_worth_it(path: Path, tmpdir: Path) -> Path | None:
+    """Compress ``path`` into a temp file if a sample says it pays; None = send raw."""
+    with open(path, "rb") as source:
+        sample = source.read(SAMPLE)
+    if _maybe_compress(sample)[1] != "zstd":
+        return None
+    fd, temp = _mkstemp(tmpdir, "zs-")
+    try:
+        with open(path, "rb") as source, os.fdopen(fd, "wb") as sink:
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(source, sink, size=os.path.getsize(path))
+        if os.path.getsize(temp) > os.path.getsize(path) * WORTH_IT:
+            os.unlink(temp)
+            return None
+        return Path(temp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=directory, prefix=prefix)
+
+
+def _read_range(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        return os.pread(handle.fileno(), size, offset)
+
+
+class S3Storage:
+    """:class:`ir.storage.RemoteStorage` on S3. Create, use from one event loop, close."""
+
+    def __init__(self, config: S3Config):
+        self.config = config
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._present: set[str] = set()  # this run's knowledge only, never persisted
+        self._uploading: dict[str, asyncio.Future[None]] = {}
+        self._downloading: dict[str, asyncio.Future[None]] = {}
+
+    @classmethod
+    def from_uri(cls, uri: str) -> S3Storage:
+        return cls(parse_storage_uri(uri))
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.config.uri!r})"
+
+    # -- the client ------------------------------------------------------------------
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
+
+                cfg = self.config
+                aio_config = AioConfig(
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.read_timeout,
+                    retries={"max_attempts": 0},
+                    max_pool_connections=cfg.concurrency,
+                    s3={"addressing_style": "path"} if cfg.endpoint else None,
+                )
+                stack = AsyncExitStack()
+                self._client = await stack.enter_async_context(
+                    get_session().create_client(
+                        "s3", region_name=cfg.region, endpoint_url=cfg.endpoint, config=aio_config
+                    )
+                )
+                self._stack = stack
+        return self._client
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            await stack.aclose()
+
+    # -- the retry policy --------------------------------------------------------------
+
+    async def _request(self, what: str, where: str, call: Callable[[Any], Awaitable[T]]) -> T:
+        """One request with this store's retry policy; ``call(client)`` is re-run on retry.
+
+        404s are passed through untouched (the caller decides what missing means).
+        """
+        client = await self._get_client()
+        cfg = self.config
+        for attempt in range(1, cfg.attempts + 1):
+            try:
+                async with self._slots:
+                    return await call(client)
+            except (StoreError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if _is_not_found(exc):
+                    raise
+                retry, why = _classify(exc)
+                if not retry or attempt == cfg.attempts:
+                    tries = f" after {attempt} attempts" if attempt > 1 else ""
+                    raise S3Error(f"S3 {what} {where} failed{tries}: {why}") from None
+            await asyncio.sleep(random.uniform(0, min(cfg.backoff_cap, cfg.backoff_base * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    async def _with_deadline(self, what: str, where: str, operation: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.config.deadline):
+                return await operation
+        except TimeoutError:
+            raise S3Error(
+                f"S3 {what} {where} failed: did not finish within {self.config.deadline:g} s"
+            ) from None
+
+    # -- has / forget ------------------------------------------------------------------
+
+    async def has(self, ident: str) -> bool:
+        """True if the object exists (a HEAD, unless this run already saw it there)."""
+        parse_id(ident)
+        if ident in self._present:
+            return True
+        where = self.config.where(ident)
+
+        async def head(client: Any) -> bool:
+            try:
+                await client.head_object(Bucket=self.config.bucket, Key=self.config.key(ident))
+            except Exception as exc:
+                if _is_not_found(exc):
+                    return False
+                raise
+            return True
+
+        found = await self._with_deadline("HEAD", where, self._request("HEAD", where, head))
+        if found:
+            self._present.add(ident)
+        return found
+
+    def forget(self, ident: str) -> None:
+        """Drop the belief that ``ident`` is uploaded (someone found it missing)."""
+        self._present.discard(ident)
+
+    def remember(self, ident: str) -> None:
+        """Record that ``ident`` is in the bucket (a remote function just uploaded it)."""
+        self._present.add(ident)
+
+    # -- upload -------------------------------------------------------------------------
+
+    async def upload(self, store: LocalStore, ident: str) -> None:
+        """Make sure blob ``ident`` is in the bucket; concurrent calls share one upload."""
+        parse_id(ident)
+        if ident in self._present:
+            return
+        pending = self._uploading.get(ident)
+        if pending is None:
+            pending = asyncio.ensure_future(self._upload(store, ident))
+            self._uploading[ident] = pending
+            pending.add_done_callback(lambda _f: self._uploading.pop(ident, None))
+        await asyncio.shield(pending)
+
+    async def _upload(self, store: LocalStore, ident: str) -> None:
+        where = self.config.where(ident)
+        size = parse_id(ident).size
+        if size > PUT_WITHOUT_HEAD and await self.has(ident):
+            return
+        path = store.blob_path(ident)
+        if not path.exists():
+            raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {where})")
+        if size > self.config.multipart_threshold:
+            await self._with_deadline("upload", where, self._upload_large(store, ident, path))
+        else:
+            await self._with_deadline("PUT", where, self._upload_small(ident, path))
+        self._present.add(ident)
+
+    def _metadata(self, encoding: str, ident: str) -> dict[str, str]:
+        return {ENCODING: encoding, "gg-id": ident}
+
+    async def _upload_small(self, ident: str, path: Path) -> None:
+        data = await asyncio.to_thread(path.read_bytes) if os.path.getsize(path) > CHUNK else path.read_bytes()
+        actual = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
+        if actual != ident:
+            raise CorruptBlob(ident, actual, str(path.parent))
+        body, encoding = await asyncio.to_thread(_maybe_compress, data) if len(data) > CHUNK else \
+            _maybe_compress(data)
+        where = self.config.where(ident)
+
+        async def put(client: Any) -> None:
+            await client.put_object(
+                Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
+                Metadata=self._metadata(encoding, ident),
+            )
+
+        await self._request("PUT", where, put)
+
+    async def _upload_large(self, store: LocalStore, ident: str, path: Path) -> None:
+        from ir.hashing import hash_file
+
+        actual = await asyncio.to_thread(hash_file, path)
+        if actual != ident:
+            raise CorruptBlob(ident, actual, str(path.parent))
+        compressed = await asyncio.to_thread(_compress_file_if_worth_it, path, store.tmp)
+        try:
+            source = compressed or path
+            encoding = "zstd" if compressed else "identity"
+            total = os.path.getsize(source)
+            if total <= self.config.multipart_threshold:
+                body = await asyncio.to_thread(source.read_bytes)
+                where = self.config.where(ident)
+
+                async def put(client: Any) -> None:
+                    await client.put_object(
+                        Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
+                        Metadata=self._metadata(encoding, ident),
+                    )
+
+                await self._request("PUT", where, put)
+            else:
+                await self._multipart(ident, source, total, encoding)
+        finally:
+            if compressed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(compressed)
+
+    async def _multipart(self, ident: str, source: Path, total: int, encoding: str) -> None:
+        cfg = self.config
+        where, key = cfg.where(ident), cfg.key(ident)
+
+        async def create(client: Any) -> str:
+            answer = await client.create_multipart_upload(
+                Bucket=cfg.bucket, Key=key, Metadata=self._metadata(encoding, ident)
+            )
+            return answer["UploadId"]
+
+        upload_id = await self._request("CreateMultipartUpload", where, create)
+        in_flight = asyncio.Semaphore(PARTS_IN_FLIGHT)
+
+        async def send(number: int, offset: int) -> dict[str, Any]:
+            async with in_flight:
+                body = await asyncio.to_thread(_read_range, source, offset, min(cfg.part_size, total - offset))
+
+                async def put_part(client: Any) -> str:
+                    answer = await client.upload_part(
+                        Bucket=cfg.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                    )
+                    return answer["ETag"]
+
+                etag = await self._request(f"UploadPart {number}", where, put_part)
+                return {"PartNumber": number, "ETag": etag}
+
+        try:
+            offsets = range(0, total, cfg.part_size)
+            parts = await asyncio.gather(*(send(n, off) for n, off in enumerate(offsets, start=1)))
+
+            async def complete(client: Any) -> None:
+                await client.complete_multipart_upload(
+                    Bucket=cfg.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": list(parts)}
+                )
+
+            await self._request("CompleteMultipartUpload", where, complete)
+        except BaseException:
+            await asyncio.shield(self._abort(key, upload_id))
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        """Best effort: do not leave parts billed in the bucket."""
+        try:
+            client = await self._get_client()
+            async with asyncio.timeout(self.config.read_timeout):
+                await client.abort_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - the original error is the one worth reporting
+            pass
+
+    # -- download -------------------------------------------------------------------------
+
+    async def download(self, store: LocalStore, ident: str) -> None:
+        """Fetch blob ``ident`` into ``store``, verified; concurrent calls share one fetch."""
+        parse_id(ident)
+        if store.has(ident):
+            return
+        key = (str(store.root), ident)
+        pending = self._downloading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._download(store, ident))
+            self._downloading[key] = pending
+            pending.add_done_callback(lambda _f: self._downloading.pop(key, None))
+        await asyncio.shield(pending)
+
+    async def _download(self, store: LocalStore, ident: str) -> None:
+        where = self.config.where(ident)
+        actual = ""
+        for _attempt in range(2):  # a corrupt copy is discarded and fetched once more
+            temp, actual = await self._with_deadline("GET", where, self._fetch(store, ident))
+            if actual == ident:
+                try:
+                    store.adopt(temp)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp)
+                self._present.add(ident)
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        raise CorruptBlob(ident, actual, where)
+
+    async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str]:
+        """Stream the object into a temp file in the store; return (temp, actual ID)."""
+        where = self.config.where(ident)
+        expected_size = parse_id(ident).size
+        algorithm = parse_id(ident).algorithm
+        store.tmp.mkdir(parents=True, exist_ok=True)
+
+        async def get(client: Any) -> tuple[Path, str]:
+            try:
+                answer = await client.get_object(Bucket=self.config.bucket, Key=self.config.key(ident))
+            except Exception as exc:
+                if _is_not_found(exc):
+                    self._present.discard(ident)
+                    raise MissingBlob(ident, where) from None
+                raise
+            encoding = answer.get("Metadata", {}).get(ENCODING, "identity")
+            if encoding not in ("identity", "zstd"):
+                raise S3Error(f"S3 GET {where} failed: unknown {ENCODING} {encoding!r}")
+            decompressor = zstandard.ZstdDecompressor().decompressobj() if encoding == "zstd" else None
+            hasher = new_hasher(algorithm)
+            size, head = 0, b""
+            fd, temp = _mkstemp(store.tmp, "s3-")
+            corrupt = False
+            try:
+                with os.fdopen(fd, "wb") as sink:
+                    body = answer["Body"]
+                    try:
+                        while chunk := await body.read(CHUNK):
+                            if decompressor is not None:
+                                try:
+                                    chunk = decompressor.decompress(chunk)
+                                except zstandard.ZstdError:
+                                    corrupt = True
+                                    break
+                            size += len(chunk)
+                            if size > expected_size:  # do not fill the disk with garbage
+                                corrupt = True
+                                break
+                            if len(head) < len(MAGIC):
+                                head += chunk[: len(MAGIC)]
+                            hasher.update(chunk)
+                            sink.write(chunk)
+                    finally:
+                        body.close()
+            except BaseException:
+                os.unlink(temp)
+                raise
+            if corrupt:
+                return Path(temp), f"(undecodable or oversized object, {size}+ bytes)"
+            kind = Kind.THUNK if head.startswith(MAGIC) else Kind.VALUE
+            return Path(temp), make_id(kind, hasher.hexdigest(), size, algorithm)
+
+        return await self._request("GET", where, get)
+

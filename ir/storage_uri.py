@@ -1,0 +1,97 @@
+"""``GG_STORAGE_URI``: the one string that says where remote blobs live.
+
+    s3://BUCKET[/PREFIX][?region=R&endpoint=URL&concurrency=N&connect_timeout=S
+                          &read_timeout=S&deadline=S&attempts=N]
+
+It is parsed once into an explicit, immutable :class:`S3Config` that flows into the
+storage backend, the Lambda engine and (inside the event) the Lambda handler, so that
+switching from moto on 127.0.0.1 to real AWS is configuration only. ``endpoint`` is
+for S3-compatible servers (moto, MinIO); without it the AWS endpoint of ``region`` is
+used. Credentials are never part of the URI: they come from the standard AWS chain
+(environment, profile, the Lambda role).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+MIB = 1 << 20
+
+
+class StorageUriError(ValueError):
+    """A GG_STORAGE_URI that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint: str | None = None
+    # Requests in flight at once, over all operations of one store.
+    concurrency: int = 32
+    # Every single HTTP request: time to connect, and time between bytes read.
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    # One whole operation (all its retries and parts) must finish within this.
+    deadline: float = 600.0
+    # Attempts per request on throttling, 5xx and connection errors (1 = no retry).
+    attempts: int = 5
+    backoff_base: float = 0.05
+    backoff_cap: float = 2.0
+    # Objects larger than this go up in parts of part_size (S3 needs parts >= 5 MiB).
+    multipart_threshold: int = 16 * MIB
+    part_size: int = 8 * MIB
+
+    def __post_init__(self) -> None:
+        if len(self.bucket) < 3:
+            raise StorageUriError(f"bucket name {self.bucket!r} is too short (S3 needs 3 or more characters)")
+        if self.concurrency < 1 or self.attempts < 1:
+            raise StorageUriError("concurrency and attempts must be at least 1")
+        if self.part_size < 5 * MIB or self.multipart_threshold < self.part_size:
+            raise StorageUriError("part_size must be >= 5 MiB and multipart_threshold >= part_size")
+
+    def key(self, ident: str) -> str:
+        return f"{self.prefix}/{ident}" if self.prefix else ident
+
+    def where(self, ident: str) -> str:
+        return f"s3://{self.bucket}/{self.key(ident)}"
+
+    @property
+    def uri(self) -> str:
+        """The URI back, with every option that differs from the default."""
+        defaults = S3Config(bucket="xxx")
+        query = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("bucket", "prefix") and getattr(self, f.name) != getattr(defaults, f.name)
+        }
+        path = f"/{self.prefix}" if self.prefix else ""
+        return f"s3://{self.bucket}{path}" + (f"?{urlencode(query)}" if query else "")
+
+
+_NUMERIC = {
+    f.name: f.type for f in fields(S3Config) if f.name not in ("bucket", "prefix", "region", "endpoint")
+}
+
+
+def parse_storage_uri(uri: str) -> S3Config:
+    """Parse a GG_STORAGE_URI; raise :class:`StorageUriError` saying what is wrong."""
+    parts = urlsplit(uri.strip())
+    if parts.scheme != "s3":
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r}: only s3:// is supported")
+    if not parts.netloc:
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r} names no bucket")
+    options: dict[str, object] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in ("region", "endpoint"):
+            options[name] = value or None if name == "endpoint" else value
+        elif name in _NUMERIC:
+            try:
+                options[name] = (int if _NUMERIC[name] in (int, "int") else float)(value)
+            except ValueError:
+                raise StorageUriError(f"GG_STORAGE_URI option {name}={value!r} is not a number") from None
+        else:
+            raise StorageUriError(f"GG_STORAGE_URI has unknown option {name!r}")
+    return S3Config(bucket=parts.netloc, prefix=parts.path.strip("/"), **options)

@@ -1,0 +1,258 @@
+"""Pytest plugin: real local stand-ins for AWS, as separate processes on 127.0.0.1.
+
+Register with ``pytest_plugins = ["tests.aws_fixtures"]`` in ``tests/conftest.py``.
+
+Fixtures:
+
+* ``aws_env`` (session): fake credentials and region in ``os.environ`` (moto accepts any),
+  restored afterwards.
+* ``moto_endpoint`` (session): ``http://127.0.0.1:PORT`` of a ``moto_server`` process.
+* ``s3_uri`` (function): a GG_STORAGE_URI for a fresh bucket on that server.
+* ``boto3_s3``: a plain boto3 client on the moto server (for tampering in fault tests).
+* ``lambda_endpoint_factory`` (function): starts ``python -m executor.lambda_local``
+  with the given options and returns a :class:`LocalLambda` (url, process).
+* ``lambda_endpoint`` (session): one shared endpoint with 2 workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, process: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers: that is all we wait for
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:g} s")
+
+
+def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL: only the process this fixture started (and its group)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def aws_env() -> Iterator[dict[str, str]]:
+    saved = {name: os.environ.get(name) for name in FAKE_AWS_ENV}
+    os.environ.update(FAKE_AWS_ENV)
+    yield dict(FAKE_AWS_ENV)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def start_moto(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if exe is None:
+        pytest.skip("moto_server is not installed")
+    process = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **FAKE_AWS_ENV},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/moto-api/", process, "moto_server")
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(aws_env) -> Iterator[str]:
+    process, url = start_moto()
+    yield url
+    stop_process(process)
+
+
+@pytest.fixture
+def boto3_s3(moto_endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3_bucket(boto3_s3) -> str:
+    name = f"gg-test-{uuid.uuid4().hex[:12]}"
+    boto3_s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_uri(s3_bucket, moto_endpoint) -> str:
+    return f"s3://{s3_bucket}/blobs?region=us-east-1&endpoint={moto_endpoint}"
+
+
+@dataclass
+class LocalLambda:
+    url: str
+    process: subprocess.Popen
+    function_name: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_lambda_local(
+    workers: int = 2,
+    function_timeout: float = 60.0,
+    function_name: str = "gg",
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> LocalLambda:
+    """Start ``python -m executor.lambda_local`` on a free port; wait until it is ready."""
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="gg-lambda-log-"))
+    log_path = log_dir / f"lambda-local-{uuid.uuid4().hex[:6]}.log"
+    ready_path = log_dir / f"ready-{uuid.uuid4().hex[:6]}"
+    argv = [
+        sys.executable, "-m", "executor.lambda_local", "--port", "0", "--workers", str(workers),
+        "--timeout", str(function_timeout), "--function-name", function_name,
+        "--ready-file", str(ready_path), *(extra or []),
+    ]
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **FAKE_AWS_ENV, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+    log.close()
+    deadline = time.monotonic() + 60
+    while not ready_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"lambda-local did not start: {log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    url = ready_path.read_text().strip()
+    return LocalLambda(url, process, function_name, log_path)
+
+
+@pytest.fixture
+def lambda_endpoint_factory(aws_env, tmp_path) -> Iterator:
+    started: list[LocalLambda] = []
+
+    def start(**options) -> LocalLambda:
+        options.setdefault("log_dir", tmp_path)
+        endpoint = start_lambda_local(**options)
+        started.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        stop_process(endpoint.process)
+
+
+@pytest.fixture(scope="session")
+def lambda_endpoint(aws_env, tmp_path_factory) -> Iterator[LocalLambda]:
+    endpoint = start_lambda_local(workers=2, log_dir=tmp_path_factory.mktemp("lambda-local"))
+    yield endpoint
+    stop_process(endpoint.process)
+
+
+class FaultProxy:
+    """A real HTTP proxy in front of ``target`` that answers the first ``fail_first``
+    requests with an S3-style error (503 SlowDown by default), or never answers them
+    (``hang=True``). Run it in the test's event loop with ``async with``.
+    """
+
+    def __init__(self, target: str, fail_first: int = 0, status: int = 503, code: str = "SlowDown",
+                 hang: bool = False):
+        self.target = target.rstrip("/")
+        self.fail_first = fail_first
+        self.status = status
+        self.code = code
+        self.hang = hang
+        self.requests = 0
+        self.failed = 0
+        self.url = ""
+
+    async def _handle(self, request):
+        import asyncio
+
+        from aiohttp import ClientSession, web
+
+        self.requests += 1
+        body = await request.read()
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.failed < self.fail_first:
+            self.failed += 1
+            xml = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{self.code}</Code>"
+                   f"<Message>injected by FaultProxy</Message></Error>")
+            return web.Response(status=self.status, body=xml.encode(), content_type="application/xml")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "transfer-encoding")}
+        async with ClientSession(auto_decompress=False) as session:
+            async with session.request(request.method, self.target + request.path_qs, headers=headers,
+                                       data=body, allow_redirects=False) as answer:
+                payload = await answer.read()
+                out = {k: v for k, v in answer.headers.items()
+                       if k.lower() not in ("transfer-encoding", "content-length", "connection")}
+                return web.Response(status=answer.status, body=payload, headers=out)
+
+    async def __aenter__(self) -> FaultProxy:
+        from aiohttp import web
+
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
