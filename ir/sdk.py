@@ -36,12 +36,13 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .hashing import hash_file
 from .ids import Kind, id_of_bytes, parse_ref, validate_tag
-from .store import LocalStore
-from .thunk import Input, Resources, Thunk
+
+if TYPE_CHECKING:  # imported where used: a leaf function's start-up pays only for what it uses
+    from .store import LocalStore
+    from .thunk import Input, Thunk
 
 LAUNCHER = (
     b"#!/bin/sh\n"
@@ -100,6 +101,8 @@ def Value(data: bytes | str, executable: bool = False) -> Blob:  # noqa: N802 - 
 
 def File(path: str | os.PathLike, executable: bool | None = None) -> Blob:  # noqa: N802
     """A value input with the content of ``path`` (hashed now, copied when saved)."""
+    from .hashing import hash_file
+
     path = Path(path).absolute()
     if not path.is_file():
         raise SdkError(f"{path} is not a file")
@@ -191,6 +194,8 @@ class _Encoder:
         self.needs: list[ThunkHandle | Blob] = []
 
     def _input(self, ref: str, need: ThunkHandle | Blob) -> dict[str, str]:
+        from .thunk import Input
+
         name = self.names.get(ref)
         if name is None:
             name = self.names[ref] = f"{ARG_PREFIX}{len(self.names)}"
@@ -237,7 +242,7 @@ def _canonical_json(value: Any) -> str:
 class GGFunction:
     """A Python function whose calls are thunks. Made by :func:`gg_function`."""
 
-    def __init__(self, fn: Callable, outputs: Sequence[str], timeout: float | None, resources: Resources):
+    def __init__(self, fn: Callable, outputs: Sequence[str], timeout: float | None, resources: tuple[int, int]):
         if "<locals>" in fn.__qualname__ or fn.__name__ == "<lambda>":
             raise SdkError(f"{fn.__qualname__}: gg functions must be defined at module level")
         for tag in outputs:
@@ -269,6 +274,8 @@ class GGFunction:
         except TypeError as exc:
             raise SdkError(f"{self.fn.__qualname__}: {exc}") from None
         bound.apply_defaults()
+        from .thunk import Input, Resources, Thunk
+
         encoder = _Encoder()
         spec = {name: encoder.encode(value, f"{self.fn.__qualname__}({name})")
                 for name, value in bound.arguments.items()}
@@ -282,7 +289,7 @@ class GGFunction:
             thunks=tuple(encoder.thunks),
             executables=(Input(LAUNCHER_ID),),
             timeout_ms=round(self.timeout * 1000) if self.timeout else 0,
-            resources=self.resources,
+            resources=Resources(*self.resources, 0),
         )
         launcher = Blob(LAUNCHER_ID, data=LAUNCHER, executable=True)
         label = f"{self.fn.__name__}({_short(spec)})"
@@ -335,7 +342,7 @@ def gg_function(
     """
 
     def wrap(function: Callable) -> GGFunction:
-        return GGFunction(function, tuple(outputs), timeout, Resources(memory_mib, cpus, 0))
+        return GGFunction(function, tuple(outputs), timeout, (memory_mib, cpus))
 
     return wrap(fn) if fn is not None else wrap
 
@@ -353,6 +360,8 @@ def command(
     ``args[0]`` is argv0 (default: the program's base name). ``inputs`` maps the name an
     input is laid out under to bytes, a file (Path/File/Value) or a thunk output.
     """
+    from .thunk import Input, Thunk
+
     blob = program if isinstance(program, Blob) else File(program, executable=True)
     if not isinstance(program, Blob):
         blob = Blob(blob.id, path=blob.path, executable=True)
@@ -441,6 +450,8 @@ def _write_output(value: Any, path: Path, where: str) -> None:
     if isinstance(value, OutputRef):
         if value.tag != value.handle.outputs[0]:
             raise SdkError(f"{where}: a tail call must return a thunk's first output, not #{value.tag}")
+        from .store import LocalStore
+
         value.handle.save(LocalStore(Path(os.environ["GG_DIR"])))
         path.write_bytes(value.handle.data)
         return
