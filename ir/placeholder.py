@@ -27,6 +27,8 @@ LINKER_EXTENSIONS = (".o", ".a", ".so", ".s")
 MAX_PLACEHOLDER_SIZE = 512
 
 _SO_VERSIONED = re.compile(r"\.so(\.\d+)*$")
+_SHEBANG_RE = re.compile(re.escape(SHEBANG_PREFIX) + rb"([^\n]+)\n")
+_LINKER_RE = re.compile(re.escape(LINKER_PREFIX) + rb"([^\n]+)\n" + re.escape(LINKER_SUFFIX.rstrip()) + rb"\n?")
 
 
 @dataclass(frozen=True)
@@ -62,17 +64,19 @@ def write_placeholder(path: Path, ref: str, mode: int | None = None, linker_form
 
 
 def parse_placeholder(data: bytes) -> Placeholder | None:
-    """The placeholder in ``data``, or None if these bytes are not one."""
+    """The placeholder in ``data``, or None if these bytes are not one.
+
+    Accepts exactly the two forms (the linker form with or without a newline after
+    ``*/``, as gg wrote it without one), so a real script that merely starts with the
+    same shebang is never mistaken for a placeholder.
+    """
     if len(data) > MAX_PLACEHOLDER_SIZE:
         return None
-    for prefix, suffix, linker in (
-        (SHEBANG_PREFIX, b"", False),
-        (LINKER_PREFIX, LINKER_SUFFIX, True),
-    ):
-        if data.startswith(prefix) and data.endswith(b"\n" + suffix):
-            body = data[len(prefix) : len(data) - len(suffix)].strip()
+    for pattern, linker in ((_SHEBANG_RE, False), (_LINKER_RE, True)):
+        match = pattern.fullmatch(data)
+        if match:
             try:
-                ref = body.decode("ascii")
+                ref = match.group(1).decode("ascii")
                 parse_ref(ref)
             except (UnicodeDecodeError, InvalidId):
                 return None
