@@ -275,6 +275,10 @@ class S3Storage:
         """Drop the belief that ``ident`` is uploaded (someone found it missing)."""
         self._present.discard(ident)
 
+    def forget_all(self) -> None:
+        """Drop everything this store believes is uploaded (e.g. a new warm invocation)."""
+        self._present.clear()
+
     def remember(self, ident: str) -> None:
         """Record that ``ident`` is in the bucket (a remote function just uploaded it)."""
         self._present.add(ident)

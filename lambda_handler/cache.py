@@ -1,0 +1,56 @@
+"""The size-capped blob cache in ``/tmp`` that survives warm invocations.
+
+Lambda's ``/tmp`` is small (512 MiB by default) and shared by every invocation a warm
+sandbox serves; gg filled it and failed (#25). Before a batch runs, the cache makes
+room for the inputs it still has to fetch, evicting least-recently-used blobs (mtime
+is the use time: it is set when a blob arrives and touched when a batch needs it)
+and never a blob the current batch needs. After the batch, it trims back to the cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+
+from ir.store import LocalStore
+
+MIB = 1 << 20
+
+
+def touch(store: LocalStore, idents: Iterable[str]) -> None:
+    """Mark blobs as just used (call before any thunk of the batch starts running)."""
+    for ident in idents:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(store.blobs / ident)
+
+
+def trim(store: LocalStore, cap_bytes: int, protect: frozenset[str] = frozenset(), reserve: int = 0) -> int:
+    """Evict LRU blobs until blobs + ``reserve`` fit in ``cap_bytes``; return bytes freed.
+
+    The cap is soft: protected blobs are never evicted, even if they alone exceed it.
+    """
+    entries = []
+    total = 0
+    with os.scandir(store.blobs) as scan:
+        for entry in scan:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            total += st.st_size
+            entries.append((st.st_mtime_ns, entry.name, st.st_size))
+    budget = cap_bytes - reserve
+    freed = 0
+    if total <= budget:
+        return 0
+    for _mtime, name, size in sorted(entries):
+        if name in protect:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(store.blobs / name)
+            freed += size
+            total -= size
+        if total <= budget:
+            break
+    return freed

@@ -1,0 +1,124 @@
+"""The Lambda handler, called in-process against a real moto_server (S3)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+
+from ir.s3store import S3Storage
+from ir.storage_uri import parse_storage_uri
+from ir.store import LocalStore
+from lambda_handler import cache
+from lambda_handler.handler import handle
+from tests.forcing import ShellThunks
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def client_store(tmp_path) -> LocalStore:
+    return LocalStore.init(tmp_path / "client" / ".gg")
+
+
+@pytest.fixture
+def lambda_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("GG_CACHE_DIR", str(tmp_path / "lambda-tmp"))
+    monkeypatch.delenv("GG_STORAGE_URI", raising=False)
+    return LocalStore(tmp_path / "lambda-tmp")
+
+
+def upload_inputs(uri: str, store: LocalStore, thunk_ids: list[str]) -> None:
+    async def run():
+        storage = S3Storage(parse_storage_uri(uri))
+        try:
+            for tid in thunk_ids:
+                thunk = store.load_thunk(tid)
+                for item in (*thunk.values, *thunk.executables):
+                    await storage.upload(store, item.id)
+        finally:
+            await storage.close()
+
+    asyncio.run(run())
+
+
+def event_for(uri: str | None, store: LocalStore, thunk_ids: list[str]) -> dict:
+    event = {"version": 1, "thunks": [
+        {"id": t, "data": base64.b64encode(store.read_bytes(t)).decode()} for t in thunk_ids]}
+    if uri:
+        event["storage"] = uri
+    return event
+
+
+def test_batch_of_thunks_ok_failed_and_tail_call(s3_uri, client_store, lambda_env, boto3_s3):
+    sh = ShellThunks(client_store)
+    ok = sh.thunk("cat a b > out", values={"a": "hello ", "b": "world"})
+    failing = sh.thunk("echo broken >&2; exit 3")
+    inner = sh.thunk("echo inner > out")
+    tail = sh.returning(inner)
+    thunks = [ok, failing, tail]
+    upload_inputs(s3_uri, client_store, thunks)
+    answer = handle(event_for(s3_uri, client_store, thunks), None)
+    assert answer["version"] == 1
+    results = {r["id"]: r for r in answer["results"]}
+    assert results[ok]["status"] == "ok"
+    out = results[ok]["outputs"][0]
+    assert out["tag"] == "out" and "data" not in out  # values are not inline
+    config = parse_storage_uri(s3_uri)
+    body = boto3_s3.get_object(Bucket=config.bucket, Key=config.key(out["id"]))["Body"].read()
+    assert body == b"hello world"
+    assert results[failing]["status"] == "execution_failed"
+    assert "exit status 3" in results[failing]["error"] and "broken" in results[failing]["stderr_tail"]
+    tail_out = results[tail]["outputs"][0]
+    assert tail_out["id"] == inner and base64.b64decode(tail_out["data"]) == client_store.read_bytes(inner)
+
+
+def test_missing_input_is_reported_with_its_id(s3_uri, client_store, lambda_env):
+    sh = ShellThunks(client_store)
+    tid = sh.thunk("cat a > out", values={"a": "never uploaded"})
+    answer = handle(event_for(s3_uri, client_store, [tid]), None)
+    result = answer["results"][0]
+    assert result["status"] == "infrastructure_error"
+    assert client_store.put_bytes(b"never uploaded") in result["missing"]
+
+
+def test_storage_from_environment(s3_uri, client_store, lambda_env, monkeypatch):
+    sh = ShellThunks(client_store)
+    tid = sh.thunk("echo env > out")
+    upload_inputs(s3_uri, client_store, [tid])
+    monkeypatch.setenv("GG_STORAGE_URI", s3_uri)
+    assert handle(event_for(None, client_store, [tid]), None)["results"][0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("event", [
+    None, {}, {"version": 2, "thunks": [{"id": "x"}]}, {"version": 1, "thunks": [{"id": "Tnope", "data": "!"}]},
+])
+def test_bad_events_get_an_answer(event, lambda_env, monkeypatch):
+    monkeypatch.setenv("GG_STORAGE_URI", "s3://some-bucket")
+    answer = handle(event, None)
+    assert answer["version"] == 1
+    for result in answer["results"]:
+        assert result["status"] == "infrastructure_error" and "\n" not in result["error"]
+
+
+def test_thunk_data_must_match_its_id(s3_uri, client_store, lambda_env):
+    sh = ShellThunks(client_store)
+    a, b = sh.thunk("echo a > out"), sh.thunk("echo b > out")
+    event = event_for(s3_uri, client_store, [a])
+    event["thunks"][0]["data"] = base64.b64encode(client_store.read_bytes(b)).decode()
+    result = handle(event, None)["results"][0]
+    assert result["status"] == "infrastructure_error" and "hashes to" in result["error"]
+
+
+def test_cache_trim_evicts_lru_but_never_protected(tmp_path):
+    import os
+    import time
+
+    store = LocalStore.init(tmp_path / "c")
+    ids = [store.put_bytes(bytes([i]) * 1000) for i in range(5)]
+    for n, ident in enumerate(ids):
+        os.utime(store.blobs / ident, ns=(time.time_ns(), 1_000_000_000 * (n + 1)))
+    freed = cache.trim(store, cap_bytes=2500, protect=frozenset({ids[0]}))
+    assert freed == 3000
+    assert [store.has(i) for i in ids] == [True, False, False, False, True]
