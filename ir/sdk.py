@@ -305,8 +305,8 @@ class GGFunction:
             if name not in spec:
                 continue
             value = _decode(spec[name], hints.get(name), workdir, param.kind)
-            if param.kind is param.POSITIONAL_ONLY:
-                args.append(value)
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                args.append(value)  # in order: a *rest parameter may follow
             elif param.kind is param.VAR_POSITIONAL:
                 args.extend(value)
             elif param.kind is param.VAR_KEYWORD:
