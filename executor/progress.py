@@ -49,7 +49,9 @@ class ProgressDisplay:
             self._bar = tqdm(total=0, unit="thunk", file=self.stream, dynamic_ncols=True, leave=True)
 
     def update(self, counts: Counts, force: bool = False) -> None:
-        if self._bar is not None:
+        now = time.monotonic()
+        if self._bar is not None and (force or now - self._last_line >= 0.1):
+            self._last_line = now
             self._bar.total = counts.discovered
             self._bar.n = counts.settled
             self._bar.set_postfix_str(
@@ -58,7 +60,6 @@ class ProgressDisplay:
             )
             self._bar.refresh()
         elif self.mode == "lines":
-            now = time.monotonic()
             if force or now - self._last_line >= self.interval:
                 self._last_line = now
                 print(f"gg-force: {self._summary(counts)}", file=self.stream, flush=True)
@@ -73,7 +74,7 @@ class ProgressDisplay:
 
     def close(self, counts: Counts) -> None:
         if self._bar is not None:
-            self.update(counts)
+            self.update(counts, force=True)
             self._bar.close()
             self._bar = None
         elif self.mode == "lines":
