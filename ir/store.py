@@ -168,7 +168,7 @@ class LocalStore:
             return known
         fd, temp = self._temp()
         try:
-            with os.fdopen(fd, "wb") as sink, open(path, "rb") as source:
+            with os.fdopen(fd, "wb") as sink, open(path, "rb", buffering=0) as source:
                 ident = hash_stream(source, sink=sink)
             self.hash_cache.remember(st, ident, observed)
             return self._install(temp, ident, executable)
