@@ -26,6 +26,8 @@ resource "aws_lambda_function" "force" {
       GG_STORAGE_URI   = local.storage_uri
       GG_CACHE_DIR     = local.cache_dir
       GG_CACHE_MAX_MIB = tostring(local.cache_max_mib)
+      # Thunks of one batch run at once, up to this many.
+      GG_THUNK_PARALLELISM = tostring(local.parallelism)
     }
   }
 

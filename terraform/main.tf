@@ -19,4 +19,5 @@ locals {
   storage_uri   = "s3://${local.bucket_name}/${var.storage_prefix}?region=${var.region}"
   cache_dir     = "/tmp/gg"
   cache_max_mib = floor(var.ephemeral_storage_mb * var.cache_fraction_percent / 100)
+  parallelism   = coalesce(var.thunk_parallelism, max(1, ceil(var.memory_mb / 1769)))
 }

@@ -81,6 +81,17 @@ variable "cache_fraction_percent" {
   }
 }
 
+variable "thunk_parallelism" {
+  description = "Thunks one invocation runs at once (GG_THUNK_PARALLELISM). Null: one per vCPU Lambda gives at memory_mb (1769 MB = 1 vCPU)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.thunk_parallelism == null || try(var.thunk_parallelism >= 1, false)
+    error_message = "thunk_parallelism must be null or at least 1."
+  }
+}
+
 variable "architecture" {
   description = "Function architecture, x86_64 or arm64. It must match the package (gg lambda package --arch) and the binaries inside thunks."
   type        = string
