@@ -84,7 +84,8 @@ class LocalStore:
         With ``create``, a missing store is made in ``start`` instead of failing.
         """
         environ = os.environ if environ is None else environ
-        start = Path(start or os.getcwd()).absolute()
+        # resolve(): "x/.." must walk up from x's parent, not from x.
+        start = Path(start or os.getcwd()).resolve()
         if environ.get("GG_DIR"):
             root = Path(environ["GG_DIR"]).absolute()
             if root.is_dir() or create:
