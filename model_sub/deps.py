@@ -1,0 +1,153 @@
+"""Which headers a translation unit reads: asked of the real preprocessor, cached.
+
+The scan runs the real driver with the user's own flags and ``-M`` (or the user's
+``-MD``/``-MMD`` request, so that the dependency file make relies on is produced by
+gcc itself, byte for byte). Results are cached under ``.gg/infer/deps`` by the scan
+command and the source's content; a hit is used only if every header listed still has
+the content recorded (checked through the store's stat-based hash cache), so an
+unchanged file is not re-scanned and a changed header forces a new scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from ir.atomic import atomic_write_bytes
+from ir.store import LocalStore
+
+
+class ScanFailed(Exception):
+    """The preprocessor failed (missing header, #error ...): the real tool reports it."""
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    files: list[tuple[str, str]]  # (absolute host path, ID), source first
+    depfile_text: str | None  # what the user's -MD/-MMD file must contain, if asked
+
+
+def parse_make_deps(text: str) -> list[str]:
+    """Prerequisites listed in a gcc dependency file (first rule only, unescaped)."""
+    text = text.replace("\\\n", " ")
+    first_rule = text.split("\n\n")[0].split("\n")[0]
+    _, sep, rest = first_rule.partition(": ")
+    if not sep:
+        _, _, rest = first_rule.partition(":")
+    words, current, i = [], "", 0
+    while i < len(rest):
+        ch = rest[i]
+        if ch == "\\" and i + 1 < len(rest) and rest[i + 1] in " #":
+            current += rest[i + 1]
+            i += 2
+            continue
+        if ch == "$" and i + 1 < len(rest) and rest[i + 1] == "$":
+            current += "$"
+            i += 2
+            continue
+        if ch in " \t":
+            if current:
+                words.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    if current:
+        words.append(current)
+    return words
+
+
+class DepScanner:
+    def __init__(self, store: LocalStore, cache_dir: Path, real_path: str):
+        self.store = store
+        self.cache_dir = cache_dir
+        self.real_path = real_path
+
+    def _env(self, env: dict[str, str]) -> dict[str, str]:
+        keep = {k: v for k, v in env.items() if not k.startswith("GG_INFER")}
+        keep.update(PATH=self.real_path, LC_ALL="C")
+        for name in ("DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES"):
+            keep.pop(name, None)
+        return keep
+
+    def scan(self, argv: list[str], cwd: str, source: str, env: dict[str, str],
+             user_depfile: str | None, user_dep_args: list[str], full_deps_in_user_file: bool) -> ScanResult:
+        """Scan ``source``; ``argv`` is the driver and the compile flags (no -c/-o/-M*).
+
+        With ``user_depfile``, the user's dependency file is written there (from gcc's
+        own output); ``user_dep_args`` are the user's -MD/-MMD/-MP/-MT/-MQ options.
+        """
+        source_path = os.path.join(cwd, source)
+        source_id = self.store.put_file(source_path)
+        key = xxhash.xxh3_128_hexdigest("\0".join(
+            [cwd, source_id, str(user_depfile), *argv, "|", *user_dep_args,
+             *(f"{k}={env.get(k, '')}" for k in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"))]).encode())
+        entry_path = self.cache_dir / key
+        cached = self._load_valid(entry_path)
+        if cached is None:
+            cached = self._run_scan(argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(entry_path, json.dumps({"files": cached.files, "depfile": cached.depfile_text}).encode())
+        if user_depfile is not None and cached.depfile_text is not None:
+            target = os.path.join(cwd, user_depfile)
+            try:
+                with open(target, encoding="utf-8", errors="surrogateescape") as handle:
+                    same = handle.read() == cached.depfile_text
+            except OSError:
+                same = False
+            if not same:
+                atomic_write_bytes(Path(target), cached.depfile_text.encode("utf-8", "surrogateescape"))
+        return cached
+
+    def _load_valid(self, entry_path: Path) -> ScanResult | None:
+        try:
+            entry = json.loads(entry_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        files = [tuple(pair) for pair in entry["files"]]
+        for path, ident in files:
+            try:
+                if self.store.put_file(path) != ident:
+                    return None
+            except OSError:
+                return None
+        return ScanResult(files, entry["depfile"])
+
+    def _run_scan(self, argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file) -> ScanResult:
+        env = self._env(env)
+        with tempfile.TemporaryDirectory(prefix="gg-scan-") as tmp:
+            full = os.path.join(tmp, "deps.d")
+            depfile_text = None
+            if user_depfile is not None:
+                user_out = os.path.join(tmp, "user.d")
+                flags = ["-MM" if "-MMD" in user_dep_args and not full_deps_in_user_file else "-M"]
+                flags += [a for a in user_dep_args if a not in ("-MD", "-MMD")]
+                self._run([*argv, "-E", source, *flags, "-MF", user_out], cwd, env)
+                with open(user_out, encoding="utf-8", errors="surrogateescape") as handle:
+                    depfile_text = handle.read()
+                if flags[0] == "-M":
+                    full = user_out
+            if not os.path.exists(full):
+                self._run([*argv, "-E", source, "-M", "-MT", "x", "-MF", full], cwd, env)
+            with open(full, encoding="utf-8", errors="surrogateescape") as handle:
+                names = parse_make_deps(handle.read())
+        files = []
+        seen = set()
+        for name in names:
+            path = os.path.normpath(os.path.join(cwd, name))
+            if path in seen:
+                continue
+            seen.add(path)
+            files.append((path, self.store.put_file(path)))
+        return ScanResult(files, depfile_text)
+
+    def _run(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
+        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise ScanFailed(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "scan failed")

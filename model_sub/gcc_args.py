@@ -1,0 +1,222 @@
+"""The gcc/g++ command line, parsed into what the model needs to know.
+
+The parser never rejects an option: anything it does not know is carried along
+verbatim (as gg did not, and broke on ``-plugin``, ``--sysroot``, ...). It only needs
+to know which options take a separate argument (so that the argument is not taken for
+an input file), which ones name paths (to map them into the thunk), and which ones
+make a call impossible to model (then the real tool runs).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+
+# Options whose argument is the next word.
+SEPARATE = {
+    "-o", "-x", "-include", "-imacros", "-iquote", "-isystem", "-idirafter", "-iprefix",
+    "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib", "-imultiarch", "-MF", "-MT",
+    "-MQ", "-Xlinker", "-Xassembler", "-Xpreprocessor", "-T", "-u", "-z", "-e", "--param",
+    "-aux-info", "-dumpbase", "-dumpdir", "-dumpbase-ext", "-wrapper", "-A", "--sysroot",
+    "-specs", "--entry", "-Xclang",
+}
+# Options whose argument is joined, or the next word when given alone.
+JOINED_OR_SEPARATE = ("-I", "-D", "-U", "-L", "-l", "-B")
+# Options whose argument is a path to map into the thunk.
+PATH_OPTIONS = {"-I", "-iquote", "-isystem", "-idirafter", "-include", "-imacros", "-isysroot", "-L", "-T",
+                "--sysroot"}
+# Options that only matter to the link, kept in order with the input files.
+LINK_ONLY_PREFIXES = ("-l", "-Wl,", "-Xlinker", "-L", "-T", "-u", "-z", "-e", "--entry")
+LINK_ONLY_FLAGS = {"-static", "-shared", "-pie", "-no-pie", "-rdynamic", "-s", "-nostdlib", "-nostartfiles",
+                   "-nodefaultlibs", "-static-libgcc", "-static-libstdc++", "-symbolic", "-pthread"}
+DEP_FLAGS = {"-MD", "-MMD", "-MP", "-MG"}
+DEP_ARG_OPTIONS = {"-MF", "-MT", "-MQ"}
+
+C_SUFFIXES = {".c": "c", ".i": "cpp-output"}
+CXX_SUFFIXES = {".cc": "c++", ".cp": "c++", ".cxx": "c++", ".cpp": "c++", ".CPP": "c++", ".c++": "c++",
+                ".C": "c++", ".ii": "c++-cpp-output"}
+ASM_SUFFIXES = {".s": "assembler", ".S": "assembler-with-cpp", ".sx": "assembler-with-cpp"}
+HEADER_SUFFIXES = {".h", ".hh", ".hpp", ".hxx", ".H", ".h++", ".tcc"}
+SOURCE_LANGS = {**C_SUFFIXES, **CXX_SUFFIXES, **ASM_SUFFIXES}
+
+
+class Unmodelled(Exception):
+    """This call must run the real tool; the message says why (for the log)."""
+
+
+@dataclass
+class Item:
+    """One element of the command line, in order."""
+
+    kind: str  # "opt" | "input" | "link"
+    words: list[str]
+    path: str | None = None  # for a path option: the path; for an input: the file
+    joined: bool = False  # path option written as one word (-Ifoo)
+    lang: str | None = None  # for an input: the language forced by -x, or None
+
+
+@dataclass
+class GccCall:
+    driver: str  # argv[0] as given
+    items: list[Item] = field(default_factory=list)
+    mode: str = "link"  # "compile" (-c), "assemble" (-S), "link"
+    output: str | None = None
+    dep_flags: list[str] = field(default_factory=list)  # -MD -MMD -MP -MG in order
+    dep_file: str | None = None  # -MF
+    dep_targets: list[tuple[str, str]] = field(default_factory=list)  # ("-MT"|"-MQ", target)
+    nostdinc: bool = False
+
+    @property
+    def sources(self) -> list[Item]:
+        return [i for i in self.items if i.kind == "input" and source_lang(i) is not None]
+
+    @property
+    def linker_inputs(self) -> list[Item]:
+        return [i for i in self.items if i.kind == "input" and source_lang(i) is None]
+
+    def wants_depfile(self) -> bool:
+        return "-MD" in self.dep_flags or "-MMD" in self.dep_flags
+
+
+def source_lang(item: Item) -> str | None:
+    """The language gcc compiles ``item`` as, or None for a linker input."""
+    if item.lang and item.lang != "none":
+        return item.lang
+    _, suffix = os.path.splitext(item.path or "")
+    return SOURCE_LANGS.get(suffix)
+
+
+def expand_response_files(argv: list[str], cwd: str, depth: int = 0) -> list[str]:
+    """Replace every ``@file`` by the words in that file (recursively, like gcc)."""
+    out: list[str] = []
+    for word in argv:
+        if word.startswith("@") and len(word) > 1:
+            path = os.path.join(cwd, word[1:])
+            if depth < 10 and os.path.isfile(path):
+                with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                    words = shlex.split(handle.read(), posix=True)
+                out.extend(expand_response_files(words, cwd, depth + 1))
+                continue
+        out.append(word)
+    return out
+
+
+def _unmodelled_reason(word: str) -> str | None:
+    if word in ("-E", "-M", "-MM", "-v", "-###", "--version", "--help", "-fsyntax-only", "-save-temps",
+                "--coverage", "-fprofile-arcs", "-ftest-coverage", "-flto", "-fuse-ld=gold", "-fuse-ld=lld",
+                "-fuse-ld=mold", "-x-", "-"):
+        return word
+    if word.startswith(("-print-", "--print", "-dump", "-save-temps=", "-fplugin", "-flto=", "--help=",
+                        "-fprofile-generate", "-fprofile-use", "-fdump-", "-fcallgraph-info", "-fstack-usage",
+                        "-specs", "-wrapper", "-B", "-Wa,-a", "-fsanitize")):
+        if word.startswith(("-dumpbase", "-dumpdir")):
+            return None
+        return word
+    return None
+
+
+def parse(argv: list[str], cwd: str) -> GccCall:
+    """Parse a gcc command line; raise :class:`Unmodelled` for calls the model leaves
+    to the real tool."""
+    words = expand_response_files(argv[1:], cwd)
+    call = GccCall(driver=argv[0])
+    lang: str | None = None
+    i = 0
+    saw_mode = {"-c": False, "-S": False}
+    while i < len(words):
+        word = words[i]
+        i += 1
+        reason = _unmodelled_reason(word)
+        if reason:
+            raise Unmodelled(f"option {reason}")
+
+        def take(option: str = word) -> str:
+            nonlocal i
+            if i >= len(words):
+                raise Unmodelled(f"option {option} is missing its argument")
+            value = words[i]
+            i += 1
+            return value
+
+        if word in ("-c", "-S"):
+            saw_mode[word] = True
+        elif word == "-o":
+            call.output = take()
+        elif word == "-x":
+            lang = take()
+            call.items.append(Item("opt", ["-x", lang]))
+        elif word.startswith("-x") and len(word) > 2:
+            lang = word[2:]
+            call.items.append(Item("opt", [word]))
+        elif word in DEP_FLAGS:
+            call.dep_flags.append(word)
+        elif word in DEP_ARG_OPTIONS or (word[:3] in DEP_ARG_OPTIONS and len(word) > 3):
+            option, value = (word, take()) if word in DEP_ARG_OPTIONS else (word[:3], word[3:])
+            if option == "-MF":
+                call.dep_file = value
+            else:
+                call.dep_targets.append((option, value))
+        elif word == "-nostdinc":
+            call.nostdinc = True
+            call.items.append(Item("opt", [word]))
+        elif word in ("-Xlinker",):
+            call.items.append(Item("link", [word, take()]))
+        elif word.startswith("-Wl,"):
+            call.items.append(Item("link", [word]))
+        elif word in SEPARATE:
+            value = take()
+            kind = "link" if word in ("-T", "-u", "-z", "-e", "--entry") else "opt"
+            call.items.append(Item(kind, [word, value], path=value if word in PATH_OPTIONS else None))
+        elif word.startswith("--sysroot="):
+            call.items.append(Item("opt", [word], path=word[len("--sysroot="):], joined=True))
+        elif word.startswith(JOINED_OR_SEPARATE) and not word.startswith(("-Dump", "-Long")):
+            option = word[:2]
+            value = word[2:] if len(word) > 2 else take()
+            kind = "link" if option in ("-l", "-L") else "opt"
+            path = value if option in PATH_OPTIONS else None
+            call.items.append(Item(kind, [option + value] if len(word) > 2 else [option, value],
+                                   path=path, joined=len(word) > 2))
+        elif word in LINK_ONLY_FLAGS:
+            call.items.append(Item("link" if word not in ("-pthread",) else "opt", [word]))
+        elif word.startswith("-") and word != "-":
+            call.items.append(Item("opt", [word]))  # unknown or plain flag: carried verbatim
+        else:
+            _, suffix = os.path.splitext(word)
+            if suffix in HEADER_SUFFIXES and lang is None:
+                raise Unmodelled("precompiled header")
+            if lang and lang.endswith("-header"):
+                raise Unmodelled("precompiled header")
+            call.items.append(Item("input", [word], path=word, lang=lang))
+    if not any(item.kind == "input" for item in call.items):
+        raise Unmodelled("no input files")
+    call.mode = "assemble" if saw_mode["-S"] else "compile" if saw_mode["-c"] else "link"
+    if call.mode != "link" and call.output and len(call.sources) > 1:
+        raise Unmodelled("-o with several sources")
+    if call.mode != "link" and not call.sources:
+        raise Unmodelled("compile call without sources")
+    for item in call.items:
+        if item.kind == "input" and os.path.basename(item.path or "").startswith("conftest"):
+            raise Unmodelled("configure probe")
+    if call.output and (call.output.startswith("/dev/") or os.path.basename(call.output).startswith("conftest")):
+        raise Unmodelled("configure probe or output to a device")
+    if call.mode == "link" and call.wants_depfile() and call.sources:
+        raise Unmodelled("dependency output from a compile-and-link call")
+    return call
+
+
+def default_output(call: GccCall, source: Item) -> str:
+    """The output gcc would name for ``source`` (relative to the call's cwd)."""
+    if call.output:
+        return call.output
+    stem = os.path.splitext(os.path.basename(source.path or ""))[0]
+    return stem + (".s" if call.mode == "assemble" else ".o")
+
+
+def default_depfile(call: GccCall, output: str, source: Item) -> str:
+    """Where -MD/-MMD write without -MF: the output with its suffix replaced by .d."""
+    if call.dep_file:
+        return call.dep_file
+    if call.output:
+        return os.path.splitext(output)[0] + ".d"
+    return os.path.splitext(os.path.basename(source.path or ""))[0] + ".d"

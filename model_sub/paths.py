@@ -1,0 +1,66 @@
+"""Where a host file appears inside a thunk's work directory.
+
+Thunk IDs must not depend on the checkout directory, so no absolute build path may
+appear in a thunk. Every file a thunk reads is laid out under a relative name:
+
+* ``r/<rel>`` for a file under the build root (the directory gg-infer started in),
+* ``a/<abs>`` for any other absolute path (system headers, crt files, libraries),
+* ``gg/...`` for the toolchain programs and their shared libraries,
+* bare names at the top for outputs and intermediate files.
+
+The ``a/`` tree doubles as the linker's ``--sysroot``, so the absolute paths inside
+linker scripts such as ``libc.so`` resolve to the laid-out copies.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ROOT_PREFIX = "r"
+ABS_PREFIX = "a"
+TOOL_PREFIX = "gg"
+
+
+@dataclass(frozen=True)
+class PathMap:
+    root: str  # absolute, normalized build root
+
+    @classmethod
+    def for_root(cls, root: str) -> PathMap:
+        return cls(os.path.normpath(os.path.abspath(root)))
+
+    def absolute(self, path: str, cwd: str) -> str:
+        return os.path.normpath(os.path.join(cwd, path))
+
+    def to_thunk(self, path: str, cwd: str) -> str:
+        """The relative name of host ``path`` (relative to ``cwd``) inside a thunk."""
+        full = self.absolute(path, cwd)
+        if full == self.root:
+            return ROOT_PREFIX
+        if full.startswith(self.root + "/"):
+            return f"{ROOT_PREFIX}/{full[len(self.root) + 1:]}"
+        return f"{ABS_PREFIX}{full}" if full != "/" else ABS_PREFIX
+
+    def to_host(self, name: str) -> str:
+        """Inverse of :meth:`to_thunk` for names it produced (others are returned as is)."""
+        if name == ROOT_PREFIX or name.startswith(ROOT_PREFIX + "/"):
+            return os.path.join(self.root, name[len(ROOT_PREFIX) + 1:])
+        if name.startswith(ABS_PREFIX + "/"):
+            return name[len(ABS_PREFIX):]
+        return name
+
+    def prefix_maps(self, cwd: str) -> list[str]:
+        """``-ffile-prefix-map`` options that turn thunk names back into what the
+        compiler would have printed in ``cwd`` (``__FILE__``, ``.file``), so objects
+        are byte-identical to a plain build's. The most specific map comes last
+        because GCC uses the last matching one."""
+        cwd = os.path.normpath(cwd)
+        maps = [f"-ffile-prefix-map={ABS_PREFIX}/=/"]
+        if cwd == self.root or cwd.startswith(self.root + "/"):
+            rel_root = os.path.relpath(self.root, cwd)
+            maps.append(f"-ffile-prefix-map={ROOT_PREFIX}/={'' if rel_root == '.' else rel_root + '/'}")
+            here = self.to_thunk(".", cwd)
+            if here != ROOT_PREFIX:
+                maps.append(f"-ffile-prefix-map={here}/=")
+        return maps

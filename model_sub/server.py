@@ -1,0 +1,129 @@
+"""The long-lived model server that the C shims talk to (one per gg-infer run).
+
+A request is the shim's cwd, argv and environment (see ``shim.c``). The server picks
+the model by tool name; a model either writes thunks and placeholders (reply ``R0``)
+or decides the call is not for it (reply ``X``: the shim execs the real tool). Any
+unexpected error in a model also falls back to the real tool, with a line in
+``.gg/infer/log``: a build must never break because a model did not understand it.
+"""
+
+from __future__ import annotations
+
+import os
+import socketserver
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from . import binutils_model
+from .context import ModelContext
+from .deps import ScanFailed
+from .driver import DriverError
+from .gcc_args import Unmodelled
+from .gcc_model import GccModel
+from .launcher import GCC_NAMES, GXX_NAMES
+from .toolchain import ToolchainError
+
+
+@dataclass(frozen=True)
+class Request:
+    cwd: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    exec_real: bool
+    status: int = 0
+    stderr: bytes = b""
+
+    def encode(self) -> bytes:
+        if self.exec_real:
+            return b"X"
+        return b"R" + str(self.status).encode() + b"\n" + self.stderr
+
+
+def decode_request(data: bytes) -> Request:
+    fields = data.split(b"\0")
+    if fields[0] != b"GGI1":
+        raise ValueError("not a gg-infer shim request")
+    text = [f.decode("utf-8", "surrogateescape") for f in fields]
+    cwd = text[1]
+    argc = int(text[2])
+    argv = text[3 : 3 + argc]
+    envc = int(text[3 + argc])
+    env = {}
+    for entry in text[4 + argc : 4 + argc + envc]:
+        name, _, value = entry.partition("=")
+        env[name] = value
+    return Request(cwd, argv, env)
+
+
+def handle(ctx: ModelContext, request: Request) -> Reply:
+    """Run the model for one tool call; never raises."""
+    tool = os.path.basename(request.argv[0]) if request.argv else ""
+    started = time.monotonic()
+    try:
+        if tool in GCC_NAMES or tool in GXX_NAMES:
+            GccModel(ctx, request.argv, request.cwd, request.env).run()
+        elif tool == "ar":
+            binutils_model.run_ar(ctx, request.argv, request.cwd)
+        elif tool in ("ranlib", "strip"):
+            binutils_model.run_in_place(ctx, tool, request.argv, request.cwd)
+        else:
+            raise Unmodelled("no model for this tool")
+    except (Unmodelled, ScanFailed, DriverError, ToolchainError) as exc:
+        ctx.log(f"real\t{tool}\t{exc}\t{' '.join(request.argv)}")
+        return Reply(exec_real=True)
+    except Exception:  # noqa: BLE001 - a model bug must not break the user's build
+        ctx.log(f"error\t{tool}\t{' '.join(request.argv)}\n" + traceback.format_exc())
+        return Reply(exec_real=True)
+    ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms\t{' '.join(request.argv)}")
+    return Reply(exec_real=False, status=0)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        chunks = []
+        while True:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        try:
+            request = decode_request(b"".join(chunks))
+        except (ValueError, IndexError):
+            self.request.sendall(b"X")
+            return
+        self.request.sendall(handle(self.server.ctx, request).encode())
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+
+class ModelServer:
+    """Serves model requests on ``socket_path`` in a background thread."""
+
+    def __init__(self, ctx: ModelContext, socket_path: str):
+        self.socket_path = socket_path
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        self._server = _Server(socket_path, _Handler)
+        self._server.ctx = ctx
+        self._thread = threading.Thread(target=self._server.serve_forever, name="gg-infer-models", daemon=True)
+
+    def __enter__(self) -> ModelServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
