@@ -20,7 +20,8 @@ timestamp 1980-01-01, permissions normalized (0644, 0755 where a wheel marks a f
 executable), no ``__pycache__``. Downloaded wheels are cached per target (default
 ``~/.cache/gg-py/wheels/<python>-<arch>``) and resolved from the cache alone when it
 already satisfies the requirements, so re-runs are offline and pick the same wheels.
-Lambda's size limits (50 MiB zipped for a direct upload, 250 MiB unzipped) are checked.
+Lambda's size limits (50 MiB zipped for a direct upload, 250 MiB unzipped) are checked
+before anything is written.
 """
 
 from __future__ import annotations
@@ -59,8 +60,17 @@ ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}
 MANYLINUX = ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "manylinux_2_34")
 
 MIB = 1 << 20
-MAX_ZIPPED = 50 * MIB  # direct upload (what Terraform's `filename` does)
-MAX_UNZIPPED = 250 * MIB  # function code and layers, unpacked
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Lambda's deployment package quotas (AWS docs, "Lambda quotas")."""
+
+    zipped: int = 50 * MIB  # direct upload, which is what Terraform's `filename` does
+    unzipped: int = 250 * MIB  # function code plus layers, unpacked
+
+
+LAMBDA_LIMITS = Limits()
 
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 MANIFEST = "gg_lambda_manifest.json"
@@ -302,6 +312,7 @@ def build_package(
     cache_dir: Path | None = None,
     source_root: Path | None = None,
     requirements: list[str] | None = None,
+    limits: Limits = LAMBDA_LIMITS,
 ) -> Package:
     """Build the deployment zip at ``output`` (atomically) and return what is in it."""
     root = source_root or project_root()
@@ -329,14 +340,16 @@ def build_package(
     entries[MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n", False)
 
     unzipped = sum(len(data) for data, _ in entries.values())
-    if unzipped > MAX_UNZIPPED:
+    if unzipped > limits.unzipped:
         raise PackageError(
-            f"package unpacks to {unzipped / MIB:.1f} MiB, over Lambda's {MAX_UNZIPPED // MIB} MiB limit"
+            f"package unpacks to {unzipped / MIB:.1f} MiB, over Lambda's {limits.unzipped / MIB:g} MiB "
+            f"limit for unzipped code; {output} not written"
         )
     blob = _zip_bytes(entries)
-    if len(blob) > MAX_ZIPPED:
+    if len(blob) > limits.zipped:
         raise PackageError(
-            f"package is {len(blob) / MIB:.1f} MiB zipped, over Lambda's {MAX_ZIPPED // MIB} MiB direct-upload limit"
+            f"package is {len(blob) / MIB:.1f} MiB zipped, over Lambda's {limits.zipped / MIB:g} MiB "
+            f"direct-upload limit; {output} not written"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output, blob)
@@ -362,8 +375,8 @@ def _package(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(
             f"  {target.runtime} {target.architecture}, handler {HANDLER}: "
-            f"{package.zipped_bytes / MIB:.1f} MiB zipped (limit {MAX_ZIPPED // MIB}), "
-            f"{package.unzipped_bytes / MIB:.1f} MiB unzipped (limit {MAX_UNZIPPED // MIB}), "
+            f"{package.zipped_bytes / MIB:.1f} MiB zipped (limit {LAMBDA_LIMITS.zipped // MIB}), "
+            f"{package.unzipped_bytes / MIB:.1f} MiB unzipped (limit {LAMBDA_LIMITS.unzipped // MIB}), "
             f"{len(package.wheels)} wheels, {len(package.modules)} gg-py modules",
             file=sys.stderr,
         )
