@@ -20,4 +20,19 @@ locals {
   cache_dir     = "/tmp/gg"
   cache_max_mib = floor(var.ephemeral_storage_mb * var.cache_fraction_percent / 100)
   parallelism   = coalesce(var.thunk_parallelism, max(1, ceil(var.memory_mb / 1769)))
+
+  # What the client (gg-force --engine lambda) needs to know about this deployment.
+  client_env = merge(
+    {
+      GG_ENGINE               = "lambda"
+      GG_STORAGE_URI          = local.storage_uri
+      GG_LAMBDA_FUNCTION      = aws_lambda_function.force.function_name
+      GG_LAMBDA_REGION        = var.region
+      GG_LAMBDA_TIMEOUT       = tostring(var.timeout_s)
+      GG_LAMBDA_MEMORY_MIB    = tostring(var.memory_mb)
+      GG_LAMBDA_EPHEMERAL_MIB = tostring(var.ephemeral_storage_mb)
+    },
+    # A reservation caps concurrent executions: more parallel invocations would be throttled.
+    var.reserved_concurrency > 0 ? { GG_LAMBDA_CONCURRENCY = tostring(var.reserved_concurrency) } : {},
+  )
 }

@@ -28,11 +28,12 @@ output "log_group" {
   value       = aws_cloudwatch_log_group.function.name
 }
 
+output "client_env" {
+  description = "The environment gg-force needs for this deployment (the names executor/lambda_engine.py reads; docs/lambda.md)."
+  value       = local.client_env
+}
+
 output "env_exports" {
-  description = "Shell lines that configure gg-force for this deployment: eval \"$(terraform output -raw env_exports)\"."
-  value       = <<-EOT
-    export GG_STORAGE_URI='${local.storage_uri}'
-    export GG_LAMBDA_FUNCTION='${aws_lambda_function.force.function_name}'
-    export AWS_REGION='${var.region}'
-  EOT
+  description = "client_env as shell lines: eval \"$(terraform output -raw env_exports)\"."
+  value       = join("", [for name, value in local.client_env : "export ${name}='${value}'\n"])
 }

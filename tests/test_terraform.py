@@ -218,8 +218,47 @@ def test_storage_uri_is_one_the_code_parses(module):
     assert (config.bucket, config.prefix, config.region) == ("gg-py-123456789012-eu-west-1", "gg", "eu-west-1")
     assert config.key("V123") == "gg/V123"  # what the IAM resource "<bucket>/<prefix>/*" covers
     assert _block(_function(module), "environment")["variables"]["GG_STORAGE_URI"] == "${local.storage_uri}"
-    exports = module["output"]["env_exports"]["value"]
-    assert "GG_STORAGE_URI='${local.storage_uri}'" in exports
+    assert "GG_STORAGE_URI = local.storage_uri" in _locals()["client_env"]
+
+
+def _locals() -> dict:
+    return {k: v for block in _load(TERRAFORM / "main.tf")["locals"] for k, v in block.items()}
+
+
+def _client_names() -> set[str]:
+    """Every GG_* variable name the gg-force side of the Lambda engine mentions."""
+    names: set[str] = set()
+    for path in (REPO / "executor" / "lambda_engine.py", REPO / "executor" / "force_cli.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and re.fullmatch(r"GG_[A-Z0-9_]+", node.value):
+                names.add(node.value)
+    return names
+
+
+def test_exported_client_settings_are_the_ones_gg_force_reads(module):
+    client_env = _locals()["client_env"]
+    exported = dict(re.findall(r"\b(GG_[A-Z0-9_]+)\s*=\s*([^,}]+)", client_env))
+    client = _client_names()
+    assert "GG_LAMBDA_FUNCTION" in client, "the scan found too little"
+    unknown = sorted(set(exported) - client)
+    assert not unknown, f"terraform exports {unknown}, which gg-force does not read"
+    # Each setting that describes the deployment comes from the matching Terraform value.
+    expected = {
+        "GG_ENGINE": '"lambda"',
+        "GG_STORAGE_URI": "local.storage_uri",
+        "GG_LAMBDA_FUNCTION": "aws_lambda_function.force.function_name",
+        "GG_LAMBDA_REGION": "var.region",
+        "GG_LAMBDA_TIMEOUT": "tostring(var.timeout_s)",
+        "GG_LAMBDA_MEMORY_MIB": "tostring(var.memory_mb)",
+        "GG_LAMBDA_EPHEMERAL_MIB": "tostring(var.ephemeral_storage_mb)",
+        "GG_LAMBDA_CONCURRENCY": "tostring(var.reserved_concurrency)",
+    }
+    for name, value in expected.items():
+        if name in client:
+            assert exported.get(name, "").strip() == value, name
+    assert module["output"]["client_env"]["value"] == "${local.client_env}"
+    assert "local.client_env" in module["output"]["env_exports"]["value"]
 
 
 # -- IAM: exactly what the code uses --------------------------------------------------
