@@ -99,13 +99,26 @@ def _input(store: LocalStore, text: str, executable: bool) -> Input:
     ref, sep, name = text.partition("=")
     try:
         parse_ref(ref)
-    except InvalidId:
+    except InvalidId as exc:
         path = Path(ref)
         if not path.is_file():
-            raise CliError(f"{ref!r} is neither an ID nor a file") from None
+            raise CliError(f"{ref!r} is neither an ID nor a file ({exc})") from None
         ref = store.put_file(path, executable or None)
         name = name if sep else path.name
-    return Input.parse(f"{ref}={name}" if name else ref)
+    return Input.parse(f"{ref}={name}" if name or sep else ref)
+
+
+def _thunk_input(text: str) -> Input:
+    """``THUNK[#TAG][=name]``, or ``PLACEHOLDER[=name]`` (named by its base name)."""
+    ref, sep, name = text.partition("=")
+    try:
+        parse_ref(ref)
+    except InvalidId as exc:
+        placeholder = read_placeholder(Path(ref))
+        if placeholder is None:
+            raise CliError(f"{ref!r} is neither a thunk ID nor a placeholder file ({exc})") from None
+        ref, name = placeholder.ref, (name if sep else Path(ref).name)
+    return Input.parse(f"{ref}={name}" if name or sep else ref)
 
 
 def _create_thunk(args: argparse.Namespace) -> int:
@@ -132,7 +145,7 @@ def _create_thunk(args: argparse.Namespace) -> int:
         args=tuple(args.args) or (Path(args.function).name,),
         envars=tuple(args.envar),
         values=tuple(_input(store, text, False) for text in args.value),
-        thunks=tuple(Input.parse(text) for text in args.thunk),
+        thunks=tuple(_thunk_input(text) for text in args.thunk),
         executables=tuple(executables),
         outputs=tuple(args.output),
         timeout_ms=args.timeout,
@@ -158,7 +171,7 @@ def add_create_thunk(sub) -> None:
     )
     parser.add_argument("--envar", "-e", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--value", "-v", action="append", default=[], metavar="ID|FILE[=NAME]")
-    parser.add_argument("--thunk", "-t", action="append", default=[], metavar="THUNK[#TAG][=NAME]")
+    parser.add_argument("--thunk", "-t", action="append", default=[], metavar="THUNK[#TAG]|PLACEHOLDER[=NAME]")
     parser.add_argument("--executable", "-x", action="append", default=[], metavar="ID|FILE[=NAME]")
     parser.add_argument("--output", "-o", action="append", default=[], required=True, metavar="TAG")
     parser.add_argument("--timeout", "-T", type=int, default=0, metavar="MS", help="0 = no limit")
@@ -205,8 +218,8 @@ def _describe(args: argparse.Namespace) -> int:
     ref = placeholder.ref if placeholder else target
     try:
         parsed = parse_ref(ref)
-    except InvalidId:
-        raise CliError(f"{target!r} is neither an ID nor a placeholder file") from None
+    except InvalidId as exc:
+        raise CliError(f"{target!r} is neither an ID nor a placeholder file ({exc})") from None
     if parsed.is_thunk:
         report = describe_thunk(parsed.id, store.load_thunk(parsed.id))
         if parsed.tag:

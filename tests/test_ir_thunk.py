@@ -81,7 +81,7 @@ def thunks(draw) -> Thunk:
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(thunk=thunks(), seed=st.integers(0, 2**32))
 def test_canonical_order_and_round_trip(thunk, seed):
     shuffle = random.Random(seed)
