@@ -60,8 +60,11 @@ def test_fib_70_through_gg_force(tmp_path):
     assert done["executed"] == 140
     assert len({e["thunk"] for e in events if e["event"] == "finished"}) == 140
 
-    again = subprocess.run([sys.executable, "-m", "examples.fib", "70", "--force", "--quiet"],
+    second = tmp_path / "second.jsonl"
+    again = subprocess.run([sys.executable, "-m", "examples.fib", "70", "--force", "--quiet", "--trace", str(second)],
                            cwd=REPO, env=_env(store_dir), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "fib(70) = 190392490709135"
+    events = [json.loads(line) for line in second.read_text().splitlines()]
+    assert events[-1]["executed"] == 0 and not [e for e in events if e["event"] == "started"]
     assert LocalStore(store_dir).resolve(ref) is not None
