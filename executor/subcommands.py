@@ -4,5 +4,6 @@ Each entry is a function ``add(subparsers)``; keep heavy imports inside handlers
 """
 
 from . import force_cli
+from .lambda_local import cli as lambda_local_cli
 
-SUBCOMMANDS: tuple = (force_cli.add,)
+SUBCOMMANDS: tuple = (force_cli.add, lambda_local_cli.add)

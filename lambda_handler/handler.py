@@ -172,15 +172,17 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
     import asyncio
 
     from executor.execution import ExecutionFailed, execute
-    from ir.store import MissingBlob
+    from ir.store import CorruptBlob, MissingBlob
 
     inputs = sorted({i.id for i in (*thunk.values, *thunk.executables)})
     try:
         fetched = await asyncio.gather(*(storage.download(store, i) for i in inputs), return_exceptions=True)
-        missing = [i for i, r in zip(inputs, fetched, strict=True) if isinstance(r, MissingBlob)]
+        # Missing or corrupt in storage: the client has a good copy and uploads it again.
+        missing = [i for i, r in zip(inputs, fetched, strict=True) if isinstance(r, MissingBlob | CorruptBlob)]
         if missing:
+            first = next(r for r in fetched if isinstance(r, MissingBlob | CorruptBlob))
             return await _failed(ident, "infrastructure_error",
-                                 f"{len(missing)} input(s) missing from storage, first {missing[0]}",
+                                 f"{len(missing)} input(s) missing or corrupt in storage; first: {first}",
                                  missing=missing)
         for result in fetched:
             if isinstance(result, BaseException):

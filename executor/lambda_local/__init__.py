@@ -1,8 +1,6 @@
 """A local AWS Lambda endpoint (Invoke API + Runtime API + awslambdaric workers).
 
-See :mod:`executor.lambda_local.server`; started by ``gg lambda-local``.
+See :mod:`executor.lambda_local.server` (``EndpointConfig``, ``LocalLambda``, ``serve``);
+started by ``gg lambda-local``. Nothing is imported here, so that registering the
+subcommand does not load aiohttp into every ``gg`` invocation.
 """
-
-from .server import EndpointConfig, LocalLambda, serve
-
-__all__ = ["EndpointConfig", "LocalLambda", "serve"]

@@ -169,6 +169,8 @@ class LocalLambda:
             await self._runner.cleanup()
         if self._runtime_dir:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        if self.config.cache_root is None:  # ours: a temp dir, like a sandbox's /tmp
+            shutil.rmtree(self._cache_root, ignore_errors=True)
 
     # -- workers -----------------------------------------------------------------------
 
@@ -324,7 +326,8 @@ class LocalLambda:
                               f"Request must be smaller than {MAX_PAYLOAD} bytes for the InvokeFunction operation")
         if self._closing:
             return _aws_error(503, "ServiceException", "the local Lambda endpoint is shutting down")
-        if self._idle_workers() == 0 and self.queue.qsize() >= self.config.queue_limit:
+        # Waiting invocations that no idle worker is about to take: beyond the limit, throttle.
+        if self.queue.qsize() >= self._idle_workers() + self.config.queue_limit:
             self.stats["throttled"] += 1
             return _aws_error(429, "TooManyRequestsException", "Rate Exceeded.")
         self.stats["invocations"] += 1

@@ -1,0 +1,379 @@
+"""The Lambda engine: runs thunks on AWS Lambda (or anything speaking its Invoke API).
+
+For each job, :meth:`LambdaEngine.run`
+
+1. uploads the thunk's missing inputs to S3 — per job, as it is dispatched, so uploads
+   overlap with invocations instead of all happening up front (S3Storage shares one
+   upload between jobs that need the same blob);
+2. joins a small batch: jobs that become ready within ``batch_window`` seconds travel
+   in one invocation (up to ``batch_max`` thunks and a payload budget), so that short
+   thunks do not each pay an invocation;
+3. invokes the function (aiobotocore, botocore retries off; throttling is retried here
+   with capped exponential back-off and full jitter, a bounded number of times);
+4. maps the handler's answer: ``execution_failed`` -> :class:`ExecutionFailed`,
+   everything else (function timeout, crashed worker, throttling that does not stop,
+   unreachable endpoint, missing inputs) -> :class:`InfrastructureError`, raised
+   quickly: the scheduler owns retries and the fallback engine;
+5. stores thunk outputs and created thunks (inline in the answer) in the local store,
+   because the scheduler reads them there, and records value outputs as present in S3.
+
+It refuses what a Lambda cannot take (payload over 6 MB, inputs larger than the
+function's ephemeral storage, more memory than configured) so the scheduler sends
+those to the fallback engine up front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from ir.ids import parse_id
+from ir.s3store import S3Error, S3Storage
+from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
+
+from .engine import Job
+from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, Output
+
+EVENT_VERSION = 1
+MAX_PAYLOAD = 6_291_456  # Lambda's synchronous request limit
+PAYLOAD_BUDGET = 5_500_000  # what one batch may use (JSON overhead stays below the limit)
+EPHEMERAL_HEADROOM = 0.8  # inputs may fill this much of /tmp; outputs need the rest
+
+
+@dataclass(frozen=True)
+class LambdaConfig:
+    function_name: str = "gg"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # e.g. http://127.0.0.1:9001 (gg lambda-local)
+    concurrency: int = 64
+    function_timeout: float = 300.0  # the function's configured Timeout
+    memory_mib: int = 3008
+    ephemeral_mib: int = 512
+    batch_max: int = 4
+    batch_window: float = 0.002
+    connect_timeout: float = 5.0
+    throttle_attempts: int = 6
+    backoff_base: float = 0.05
+    backoff_cap: float = 2.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], jobs: int | None = None) -> LambdaConfig:
+        """From the documented GG_LAMBDA_* variables (see docs/lambda.md)."""
+
+        def number(name: str, default, kind=int):
+            text = environ.get(name)
+            if not text:
+                return default
+            try:
+                return kind(text)
+            except ValueError:
+                raise ValueError(f"{name}={text!r} is not a number") from None
+
+        return cls(
+            function_name=environ.get("GG_LAMBDA_FUNCTION") or "gg",
+            region=environ.get("GG_LAMBDA_REGION") or environ.get("AWS_REGION")
+            or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            endpoint_url=environ.get("GG_LAMBDA_ENDPOINT") or None,
+            concurrency=jobs or number("GG_LAMBDA_CONCURRENCY", 64),
+            function_timeout=number("GG_LAMBDA_TIMEOUT", 300.0, float),
+            memory_mib=number("GG_LAMBDA_MEMORY_MIB", 3008),
+            ephemeral_mib=number("GG_LAMBDA_EPHEMERAL_MIB", 512),
+            batch_max=max(1, number("GG_LAMBDA_BATCH", 4)),
+        )
+
+
+@dataclass
+class _Pending:
+    job: Job
+    data: bytes
+    future: asyncio.Future = field(repr=False)
+
+
+def _first_line(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _payload_size(data: bytes) -> int:
+    return 4 * ((len(data) + 2) // 3) + 200
+
+
+class LambdaEngine:
+    name = "lambda"
+
+    def __init__(self, config: LambdaConfig, store: LocalStore, storage: S3Storage):
+        self.config = config
+        self.store = store
+        self.storage = storage
+        self.slots = max(1, config.concurrency)
+        self._pending: list[_Pending] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._inflight: set[asyncio.Task] = set()
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self.invocations = 0
+
+    # -- what Lambda cannot take --------------------------------------------------------
+
+    def refuses(self, job: Job) -> str | None:
+        cfg = self.config
+        size = _payload_size(job.thunk.serialize())
+        if size > PAYLOAD_BUDGET:
+            return f"request payload {size} bytes is over Lambda's {MAX_PAYLOAD}-byte limit"
+        inputs = {i.id for i in (*job.thunk.values, *job.thunk.executables)}
+        total = sum(parse_id(i).size for i in inputs)
+        room = int(cfg.ephemeral_mib * (1 << 20) * EPHEMERAL_HEADROOM)
+        if total > room:
+            return f"inputs total {total >> 20} MiB, over the function's {cfg.ephemeral_mib} MiB of /tmp"
+        wants = job.thunk.resources
+        if wants.memory_mib > cfg.memory_mib:
+            return f"needs {wants.memory_mib} MiB of memory; the function has {cfg.memory_mib} MiB"
+        if wants.disk_mib and wants.disk_mib > cfg.ephemeral_mib:
+            return f"needs {wants.disk_mib} MiB of disk; the function has {cfg.ephemeral_mib} MiB"
+        return None
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> ExecutionResult:
+        await self._upload_inputs(job)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(job, job.thunk.serialize(), loop.create_future())
+        self._enqueue(pending)
+        try:
+            answer = await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            if pending in self._pending:  # not sent yet: take it out of the batch
+                self._pending.remove(pending)
+            raise
+        return await self._result(job, answer)
+
+    async def _upload_inputs(self, job: Job) -> None:
+        inputs = sorted({i.id for i in (*job.thunk.values, *job.thunk.executables)})
+        results = await asyncio.gather(*(self.storage.upload(self.store, i) for i in inputs),
+                                       return_exceptions=True)
+        for ident, result in zip(inputs, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, MissingBlob):
+                raise InfrastructureError(
+                    f"lambda: input {ident} is neither in the local store nor in S3") from None
+            if isinstance(result, CorruptBlob):
+                self.store.remove_corrupt(ident)
+                raise InfrastructureError(f"lambda: cannot upload input: {result}") from None
+            if isinstance(result, BaseException):
+                raise InfrastructureError(f"lambda: uploading input {ident}: {_first_line(result)}") from None
+
+    def _enqueue(self, pending: _Pending) -> None:
+        batch_bytes = sum(_payload_size(p.data) for p in self._pending)
+        if self._pending and batch_bytes + _payload_size(pending.data) > PAYLOAD_BUDGET:
+            self._flush()
+        self._pending.append(pending)
+        if len(self._pending) >= self.config.batch_max:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(self.config.batch_window, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        task = asyncio.ensure_future(self._invoke_batch(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _invoke_batch(self, batch: list[_Pending]) -> None:
+        event = {
+            "version": EVENT_VERSION,
+            "storage": self.storage.config.uri,
+            "thunks": [{"id": p.job.thunk_id, "data": base64.b64encode(p.data).decode()} for p in batch],
+        }
+        try:
+            answer = await self._invoke(json.dumps(event).encode())
+            if not isinstance(answer, dict) or answer.get("version") != EVENT_VERSION:
+                raise InfrastructureError(f"lambda {self.config.function_name}: answer is not a version "
+                                          f"{EVENT_VERSION} answer")
+            by_id = {r.get("id"): r for r in answer.get("results", []) if isinstance(r, dict)}
+            for pending in batch:
+                result = by_id.get(pending.job.thunk_id)
+                if result is None:
+                    why = answer.get("error") or "no result for it in the answer"
+                    _fail(pending, InfrastructureError(f"lambda: thunk {pending.job.thunk_id}: {why}"))
+                elif not pending.future.done():
+                    pending.future.set_result(result)
+        except InfrastructureError as exc:
+            for pending in batch:
+                _fail(pending, exc)
+        except BaseException as exc:
+            error = InfrastructureError(f"lambda {self.config.function_name}: {_first_line(exc) or type(exc).__name__}")
+            for pending in batch:
+                _fail(pending, error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
+
+                cfg = self.config
+                aio_config = AioConfig(
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.function_timeout + 30,
+                    retries={"max_attempts": 0},
+                    max_pool_connections=max(10, cfg.concurrency),
+                )
+                stack = AsyncExitStack()
+                self._client = await stack.enter_async_context(get_session().create_client(
+                    "lambda", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=aio_config))
+                self._stack = stack
+        return self._client
+
+    async def _invoke(self, payload: bytes) -> Any:
+        """One synchronous invocation; throttling retried here, all else raised."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
+        cfg = self.config
+        client = await self._get_client()
+        where = cfg.endpoint_url or f"region {cfg.region}"
+        for attempt in range(1, cfg.throttle_attempts + 1):
+            try:
+                async with asyncio.timeout(cfg.function_timeout + cfg.connect_timeout + 60):
+                    self.invocations += 1
+                    response = await client.invoke(FunctionName=cfg.function_name, Payload=payload)
+                    body = await response["Payload"].read()
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code = str(error.get("Code", ""))
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if (code in ("TooManyRequestsException", "ThrottlingException") or status == 429) \
+                        and attempt < cfg.throttle_attempts:
+                    await asyncio.sleep(random.uniform(0, min(cfg.backoff_cap, cfg.backoff_base * 2**attempt)))
+                    continue
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise InfrastructureError(
+                    f"lambda {cfg.function_name}: {code or status}{tries}: {_first_line(error.get('Message', ''))}"
+                ) from None
+            except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as exc:
+                raise InfrastructureError(f"lambda: cannot reach {where}: {_first_line(exc)}") from None
+            except (ReadTimeoutError, TimeoutError):
+                raise InfrastructureError(
+                    f"lambda {cfg.function_name}: no answer from {where} within "
+                    f"{cfg.function_timeout + 30:g} s") from None
+            if response.get("FunctionError"):
+                try:
+                    detail = json.loads(body)
+                    why = f"{detail.get('errorType', 'Error')}: {_first_line(detail.get('errorMessage', ''))}"
+                except (ValueError, AttributeError):
+                    why = _first_line(body.decode(errors="replace"))
+                raise InfrastructureError(f"lambda {cfg.function_name}: {why}")
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise InfrastructureError(f"lambda {cfg.function_name}: answer is not JSON") from None
+        raise AssertionError("unreachable")
+
+    # -- answers -----------------------------------------------------------------------------
+
+    async def _result(self, job: Job, answer: dict) -> ExecutionResult:
+        status = answer.get("status")
+        error = _first_line(answer.get("error", ""))
+        if status == "execution_failed":
+            raise ExecutionFailed(job.thunk_id, error or "failed on Lambda", list(job.thunk.args),
+                                  str(answer.get("stderr_tail", "")))
+        if status != "ok":
+            for ident in answer.get("missing") or []:
+                self.storage.forget(ident)  # the next attempt uploads it again
+            raise InfrastructureError(f"lambda: thunk {job.thunk_id}: {error or status}")
+        try:
+            outputs = []
+            for entry in answer.get("outputs", []):
+                await self._keep(entry)
+                outputs.append(Output(str(entry["tag"]), str(entry["id"]), bool(entry.get("executable"))))
+            created = []
+            for entry in answer.get("created", []):
+                await self._keep(entry)
+                created.append(str(entry["id"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InfrastructureError(f"lambda: thunk {job.thunk_id}: malformed answer ({exc})") from None
+        if [o.tag for o in outputs] != list(job.thunk.outputs):
+            raise InfrastructureError(f"lambda: thunk {job.thunk_id}: answer has outputs "
+                                      f"{[o.tag for o in outputs]}, expected {list(job.thunk.outputs)}")
+        return ExecutionResult(job.thunk_id, outputs, created, float(answer.get("duration") or 0.0))
+
+    async def _keep(self, entry: dict) -> None:
+        """Thunk blobs into the local store (inline or from S3); values stay remote."""
+        ident = str(entry["id"])
+        parsed = parse_id(ident)
+        self.storage.remember(ident)
+        if not parsed.is_thunk:
+            return
+        if "data" in entry:
+            actual = self.store.put_bytes(base64.b64decode(entry["data"], validate=True))
+            if actual != ident:
+                self.store.remove_corrupt(actual)
+                raise InfrastructureError(f"lambda: inline thunk {ident} hashes to {actual}")
+            return
+        try:
+            await self.storage.download(self.store, ident)
+        except (StoreError, S3Error) as exc:
+            raise InfrastructureError(f"lambda: fetching created thunk: {exc}") from None
+
+    async def close(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for pending in self._pending:
+            _fail(pending, InfrastructureError("lambda engine closed"))
+        self._pending = []
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            await stack.aclose()
+
+
+def _fail(pending: _Pending, error: BaseException) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)
+
+
+def build_lambda_engine(store: LocalStore, jobs: int | None, environ: Mapping[str, str]
+                        ) -> tuple[LambdaEngine, S3Storage]:
+    """The engine and its S3 storage from the environment (GG_STORAGE_URI, GG_LAMBDA_*).
+
+    The caller owns the storage (closes it after the engine) and passes it to the
+    fallback engine, so work produced on Lambda can be fetched locally.
+    """
+    from ir.cli import CliError
+    from ir.storage_uri import StorageUriError, parse_storage_uri
+
+    uri = environ.get("GG_STORAGE_URI")
+    if not uri:
+        raise CliError("--engine lambda needs GG_STORAGE_URI (e.g. s3://BUCKET/PREFIX?region=us-east-1)")
+    try:
+        storage = S3Storage(parse_storage_uri(uri))
+        config = LambdaConfig.from_env(environ, jobs)
+    except (StorageUriError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    return LambdaEngine(config, store, storage), storage
