@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -378,8 +379,10 @@ def command(
             continue
         if isinstance(item, os.PathLike):
             item = File(item)
-        elif isinstance(item, bytes | str):
-            item = Value(item)
+        elif isinstance(item, bytes | bytearray):
+            item = Value(bytes(item))
+        elif isinstance(item, str):
+            raise SdkError(f"input {name!r}: a str is ambiguous: use Path(...) for a file or Value(...) for text")
         if not isinstance(item, Blob):
             raise SdkError(f"input {name!r}: cannot use a {type(item).__name__} as an input")
         values.append(Input(item.id, name))
@@ -416,7 +419,7 @@ def _decode(value: Any, hint: Any, workdir: Path, kind: Any = None) -> Any:
     if isinstance(value, dict) and set(value) == {MARKER}:
         return _decode_blob(workdir / value[MARKER], hint)
     origin, params = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         non_none = [p for p in params if p is not type(None)]
         hint = non_none[0] if len(non_none) == 1 else None
         origin, params = typing.get_origin(hint), typing.get_args(hint)

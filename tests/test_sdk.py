@@ -118,6 +118,11 @@ def raw_bytes():
 @gg_function
 def pass_through(data: Path):
     return data
+
+
+@gg_function
+def optional(value: int | None = None, pair: tuple[int, str] = (0, "")):
+    return {"value": value, "pair_is_tuple": isinstance(pair, tuple), "pair": list(pair)}
 '''
 
 
@@ -260,6 +265,17 @@ async def test_bytes_and_path_results(funcs, store):
     ref = sdk.save(funcs.pass_through(b"passed along"), store)
     await force_by_hand(store, ref)
     assert sdk.read_result(store, ref, str) == "passed along"
+
+
+async def test_optional_and_tuple_annotations(funcs, store):
+    ref = sdk.save(funcs.optional(funcs.double(4), (funcs.double(1), "x")), store)
+    await force_by_hand(store, ref)
+    assert sdk.read_result(store, ref, dict) == {"value": 8, "pair_is_tuple": True, "pair": [2, "x"]}
+
+
+def test_command_rejects_ambiguous_str():
+    with pytest.raises(sdk.SdkError, match="ambiguous"):
+        sdk.command("/bin/sh", "sh", inputs={"in": "text"})
 
 
 async def test_tail_call_to_named_output_is_refused(funcs, store):
