@@ -38,7 +38,16 @@ class Node:
 
     @property
     def duration(self) -> float:
-        return float(self.finished.get("duration", 0.0)) if self.finished else 0.0
+        return _number(self.finished.get("duration")) if self.finished else 0.0
+
+
+def _number(value: Any) -> float:
+    """A trace field as a number; anything odd (a hand-edited trace) counts as 0."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return result if result == result and result not in (float("inf"), float("-inf")) else 0.0
 
 
 @dataclass
@@ -89,7 +98,8 @@ def _nodes(events: list[dict[str, Any]]) -> dict[str, Node]:
             continue
         current = node(ident, index)
         if kind == "queued":
-            current.deps = [d for d in event.get("deps", []) if isinstance(d, str)]
+            deps = event.get("deps")
+            current.deps = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
         elif kind == "cached":
             current.cached = True
         elif kind == "started":
@@ -206,14 +216,14 @@ def summarize(trace: Trace, top: int = 10) -> dict[str, Any]:
         stats["thunks"] += 1
         stats["busy_seconds"] += item.duration
         stats["max_seconds"] = max(stats["max_seconds"], item.duration)
-        stats["bytes_in"] += int(event.get("bytes_in", 0) or 0)
-        stats["bytes_out"] += int(event.get("bytes_out", 0) or 0)
+        stats["bytes_in"] += int(_number(event.get("bytes_in")))
+        stats["bytes_out"] += int(_number(event.get("bytes_out")))
     for stats in engines.values():
         stats["mean_seconds"] = round(stats["busy_seconds"] / stats["thunks"], 6)
         stats["busy_seconds"] = round(stats["busy_seconds"], 6)
     slowest = sorted(finished, key=lambda n: (-n.duration, n.thunk))[:top]
     length, path = critical_path(nodes)
-    elapsed = done.get("elapsed") if done else max((float(e.get("t", 0) or 0) for e in events), default=0.0)
+    elapsed = _number(done.get("elapsed")) if done else max((_number(e.get("t")) for e in events), default=0.0)
     unfinished = [n.thunk for n in nodes.values() if n.started and not n.finished and not n.failed]
 
     def pick(kind: str, *keys: str) -> list[dict[str, Any]]:

@@ -140,6 +140,18 @@ def test_empty_and_garbage(tmp_path, capsys):
     assert summary["notes"] == ["line 3 is truncated (was gg-force killed?); ignored", "1 malformed line(s) skipped"]
 
 
+def test_odd_fields_do_not_crash(tmp_path):
+    events = [
+        {"t": "x", "event": "queued", "thunk": "A", "deps": "B"},
+        {"t": 1, "event": "finished", "thunk": "A", "engine": "local", "duration": "slow", "bytes_in": None},
+        {"t": 1, "event": "tailcall", "thunk": "A", "next": 5},
+        {"event": "done", "elapsed": None, "status": "ok"},
+    ]
+    summary = summarize(read_trace(write_trace(tmp_path / "t.jsonl", events)))
+    assert summary["totals"]["run"] == 1 and summary["critical_path"]["seconds"] == 0
+    assert render(summary, "t")
+
+
 def test_missing_file_is_one_line_error(tmp_path, capsys):
     from ir.cli import run_handler
 
