@@ -7,8 +7,9 @@ the machine that builds it:
   package (thunk functions import ``ir.sdk`` through ``GG_PYTHON``) and the modules
   of ``executor`` that the handler reaches through its imports (the execution core,
   not the scheduler or the CLI) — found by following ``import`` statements;
-* third-party code: the project's runtime requirements as **wheels for Lambda's
-  Python version and architecture** (``pip download --only-binary=:all: --platform
+* third-party code: the distributions that code imports, pinned to the versions
+  installed here (what the tests ran against), plus their dependencies, as **wheels
+  for Lambda's Python version and architecture** (``pip download --only-binary=:all: --platform
   manylinux... --python-version 3.11``), unpacked. Never the build machine's
   site-packages: its native extensions may be for another CPU, glibc or Python.
   boto3 is left out (the handler talks to S3 through aiobotocore), but botocore is
@@ -51,8 +52,6 @@ FIRST_PARTY = ("lambda_handler", "ir", "executor")
 WHOLE_PACKAGES = ("ir", "lambda_handler")
 # Build-time only: never imported at run time.
 EXCLUDED_MODULES = frozenset({"lambda_handler.package"})
-# In the Lambda runtime already and not imported by the handler.
-EXCLUDED_REQUIREMENTS = frozenset({"boto3"})
 
 ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}
 # Lambda's python3.11+ runtimes run on Amazon Linux 2023 (glibc 2.34); any of these
@@ -212,21 +211,44 @@ def first_party_files(root: Path, modules: Iterable[str]) -> dict[str, bytes]:
 
 # -- third-party wheels ---------------------------------------------------------------
 
-def runtime_requirements(distribution: str = "gg-py") -> list[str]:
-    """The project's pinned runtime requirements (pyproject ``dependencies``), minus
-    what the handler does not import, read from the installed distribution."""
-    try:
-        requires = importlib.metadata.requires(distribution) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise PackageError(f"{distribution} is not installed: run ./quickstart.sh --setup-only first") from None
-    chosen = []
-    for requirement in requires:
-        if "extra ==" in requirement:
-            continue
-        name = re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0]
-        if name.lower() not in EXCLUDED_REQUIREMENTS:
-            chosen.append(requirement.split(";")[0].strip())
-    return sorted(chosen)
+def third_party_imports(root: Path, modules: Iterable[str]) -> set[str]:
+    """Dotted names of the non-standard-library, non-first-party modules imported by
+    ``modules`` (anywhere in them, lazy imports included)."""
+    names: set[str] = set()
+    for module in modules:
+        path = _module_file(root, module)
+        assert path is not None
+        for name in _imports_of(path, module):
+            top = name.split(".")[0]
+            if top and top != "__future__" and top not in FIRST_PARTY and top not in sys.stdlib_module_names:
+                names.add(name)
+    return names
+
+
+def _owner(name: str, candidates: list[str]) -> list[str]:
+    """Of the distributions providing top-level ``name``'s package, the ones that hold
+    its subpackage (``google.protobuf`` -> protobuf, not another ``google.*``)."""
+    if len(candidates) <= 1 or "." not in name:
+        return candidates
+    prefix = "/".join(name.split(".")[:2]) + "/"
+    owners = [d for d in candidates
+              if any(str(f).startswith(prefix) for f in importlib.metadata.files(d) or [])]
+    return owners or candidates
+
+
+def runtime_requirements(root: Path, modules: Iterable[str]) -> list[str]:
+    """``dist==version`` for every distribution the shipped code imports, pinned to the
+    version installed here (the one the tests ran against); pip adds their dependencies.
+    boto3 is not imported, so it is not shipped."""
+    providers = importlib.metadata.packages_distributions()
+    pins: set[str] = set()
+    for name in sorted(third_party_imports(root, modules)):
+        candidates = providers.get(name.split(".")[0])
+        if not candidates:
+            raise PackageError(f"the handler's code imports {name}, which no installed distribution provides")
+        for dist in _owner(name, sorted(set(candidates))):
+            pins.add(f"{dist}=={importlib.metadata.version(dist)}")
+    return sorted(pins)
 
 
 def _pip_download(requirements: list[str], target: Target, dest: Path, offline: bool) -> subprocess.CompletedProcess:
@@ -320,7 +342,7 @@ def build_package(
     entries: dict[str, tuple[bytes, bool]] = {
         name: (data, False) for name, data in first_party_files(root, modules).items()
     }
-    requirements = runtime_requirements() if requirements is None else requirements
+    requirements = runtime_requirements(root, modules) if requirements is None else requirements
     wheels = fetch_wheels(requirements, target, cache_dir or default_cache_dir())
     owner = {name: "gg-py sources" for name in entries}
     for wheel in wheels:
