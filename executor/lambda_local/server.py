@@ -16,7 +16,7 @@ Lambda when things go wrong —
 * a worker that cannot initialise: the waiting invocation gets its init error;
 * all workers busy and more than ``queue_limit`` invocations waiting: HTTP 429
   ``TooManyRequestsException``, as when Lambda's concurrency is exhausted;
-* a request over 6 MB: 413 ``RequestEntityTooLargeException``; an answer over 6 MB:
+* a request over 6 MB: 413 ``RequestTooLargeException``; an answer over 6 MB:
   ``Function.ResponseSizeTooLarge``.
 
 Workers start only once their socket listens (else awslambdaric exits at once), and
@@ -284,6 +284,7 @@ class LocalLambda:
 
     async def _init_error(self, worker: Worker, request: web.Request) -> web.Response:
         worker.init_error = await request.read() or _error_body("Runtime.Unknown", "init failed")
+        worker.ready.set()  # initialisation is over (it failed): invocations will get the error
         print(f"lambda-local: worker {worker.index} failed to initialise: "
               f"{worker.init_error[:500].decode(errors='replace')}", file=sys.stderr, flush=True)
         return web.json_response({"status": "OK"}, status=202)
@@ -315,14 +316,14 @@ class LocalLambda:
         if request.headers.get("X-Amz-Invocation-Type", "RequestResponse") == "DryRun":
             return web.Response(status=204)
         if request.content_length is not None and request.content_length > MAX_PAYLOAD:
-            return _aws_error(413, "RequestEntityTooLargeException",
+            return _aws_error(413, "RequestTooLargeException",
                               f"Request must be smaller than {MAX_PAYLOAD} bytes for the InvokeFunction operation")
         try:
             payload = await request.read()
         except web.HTTPRequestEntityTooLarge:
             payload = b"x" * (MAX_PAYLOAD + 1)
         if len(payload) > MAX_PAYLOAD:
-            return _aws_error(413, "RequestEntityTooLargeException",
+            return _aws_error(413, "RequestTooLargeException",
                               f"Request must be smaller than {MAX_PAYLOAD} bytes for the InvokeFunction operation")
         if self._closing:
             return _aws_error(503, "ServiceException", "the local Lambda endpoint is shutting down")
