@@ -291,7 +291,10 @@ def _check_inputs_intact(thunk_id: str, linked: list[tuple[Path, os.stat_result]
     """A function that changed a hard-linked input changed the store's blob: drop it."""
     for source, before in linked:
         after = os.stat(source)
-        if (after.st_size, after.st_mtime_ns, after.st_mode) != (before.st_size, before.st_mtime_ns, before.st_mode):
+        # Mode is compared only for write permission: another run may legitimately
+        # add the execute bit to a shared blob meanwhile (LocalStore.mark_executable).
+        changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        if changed or after.st_mode & 0o222:
             store.remove_corrupt(source.name)
             raise ExecutionFailed(thunk_id, f"the function modified its input {source.name} in place")
 

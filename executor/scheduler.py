@@ -270,18 +270,21 @@ class Scheduler:
     ) -> dict[str, str]:
         """Replace every output that is a thunk by the value it reduces to (any depth)."""
         final = {}
-        for tag, ident in outputs.items():
-            if not parse_id(ident).is_thunk:
-                final[tag] = ident
+        for tag, result in outputs.items():
+            ref = parse_ref(result)
+            if not ref.is_thunk:
+                final[tag] = result
                 continue
-            if ident in chain:
-                raise self._fail(NodeFailed(thunk_id, f"tail-call cycle: {ident} returns itself"))
-            self.observer.event("tailcall", thunk=thunk_id, next=ident)
+            if ref.id in chain:
+                raise self._fail(NodeFailed(thunk_id, f"tail-call cycle: {ref.id} returns itself"))
+            self.observer.event("tailcall", thunk=thunk_id, next=result)
             try:
-                reduced = await self._node(ident)
+                reduced = await self._node(ref.id)
             except NodeFailed:
-                raise DependencyFailed(thunk_id, f"tail call {ident} failed") from None
-            final[tag] = reduced["__default__"]
+                raise DependencyFailed(thunk_id, f"tail call {result} failed") from None
+            if ref.tag is not None and ref.tag not in reduced:
+                raise self._fail(NodeFailed(thunk_id, f"tail call {result}: no such output"))
+            final[tag] = reduced[ref.tag or "__default__"]
         return final
 
     # -- dispatch -------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Each entry is a function ``add(subparsers)``; keep heavy imports inside handlers.
 """
 
+from lambda_handler import package as lambda_package
+
 from . import force_cli
 from .lambda_local import cli as lambda_local_cli
 
-SUBCOMMANDS: tuple = (force_cli.add, lambda_local_cli.add)
+SUBCOMMANDS: tuple = (force_cli.add, lambda_local_cli.add, lambda_package.add)

@@ -53,13 +53,17 @@ def _umask() -> int:
 
 
 async def materialize(store: LocalStore, target: Target, value_id: str, remote: RemoteStorage | None) -> bool:
-    """Write ``value_id`` over the target's placeholder; False if it was no longer one."""
-    if target.path is None:
-        return False
+    """Bring the result into the local store and write it over the target's placeholder.
+
+    Returns False when there was no placeholder to replace (an ID target, or a file
+    that stopped being this placeholder meanwhile); the result is local either way.
+    """
     if not store.has(value_id):
         if remote is None:
             raise TargetError(f"{target.text}: result {value_id} is not in the local store")
         await remote.download(store, value_id)
+    if target.path is None:
+        return False
     current = read_placeholder(target.path)
     if current is None or current.ref != target.ref:
         return False
