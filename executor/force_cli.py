@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "Force placeholders (or thunk IDs) to their real content: run what is not yet "
         "reduced, locally or on Lambda, and write the results where the placeholders were."))
     add_arguments(parser)
-    return run_force(parser.parse_args(argv))
+    return run_force(parser.parse_intermixed_args(argv))
 
 
 def add(sub) -> None:
