@@ -151,6 +151,8 @@ class LambdaEngine:
         except asyncio.CancelledError:
             if pending in self._pending:  # not sent yet: take it out of the batch
                 self._pending.remove(pending)
+            # Sent: the batch still answers it later; nobody will read that answer.
+            pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
         return await self._result(job, answer)
 

@@ -192,3 +192,19 @@ def test_config_from_env():
     assert (config.function_name, config.endpoint_url, config.function_timeout, config.batch_max,
             config.concurrency) == ("f", "http://x:1", 30.0, 2, 7)
 
+
+
+async def test_cancelled_run_does_not_disturb_its_batch(store, s3_uri, lambda_endpoint):
+    """The scheduler cancels the loser of a straggler race: its batch mates still finish."""
+    sh = ShellThunks(store)
+    slow, quick = sh.thunk("sleep 1; echo slow > out"), sh.thunk("echo quick > out")
+    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=2, batch_window=0.5) as h:
+        slow_run = asyncio.ensure_future(h.engine.run(job(store, slow)))
+        quick_run = asyncio.ensure_future(h.engine.run(job(store, quick)))
+        while h.engine.invocations == 0:
+            await asyncio.sleep(0.02)
+        slow_run.cancel()
+        result = await quick_run
+        assert await h.value_of(result.outputs[0].id) == b"quick\n"
+        with pytest.raises(asyncio.CancelledError):
+            await slow_run
