@@ -200,8 +200,8 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             raise Unmodelled("configure probe")
     if call.output and (call.output.startswith("/dev/") or os.path.basename(call.output).startswith("conftest")):
         raise Unmodelled("configure probe or output to a device")
-    if call.mode == "link" and call.wants_depfile() and call.sources:
-        raise Unmodelled("dependency output from a compile-and-link call")
+    if call.mode == "link" and call.wants_depfile() and (len(call.sources) > 1 or not call.output):
+        raise Unmodelled("dependency output from a compile-and-link call of several sources")
     return call
 
 

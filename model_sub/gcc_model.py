@@ -159,7 +159,7 @@ class GccModel:
                 if source_lang(item) is not None:
                     stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", os.path.splitext(os.path.basename(item.path or ""))[0])
                     tag = f"{TEMP_PREFIX}-obj{index}-{stem}.o"
-                    objects[tag] = self._compile(call, item, tag, None)
+                    objects[tag] = self._compile(call, item, tag, call.output)
                     args.append(tag)
                 else:
                     args.append(self._map(item.path or ""))
