@@ -84,7 +84,7 @@ class DepScanner:
         own output); ``user_dep_args`` are the user's -MD/-MMD/-MP/-MT/-MQ options.
         """
         source_path = os.path.join(cwd, source)
-        source_id = self.store.put_file(source_path)
+        source_id = self._file_id(source_path)
         key = xxhash.xxh3_128_hexdigest("\0".join(
             [cwd, source_id, str(user_depfile), *argv, "|", *user_dep_args,
              *(f"{k}={env.get(k, '')}" for k in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"))]).encode())
@@ -105,6 +105,13 @@ class DepScanner:
                 atomic_write_bytes(Path(target), cached.depfile_text.encode("utf-8", "surrogateescape"))
         return cached
 
+    def _file_id(self, path: str) -> str:
+        """ID of ``path``, stored if new; hashing without copying when the blob exists."""
+        ident = self.store.hash_cache.hash(Path(path))
+        if not self.store.has(ident):
+            ident = self.store.put_file(Path(path), executable=False)
+        return ident
+
     def _load_valid(self, entry_path: Path) -> ScanResult | None:
         try:
             entry = json.loads(entry_path.read_text())
@@ -113,7 +120,7 @@ class DepScanner:
         files = [tuple(pair) for pair in entry["files"]]
         for path, ident in files:
             try:
-                if self.store.put_file(path) != ident:
+                if self._file_id(path) != ident:
                     return None
             except OSError:
                 return None
@@ -144,7 +151,7 @@ class DepScanner:
             if path in seen:
                 continue
             seen.add(path)
-            files.append((path, self.store.put_file(path)))
+            files.append((path, self._file_id(path)))
         return ScanResult(files, depfile_text)
 
     def _run(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:

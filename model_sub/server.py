@@ -114,7 +114,8 @@ class ModelServer:
             os.unlink(socket_path)
         self._server = _Server(socket_path, _Handler)
         self._server.ctx = ctx
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gg-infer-models", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="gg-infer-models", daemon=True)
 
     def __enter__(self) -> ModelServer:
         self._thread.start()

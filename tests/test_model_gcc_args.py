@@ -1,0 +1,86 @@
+"""The gcc command-line parser, path mapping and dependency-file parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_sub.deps import parse_make_deps
+from model_sub.driver import parse_hash_hash_hash
+from model_sub.gcc_args import Unmodelled, default_depfile, default_output, parse
+from model_sub.paths import PathMap
+
+
+def _touch(tmp_path, *names):
+    for name in names:
+        (tmp_path / name).write_text("")
+
+
+def test_compile_with_separate_and_joined_arguments(tmp_path):
+    call = parse(["gcc", "-I", "inc", "-Iother", "-DX=1", "-D", "Y", "-c", "a.c", "-o", "out/a.o",
+                  "-MMD", "-MF", "a.d", "-MT", "tgt", "--weird-new-flag", "-plugin", "-Wp,-DZ"], str(tmp_path))
+    assert call.mode == "compile"
+    assert call.output == "out/a.o"
+    assert [s.path for s in call.sources] == ["a.c"]
+    assert call.dep_flags == ["-MMD"] and call.dep_file == "a.d" and call.dep_targets == [("-MT", "tgt")]
+    paths = [(i.words, i.path) for i in call.items if i.path and i.kind == "opt"]
+    assert paths == [(["-I", "inc"], "inc"), (["-Iother"], "other")]
+    assert ["--weird-new-flag"] in [i.words for i in call.items]  # unknown options are carried
+    assert ["-plugin"] in [i.words for i in call.items]
+
+
+def test_link_items_keep_their_order_and_response_files_expand(tmp_path):
+    (tmp_path / "args.rsp").write_text('main.o "-L lib dir" -lm\n-Wl,--as-needed\n')
+    call = parse(["g++", "-o", "prog", "@args.rsp", "-Xlinker", "-z", "-Xlinker", "now", "x.cpp"], str(tmp_path))
+    assert call.mode == "link"
+    words = [i.words for i in call.items]
+    assert words == [["main.o"], ["-L lib dir"], ["-lm"], ["-Wl,--as-needed"], ["-Xlinker", "-z"],
+                     ["-Xlinker", "now"], ["x.cpp"]]
+    assert [s.path for s in call.sources] == ["x.cpp"]
+    assert [i.path for i in call.linker_inputs] == ["main.o"]
+
+
+def test_x_language_applies_to_following_inputs(tmp_path):
+    call = parse(["gcc", "-c", "-x", "c", "code.txt", "-x", "none", "b.c"], str(tmp_path))
+    assert [(s.path, s.lang) for s in call.sources] == [("code.txt", "c"), ("b.c", "none")]
+    assert [default_output(call, s) for s in call.sources] == ["code.o", "b.o"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["gcc", "-E", "a.c"], ["gcc", "--version"], ["gcc", "-print-file-name=libc.so"], ["gcc", "-dumpmachine"],
+    ["gcc", "-v"], ["gcc", "-c", "-"], ["gcc"], ["gcc", "-M", "a.c"], ["gcc", "-c", "a.c", "b.c", "-o", "x.o"],
+    ["gcc", "conftest.c", "-o", "conftest"], ["gcc", "-c", "a.h"], ["gcc", "-flto", "-c", "a.c"],
+])
+def test_calls_that_run_the_real_tool(tmp_path, argv):
+    with pytest.raises(Unmodelled):
+        parse(argv, str(tmp_path))
+
+
+def test_default_names(tmp_path):
+    call = parse(["gcc", "-S", "dir/a.c"], str(tmp_path))
+    assert default_output(call, call.sources[0]) == "a.s"
+    call = parse(["gcc", "-c", "-MD", "src/a.c", "-o", "obj/a.o"], str(tmp_path))
+    assert default_depfile(call, "obj/a.o", call.sources[0]) == "obj/a.d"
+
+
+def test_path_map_is_checkout_independent():
+    one, two = PathMap.for_root("/home/u/proj"), PathMap.for_root("/tmp/x/proj")
+    assert one.to_thunk("../inc/a.h", "/home/u/proj/src") == "r/inc/a.h"
+    assert two.to_thunk("../inc/a.h", "/tmp/x/proj/src") == "r/inc/a.h"
+    assert one.to_thunk("/usr/include/stdio.h", "/") == "a/usr/include/stdio.h"
+    assert one.to_host("r/inc/a.h") == "/home/u/proj/inc/a.h"
+    assert one.prefix_maps("/home/u/proj/src") == two.prefix_maps("/tmp/x/proj/src") == [
+        "-ffile-prefix-map=a/=/", "-ffile-prefix-map=r/=../", "-ffile-prefix-map=r/src/="]
+
+
+def test_dependency_file_parsing():
+    text = "a.o: a.c /usr/include/stdio.h \\\n inc/my\\ file.h x.h\n\nx.h:\n"
+    assert parse_make_deps(text) == ["a.c", "/usr/include/stdio.h", "inc/my file.h", "x.h"]
+
+
+def test_hash_hash_hash_temps_get_stable_names():
+    stderr = ('Target: x\n /usr/lib/gcc/x/12/cc1 -quiet r/a.c -o /tmp/ccAbC123.s\n'
+              ' as --64 -o a.o /tmp/ccAbC123.s\nCOLLECT_GCC_OPTIONS=...\n')
+    stages = parse_hash_hash_hash(stderr)
+    assert [s.argv for s in stages] == [("/usr/lib/gcc/x/12/cc1", "-quiet", "r/a.c", "-o", "gg-tmp0.s"),
+                                        ("as", "--64", "-o", "a.o", "gg-tmp0.s")]
+    assert stages[1].output == "a.o"
