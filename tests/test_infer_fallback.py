@@ -1,0 +1,32 @@
+"""Calls the models do not model run the real tool, silently and correctly."""
+
+from __future__ import annotations
+
+import subprocess
+
+from ir.placeholder import read_placeholder
+from tests.test_infer_support import gg_infer
+
+SCRIPT = r"""
+set -e
+printf '#define A 5\nvalue A\n' | gcc -E -P -
+gcc -E -P x.c
+gcc -dumpmachine
+gcc -print-file-name=libc.so
+cc -c x.c -o x.o
+ar t libnothing.a 2>/dev/null || echo "no archive"
+exit 3
+"""
+
+
+def test_unmodelled_calls_behave_like_the_real_tools(tmp_path):
+    (tmp_path / "x.c").write_text("#define B 7\nint b = B;\n")
+    plain = subprocess.run(["sh", "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True)
+    (tmp_path / "x.o").unlink()
+    inferred = gg_infer(tmp_path, "sh", "-c", SCRIPT)
+    assert inferred.returncode == plain.returncode == 3  # gg-infer exits with the command's status
+    assert inferred.stdout == plain.stdout
+    assert inferred.stderr == plain.stderr
+    assert read_placeholder(tmp_path / "x.o") is not None  # the modelled call left a placeholder
+    log = (tmp_path / ".gg" / "infer" / "log").read_text()
+    assert "real\tgcc\toption -E" in log and "model\tcc" in log
