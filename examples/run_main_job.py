@@ -1,28 +1,42 @@
-"""The README's main job (placeholder until gg-force lands): build a thunk and run it."""
+"""The README's main job: build the bundled C/C++ project through gg on the local engine.
+
+It copies ``examples/cproject`` to ``build/example-cproject/src`` (so the checkout stays
+clean), runs ``gg-infer make`` there (the real make, with model shims that write thunks
+and placeholders), then ``gg-force app`` (which runs the thunks on the local engine),
+and finally runs the program it built. The store lives in
+``build/example-cproject/.gg``, so running it again is all cache hits.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import os
+import shutil
+import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from executor.execution import execute
-from ir.store import LocalStore
-from ir.thunk import Input, Thunk
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def step(title: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+    print(f"\n$ {' '.join(argv)}    # {title}", flush=True)
+    result = subprocess.run(argv, cwd=cwd, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"main job: '{' '.join(argv)}' failed with status {result.returncode}")
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = LocalStore.init(Path(tmp) / ".gg")
-        shell = store.put_file(Path("/bin/sh"), executable=True)
-        text = store.put_bytes(b"hello from a thunk\n")
-        thunk = Thunk(shell, ("sh", "-c", "tr a-z A-Z < in > out"), ("out",),
-                      values=(Input(text, "in"),), executables=(Input(shell),))
-        ident = store.put_thunk(thunk)
-        result = asyncio.run(execute(ident, thunk, store))
-        print(f"{ident} -> {result.outputs[0].id}")
-        sys.stdout.write(store.read_bytes(result.outputs[0].id).decode())
+    work = REPO / "build" / "example-cproject"
+    source = work / "src"
+    if source.exists():
+        shutil.rmtree(source)
+    shutil.copytree(REPO / "examples" / "cproject", source)
+    env = dict(os.environ, GG_DIR=str(work / ".gg"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    step("the real build, with models writing thunks", [str(BIN / "gg-infer"), "make", "-j2"], source, env)
+    step("force the program on the local engine", [str(BIN / "gg-force"), "-j2", "app"], source, env)
+    step("run what gg built", ["./app"], source, env)
+    print(f"\nBuilt in {source} with the store in {work / '.gg'}; run again for an all-cache-hit build.")
     return 0
 
 

@@ -67,8 +67,12 @@ async def materialize(store: LocalStore, target: Target, value_id: str, remote: 
     current = read_placeholder(target.path)
     if current is None or current.ref != target.ref:
         return False
+    placeholder_stat = os.stat(target.path)
     blob = store.blob_path(value_id)
     executable = os.access(blob, os.X_OK)
     mode = (0o755 if executable else 0o644) & ~_umask()
-    atomic_copy(blob, target.path, mode)
+    # The real file keeps the placeholder's timestamps: make compared them when it
+    # wrote the placeholders, and forcing an object after the archive that contains
+    # it must not make the archive look out of date.
+    atomic_copy(blob, target.path, mode, times_ns=(placeholder_stat.st_atime_ns, placeholder_stat.st_mtime_ns))
     return True

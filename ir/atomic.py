@@ -19,14 +19,21 @@ def _temp_in(directory: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=directory, prefix=".tmp-")
 
 
-def atomic_write(path: Path, fill: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
-    """Create ``path`` atomically with the bytes ``fill`` writes to the file object."""
+def atomic_write(
+    path: Path, fill: Callable[[BinaryIO], object], mode: int = 0o644, times_ns: tuple[int, int] | None = None
+) -> None:
+    """Create ``path`` atomically with the bytes ``fill`` writes to the file object.
+
+    ``times_ns`` (atime, mtime) is set on the file before it appears under its name.
+    """
     path = Path(path)
     fd, temp = _temp_in(path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             fill(handle)
         os.chmod(temp, mode)
+        if times_ns is not None:
+            os.utime(temp, ns=times_ns)
         os.replace(temp, path)
     except BaseException:
         _remove_quietly(temp)
@@ -37,10 +44,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     atomic_write(path, lambda handle: handle.write(data), mode)
 
 
-def atomic_copy(source: Path, path: Path, mode: int) -> None:
+def atomic_copy(source: Path, path: Path, mode: int, times_ns: tuple[int, int] | None = None) -> None:
     """Copy ``source`` over ``path`` atomically (the source may be read-only)."""
     with open(source, "rb") as src:
-        atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20), mode)
+        atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20), mode, times_ns)
 
 
 def _remove_quietly(path: str) -> None:

@@ -146,3 +146,14 @@ def test_two_gg_force_processes_on_one_store(store, sh, tmp_path):
         assert run.returncode == 0, stderr
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() == _expected(16)
     _assert_store_sound(store)
+
+
+def test_real_file_keeps_the_placeholders_timestamps(store, sh, tmp_path):
+    """make compared the placeholders' times; forcing must not make targets look stale."""
+    ident = sh.thunk("echo object > out")
+    target = tmp_path / "part.o"
+    write_placeholder(target, ident)
+    os.utime(target, ns=(1_000_000_000_000_000_000, 1_000_000_000_123_456_789))
+    assert gg_force(store.root, "part.o", cwd=tmp_path).returncode == 0
+    assert target.read_text() == "object\n"
+    assert os.stat(target).st_mtime_ns == 1_000_000_000_123_456_789
