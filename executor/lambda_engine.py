@@ -28,13 +28,17 @@ import asyncio
 import base64
 import json
 import random
+import socket
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from ir.cli import CliError
 from ir.ids import parse_id
 from ir.s3store import S3Error, S3Storage
+from ir.storage_uri import S3Config
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
 from .engine import Job
@@ -360,22 +364,62 @@ def _fail(pending: _Pending, error: BaseException) -> None:
         pending.future.set_exception(error)
 
 
-def build_lambda_engine(store: LocalStore, jobs: int | None, environ: Mapping[str, str]
-                        ) -> tuple[LambdaEngine, S3Storage]:
+class LambdaSetupError(CliError, OSError):
+    """A configuration problem found before anything runs: one line, exit status 1.
+
+    Also an ``OSError`` so that every CLI's user-error handling prints it as one line.
+    """
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    if not parsed.hostname:
+        raise LambdaSetupError(f"{url!r} is not an http(s) URL")
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def preflight(config: LambdaConfig, storage: S3Config) -> None:
+    """Refuse to start when the Lambda or S3 endpoint cannot even be connected to.
+
+    A wrong ``GG_LAMBDA_ENDPOINT`` would otherwise make every thunk retry, back off and
+    then quietly run on this machine instead: a user who asked for Lambda wants to be
+    told at once. One TCP connect each, bounded by the connect timeout; an outage in
+    the middle of a run is still retried and falls back as usual.
+    """
+    checks = [
+        ("Lambda", config.endpoint_url or f"https://lambda.{config.region}.amazonaws.com",
+         "GG_LAMBDA_ENDPOINT / GG_LAMBDA_REGION"),
+        ("S3", storage.endpoint or f"https://s3.{storage.region}.amazonaws.com", "GG_STORAGE_URI"),
+    ]
+    for what, url, variable in checks:
+        host, port = _host_port(url)
+        try:
+            socket.create_connection((host, port), timeout=config.connect_timeout).close()
+        except OSError as exc:
+            why = exc.strerror or str(exc) or type(exc).__name__
+            raise LambdaSetupError(f"cannot reach the {what} endpoint {url}: {why} "
+                                   f"(check {variable}, or use --engine local)") from None
+
+
+def build_lambda_engine(store: LocalStore, jobs: int | None, environ: Mapping[str, str],
+                        check: bool = True) -> tuple[LambdaEngine, S3Storage]:
     """The engine and its S3 storage from the environment (GG_STORAGE_URI, GG_LAMBDA_*).
 
     The caller owns the storage (closes it after the engine) and passes it to the
-    fallback engine, so work produced on Lambda can be fetched locally.
+    fallback engine, so work produced on Lambda can be fetched locally. With ``check``,
+    both endpoints must accept a connection first (:func:`preflight`).
     """
-    from ir.cli import CliError
     from ir.storage_uri import StorageUriError, parse_storage_uri
 
     uri = environ.get("GG_STORAGE_URI")
     if not uri:
-        raise CliError("--engine lambda needs GG_STORAGE_URI (e.g. s3://BUCKET/PREFIX?region=us-east-1)")
+        raise LambdaSetupError("--engine lambda needs GG_STORAGE_URI (e.g. s3://BUCKET/PREFIX?region=us-east-1)")
     try:
-        storage = S3Storage(parse_storage_uri(uri))
+        s3_config = parse_storage_uri(uri)
         config = LambdaConfig.from_env(environ, jobs)
     except (StorageUriError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+        raise LambdaSetupError(str(exc)) from None
+    if check:
+        preflight(config, s3_config)
+    storage = S3Storage(s3_config)
     return LambdaEngine(config, store, storage), storage
