@@ -22,7 +22,6 @@ It writes no reductions: recording what a thunk reduced to is the caller's decis
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import os
 import re
@@ -148,18 +147,36 @@ def _tail(path: Path) -> str:
         return ""
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
-def _die_with_parent() -> None:
-    """In the child: be killed if the executor dies (e.g. ``kill -9`` of gg-force).
+def _record_group(rundir: Path, pid: int) -> None:
+    """Note the function's process group, so a later run can kill it if we die.
 
-    The function runs in its own session so that its whole group can be killed on a
-    timeout; that also detaches it from the terminal's Ctrl-C, so without this an
-    orphan would keep running after its parent was killed.
+    A child cannot be tied to our lifetime without ``preexec_fn`` (which forces a slow
+    fork per thunk), so after a ``kill -9`` of the executor its orphans are killed by
+    the next :func:`sweep_stale_runs` instead. The start time guards against PID reuse.
     """
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    (rundir / ".group").write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def _kill_recorded_group(rundir: Path) -> None:
+    try:
+        pid_text, started = (rundir / ".group").read_text().split()
+    except (OSError, ValueError):
+        return
+    pid = int(pid_text)
+    if _start_time(pid) == started:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
@@ -197,9 +214,9 @@ async def execute(
     scratch.mkdir(parents=True, exist_ok=True)
     rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
     lock = _hold_lock(rundir)
-    workdir, outstore_dir = rundir / "w", rundir / "gg"
-    workdir.mkdir()
-    outstore = LocalStore.init(outstore_dir)
+    workdir, outstore = rundir / "w", LocalStore(rundir / "gg")
+    for directory in (workdir, outstore.root, outstore.blobs, outstore.tmp):
+        directory.mkdir()
     started = time.monotonic()
     try:
         linked = _lay_out(thunk_id, thunk, store, workdir)
@@ -255,6 +272,7 @@ def sweep_stale_runs(scratch: Path) -> None:
             continue
         finally:
             os.close(fd)
+        _kill_recorded_group(rundir)
         _remove_tree(rundir)
 
 
@@ -268,10 +286,10 @@ async def _run(
             process = await asyncio.create_subprocess_exec(
                 argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
+        _record_group(rundir, process.pid)
         try:
             code = await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:

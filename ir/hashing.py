@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .ids import DEFAULT_ALGORITHM, Kind, make_id, new_hasher
-from .thunk import MAGIC
+from .ids import DEFAULT_ALGORITHM, MAGIC, Kind, make_id, new_hasher
 
 CHUNK = 1 << 20
 # Timestamps closer than this to the time an entry was made are not trusted.

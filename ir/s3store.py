@@ -36,10 +36,9 @@ from typing import Any, TypeVar
 
 import zstandard
 
-from .ids import Kind, id_of_bytes, make_id, new_hasher, parse_id
+from .ids import MAGIC, Kind, id_of_bytes, make_id, new_hasher, parse_id
 from .storage_uri import S3Config, parse_storage_uri
 from .store import CorruptBlob, LocalStore, MissingBlob, StoreError
-from .thunk import MAGIC
 
 T = TypeVar("T")
 

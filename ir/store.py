@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .hashing import HashCache, hash_file, hash_stream
-from .ids import InvalidId, Kind, id_of_bytes, parse_id, parse_ref
+from .ids import MAGIC, InvalidId, Kind, id_of_bytes, parse_id, parse_ref
 from .thunk import Thunk, parse_thunk
 
 GG_DIR_NAME = ".gg"
@@ -137,8 +137,6 @@ class LocalStore:
         return tempfile.mkstemp(dir=self.tmp, prefix="in-")
 
     def put_bytes(self, data: bytes, executable: bool = False) -> str:
-        from .thunk import MAGIC
-
         ident = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
         if self.has(ident):
             if executable:

@@ -16,9 +16,8 @@ from pathlib import PurePosixPath
 from google.protobuf.message import DecodeError
 
 from . import thunk_pb2
-from .ids import InvalidId, Kind, Ref, id_of_bytes, parse_id, parse_ref, validate_tag
+from .ids import MAGIC, InvalidId, Kind, Ref, id_of_bytes, parse_id, parse_ref, validate_tag
 
-MAGIC = b"##GGTHUNK##"
 _UINT32 = 1 << 32
 _UINT64 = 1 << 64
 
