@@ -8,21 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from ir.placeholder import read_placeholder, write_placeholder
 from ir.store import LocalStore
-from tests.forcing import VENV_BIN, ShellThunks, gg_env, gg_force
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalStore.init(tmp_path / ".gg")
-
-
-@pytest.fixture
-def sh(store):
-    return ShellThunks(store)
+from tests.forcing import VENV_BIN, gg_env, gg_force
 
 
 def test_placeholders_are_replaced_with_the_right_modes(store, sh, tmp_path):

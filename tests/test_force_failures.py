@@ -10,18 +10,7 @@ import pytest
 from executor.execution import InfrastructureError
 from executor.local_engine import LocalEngine
 from executor.scheduler import ForceFailed
-from ir.store import LocalStore
-from tests.forcing import ShellThunks, force
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalStore.init(tmp_path / ".gg")
-
-
-@pytest.fixture
-def sh(store):
-    return ShellThunks(store)
+from tests.forcing import force
 
 
 def test_execution_failure_names_thunk_command_status_and_stderr(store, sh):

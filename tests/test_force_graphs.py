@@ -4,20 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from ir.store import LocalStore
-from tests.forcing import ShellThunks, force
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalStore.init(tmp_path / ".gg")
-
-
-@pytest.fixture
-def sh(store):
-    return ShellThunks(store)
+from tests.forcing import force
 
 
 def text(store, ident):
