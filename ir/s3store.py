@@ -171,6 +171,9 @@ class S3Storage:
         self._client_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._present: set[str] = set()  # this run's knowledge only, never persisted
+        # Found missing or corrupt by someone: the next upload PUTs without asking HEAD,
+        # which would call a corrupt object "present" forever.
+        self._suspect: set[str] = set()
         self._uploading: dict[str, asyncio.Future[None]] = {}
         self._downloading: dict[str, asyncio.Future[None]] = {}
 
@@ -271,8 +274,13 @@ class S3Storage:
         return found
 
     def forget(self, ident: str) -> None:
-        """Drop the belief that ``ident`` is uploaded (someone found it missing)."""
+        """Drop the belief that ``ident`` is uploaded (someone found it missing or corrupt).
+
+        The next :meth:`upload` of it sends it again even if a HEAD finds an object
+        there: existence says nothing about content.
+        """
         self._present.discard(ident)
+        self._suspect.add(ident)
 
     def forget_all(self) -> None:
         """Drop everything this store believes is uploaded (e.g. a new warm invocation)."""
@@ -281,25 +289,31 @@ class S3Storage:
     def remember(self, ident: str) -> None:
         """Record that ``ident`` is in the bucket (a remote function just uploaded it)."""
         self._present.add(ident)
+        self._suspect.discard(ident)
 
     # -- upload -------------------------------------------------------------------------
 
-    async def upload(self, store: LocalStore, ident: str) -> None:
-        """Make sure blob ``ident`` is in the bucket; concurrent calls share one upload."""
+    async def upload(self, store: LocalStore, ident: str, overwrite: bool = False) -> None:
+        """Make sure blob ``ident`` is in the bucket; concurrent calls share one upload.
+
+        ``overwrite``: PUT even if an object is there already (a producer that just made
+        the blob uses it, so a corrupt copy left by anyone is replaced, not trusted).
+        """
         parse_id(ident)
         if ident in self._present:
             return
         pending = self._uploading.get(ident)
         if pending is None:
-            pending = asyncio.ensure_future(self._upload(store, ident))
+            pending = asyncio.ensure_future(self._upload(store, ident, overwrite))
             self._uploading[ident] = pending
             pending.add_done_callback(lambda _f: self._uploading.pop(ident, None))
         await asyncio.shield(pending)
 
-    async def _upload(self, store: LocalStore, ident: str) -> None:
+    async def _upload(self, store: LocalStore, ident: str, overwrite: bool) -> None:
         where = self.config.where(ident)
         size = parse_id(ident).size
-        if size > PUT_WITHOUT_HEAD and await self.has(ident):
+        trust_head = not overwrite and ident not in self._suspect
+        if trust_head and size > PUT_WITHOUT_HEAD and await self.has(ident):
             return
         path = store.blob_path(ident)
         if not path.exists():
@@ -309,6 +323,7 @@ class S3Storage:
         else:
             await self._with_deadline("PUT", where, self._upload_small(ident, path))
         self._present.add(ident)
+        self._suspect.discard(ident)
 
     def _metadata(self, encoding: str, ident: str) -> dict[str, str]:
         return {ENCODING: encoding, "gg-id": ident}
@@ -438,6 +453,8 @@ class S3Storage:
                 return
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
+        self._present.discard(ident)
+        self._suspect.add(ident)
         raise CorruptBlob(ident, actual, where)
 
     async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str]:

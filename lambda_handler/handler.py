@@ -190,7 +190,7 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
         async with slots:
             result = await execute(ident, thunk, store, runtime_env=runtime_env)
         produced = [o.id for o in result.outputs] + list(result.created)
-        await asyncio.gather(*(storage.upload(store, i) for i in dict.fromkeys(produced)))
+        await asyncio.gather(*(storage.upload(store, i, overwrite=True) for i in dict.fromkeys(produced)))
     except ExecutionFailed as exc:
         return await _failed(ident, "execution_failed", exc.reason, exc.stderr_tail)
     except MissingBlob as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from ir.ids import id_of_bytes, parse_id
+from ir.storage_uri import parse_storage_uri
 from ir.store import LocalStore
 from ir.thunk import Resources
-from tests.aws_fixtures import FAKE_AWS_ENV, LocalLambda
+from tests.aws_fixtures import FAKE_AWS_ENV, FaultProxy, LocalLambda
 from tests.forcing import ShellThunks
 
 pytestmark = pytest.mark.timeout(300)
@@ -200,3 +202,145 @@ def test_missing_storage_uri_is_one_clear_error(tmp_path, lambda_endpoint):
     assert forced.returncode == 1
     line = one_line_error(forced.stderr)
     assert line.startswith("gg-force: error: ") and "GG_STORAGE_URI" in line, line
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+def test_worker_killed_mid_thunk(tmp_path, s3_uri, lambda_endpoint_factory):
+    """SIGKILL the worker running a thunk: the run retries it and ends with the right value."""
+    endpoint = lambda_endpoint_factory(workers=2)
+    client = make_client(tmp_path, s3_uri, endpoint.url)
+    sh = ShellThunks(client.store)
+    marker, pid_file = tmp_path / "first-attempt", tmp_path / "worker.pid"
+    victim = sh.thunk(f"if mkdir {marker} 2>/dev/null; then echo $PPID > {pid_file}.tmp; "
+                      f"mv {pid_file}.tmp {pid_file}; sleep 60; fi; cat a > out", values={"a": "survived"})
+    trace = tmp_path / "trace.jsonl"
+    process = subprocess.Popen(client.argv("--print", victim, trace=trace), cwd=tmp_path, env=client.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err + endpoint.log()[-3000:]
+    assert client.value(subprocess.CompletedProcess([], 0, out, err), victim) == b"survived"
+    retried = of_kind(trace, "retried")
+    assert retried and "Runtime.ExitError" in retried[0]["error"]
+    assert {e["engine"] for e in of_kind(trace, "started")} == {"lambda"}
+    assert_store_intact(client.store)
+
+
+def _produce_and_consume(client: Client, big: bytes) -> tuple[str, str, str]:
+    """(input ID, producer, consumer): the producer's 4 MiB output feeds the consumer."""
+    sh = ShellThunks(client.store)
+    produce = sh.thunk("cat big big > out", values={"big": big})
+    consume = sh.thunk("wc -c < v > out; cksum < v >> out", thunks={"v": produce})
+    return client.store.put_bytes(big), produce, consume
+
+
+def test_corrupt_objects_in_s3_between_runs(tmp_path, s3_uri, lambda_endpoint_factory, boto3_s3):
+    """Garbage replaces an input and an intermediate output in the bucket between two runs
+    (large objects, so the uploader's HEAD finds them "present"). A second user, with an
+    empty store, still gets the right result on Lambda, and nothing corrupt is cached."""
+    # A cache cap of 0: workers keep nothing in /tmp between invocations, so inputs come from S3.
+    endpoint = lambda_endpoint_factory(workers=2, env={"GG_CACHE_MAX_MIB": "0"})
+    big = os.urandom(2 << 20)
+    first = make_client(tmp_path / "first", s3_uri, endpoint.url)
+    big_id, produce, consume = _produce_and_consume(first, big)
+    one = first.force("--print", consume)
+    assert one.returncode == 0, one.stderr + endpoint.log()[-3000:]
+    expected = first.value(one, consume)
+    assert expected.split()[0] == str(2 * len(big)).encode()
+
+    config = parse_storage_uri(s3_uri)
+    output = first.store.get_reduction(produce)
+    for ident in (big_id, output):
+        boto3_s3.put_object(Bucket=config.bucket, Key=config.key(ident), Body=b"not what the ID says" * 100)
+
+    second = make_client(tmp_path / "second", s3_uri, endpoint.url)
+    assert _produce_and_consume(second, big) == (big_id, produce, consume)
+    trace = tmp_path / "second.jsonl"
+    two = second.force("--print", consume, trace=trace)
+    assert two.returncode == 0, two.stderr + endpoint.log()[-3000:]
+    assert second.value(two, consume) == expected
+    # Found and repaired on Lambda: retried there, never sent to the local fallback.
+    assert of_kind(trace, "retried") and not of_kind(trace, "fallback")
+    assert {e["engine"] for e in of_kind(trace, "started")} == {"lambda"}
+    for store in (first.store, second.store):
+        assert_store_intact(store)
+    for ident in (big_id, output):  # the bucket holds good copies again
+        check = LocalStore.init(tmp_path / "check" / ".gg")
+        third = make_client(tmp_path / "third", s3_uri, endpoint.url)
+        fetched = third.force("--print", ident)
+        assert fetched.returncode == 0, fetched.stderr
+        assert id_of_bytes(third.value(fetched, ident), parse_id(ident).kind) == ident
+        assert_store_intact(check)
+
+
+def test_bucket_emptied_between_runs(tmp_path, s3_uri, lambda_endpoint, boto3_s3):
+    """Every object deleted between two runs: the second run uploads what it needs again
+    (small inputs, a large one, and the first run's result) instead of trusting memory."""
+    client = make_client(tmp_path, s3_uri, lambda_endpoint.url)
+    sh = ShellThunks(client.store)
+    big = os.urandom(2 << 20)
+    first = sh.thunk("cat a b > out", values={"a": "emptied ", "b": "bucket"})
+    one = client.force("--print", first)
+    assert one.returncode == 0, one.stderr
+    assert client.value(one, first) == b"emptied bucket"
+
+    config = parse_storage_uri(s3_uri)
+    listed = boto3_s3.list_objects_v2(Bucket=config.bucket)
+    assert listed.get("KeyCount", 0) > 0
+    for item in listed["Contents"]:
+        boto3_s3.delete_object(Bucket=config.bucket, Key=item["Key"])
+
+    second = sh.thunk("cat t a > out; wc -c < big >> out", thunks={"t": first},
+                      values={"a": "emptied ", "big": big})
+    trace = tmp_path / "trace.jsonl"
+    two = client.force("--print", second, trace=trace)
+    assert two.returncode == 0, two.stderr + lambda_endpoint.log()[-3000:]
+    assert client.value(two, second) == f"emptied bucketemptied {len(big)}\n".encode()
+    assert [e["engine"] for e in of_kind(trace, "started")] == ["lambda"]
+    assert not of_kind(trace, "fallback") and not of_kind(trace, "failed")
+
+
+async def test_throttling_is_retried(tmp_path, s3_uri, lambda_endpoint):
+    """The first invocations are throttled (429 TooManyRequestsException, injected by a
+    proxy in front of the endpoint): backed off, retried, every result right, no fallback."""
+    async with FaultProxy(lambda_endpoint.url, fail_first=5, status=429, code="TooManyRequestsException") as proxy:
+        client = make_client(tmp_path, s3_uri, proxy.url, GG_LAMBDA_BATCH="1")
+        sh = ShellThunks(client.store)
+        tids = [sh.thunk(f"echo {n} > out") for n in range(4)]
+        trace = tmp_path / "trace.jsonl"
+        status, output = await client.force_async("--print", *tids, trace=trace)
+    assert status == 0, output
+    assert proxy.failed == 5 and proxy.requests > 5
+    printed = dict(line.split(" ", 1) for line in output.splitlines() if line.startswith("T"))
+    assert [client.store.read_bytes(printed[t].strip()) for t in tids] == [f"{n}\n".encode() for n in range(4)]
+    assert {e["engine"] for e in of_kind(trace, "started")} == {"lambda"}
+    assert not of_kind(trace, "fallback") and not of_kind(trace, "failed")
+
+
+def test_straggler_is_run_again(tmp_path, s3_uri, lambda_endpoint_factory):
+    """One invocation hangs (its first attempt sleeps for minutes); with --speculate-after 1
+    a duplicate runs on another worker and its result is used."""
+    endpoint = lambda_endpoint_factory(workers=3)
+    client = make_client(tmp_path, s3_uri, endpoint.url)
+    sh = ShellThunks(client.store)
+    quick = {f"q{n}": sh.thunk(f"echo {n} > out") for n in range(6)}  # durations to compare with
+    marker = tmp_path / "first-attempt"
+    slow = sh.thunk(f"if mkdir {marker} 2>/dev/null; then sleep 300; fi; cat q0 q1 q2 q3 q4 q5 > out", thunks=quick)
+    trace = tmp_path / "trace.jsonl"
+    forced = client.force("--speculate-after", "1", "--print", slow, trace=trace, timeout=200)
+    assert forced.returncode == 0, forced.stderr + endpoint.log()[-3000:]
+    assert client.value(forced, slow) == b"".join(f"{n}\n".encode() for n in range(6))
+    assert [e["thunk"] for e in of_kind(trace, "speculated")] == [slow]
+    assert {e["engine"] for e in of_kind(trace, "started")} == {"lambda"}
+    assert not of_kind(trace, "failed")
