@@ -14,18 +14,14 @@ import sys
 from ir import sdk
 from ir.store import LocalStore
 
+from ..forcing import add_force_options, force
 from .fib import fib
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.fib", description=__doc__.splitlines()[0])
     parser.add_argument("n", type=int, help="which fibonacci number (fib(70) = 190392490709135)")
-    parser.add_argument("--placeholder", "-C", metavar="PATH", help="also write a placeholder for the result here")
-    parser.add_argument("--force", action="store_true", help="force the thunk with gg-force and print the result")
-    parser.add_argument("-j", "--jobs", type=int, help="gg-force -j")
-    parser.add_argument("--engine", choices=("local", "lambda"), help="gg-force --engine")
-    parser.add_argument("--trace", metavar="FILE", help="gg-force --trace")
-    parser.add_argument("-q", "--quiet", action="store_true", help="gg-force --quiet")
+    add_force_options(parser, "the result")
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error("N must be >= 0")
@@ -34,20 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force:
         print(ref)
         return 0
-    from executor import force_cli
-
-    options = [ref]
-    if args.jobs:
-        options += ["-j", str(args.jobs)]
-    if args.engine:
-        options += ["--engine", args.engine]
-    if args.trace:
-        options += ["--trace", args.trace]
-    if args.quiet:
-        options.append("--quiet")
-    if args.placeholder:
-        options.append(args.placeholder)
-    status = force_cli.main(options)
+    status = force(ref, args)
     if status == 0:
         print(f"fib({args.n}) = {sdk.read_result(store, ref, int)}")
     return status

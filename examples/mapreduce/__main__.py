@@ -15,6 +15,7 @@ from pathlib import Path
 from ir import sdk
 from ir.store import LocalStore
 
+from ..forcing import add_force_options, force
 from .corpus import make_chunks
 from .wordcount import word_count
 
@@ -24,12 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="text files (default: synthetic)")
     parser.add_argument("--chunks", type=int, default=16, metavar="N", help="synthetic chunks (default 16)")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="how many words to list")
-    parser.add_argument("--placeholder", "-C", metavar="PATH", help="also write a placeholder for the top list")
-    parser.add_argument("--force", action="store_true", help="force it with gg-force and print the top words")
-    parser.add_argument("-j", "--jobs", type=int, help="gg-force -j")
-    parser.add_argument("--engine", choices=("local", "lambda"), help="gg-force --engine")
-    parser.add_argument("--trace", metavar="FILE", help="gg-force --trace")
-    parser.add_argument("-q", "--quiet", action="store_true", help="gg-force --quiet")
+    add_force_options(parser, "the top words")
     args = parser.parse_args(argv)
     chunks: list[Path | bytes] = list(args.files) or list(make_chunks(args.chunks))
     store = LocalStore.locate(create=True)
@@ -37,20 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force:
         print(ref)
         return 0
-    from executor import force_cli
-
-    options = [ref]
-    if args.jobs:
-        options += ["-j", str(args.jobs)]
-    if args.engine:
-        options += ["--engine", args.engine]
-    if args.trace:
-        options += ["--trace", args.trace]
-    if args.quiet:
-        options.append("--quiet")
-    if args.placeholder:
-        options.append(args.placeholder)
-    status = force_cli.main(options)
+    status = force(ref, args)
     if status == 0:
         sys.stdout.write(sdk.read_result(store, ref, str))
     return status
