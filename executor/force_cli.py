@@ -79,7 +79,7 @@ async def force_targets(args, store: LocalStore) -> Summary:
     observer = RunObserver(TraceWriter(args.trace), progress)
     config = ForceConfig(keep_going=args.keep_going, max_attempts=max(1, args.max_attempts),
                          speculate=not args.no_speculate, speculate_min=args.speculate_after)
-    scheduler = Scheduler(store, engines, fallback, config, observer)
+    scheduler = Scheduler(store, engines, fallback, config, observer, results_may_be_remote=remote is not None)
     refs = sorted({t.ref for t in targets if t.ref is not None})
     written = 0
     status = "failed"

@@ -125,6 +125,7 @@ class Scheduler:
         fallback: Engine | None = None,
         config: ForceConfig | None = None,
         observer: RunObserver | None = None,
+        results_may_be_remote: bool = False,
     ):
         if not engines:
             raise ValueError("at least one engine is needed")
@@ -133,6 +134,7 @@ class Scheduler:
         self.fallback = fallback
         self.config = config or ForceConfig()
         self.observer = observer or RunObserver()
+        self.results_may_be_remote = results_may_be_remote
         self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
         self._slots = {id(e): asyncio.Semaphore(e.slots) for e in [*self.engines, *([fallback] if fallback else [])]}
         self._durations: list[float] = []
@@ -197,19 +199,22 @@ class Scheduler:
         self.observer.event("failed", thunk=failure.thunk_id, error=str(failure))
         return failure
 
-    def _cached(self, thunk_id: str, thunk: Thunk | None) -> dict[str, str] | None:
-        """One-step reductions of every output of ``thunk_id`` (tag -> ID), if known."""
-        default = self.store.get_reduction(thunk_id)
-        if default is None:
-            return None
-        if thunk is None:
-            return {"__default__": default}
-        outputs = {"__default__": default}
+    def _cached(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
+        """One-step reductions of every output of ``thunk_id`` (tag -> ID), if usable.
+
+        A record whose result is gone is no hit (gg looped on such records): a thunk
+        result must be in the local store (it is loaded next), and so must a value
+        unless a remote store may hold it (``results_may_be_remote``).
+        """
+        outputs = {"__default__": self.store.get_reduction(thunk_id)}
         for tag in thunk.outputs:
-            result = self.store.get_reduction(f"{thunk_id}#{tag}")
+            outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
+        for result in outputs.values():
             if result is None:
                 return None
-            outputs[tag] = result
+            ident = result.partition("#")[0]
+            if (ident[0] == "T" or not self.results_may_be_remote) and not self.store.has(ident):
+                return None
         return outputs
 
     async def _reduce(self, thunk_id: str) -> dict[str, str]:

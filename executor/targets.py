@@ -14,11 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ir.atomic import atomic_copy
+from ir.atomic import atomic_write
+from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
 from ir.placeholder import read_placeholder
 from ir.storage import RemoteStorage
-from ir.store import LocalStore
+from ir.store import CorruptBlob, LocalStore
 
 
 class TargetError(Exception):
@@ -74,5 +75,19 @@ async def materialize(store: LocalStore, target: Target, value_id: str, remote: 
     # The real file keeps the placeholder's timestamps: make compared them when it
     # wrote the placeholders, and forcing an object after the archive that contains
     # it must not make the archive look out of date.
-    atomic_copy(blob, target.path, mode, times_ns=(placeholder_stat.st_atime_ns, placeholder_stat.st_mtime_ns))
+    atomic_write(target.path, lambda handle: _copy_verified(store, value_id, handle), mode,
+                 times_ns=(placeholder_stat.st_atime_ns, placeholder_stat.st_mtime_ns))
     return True
+
+
+def _copy_verified(store: LocalStore, value_id: str, sink) -> None:
+    """Copy a blob while re-hashing it: a corrupt blob never becomes a user's file.
+
+    The corrupt blob is dropped, so its reduction no longer counts as a hit and the
+    next run rebuilds it.
+    """
+    with open(store.blob_path(value_id), "rb") as source:
+        actual = hash_stream(source, sink=sink)
+    if actual != value_id:
+        store.remove_corrupt(value_id)
+        raise CorruptBlob(value_id, actual, f"{store.blobs} (removed; run again to rebuild it)")

@@ -145,3 +145,29 @@ def test_real_file_keeps_the_placeholders_timestamps(store, sh, tmp_path):
     assert gg_force(store.root, "part.o", cwd=tmp_path).returncode == 0
     assert target.read_text() == "object\n"
     assert os.stat(target).st_mtime_ns == 1_000_000_000_123_456_789
+
+
+def test_corrupt_result_in_the_store_is_reported_then_rebuilt(store, sh, tmp_path):
+    ident = sh.thunk("echo precious > out")
+    target = tmp_path / "result.txt"
+    write_placeholder(target, ident)
+    value = gg_force(store.root, "--print", ident).stdout.split()[1]
+    blob = store.blob_path(value)
+    blob.chmod(0o644)
+    blob.write_bytes(b"rotten!!\n")
+    broken = gg_force(store.root, "result.txt", cwd=tmp_path)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert f"blob {value}" in broken.stderr and "corrupt" in broken.stderr
+    assert read_placeholder(target).ref == ident  # the user's file was not overwritten
+    again = gg_force(store.root, "result.txt", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert target.read_text() == "precious\n" and "1 thunk(s) run" in again.stderr
+
+
+def test_reduction_whose_blob_vanished_is_not_a_hit(store, sh, tmp_path):
+    ident = sh.thunk("echo again > out")
+    value = gg_force(store.root, "--print", ident).stdout.split()[1]
+    store.blob_path(value).unlink()
+    result = gg_force(store.root, "--print", ident)
+    assert result.returncode == 0 and "1 thunk(s) run" in result.stderr
+    assert store.read_bytes(value) == b"again\n"
