@@ -8,7 +8,6 @@ targets of ``gg-force`` from being poisoned by a kill at the wrong moment.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,12 +41,6 @@ def atomic_write(
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     atomic_write(path, lambda handle: handle.write(data), mode)
-
-
-def atomic_copy(source: Path, path: Path, mode: int, times_ns: tuple[int, int] | None = None) -> None:
-    """Copy ``source`` over ``path`` atomically (the source may be read-only)."""
-    with open(source, "rb") as src:
-        atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20), mode, times_ns)
 
 
 def _remove_quietly(path: str) -> None:
