@@ -329,8 +329,11 @@ class LambdaEngine:
         """Thunk blobs into the local store (inline or from S3); values stay remote."""
         ident = str(entry["id"])
         parsed = parse_id(ident)
-        self.storage.remember(ident)
+        executable = bool(entry.get("executable"))
+        self.storage.remember(ident, executable)
         if not parsed.is_thunk:
+            if executable and self.store.has(ident):
+                self.store.mark_executable(ident)
             return
         if "data" in entry:
             actual = self.store.put_bytes(base64.b64decode(entry["data"], validate=True))

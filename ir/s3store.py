@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import random
+import stat
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -50,6 +51,7 @@ MIN_COMPRESS = 128  # below this, a zstd frame header is not worth it
 PUT_WITHOUT_HEAD = 1 << 20  # smaller uploads skip the HEAD: a PUT costs about the same
 PARTS_IN_FLIGHT = 4  # per multipart upload, on top of the global semaphore
 ENCODING = "gg-encoding"
+EXECUTABLE = "gg-executable"  # "1": some producer had the execute bit on it
 
 RETRYABLE_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "TooManyRequestsException",
@@ -174,6 +176,7 @@ class S3Storage:
         # Found missing or corrupt by someone: the next upload PUTs without asking HEAD,
         # which would call a corrupt object "present" forever.
         self._suspect: set[str] = set()
+        self._executable: set[str] = set()  # produced with the execute bit in this run
         self._uploading: dict[str, asyncio.Future[None]] = {}
         self._downloading: dict[str, asyncio.Future[None]] = {}
 
@@ -286,9 +289,12 @@ class S3Storage:
         """Drop everything this store believes is uploaded (e.g. a new warm invocation)."""
         self._present.clear()
 
-    def remember(self, ident: str) -> None:
-        """Record that ``ident`` is in the bucket (a remote function just uploaded it)."""
+    def remember(self, ident: str, executable: bool = False) -> None:
+        """Record that ``ident`` is in the bucket (a remote function just uploaded it),
+        and whether it is a program (so a later download of it is executable)."""
         self._present.add(ident)
+        if executable:
+            self._executable.add(ident)
         self._suspect.discard(ident)
 
     # -- upload -------------------------------------------------------------------------
@@ -318,17 +324,21 @@ class S3Storage:
         path = store.blob_path(ident)
         if not path.exists():
             raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {where})")
+        executable = bool(os.stat(path).st_mode & stat.S_IXUSR)
         if size > self.config.multipart_threshold:
-            await self._with_deadline("upload", where, self._upload_large(store, ident, path))
+            await self._with_deadline("upload", where, self._upload_large(store, ident, path, executable))
         else:
-            await self._with_deadline("PUT", where, self._upload_small(ident, path))
+            await self._with_deadline("PUT", where, self._upload_small(ident, path, executable))
         self._present.add(ident)
         self._suspect.discard(ident)
 
-    def _metadata(self, encoding: str, ident: str) -> dict[str, str]:
-        return {ENCODING: encoding, "gg-id": ident}
+    def _metadata(self, encoding: str, ident: str, executable: bool) -> dict[str, str]:
+        """Object metadata: how the body is encoded, and whether the blob is a program
+        (an ID names content only; without this a linked binary would come back as a
+        plain file)."""
+        return {ENCODING: encoding, "gg-id": ident, **({EXECUTABLE: "1"} if executable else {})}
 
-    async def _upload_small(self, ident: str, path: Path) -> None:
+    async def _upload_small(self, ident: str, path: Path, executable: bool) -> None:
         data = await asyncio.to_thread(path.read_bytes) if os.path.getsize(path) > CHUNK else path.read_bytes()
         actual = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
         if actual != ident:
@@ -340,12 +350,12 @@ class S3Storage:
         async def put(client: Any) -> None:
             await client.put_object(
                 Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
-                Metadata=self._metadata(encoding, ident),
+                Metadata=self._metadata(encoding, ident, executable),
             )
 
         await self._request("PUT", where, put)
 
-    async def _upload_large(self, store: LocalStore, ident: str, path: Path) -> None:
+    async def _upload_large(self, store: LocalStore, ident: str, path: Path, executable: bool) -> None:
         from ir.hashing import hash_file
 
         actual = await asyncio.to_thread(hash_file, path)
@@ -363,24 +373,24 @@ class S3Storage:
                 async def put(client: Any) -> None:
                     await client.put_object(
                         Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
-                        Metadata=self._metadata(encoding, ident),
+                        Metadata=self._metadata(encoding, ident, executable),
                     )
 
                 await self._request("PUT", where, put)
             else:
-                await self._multipart(ident, source, total, encoding)
+                await self._multipart(ident, source, total, encoding, executable)
         finally:
             if compressed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(compressed)
 
-    async def _multipart(self, ident: str, source: Path, total: int, encoding: str) -> None:
+    async def _multipart(self, ident: str, source: Path, total: int, encoding: str, executable: bool) -> None:
         cfg = self.config
         where, key = cfg.where(ident), cfg.key(ident)
 
         async def create(client: Any) -> str:
             answer = await client.create_multipart_upload(
-                Bucket=cfg.bucket, Key=key, Metadata=self._metadata(encoding, ident)
+                Bucket=cfg.bucket, Key=key, Metadata=self._metadata(encoding, ident, executable)
             )
             return answer["UploadId"]
 
@@ -442,10 +452,10 @@ class S3Storage:
         where = self.config.where(ident)
         actual = ""
         for _attempt in range(2):  # a corrupt copy is discarded and fetched once more
-            temp, actual = await self._with_deadline("GET", where, self._fetch(store, ident))
+            temp, actual, executable = await self._with_deadline("GET", where, self._fetch(store, ident))
             if actual == ident:
                 try:
-                    store.adopt(temp)
+                    store.adopt(temp, executable or ident in self._executable)
                 finally:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(temp)
@@ -457,14 +467,14 @@ class S3Storage:
         self._suspect.add(ident)
         raise CorruptBlob(ident, actual, where)
 
-    async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str]:
-        """Stream the object into a temp file in the store; return (temp, actual ID)."""
+    async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str, bool]:
+        """Stream the object into a temp file in the store; return (temp, actual ID, executable)."""
         where = self.config.where(ident)
         expected_size = parse_id(ident).size
         algorithm = parse_id(ident).algorithm
         store.tmp.mkdir(parents=True, exist_ok=True)
 
-        async def get(client: Any) -> tuple[Path, str]:
+        async def get(client: Any) -> tuple[Path, str, bool]:
             try:
                 answer = await client.get_object(Bucket=self.config.bucket, Key=self.config.key(ident))
             except Exception as exc:
@@ -473,6 +483,7 @@ class S3Storage:
                     raise MissingBlob(ident, where) from None
                 raise
             encoding = answer.get("Metadata", {}).get(ENCODING, "identity")
+            executable = answer.get("Metadata", {}).get(EXECUTABLE) == "1"
             if encoding not in ("identity", "zstd"):
                 raise S3Error(f"S3 GET {where} failed: unknown {ENCODING} {encoding!r}")
             decompressor = zstandard.ZstdDecompressor().decompressobj() if encoding == "zstd" else None
@@ -505,9 +516,9 @@ class S3Storage:
                 os.unlink(temp)
                 raise
             if corrupt:
-                return Path(temp), f"(undecodable or oversized object, {size}+ bytes)"
+                return Path(temp), f"(undecodable or oversized object, {size}+ bytes)", False
             kind = Kind.THUNK if head.startswith(MAGIC) else Kind.VALUE
-            return Path(temp), make_id(kind, hasher.hexdigest(), size, algorithm)
+            return Path(temp), make_id(kind, hasher.hexdigest(), size, algorithm), executable
 
         return await self._request("GET", where, get)
 

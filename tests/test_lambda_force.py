@@ -344,3 +344,18 @@ def test_straggler_is_run_again(tmp_path, s3_uri, lambda_endpoint_factory):
     assert [e["thunk"] for e in of_kind(trace, "speculated")] == [slow]
     assert {e["engine"] for e in of_kind(trace, "started")} == {"lambda"}
     assert not of_kind(trace, "failed")
+
+
+def test_executable_output_comes_back_executable(tmp_path, s3_uri, lambda_endpoint):
+    """A program built on Lambda stays a program: value outputs stay in S3 until forced,
+    and the download must not lose the execute bit the ID cannot carry."""
+    client = make_client(tmp_path, s3_uri, lambda_endpoint.url)
+    sh = ShellThunks(client.store)
+    tool = sh.thunk("printf '#!/bin/sh\\necho built remotely\\n' > out; chmod +x out")
+    user = sh.thunk("cat t > out", thunks={"t": tool})  # makes `tool` an intermediate
+    forced = client.force("--print", user, tool)
+    assert forced.returncode == 0, forced.stderr
+    printed = dict(line.split(" ", 1) for line in forced.stdout.splitlines())
+    program = client.store.blob_path(printed[tool].strip())
+    assert os.access(program, os.X_OK)
+    assert subprocess.run([program], capture_output=True, text=True).stdout == "built remotely\n"
