@@ -354,46 +354,49 @@ class Scheduler:
             return config.speculate_initial
         return max(config.speculate_min, config.speculate_factor * statistics.median(self._durations))
 
-    async def _run_once(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
+    async def _run_once(
+        self, node_id: str, engine: Engine, job: Job, running: asyncio.Event
+    ) -> tuple[ExecutionResult, float]:
+        """Wait for a slot, then run; returns the result and the time it ran (not queued)."""
         counts = self.observer.counts
         async with self._slots[id(engine)]:
             counts.running += 1
+            running.set()
             self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
                                 attempt=job.attempt)
+            started = time.monotonic()
             try:
-                return await engine.run(job)
+                return await engine.run(job), time.monotonic() - started
             finally:
                 counts.running -= 1
 
     async def _attempt(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
-        """One attempt, duplicated once if it straggles; the first success wins."""
-        started = time.monotonic()
-        primary = asyncio.ensure_future(self._run_once(node_id, engine, job))
+        """One attempt, duplicated once if it straggles; the first success wins.
+
+        The straggler clock starts when the attempt gets a slot, not when it is queued:
+        waiting for a slot is not straggling.
+        """
+        running = asyncio.Event()
+        primary = asyncio.ensure_future(self._run_once(node_id, engine, job, running))
         attempts = [primary]
         try:
             delay = self._speculation_delay()
-            done, _ = await asyncio.wait(attempts, timeout=delay)
-            if not done:
-                self.observer.event("speculated", thunk=node_id, engine=engine.name)
-                attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job)))
+            if delay is not None:
+                waiter = asyncio.ensure_future(running.wait())
+                await asyncio.wait([primary, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                done, _ = await asyncio.wait(attempts, timeout=delay)
+                if not done:
+                    self.observer.event("speculated", thunk=node_id, engine=engine.name)
+                    attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job, asyncio.Event())))
             error: BaseException | None = None
             while attempts:
                 done, _ = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     attempts.remove(task)
                     if task.exception() is None:
-                        result = task.result()
-                        duration = time.monotonic() - started
-                        self._durations.append(duration)
-                        self.executed += 1
-                        self.observer.counts.done += 1
-                        self.observer.event(
-                            "finished", thunk=node_id, ran=job.thunk_id, engine=engine.name,
-                            attempt=job.attempt, duration=round(duration, 6),
-                            outputs=[o.id for o in result.outputs],
-                            bytes_out=sum(parse_id(o.id).size for o in result.outputs),
-                            bytes_in=_input_bytes(job.thunk),
-                        )
+                        result, duration = task.result()
+                        self._finished(node_id, engine, job, result, duration)
                         return result
                     # An execution failure is final even if a duplicate is still running.
                     if isinstance(task.exception(), ExecutionFailed) or error is None:
@@ -407,3 +410,13 @@ class Scheduler:
                 task.cancel()
             if attempts:
                 await asyncio.gather(*attempts, return_exceptions=True)
+
+    def _finished(self, node_id: str, engine: Engine, job: Job, result: ExecutionResult, duration: float) -> None:
+        self._durations.append(duration)
+        self.executed += 1
+        self.observer.counts.done += 1
+        self.observer.event(
+            "finished", thunk=node_id, ran=job.thunk_id, engine=engine.name, attempt=job.attempt,
+            duration=round(duration, 6), outputs=[o.id for o in result.outputs],
+            bytes_out=sum(parse_id(o.id).size for o in result.outputs), bytes_in=_input_bytes(job.thunk),
+        )

@@ -186,3 +186,13 @@ def test_resource_gate_admits_what_fits():
     # b does not fit next to a (memory), c does.
     assert order.index("+b") > order.index("-a")
     assert order.index("+c") < order.index("-a")
+
+
+def test_waiting_for_a_slot_is_not_straggling(store, sh, tmp_path):
+    thunks = [sh.thunk(f"sleep 0.3; echo {i} > out") for i in range(5)]
+    trace = tmp_path / "t.jsonl"
+    force(store, thunks, jobs=1, trace=trace, speculate_initial=0.6, speculate_min=0.6)
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "speculated"]
+    durations = [e["duration"] for e in events if e["event"] == "finished"]
+    assert len(durations) == 5 and max(durations) < 0.6 * 5  # run time, not time in the queue
