@@ -330,7 +330,8 @@ class LambdaEngine:
         ident = str(entry["id"])
         parsed = parse_id(ident)
         executable = bool(entry.get("executable"))
-        self.storage.remember(ident, executable)
+        if "data" not in entry:  # an inline thunk blob was not uploaded
+            self.storage.remember(ident, executable)
         if not parsed.is_thunk:
             if executable and self.store.has(ident):
                 self.store.mark_executable(ident)

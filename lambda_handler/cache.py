@@ -25,32 +25,49 @@ def touch(store: LocalStore, idents: Iterable[str]) -> None:
             os.utime(store.blobs / ident)
 
 
-def trim(store: LocalStore, cap_bytes: int, protect: frozenset[str] = frozenset(), reserve: int = 0) -> int:
-    """Evict LRU blobs until blobs + ``reserve`` fit in ``cap_bytes``; return bytes freed.
+def usage(store: LocalStore) -> int:
+    """Bytes of blobs in the cache (one scan)."""
+    return sum(size for _mtime, _name, size in _entries(store))
 
-    The cap is soft: protected blobs are never evicted, even if they alone exceed it.
-    """
+
+def _entries(store: LocalStore) -> list[tuple[int, str, int]]:
     entries = []
-    total = 0
     with os.scandir(store.blobs) as scan:
         for entry in scan:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            total += st.st_size
             entries.append((st.st_mtime_ns, entry.name, st.st_size))
-    budget = cap_bytes - reserve
-    freed = 0
+    return entries
+
+
+def trim(store: LocalStore, cap_bytes: int, protect: frozenset[str] = frozenset(), reserve: int = 0) -> int:
+    """Evict LRU blobs until blobs + ``reserve`` fit in ``cap_bytes``; return bytes freed.
+
+    The cap is soft: protected blobs are never evicted, even if they alone exceed it.
+    """
+    entries = _entries(store)
+    before = sum(size for _mtime, _name, size in entries)
+    return before - _evict(store, entries, before, cap_bytes - reserve, protect)
+
+
+def trim_to(store: LocalStore, cap_bytes: int, protect: frozenset[str] = frozenset(), reserve: int = 0) -> int:
+    """:func:`trim`, returning the bytes of blobs left in the cache instead."""
+    entries = _entries(store)
+    return _evict(store, entries, sum(size for _mtime, _name, size in entries), cap_bytes - reserve, protect)
+
+
+def _evict(store: LocalStore, entries: list[tuple[int, str, int]], total: int, budget: int,
+           protect: frozenset[str]) -> int:
     if total <= budget:
-        return 0
+        return total
     for _mtime, name, size in sorted(entries):
         if name in protect:
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(store.blobs / name)
-            freed += size
             total -= size
         if total <= budget:
             break
-    return freed
+    return total

@@ -8,15 +8,18 @@ the managed Python runtime). Event and answer are versioned; see ``docs/lambda.m
 
 Each thunk runs through :func:`executor.execution.execute`, the same core the local
 engine uses. Inputs come from S3 (in parallel, verified) into a size-capped store in
-``/tmp`` that survives warm invocations; outputs and created blobs go back to S3, and
-thunk blobs also travel inline so the client can store them without a GET.
+``/tmp`` that survives warm invocations; value outputs and created values go back to
+S3. Thunk blobs (tail calls, created thunks) travel inline in the answer so the client
+can store them without a GET; only those that do not fit the answer are uploaded.
 
 The handler never raises: every problem becomes a per-thunk ``infrastructure_error``
 (or ``execution_failed`` when the function itself failed), so the client always
 gets an answer it can act on instead of a Lambda traceback.
 
-Module-level imports are only the standard library's lightest, for cold starts;
-everything else is imported on first use.
+The heavy imports (aiobotocore, the execution core) and the event loop are set up at
+module import, i.e. in Lambda's init phase, not in the first invocation (AWS's advice:
+init gets a full CPU and is not on any caller's critical path). If that fails, the
+first invocation tries again and reports the error in its answer.
 """
 
 from __future__ import annotations
@@ -31,27 +34,68 @@ DEFAULT_CACHE_MAX_MIB = 400  # of Lambda's default 512 MiB of /tmp
 INLINE_LIMIT = 4 << 20  # total inline thunk bytes per answer (Lambda answers are <= 6 MB)
 
 # State kept across warm invocations of one sandbox: the event loop (the S3 client is
-# bound to it), S3 clients by storage URI, and the /tmp store. This is the usual
-# Lambda pattern ("initialize outside the handler"); it holds no knowledge of what is
-# uploaded across invocations (see _Warm.storage).
+# bound to it), S3 clients by storage URI, the /tmp store and an estimate of its size.
+# This is the usual Lambda pattern ("initialize outside the handler"); it holds no
+# knowledge of what is uploaded across invocations (see _Warm.storage).
 _WARM = None
 
 
 class _Warm:
-    def __init__(self) -> None:
+    def __init__(self, environ) -> None:
         import asyncio
 
+        from aiobotocore.session import get_session
+
+        import executor.execution  # noqa: F401 - imported now so no invocation pays for it
+        import ir.s3store  # noqa: F401
+
         self.loop = asyncio.new_event_loop()
+        self.session = get_session()
+        self.loop.run_until_complete(_load_s3_model(self.session))
         self.storages: dict = {}
+        self.stores: dict = {}
+        self.cache_bytes: dict[str, int] = {}  # cache dir -> blob bytes, None until scanned
+        self.runtime_env = _runtime_env()
+        uri = environ.get("GG_STORAGE_URI")
+        if uri:  # the usual deployment: connect the client before the first event
+            self.loop.run_until_complete(self.storage(uri)._get_client())
 
     def storage(self, uri: str):
         from ir.s3store import S3Storage
 
         storage = self.storages.get(uri)
         if storage is None:
-            storage = self.storages[uri] = S3Storage.from_uri(uri)
+            storage = self.storages[uri] = S3Storage.from_uri(uri, self.session)
         storage.forget_all()  # the bucket may have changed since the last invocation
         return storage
+
+    def store(self, cache_dir: str):
+        """The /tmp store, created once per sandbox (again if something removed it)."""
+        from pathlib import Path
+
+        from ir.store import LocalStore
+
+        store = self.stores.get(cache_dir)
+        if store is None or not store.blobs.is_dir():
+            store = self.stores[cache_dir] = LocalStore.init(Path(cache_dir))
+            self.cache_bytes.pop(cache_dir, None)
+        return store
+
+
+async def _load_s3_model(session) -> None:
+    """Create (and drop) an S3 client: the session keeps the service model it loaded,
+    so the client each storage URI needs later is cheap. Nothing connects here."""
+    async with session.create_client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9"):
+        pass
+
+
+def _init() -> None:
+    """Lambda's init phase: prepare the warm state now; on failure, leave it to handle()."""
+    global _WARM
+    try:
+        _WARM = _Warm(os.environ)
+    except Exception:  # noqa: BLE001 - handle() builds it again and answers with the error
+        _WARM = None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -84,7 +128,7 @@ def handle(event, context=None) -> dict:
     global _WARM
     try:
         if _WARM is None:
-            _WARM = _Warm()
+            _WARM = _Warm(os.environ)
         return _WARM.loop.run_until_complete(_handle(event, context, _WARM, os.environ))
     except Exception as exc:  # noqa: BLE001 - the contract is: always answer
         return _all_failed(event, f"handler: {_one_line(exc)}")
@@ -106,10 +150,8 @@ def _runtime_env() -> dict[str, str]:
 
 
 async def _handle(event, context, warm: _Warm, environ) -> dict:
-    from pathlib import Path
 
     from ir.ids import InvalidId, Kind, id_of_bytes, parse_id
-    from ir.store import LocalStore
     from ir.thunk import MalformedThunk, parse_thunk
 
     from . import cache
@@ -126,9 +168,10 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
     except Exception as exc:  # noqa: BLE001
         return _all_failed(event, f"storage {uri!r}: {_one_line(exc)}")
     cache_dir, cap, parallel = _config(environ)
-    store = LocalStore.init(Path(cache_dir))
+    store = warm.store(cache_dir)
 
     jobs: list[tuple[str, object | None, str | None]] = []  # (id, thunk, error)
+    added = 0  # bytes this invocation puts into the cache
     for item in event.get("thunks") or []:
         ident = str(item.get("id", "")) if isinstance(item, dict) else ""
         try:
@@ -139,7 +182,9 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
             if actual != ident:
                 raise InvalidId(f"thunk data hashes to {actual}, not {ident}")
             thunk = parse_thunk(data, where=f"thunk {ident}")
-            store.put_bytes(data)
+            if not store.has(ident):
+                store.put_bytes(data)
+                added += len(data)
             jobs.append((ident, thunk, None))
         except (KeyError, TypeError, ValueError, InvalidId, MalformedThunk) as exc:
             jobs.append((ident, None, f"bad thunk in event: {_one_line(exc)}"))
@@ -147,19 +192,28 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
     needed = {i.id for _, thunk, _ in jobs if thunk for i in (*thunk.values, *thunk.executables)}
     cache.touch(store, needed)
     missing_bytes = sum(parse_id(i).size for i in needed if not store.has(i))
-    cache.trim(store, cap, protect=frozenset(needed), reserve=missing_bytes)
+    # The cache's size is scanned once per sandbox and then kept up to date here, so a
+    # warm invocation does not stat every blob in /tmp twice; a trim rescans.
+    used = warm.cache_bytes.get(cache_dir)
+    if used is None:
+        used = cache.usage(store)
+    if used + missing_bytes > cap:
+        used = cache.trim_to(store, cap, protect=frozenset(needed), reserve=missing_bytes)
 
     import asyncio
 
     slots = asyncio.Semaphore(parallel)
-    runtime_env = _runtime_env()
     results = await asyncio.gather(*(
-        _run_one(ident, thunk, store, storage, slots, runtime_env) if thunk is not None
+        _run_one(ident, thunk, store, storage, slots, warm.runtime_env) if thunk is not None
         else _failed(ident, "infrastructure_error", error)
         for ident, thunk, error in jobs
     ))
-    _inline_thunks(results, store)
-    cache.trim(store, cap)
+    await _send_thunks(results, store, storage)
+    used += added + missing_bytes + sum(
+        parse_id(entry["id"]).size for result in results for entry in (*result["outputs"], *result["created"]))
+    if used > cap:
+        used = cache.trim_to(store, cap)
+    warm.cache_bytes[cache_dir] = used
     return {"version": EVENT_VERSION, "results": results}
 
 
@@ -172,6 +226,7 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
     import asyncio
 
     from executor.execution import ExecutionFailed, execute
+    from ir.ids import parse_id
     from ir.store import CorruptBlob, MissingBlob
 
     inputs = sorted({i.id for i in (*thunk.values, *thunk.executables)})
@@ -189,8 +244,11 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
                 raise result
         async with slots:
             result = await execute(ident, thunk, store, runtime_env=runtime_env)
+        # Values go to S3 now (overwriting: a corrupt copy there must not be trusted);
+        # thunk blobs travel inline and are uploaded only if the answer has no room.
         produced = [o.id for o in result.outputs] + list(result.created)
-        await asyncio.gather(*(storage.upload(store, i, overwrite=True) for i in dict.fromkeys(produced)))
+        values = [i for i in dict.fromkeys(produced) if not parse_id(i).is_thunk]
+        await asyncio.gather(*(storage.upload(store, i, overwrite=True) for i in values))
     except ExecutionFailed as exc:
         return await _failed(ident, "execution_failed", exc.reason, exc.stderr_tail)
     except MissingBlob as exc:
@@ -208,19 +266,33 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
     }
 
 
-def _inline_thunks(results: list[dict], store) -> None:
-    """Put thunk blobs inline (base64) until the answer's inline budget is spent.
-
-    Past the budget the client fetches them from S3 (they were uploaded), so a huge
-    fan-out of tail calls still fits in Lambda's 6 MB answer.
+async def _send_thunks(results: list[dict], store, storage) -> None:
+    """Put thunk blobs inline (base64) until the answer's inline budget is spent, and
+    upload the rest to S3, where the client fetches them: a huge fan-out of tail calls
+    still fits in Lambda's 6 MB answer, and the common case costs no PUT at all.
     """
+    import asyncio
+
     budget = INLINE_LIMIT
+    remote: dict[str, list[dict]] = {}  # thunk blob -> results that need it uploaded
     for result in results:
         for entry in (*result["outputs"], *result["created"]):
             if entry["id"].startswith("T"):
                 data = store.read_bytes(entry["id"])
                 encoded = base64.b64encode(data).decode()
                 if len(encoded) > budget:
+                    remote.setdefault(entry["id"], []).append(result)
                     continue
                 budget -= len(encoded)
                 entry["data"] = encoded
+    idents = list(remote)
+    sent = await asyncio.gather(*(storage.upload(store, i, overwrite=True) for i in idents),
+                                return_exceptions=True)
+    for ident, outcome in zip(idents, sent, strict=True):
+        if isinstance(outcome, BaseException):
+            for result in remote[ident]:
+                result.update(status="infrastructure_error", outputs=[], created=[],
+                              error=f"uploading {ident}: {_one_line(outcome)}")
+
+
+_init()
