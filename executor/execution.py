@@ -54,12 +54,12 @@ class ExecutionFailed(Exception):
         super().__init__(f"thunk {thunk_id} failed: {reason}")
 
     def describe(self) -> str:
-        """A multi-line report: what failed, the command, and the tail of its stderr."""
+        """A multi-line report: what failed, the command, and the tail of its output."""
         lines = [str(self)]
         if self.argv:
             lines.append("  command: " + " ".join(self.argv))
         if self.stderr_tail.strip():
-            lines.append("  stderr (tail):")
+            lines.append("  output (tail of stdout and stderr):")
             lines.extend("    " + line for line in self.stderr_tail.rstrip().splitlines()[-20:])
         return "\n".join(lines)
 
@@ -147,6 +147,9 @@ def _tail(path: Path) -> str:
         return ""
 
 
+_GROUP_XATTR = "user.gg.group"
+
+
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None."""
     try:
@@ -163,12 +166,20 @@ def _record_group(rundir: Path, pid: int) -> None:
     fork per thunk), so after a ``kill -9`` of the executor its orphans are killed by
     the next :func:`sweep_stale_runs` instead. The start time guards against PID reuse.
     """
-    (rundir / ".group").write_text(f"{pid} {_start_time(pid)}\n")
+    record = f"{pid} {_start_time(pid)}".encode()
+    try:
+        os.setxattr(rundir, _GROUP_XATTR, record)  # no file to create
+    except OSError:  # a file system without user xattrs
+        (rundir / ".group").write_bytes(record)
 
 
 def _kill_recorded_group(rundir: Path) -> None:
     try:
-        pid_text, started = (rundir / ".group").read_text().split()
+        try:
+            record = os.getxattr(rundir, _GROUP_XATTR)
+        except OSError:
+            record = (rundir / ".group").read_bytes()
+        pid_text, started = record.decode().split()
     except (OSError, ValueError):
         return
     pid = int(pid_text)
@@ -214,9 +225,11 @@ async def execute(
     scratch.mkdir(parents=True, exist_ok=True)
     rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
     lock = _hold_lock(rundir)
+    # GG_DIR gets its blobs/ and tmp/ only if the function stores something
+    # (LocalStore creates them on demand): on many disks every mkdir costs ~1 ms.
     workdir, outstore = rundir / "w", LocalStore(rundir / "gg")
-    for directory in (workdir, outstore.root, outstore.blobs, outstore.tmp):
-        directory.mkdir()
+    workdir.mkdir()
+    outstore.root.mkdir()
     started = time.monotonic()
     try:
         linked = _lay_out(thunk_id, thunk, store, workdir)
@@ -242,8 +255,13 @@ async def execute(
 
 
 def _hold_lock(rundir: Path) -> int:
-    """Lock a run directory for as long as this process uses it (see sweep_stale_runs)."""
-    fd = os.open(rundir / ".lock", os.O_CREAT | os.O_WRONLY, 0o600)
+    """Lock a run directory for as long as this process uses it (see sweep_stale_runs).
+
+    The lock is on the directory itself, so it costs no file. A sweeper can only take it
+    in the instant between mkdtemp and here; the run then fails to lay out its inputs,
+    which is an infrastructure error and retried.
+    """
+    fd = os.open(rundir, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
@@ -258,12 +276,7 @@ def sweep_stale_runs(scratch: Path) -> None:
         return
     for rundir in scratch.glob("run-*"):
         try:
-            fd = os.open(rundir / ".lock", os.O_WRONLY)
-        except FileNotFoundError:
-            # Not yet locked by its creator, or a crash before locking: only old ones.
-            if time.time() - rundir.stat().st_mtime > 3600:
-                _remove_tree(rundir)
-            continue
+            fd = os.open(rundir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             continue
         try:
@@ -280,12 +293,14 @@ async def _run(
     thunk_id: str, argv: list[str], program: str, env: dict[str, str], workdir: Path, rundir: Path,
     timeout: float | None,
 ) -> None:
-    stderr_path = rundir / "stderr"
-    with open(rundir / "stdout", "wb") as out, open(stderr_path, "wb") as err:
+    # stdout and stderr share one file: a failure report shows them interleaved, as a
+    # terminal would, and it costs one file creation instead of two.
+    output_path = rundir / "output"
+    with open(output_path, "wb") as log:
         try:
             process = await asyncio.create_subprocess_exec(
                 argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
         except OSError as exc:
             raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
@@ -295,14 +310,14 @@ async def _run(
         except TimeoutError:
             _kill_group(process)
             await process.wait()
-            raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _tail(stderr_path)) from None
+            raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _tail(output_path)) from None
         except BaseException:
             _kill_group(process)
             await asyncio.shield(process.wait())
             raise
         _kill_group(process)  # nothing the function started may outlive it
     if code != 0:
-        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _tail(stderr_path))
+        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _tail(output_path))
 
 
 def _check_inputs_intact(thunk_id: str, linked: list[tuple[Path, os.stat_result]], store: LocalStore) -> None:
@@ -345,6 +360,8 @@ def _collect_outputs(thunk_id: str, thunk: Thunk, workdir: Path, store: LocalSto
 
 def _collect_created(thunk_id: str, outstore: LocalStore, store: LocalStore) -> list[str]:
     created = []
+    if not outstore.blobs.is_dir():
+        return created
     for path in sorted(outstore.blobs.iterdir()):
         ident = path.name
         try:

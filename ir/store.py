@@ -134,7 +134,12 @@ class LocalStore:
         return ident
 
     def _temp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self.tmp, prefix="in-")
+        try:
+            return tempfile.mkstemp(dir=self.tmp, prefix="in-")
+        except FileNotFoundError:  # a store made lazily (a function's GG_DIR)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=self.tmp, prefix="in-")
 
     def put_bytes(self, data: bytes, executable: bool = False) -> str:
         ident = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
