@@ -4,8 +4,9 @@ The scan runs the real driver with the user's own flags and ``-M`` (or the user'
 ``-MD``/``-MMD`` request, so that the dependency file make relies on is produced by
 gcc itself, byte for byte). Results are cached under ``.gg/infer/deps`` by the scan
 command and the source's content; a hit is used only if every header listed still has
-the content recorded (checked through the store's stat-based hash cache), so an
-unchanged file is not re-scanned and a changed header forces a new scan.
+the content recorded (checked through :class:`~model_sub.fileids.FileIds`: one ``stat``
+per header once it is known in this run), so an unchanged file is not re-scanned and a
+changed header forces a new scan. Entries read in this run are also kept in memory.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
 from ir.atomic import atomic_write_bytes
-from ir.store import LocalStore
+
+from .fileids import FileIds
 
 
 class ScanFailed(Exception):
@@ -64,10 +67,12 @@ def parse_make_deps(text: str) -> list[str]:
 
 
 class DepScanner:
-    def __init__(self, store: LocalStore, cache_dir: Path, real_path: str):
-        self.store = store
+    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str):
+        self.ids = ids
         self.cache_dir = cache_dir
         self.real_path = real_path
+        self._lock = threading.Lock()
+        self._memo: dict[str, ScanResult] = {}
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
         keep = {k: v for k, v in env.items() if not k.startswith("GG_INFER")}
@@ -89,11 +94,13 @@ class DepScanner:
             [cwd, source_id, str(user_depfile), *argv, "|", *user_dep_args,
              *(f"{k}={env.get(k, '')}" for k in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"))]).encode())
         entry_path = self.cache_dir / key
-        cached = self._load_valid(entry_path)
+        cached = self._load_valid(key, entry_path)
         if cached is None:
             cached = self._run_scan(argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(entry_path, json.dumps({"files": cached.files, "depfile": cached.depfile_text}).encode())
+            with self._lock:
+                self._memo[key] = cached
         if user_depfile is not None and cached.depfile_text is not None:
             target = os.path.join(cwd, user_depfile)
             try:
@@ -106,25 +113,23 @@ class DepScanner:
         return cached
 
     def _file_id(self, path: str) -> str:
-        """ID of ``path``, stored if new; hashing without copying when the blob exists."""
-        ident = self.store.hash_cache.hash(Path(path))
-        if not self.store.has(ident):
-            ident = self.store.put_file(Path(path), executable=False)
-        return ident
+        """ID of ``path``, stored if new."""
+        return self.ids.stored(path)
 
-    def _load_valid(self, entry_path: Path) -> ScanResult | None:
-        try:
-            entry = json.loads(entry_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        files = [tuple(pair) for pair in entry["files"]]
-        for path, ident in files:
+    def _load_valid(self, key: str, entry_path: Path) -> ScanResult | None:
+        result = self._memo.get(key)
+        if result is None:
             try:
-                if self._file_id(path) != ident:
-                    return None
-            except OSError:
+                entry = json.loads(entry_path.read_text())
+            except (FileNotFoundError, ValueError):
                 return None
-        return ScanResult(files, entry["depfile"])
+            result = ScanResult([tuple(pair) for pair in entry["files"]], entry["depfile"])
+        for path, ident in result.files:
+            if not self.ids.unchanged(path, ident):
+                return None
+        with self._lock:
+            self._memo[key] = result
+        return result
 
     def _run_scan(self, argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file) -> ScanResult:
         env = self._env(env)

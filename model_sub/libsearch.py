@@ -14,7 +14,6 @@ import os
 import re
 
 from .context import Inputs, ModelContext
-from .toolchain import shared_closure
 
 _SCRIPT_KEYWORDS = {"GROUP", "INPUT", "AS_NEEDED", "OUTPUT_FORMAT", "OUTPUT_ARCH", "SEARCH_DIR", "TARGET",
                     "OUTPUT", "STARTUP", "INCLUDE"}
@@ -55,7 +54,7 @@ class LibrarySearch:
             head = handle.read(4096)
         if head.startswith(b"\x7fELF"):
             if head[16:18] == b"\x03\x00":  # ET_DYN: a shared library (or PIE)
-                _, libs = shared_closure(path)
+                _, libs = self.ctx.toolchain.closure(path)
                 for lib in libs:
                     self.add(inputs, lib)
             return

@@ -6,20 +6,30 @@ A stage program (cc1, as, ld, ar, ...) is therefore run as
 loader, the program and its whole shared-library closure (from ``ldd``) as executable
 inputs. The blobs are stored once by content and shared by every thunk, so a thunk
 itself stays a few hundred bytes.
+
+``ldd`` costs ~20 ms a program, so its answer is cached under ``.gg/infer/closure``,
+keyed by the program's ``stat`` and that of ``/etc/ld.so.cache`` (rewritten by
+``ldconfig`` whenever libraries are installed) and trusted only while the loader and
+every library listed still have the ``stat`` recorded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
-from ir.store import LocalStore
+import xxhash
+
+from ir.atomic import atomic_write_bytes
 from ir.thunk import Input
 
+from .fileids import FileIds, stat_key
 from .paths import TOOL_PREFIX
 
 _LDD_ARROW = re.compile(r"^\s*(\S+)\s+=>\s+(\S+)\s+\(0x[0-9a-f]+\)")
@@ -58,40 +68,88 @@ def shared_closure(path: str) -> tuple[str | None, list[str]]:
     return loader, libs
 
 
+LD_SO_CACHE = "/etc/ld.so.cache"
+
+
+def _stat_list(path: str) -> list[int] | None:
+    try:
+        return list(stat_key(os.stat(path)))
+    except OSError:
+        return None
+
+
 class Toolchain:
     """Stores programs once per process and hands out :class:`PortableProgram`s."""
 
-    def __init__(self, store: LocalStore, real_path: str):
-        self.store = store
+    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str):
+        self.ids = ids
+        self.cache_dir = cache_dir
         self.real_path = real_path
         self._lock = threading.Lock()
         self._programs: dict[str, PortableProgram] = {}
+        self._closures: dict[str, tuple[list[int] | None, tuple[str | None, list[str]]]] = {}
+        self._which: dict[str, str] = {}
 
     def which(self, name: str) -> str:
         """Absolute path of ``name`` on the real PATH (or as given if it has a slash)."""
+        known = self._which.get(name)
+        if known is not None and os.path.exists(known):
+            return known
         found = name if "/" in name else shutil.which(name, path=self.real_path)
         if not found or not os.path.exists(found):
             raise ToolchainError(f"{name}: not found on the real PATH")
-        return os.path.realpath(found)
+        real = os.path.realpath(found)
+        if "/" not in name:
+            with self._lock:
+                self._which[name] = real
+        return real
+
+    def closure(self, path: str) -> tuple[str | None, list[str]]:
+        """:func:`shared_closure` of ``path``, cached in memory and on disk (see above)."""
+        own = _stat_list(path)
+        memo = self._closures.get(path)
+        if memo is not None and memo[0] == own and own is not None:
+            return memo[1]
+        key = xxhash.xxh3_128_hexdigest(json.dumps([path, own, _stat_list(LD_SO_CACHE)]).encode())
+        entry_path = self.cache_dir / key
+        result = None
+        try:
+            entry = json.loads(entry_path.read_text())
+            if all(_stat_list(lib) == recorded for lib, recorded in entry["stats"]):
+                result = (entry["loader"], list(entry["libs"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            result = None
+        if result is None:
+            result = shared_closure(path)
+            loader, libs = result
+            stats = [(lib, _stat_list(lib)) for lib in ([loader] if loader else []) + libs]
+            if own is not None and all(recorded is not None for _, recorded in stats):
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(entry_path, json.dumps({"loader": loader, "libs": libs, "stats": stats}).encode())
+        with self._lock:
+            self._closures[path] = (own, result)
+        return result
 
     def program(self, path_or_name: str) -> PortableProgram:
         real = self.which(path_or_name)
-        with self._lock:
-            cached = self._programs.get(real)
-            if cached is None:
-                cached = self._programs[real] = self._portable(real)
-            return cached
+        cached = self._programs.get(real)
+        if cached is None:
+            # computed outside the lock: two threads may both compute it (same result)
+            cached = self._portable(real)
+            with self._lock:
+                cached = self._programs.setdefault(real, cached)
+        return cached
 
     def _portable(self, real: str) -> PortableProgram:
-        loader, libs = shared_closure(real)
+        loader, libs = self.closure(real)
         prog_name = f"{TOOL_PREFIX}/bin/{os.path.basename(real)}"
-        prog = Input(self.store.put_file(real, executable=True), prog_name)
+        prog = Input(self.ids.stored(real, executable=True), prog_name)
         if loader is None:  # static program: run it directly
             return PortableProgram(prog.ref, (prog_name,), (prog,))
         loader_name = f"{TOOL_PREFIX}/{os.path.basename(loader)}"
-        executables = [prog, Input(self.store.put_file(os.path.realpath(loader), executable=True), loader_name)]
+        executables = [prog, Input(self.ids.stored(os.path.realpath(loader), executable=True), loader_name)]
         for lib in libs:
-            executables.append(Input(self.store.put_file(os.path.realpath(lib), executable=True),
+            executables.append(Input(self.ids.stored(os.path.realpath(lib), executable=True),
                                      f"{TOOL_PREFIX}/lib/{os.path.basename(lib)}"))
         prefix = (loader_name, "--library-path", f"{TOOL_PREFIX}/lib", prog_name)
         return PortableProgram(executables[1].ref, prefix, tuple(executables))

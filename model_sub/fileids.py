@@ -1,0 +1,93 @@
+"""File IDs for one gg-infer run: the store's hash cache plus an in-memory layer.
+
+Every compile call checks the content of its source and of every header it read (often
+80 files, most of them the same system headers in every call). Going to the on-disk
+hash cache for each costs a file read and a blob ``stat`` per header, and, for files
+written within the hash cache's racy window (a fresh checkout, a generated header), a
+re-hash *and* an atomic rewrite of the cache entry on every call — an entry that can
+never be trusted, because it was made while the file was still racy.
+
+This layer keeps, per path, the full ``stat`` identity (device, inode, size, mtime,
+ctime) and the ID, so a repeat check is one ``stat`` and a dict lookup. It follows the
+same racy rule as :class:`ir.hashing.HashCache`: an ID is remembered (in memory or on
+disk) only if the file's newest timestamp is older than the racy window at the moment
+it was stat'ed before reading; a racy file is simply hashed again (cheap for a header)
+and nothing is written. Blobs known to be in the store are remembered too: a gg-infer
+run only adds blobs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from ir.hashing import hash_file
+from ir.store import LocalStore
+
+StatKey = tuple[int, int, int, int, int]
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    """What identifies one version of a file for caching purposes."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FileIds:
+    """Content IDs of host files, each stored in the store once (thread-safe)."""
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+        self._lock = threading.Lock()
+        self._memo: dict[str, tuple[StatKey, str]] = {}
+        self._present: set[str] = set()
+        self._executable: set[str] = set()
+
+    def has_blob(self, ident: str) -> bool:
+        """Whether blob ``ident`` is in the store (remembered once seen)."""
+        return self._has(ident)
+
+    def _has(self, ident: str) -> bool:
+        if ident in self._present:
+            return True
+        if self.store.has(ident):
+            with self._lock:
+                self._present.add(ident)
+            return True
+        return False
+
+    def stored(self, path: str, executable: bool = False) -> str:
+        """ID of the file at ``path``, copying it into the store if the blob is new."""
+        observed = time.time_ns()
+        st = os.stat(path)
+        key = stat_key(st)
+        hit = self._memo.get(path)
+        if hit is not None and hit[0] == key and (not executable or hit[1] in self._executable):
+            return hit[1]
+        trusted = observed - max(st.st_mtime_ns, st.st_ctime_ns) >= self.store.hash_cache.racy_window_ns
+        ident = self.store.hash_cache.lookup(Path(path), st)
+        if ident is None:
+            ident = hash_file(Path(path))
+            if trusted:
+                self.store.hash_cache.remember(st, ident, observed)
+        if (executable and ident not in self._executable) or not self._has(ident):
+            # a new blob (or one that must become executable): the store copies it,
+            # hashing what it copies. Should the file have changed since our stat, the
+            # memo entry below is keyed by the old stat and can never match again.
+            ident = self.store.put_file(Path(path), executable=executable)
+            with self._lock:
+                self._present.add(ident)
+                if executable:
+                    self._executable.add(ident)
+        if trusted:
+            with self._lock:
+                self._memo[path] = (key, ident)
+        return ident
+
+    def unchanged(self, path: str, ident: str) -> bool:
+        """True if ``path`` still has content ``ident`` (and that blob is stored)."""
+        try:
+            return self.stored(path) == ident
+        except OSError:
+            return False
