@@ -62,6 +62,10 @@ class ModelContext:
             thunk_cache=cache / "thunks",
         )
 
+    def close(self) -> None:
+        """Release what the run's helpers hold (the driver's empty directory)."""
+        self.driver.close()
+
     def log(self, line: str) -> None:
         """Why a call ran the real tool, etc.; one line per event in .gg/infer/log."""
         with self._log_lock:

@@ -70,6 +70,7 @@ class DepScanner:
     def __init__(self, ids: FileIds, cache_dir: Path, real_path: str):
         self.ids = ids
         self.cache_dir = cache_dir
+        self.scratch = cache_dir.parent / "scratch"
         self.real_path = real_path
         self._lock = threading.Lock()
         self._memo: dict[str, ScanResult] = {}
@@ -133,11 +134,15 @@ class DepScanner:
 
     def _run_scan(self, argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file) -> ScanResult:
         env = self._env(env)
-        with tempfile.TemporaryDirectory(prefix="gg-scan-") as tmp:
-            full = os.path.join(tmp, "deps.d")
+        # dependency files go to unique names in one scratch directory (a temporary
+        # directory per scan costs a mkdir and an rmtree each time)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        written: list[str] = []
+        try:
+            full = None
             depfile_text = None
             if user_depfile is not None:
-                user_out = os.path.join(tmp, "user.d")
+                user_out = self._scratch_file(written)
                 flags = ["-MM" if "-MMD" in user_dep_args and not full_deps_in_user_file else "-M"]
                 flags += [a for a in user_dep_args if a not in ("-MD", "-MMD")]
                 self._run([*argv, "-E", source, *flags, "-MF", user_out], cwd, env)
@@ -145,10 +150,17 @@ class DepScanner:
                     depfile_text = handle.read()
                 if flags[0] == "-M":
                     full = user_out
-            if not os.path.exists(full):
+            if full is None:
+                full = self._scratch_file(written)
                 self._run([*argv, "-E", source, "-M", "-MT", "x", "-MF", full], cwd, env)
             with open(full, encoding="utf-8", errors="surrogateescape") as handle:
                 names = parse_make_deps(handle.read())
+        finally:
+            for path in written:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         files = []
         seen = set()
         for name in names:
@@ -158,6 +170,12 @@ class DepScanner:
             seen.add(path)
             files.append((path, self._file_id(path)))
         return ScanResult(files, depfile_text)
+
+    def _scratch_file(self, written: list[str]) -> str:
+        fd, path = tempfile.mkstemp(dir=self.scratch, prefix="scan-", suffix=".d")
+        os.close(fd)
+        written.append(path)
+        return path
 
     def _run(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
         result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)

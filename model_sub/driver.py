@@ -24,6 +24,10 @@ from ir.atomic import atomic_write_bytes
 
 _TEMP_RE = re.compile(r"^(.*?)(/tmp/cc[A-Za-z0-9]{6,}\.([A-Za-z0-9_+]+))$")
 TEMP_PREFIX = "gg-tmp"
+# Stand-ins for a compile's source and output stems in a shared -### question.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*\.[A-Za-z0-9_+]+$")
+SOURCE_TOKEN = "ggInferSourceStemX"
+OUTPUT_TOKEN = "ggInferOutputStemX"
 
 
 class DriverError(Exception):
@@ -75,6 +79,36 @@ def parse_hash_hash_hash(stderr: str) -> list[Stage]:
     return stages
 
 
+def _template(args: list[str], source: str, output: str) -> tuple[list[str], dict[str, str]] | None:
+    """``args`` with the source and output stems replaced by tokens, and the way back.
+
+    Compiles of one directory differ only in these names (and in ``-frandom-seed``,
+    which holds the source name), so one ``-###`` answer serves them all. None when
+    the names are unusual or the substitution would not be exactly reversible.
+    """
+    src_dir, src_base = os.path.split(source)
+    if not _SAFE_NAME.match(src_base) or not _SAFE_NAME.match(output) or "/" in output:
+        return None
+    src_stem, src_ext = os.path.splitext(src_base)
+    out_stem, out_ext = os.path.splitext(output)
+    out_token = SOURCE_TOKEN if out_stem == src_stem else OUTPUT_TOKEN
+    src_token_name = os.path.join(src_dir, SOURCE_TOKEN + src_ext)
+    back = {SOURCE_TOKEN: src_stem, OUTPUT_TOKEN: out_stem}
+    forward = [a.replace(source, src_token_name).replace(output, out_token + out_ext) for a in args]
+    if any(SOURCE_TOKEN in a or OUTPUT_TOKEN in a for a in args) or _substitute(forward, back) != args:
+        return None
+    return forward, back
+
+
+def _substitute(words: list[str], back: dict[str, str]) -> list[str]:
+    out = []
+    for word in words:
+        for token, stem in back.items():
+            word = word.replace(token, stem)
+        out.append(word)
+    return out
+
+
 class Driver:
     """Cached questions to the real gcc driver for one gg-infer run."""
 
@@ -83,6 +117,7 @@ class Driver:
         self.real_path = real_path
         self._lock = threading.Lock()
         self._memo: dict[str, object] = {}
+        self._empty: str | None = None
 
     def _cached(self, key_parts: list[str], compute):
         key = xxhash.xxh3_128_hexdigest("\0".join(key_parts).encode())
@@ -101,9 +136,23 @@ class Driver:
         return value
 
     def _run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-        with tempfile.TemporaryDirectory(prefix="gg-infer-") as empty:
-            return subprocess.run(argv, cwd=empty, env=_clean_env(env, self.real_path),
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        # in an empty directory, so that no file of the build can influence the answer;
+        # one for the whole run (a fresh temporary directory per question cost ~2 ms)
+        with self._lock:
+            if self._empty is None:
+                self._empty = tempfile.mkdtemp(prefix="gg-infer-driver-")
+            empty = self._empty
+        return subprocess.run(argv, cwd=empty, env=_clean_env(env, self.real_path),
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        """Remove the empty working directory (if one was made)."""
+        if self._empty is not None:
+            try:
+                os.rmdir(self._empty)
+            except OSError:
+                pass
+            self._empty = None
 
     def stages(self, driver: str, args: list[str], env: dict[str, str]) -> list[Stage]:
         """The commands ``driver args`` would run (``driver`` is an absolute path)."""
@@ -117,6 +166,32 @@ class Driver:
         stat = os.stat(driver)
         raw = self._cached(["stages", driver, str(stat.st_mtime_ns), *args], compute)
         return [Stage(tuple(words)) for words in raw]
+
+    def compile_stages(self, driver: str, args: list[str], source: str, output: str,
+                       env: dict[str, str]) -> list[Stage]:
+        """:meth:`stages` for a compile of ``source`` to ``output`` (names in ``args``).
+
+        Asks the driver once per set of flags, with the source and output stems
+        replaced by tokens, instead of once per source (a ``-###`` run is a process
+        start). The first time a template is made it is checked against the direct
+        answer for this source; if they differ, the template is never used.
+        """
+        template = _template(args, source, output)
+        if template is None:
+            return self.stages(driver, args, env)
+        key_args, back = template
+
+        def compute():
+            shared = self.stages(driver, key_args, env)
+            direct = self.stages(driver, args, env)
+            ok = [list(_substitute(list(stage.argv), back)) for stage in shared] == [list(s.argv) for s in direct]
+            return {"ok": ok, "stages": [list(stage.argv) for stage in shared]}
+
+        stat = os.stat(driver)
+        raw = self._cached(["template", driver, str(stat.st_mtime_ns), *key_args], compute)
+        if not raw["ok"]:
+            return self.stages(driver, args, env)
+        return [Stage(tuple(_substitute(words, back))) for words in raw["stages"]]
 
     def include_dirs(self, driver: str, lang: str, flags: list[str], env: dict[str, str]) -> list[str]:
         """The driver's default ``#include <...>`` directories for ``lang``, in order."""

@@ -121,7 +121,7 @@ class GccModel:
         args += self.ctx.paths.prefix_maps(self.cwd)
         args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_name,
                  "-o", out_tag]
-        stages = self.ctx.driver.stages(self.driver, args, self.env)
+        stages = self.ctx.driver.compile_stages(self.driver, args, src_name, out_tag, self.env)
         header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
         return self._chain(stages, out_tag, header_inputs)
 

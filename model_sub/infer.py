@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 from ir.store import LocalStore, StoreError
@@ -37,7 +38,7 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
     infer_dir = store.root / "infer"
     shim_dir = make_shim_dir(infer_dir / "bin", shim_binary(infer_dir, real_path))
     ctx = ModelContext.create(store, str(root or os.getcwd()), real_path)
-    with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir:
+    with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir, closing(ctx):
         socket_path = os.path.join(sock_dir, "models.sock")
         with ModelServer(ctx, socket_path):
             env = {**environ, "PATH": f"{shim_dir}:{real_path}", "GG_INFER_SOCKET": socket_path,
