@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ir.cli import CliError
-from ir.ids import parse_id
+from ir.ids import MAGIC, Kind, id_of_bytes, parse_id
 from ir.s3store import S3Error, S3Storage
 from ir.storage_uri import S3Config
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
@@ -48,6 +48,12 @@ EVENT_VERSION = 1
 MAX_PAYLOAD = 6_291_456  # Lambda's synchronous request limit
 PAYLOAD_BUDGET = 5_500_000  # what one batch may use (JSON overhead stays below the limit)
 EPHEMERAL_HEADROOM = 0.8  # inputs may fill this much of /tmp; outputs need the rest
+# Small blobs travel inside the invocation instead of through S3: a PUT and a GET on
+# S3 cost tens of milliseconds each, far more than a few KiB more of payload.
+# LambdaConfig.inline_max: an input blob up to this size goes in the event (up to
+# INLINE_INPUTS_PER_THUNK per thunk), and value outputs up to it come back in the answer.
+INLINE_MAX = 64 << 10
+INLINE_INPUTS_PER_THUNK = 512 << 10
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class LambdaConfig:
     throttle_attempts: int = 6
     backoff_base: float = 0.05
     backoff_cap: float = 2.0
+    inline_max: int = INLINE_MAX  # 0: every blob goes through S3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], jobs: int | None = None) -> LambdaConfig:
@@ -89,6 +96,7 @@ class LambdaConfig:
             memory_mib=number("GG_LAMBDA_MEMORY_MIB", 3008),
             ephemeral_mib=number("GG_LAMBDA_EPHEMERAL_MIB", 512),
             batch_max=max(1, number("GG_LAMBDA_BATCH", 4)),
+            inline_max=max(0, number("GG_LAMBDA_INLINE_MAX", INLINE_MAX)),
         )
 
 
@@ -97,6 +105,10 @@ class _Pending:
     job: Job
     data: bytes
     future: asyncio.Future = field(repr=False)
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)  # inputs sent inline
+
+    def size(self) -> int:
+        return _payload_size(self.data) + sum(_payload_size(b) for b in self.blobs.values())
 
 
 def _first_line(text: object) -> str:
@@ -122,6 +134,8 @@ class LambdaEngine:
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._client_lock = asyncio.Lock()
+        # Inputs a function reported missing although sent: from now on they go via S3.
+        self._sent_to_s3: set[str] = set()
         self.invocations = 0
 
     # -- what Lambda cannot take --------------------------------------------------------
@@ -146,9 +160,9 @@ class LambdaEngine:
     # -- running ---------------------------------------------------------------------------
 
     async def run(self, job: Job) -> ExecutionResult:
-        await self._upload_inputs(job)
+        blobs = await self._upload_inputs(job)
         loop = asyncio.get_running_loop()
-        pending = _Pending(job, job.thunk.serialize(), loop.create_future())
+        pending = _Pending(job, job.thunk.serialize(), loop.create_future(), blobs)
         self._enqueue(pending)
         try:
             answer = await asyncio.shield(pending.future)
@@ -160,8 +174,26 @@ class LambdaEngine:
             raise
         return await self._result(job, answer)
 
-    async def _upload_inputs(self, job: Job) -> None:
+    def _inline_inputs(self, inputs: list[str]) -> dict[str, bytes]:
+        """Small local inputs to send in the event (read now: the event needs the bytes)."""
+        blobs: dict[str, bytes] = {}
+        room = INLINE_INPUTS_PER_THUNK
+        for ident in inputs:
+            size = parse_id(ident).size
+            if size > self.config.inline_max or size > room or ident in self._sent_to_s3:
+                continue
+            try:
+                blobs[ident] = self.store.read_bytes(ident)
+            except MissingBlob:
+                continue
+            room -= size
+        return blobs
+
+    async def _upload_inputs(self, job: Job) -> dict[str, bytes]:
+        """Make every input reachable by the function: inline (returned) or in S3."""
         inputs = sorted({i.id for i in (*job.thunk.values, *job.thunk.executables)})
+        blobs = self._inline_inputs(inputs)
+        inputs = [i for i in inputs if i not in blobs]
         results = await asyncio.gather(*(self.storage.upload(self.store, i) for i in inputs),
                                        return_exceptions=True)
         for ident, result in zip(inputs, results, strict=True):
@@ -175,10 +207,11 @@ class LambdaEngine:
                 raise InfrastructureError(f"lambda: cannot upload input: {result}") from None
             if isinstance(result, BaseException):
                 raise InfrastructureError(f"lambda: uploading input {ident}: {_first_line(result)}") from None
+        return blobs
 
     def _enqueue(self, pending: _Pending) -> None:
-        batch_bytes = sum(_payload_size(p.data) for p in self._pending)
-        if self._pending and batch_bytes + _payload_size(pending.data) > PAYLOAD_BUDGET:
+        batch_bytes = sum(p.size() for p in self._pending)
+        if self._pending and batch_bytes + pending.size() > PAYLOAD_BUDGET:
             self._flush()
         self._pending.append(pending)
         if len(self._pending) >= self.config.batch_max:
@@ -198,10 +231,13 @@ class LambdaEngine:
         task.add_done_callback(self._inflight.discard)
 
     async def _invoke_batch(self, batch: list[_Pending]) -> None:
+        blobs = {ident: data for p in batch for ident, data in p.blobs.items()}
         event = {
             "version": EVENT_VERSION,
             "storage": self.storage.config.uri,
             "thunks": [{"id": p.job.thunk_id, "data": base64.b64encode(p.data).decode()} for p in batch],
+            "blobs": [{"id": i, "data": base64.b64encode(d).decode()} for i, d in blobs.items()],
+            "inline_values": self.config.inline_max,
         }
         try:
             answer = await self._invoke(json.dumps(event).encode())
@@ -308,6 +344,7 @@ class LambdaEngine:
         if status != "ok":
             for ident in answer.get("missing") or []:
                 self.storage.forget(ident)  # the next attempt uploads it again
+                self._sent_to_s3.add(ident)
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: {error or status}")
         try:
             outputs = []
@@ -326,21 +363,23 @@ class LambdaEngine:
         return ExecutionResult(job.thunk_id, outputs, created, float(answer.get("duration") or 0.0))
 
     async def _keep(self, entry: dict) -> None:
-        """Thunk blobs into the local store (inline or from S3); values stay remote."""
+        """Blobs that came inline (thunks, small values) into the local store; the
+        function did not upload those, so they are not believed to be in S3. Thunk blobs
+        that did not fit the answer are fetched from S3; larger values stay there."""
         ident = str(entry["id"])
         parsed = parse_id(ident)
         executable = bool(entry.get("executable"))
-        if "data" not in entry:  # an inline thunk blob was not uploaded
-            self.storage.remember(ident, executable)
+        if "data" in entry:
+            data = base64.b64decode(entry["data"], validate=True)
+            actual = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
+            if actual != ident:  # checked before storing: never cache a corrupt blob
+                raise InfrastructureError(f"lambda: inline blob {ident} hashes to {actual}")
+            self.store.put_bytes(data, executable)
+            return
+        self.storage.remember(ident, executable)
         if not parsed.is_thunk:
             if executable and self.store.has(ident):
                 self.store.mark_executable(ident)
-            return
-        if "data" in entry:
-            actual = self.store.put_bytes(base64.b64decode(entry["data"], validate=True))
-            if actual != ident:
-                self.store.remove_corrupt(actual)
-                raise InfrastructureError(f"lambda: inline thunk {ident} hashes to {actual}")
             return
         try:
             await self.storage.download(self.store, ident)

@@ -3,14 +3,19 @@
 Entry point ``lambda_handler.handler.handle`` (run by ``python -m awslambdaric`` or
 the managed Python runtime). Event and answer are versioned; see ``docs/lambda.md``::
 
-    {"version": 1, "storage": "s3://...", "thunks": [{"id": T..., "data": base64}]}
+    {"version": 1, "storage": "s3://...", "thunks": [{"id": T..., "data": base64}],
+     "blobs": [{"id": V..., "data": base64}],     # optional: small inputs, inline
+     "inline_values": 65536}                       # optional: answer values up to this size inline
     -> {"version": 1, "results": [{"id", "status", "outputs", "created", "error", "stderr_tail"}]}
 
 Each thunk runs through :func:`executor.execution.execute`, the same core the local
-engine uses. Inputs come from S3 (in parallel, verified) into a size-capped store in
-``/tmp`` that survives warm invocations; value outputs and created values go back to
-S3. Thunk blobs (tail calls, created thunks) travel inline in the answer so the client
-can store them without a GET; only those that do not fit the answer are uploaded.
+engine uses. Inputs come inline (small ones the client chose to send) or from S3 (in
+parallel, verified) into a size-capped store in ``/tmp`` that survives warm
+invocations. Value outputs and created values go back to S3, except those up to
+``inline_values`` bytes; those and thunk blobs (tail calls, created thunks) travel
+inline in the answer, so the client stores them without a GET and nobody pays a
+PUT. Only what does not fit the answer's budget is uploaded. (S3 requests cost tens
+of milliseconds each; a few KiB more of payload cost nothing measurable.)
 
 The handler never raises: every problem becomes a per-thunk ``infrastructure_error``
 (or ``execution_failed`` when the function itself failed), so the client always
@@ -150,7 +155,6 @@ def _runtime_env() -> dict[str, str]:
 
 
 async def _handle(event, context, warm: _Warm, environ) -> dict:
-
     from ir.ids import InvalidId, Kind, id_of_bytes, parse_id
     from ir.thunk import MalformedThunk, parse_thunk
 
@@ -188,6 +192,11 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
             jobs.append((ident, thunk, None))
         except (KeyError, TypeError, ValueError, InvalidId, MalformedThunk) as exc:
             jobs.append((ident, None, f"bad thunk in event: {_one_line(exc)}"))
+    added += _store_inline_blobs(event.get("blobs"), store)
+    try:
+        inline_values = max(0, int(event.get("inline_values") or 0))
+    except (TypeError, ValueError):
+        inline_values = 0
 
     needed = {i.id for _, thunk, _ in jobs if thunk for i in (*thunk.values, *thunk.executables)}
     cache.touch(store, needed)
@@ -204,11 +213,11 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
 
     slots = asyncio.Semaphore(parallel)
     results = await asyncio.gather(*(
-        _run_one(ident, thunk, store, storage, slots, warm.runtime_env) if thunk is not None
+        _run_one(ident, thunk, store, storage, slots, warm.runtime_env, inline_values) if thunk is not None
         else _failed(ident, "infrastructure_error", error)
         for ident, thunk, error in jobs
     ))
-    await _send_thunks(results, store, storage)
+    await _send_blobs(results, store, storage, inline_values)
     used += added + missing_bytes + sum(
         parse_id(entry["id"]).size for result in results for entry in (*result["outputs"], *result["created"]))
     if used > cap:
@@ -222,7 +231,26 @@ async def _failed(ident: str, status: str, error: str | None, stderr_tail: str =
             "stderr_tail": stderr_tail, **extra}
 
 
-async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dict:
+def _store_inline_blobs(items, store) -> int:
+    """Input blobs the client sent in the event (small ones): verified, then stored, so
+    they need no GET. A bad one is skipped; the input is then fetched from S3 as usual."""
+    from ir.ids import MAGIC, InvalidId, Kind, id_of_bytes
+
+    added = 0
+    for item in items if isinstance(items, list) else []:
+        try:
+            ident = str(item["id"])
+            data = base64.b64decode(item["data"], validate=True)
+            if store.has(ident) or id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE) != ident:
+                continue
+            store.put_bytes(data)
+            added += len(data)
+        except (KeyError, TypeError, ValueError, InvalidId):
+            continue
+    return added
+
+
+async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline_values: int = 0) -> dict:
     import asyncio
 
     from executor.execution import ExecutionFailed, execute
@@ -245,9 +273,11 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
         async with slots:
             result = await execute(ident, thunk, store, runtime_env=runtime_env)
         # Values go to S3 now (overwriting: a corrupt copy there must not be trusted);
-        # thunk blobs travel inline and are uploaded only if the answer has no room.
+        # thunk blobs and values up to ``inline_values`` bytes travel in the answer and
+        # are uploaded only if it has no room for them (see _send_blobs).
         produced = [o.id for o in result.outputs] + list(result.created)
-        values = [i for i in dict.fromkeys(produced) if not parse_id(i).is_thunk]
+        values = [i for i in dict.fromkeys(produced)
+                  if not parse_id(i).is_thunk and parse_id(i).size > inline_values]
         await asyncio.gather(*(storage.upload(store, i, overwrite=True) for i in values))
     except ExecutionFailed as exc:
         return await _failed(ident, "execution_failed", exc.reason, exc.stderr_tail)
@@ -266,18 +296,21 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env) -> dic
     }
 
 
-async def _send_thunks(results: list[dict], store, storage) -> None:
-    """Put thunk blobs inline (base64) until the answer's inline budget is spent, and
-    upload the rest to S3, where the client fetches them: a huge fan-out of tail calls
-    still fits in Lambda's 6 MB answer, and the common case costs no PUT at all.
+async def _send_blobs(results: list[dict], store, storage, inline_values: int = 0) -> None:
+    """Put thunk blobs and small values inline (base64) until the answer's inline budget
+    is spent, and upload the rest to S3, where the client fetches them: a huge fan-out
+    of tail calls still fits in Lambda's 6 MB answer, and the common case costs no PUT.
     """
     import asyncio
 
+    from ir.ids import parse_id
+
     budget = INLINE_LIMIT
-    remote: dict[str, list[dict]] = {}  # thunk blob -> results that need it uploaded
+    remote: dict[str, list[dict]] = {}  # blob -> results that need it uploaded
     for result in results:
         for entry in (*result["outputs"], *result["created"]):
-            if entry["id"].startswith("T"):
+            parsed = parse_id(entry["id"])
+            if parsed.is_thunk or parsed.size <= inline_values:
                 data = store.read_bytes(entry["id"])
                 encoded = base64.b64encode(data).decode()
                 if len(encoded) > budget:

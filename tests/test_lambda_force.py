@@ -106,7 +106,8 @@ def one_line_error(output: str) -> str:
 # -- the fib example ---------------------------------------------------------------------------
 
 
-def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, lambda_endpoint: LocalLambda):
+def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, boto3_s3,
+                                                           lambda_endpoint: LocalLambda):
     """fib(25) (tail calls, created thunks, python functions) through gg-force --engine lambda:
     the same value and the same reductions as the local engine; then nothing runs again,
     on either engine."""
@@ -129,6 +130,10 @@ def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, lam
     started = of_kind(trace, "started")
     assert started and {e["engine"] for e in started} == {"lambda"}
     assert not of_kind(trace, "fallback") and not of_kind(trace, "failed")
+    # Small blobs travel inside invocations: none of them went through the bucket.
+    config = parse_storage_uri(s3_uri)
+    keys = [o["Key"] for o in boto3_s3.list_objects_v2(Bucket=config.bucket).get("Contents", [])]
+    assert all(parse_id(key.rsplit("/", 1)[-1]).size > 64 << 10 for key in keys), keys
     # The same reductions, thunk for thunk: switching engines between runs hits the cache.
     reductions = {p.name: p.read_text() for p in on_local.store.reductions.iterdir()}
     assert {p.name: p.read_text() for p in on_lambda.store.reductions.iterdir()} == reductions
