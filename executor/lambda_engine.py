@@ -347,15 +347,16 @@ class LambdaEngine:
                 self._sent_to_s3.add(ident)
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: {error or status}")
         try:
-            outputs = []
-            for entry in answer.get("outputs", []):
-                await self._keep(entry)
-                outputs.append(Output(str(entry["tag"]), str(entry["id"]), bool(entry.get("executable"))))
-            created = []
-            for entry in answer.get("created", []):
-                await self._keep(entry)
-                created.append(str(entry["id"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            entries = [*answer.get("outputs", []), *answer.get("created", [])]
+            kept = await asyncio.gather(*(self._keep(entry) for entry in entries),  # GETs, if any, at once
+                                        return_exceptions=True)
+            for outcome in kept:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            outputs = [Output(str(e["tag"]), str(e["id"]), bool(e.get("executable")))
+                       for e in answer.get("outputs", [])]
+            created = [str(e["id"]) for e in answer.get("created", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: malformed answer ({exc})") from None
         if [o.tag for o in outputs] != list(job.thunk.outputs):
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: answer has outputs "
