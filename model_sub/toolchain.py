@@ -86,6 +86,7 @@ class Toolchain:
         self.cache_dir = cache_dir
         self.real_path = real_path
         self._lock = threading.Lock()
+        self._portable_lock = threading.Lock()
         self._programs: dict[str, PortableProgram] = {}
         self._closures: dict[str, tuple[list[int] | None, tuple[str | None, list[str]]]] = {}
         self._which: dict[str, str] = {}
@@ -134,10 +135,11 @@ class Toolchain:
         real = self.which(path_or_name)
         cached = self._programs.get(real)
         if cached is None:
-            # computed outside the lock: two threads may both compute it (same result)
-            cached = self._portable(real)
-            with self._lock:
-                cached = self._programs.setdefault(real, cached)
+            # one thread stores a program (cc1 is ~30 MB) while the others wait for it
+            with self._portable_lock:
+                cached = self._programs.get(real)
+                if cached is None:
+                    cached = self._programs[real] = self._portable(real)
         return cached
 
     def _portable(self, real: str) -> PortableProgram:
