@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -24,6 +25,8 @@ import xxhash
 from ir.atomic import atomic_write_bytes
 
 from .fileids import FileIds
+
+_BLANKS = re.compile(r"[ \t]+")
 
 
 class ScanFailed(Exception):
@@ -43,6 +46,8 @@ def parse_make_deps(text: str) -> list[str]:
     _, sep, rest = first_rule.partition(": ")
     if not sep:
         _, _, rest = first_rule.partition(":")
+    if "\\" not in rest and "$" not in rest:
+        return [w for w in _BLANKS.split(rest) if w]  # the usual case: no char-by-char loop
     words, current, i = [], "", 0
     while i < len(rest):
         ch = rest[i]

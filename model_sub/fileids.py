@@ -67,14 +67,14 @@ class FileIds:
             return hit[1]
         trusted = observed - max(st.st_mtime_ns, st.st_ctime_ns) >= self.store.hash_cache.racy_window_ns
         ident = self.store.hash_cache.lookup(Path(path), st)
-        if ident is None:
+        if ident is None and not trusted:
+            # racy: hash it (a small read) but write nothing — an entry made now could
+            # never be trusted, and rewriting one costs a rename each time
             ident = hash_file(Path(path))
-            if trusted:
-                self.store.hash_cache.remember(st, ident, observed)
-        if (executable and ident not in self._executable) or not self._has(ident):
-            # a new blob (or one that must become executable): the store copies it,
-            # hashing what it copies. Should the file have changed since our stat, the
-            # memo entry below is keyed by the old stat and can never match again.
+        if ident is None or (executable and ident not in self._executable) or not self._has(ident):
+            # unknown, new, or to be made executable: the store copies the file, hashing
+            # what it copies, and remembers the ID. Should the file have changed since
+            # our stat, the memo entry below is keyed by the old stat and never matches.
             ident = self.store.put_file(Path(path), executable=executable)
             with self._lock:
                 self._present.add(ident)
