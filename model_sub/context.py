@@ -6,6 +6,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import xxhash
 
@@ -45,6 +46,7 @@ class ModelContext:
     log_path: Path
     thunk_cache: Path
     _log_lock: threading.Lock = field(default_factory=threading.Lock)
+    _log_handle: TextIO | None = None
 
     @classmethod
     def create(cls, store: LocalStore, root: str, real_path: str) -> ModelContext:
@@ -63,15 +65,24 @@ class ModelContext:
         )
 
     def close(self) -> None:
-        """Release what the run's helpers hold (the driver's empty directory)."""
+        """Release what the run's helpers hold (the driver's empty directory, the log)."""
         self.driver.close()
+        with self._log_lock:
+            if self._log_handle is not None:
+                self._log_handle.close()
+                self._log_handle = None
 
     def log(self, line: str) -> None:
-        """Why a call ran the real tool, etc.; one line per event in .gg/infer/log."""
+        """Why a call ran the real tool, etc.; one line per event in .gg/infer/log.
+
+        The file stays open for the run (line-buffered, so each line is written at
+        once); opening it for every call cost more than most model decisions."""
         with self._log_lock:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "a", encoding="utf-8", errors="replace") as handle:
-                handle.write(line.rstrip("\n") + "\n")
+            if self._log_handle is None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log_handle = open(self.log_path, "a", encoding="utf-8", errors="replace",  # noqa: SIM115
+                                        buffering=1)
+            self._log_handle.write(line.rstrip("\n") + "\n")
 
     def add_file(self, inputs: Inputs, host_path: str, name: str) -> None:
         """Add ``host_path`` as input ``name``: a thunk input if it is a placeholder."""

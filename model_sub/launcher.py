@@ -63,5 +63,6 @@ def make_shim_dir(directory: Path, binary: Path) -> Path:
             temp.unlink()
         os.symlink(binary, temp)
         os.replace(temp, link)
-    atomic_write_bytes(directory / "README", b"gg-infer model shims; safe to delete.\n", 0o644)
+    if not (directory / "README").exists():
+        atomic_write_bytes(directory / "README", b"gg-infer model shims; safe to delete.\n", 0o644)
     return directory

@@ -114,7 +114,7 @@ class ModelServer:
             os.unlink(socket_path)
         self._server = _Server(socket_path, _Handler)
         self._server.ctx = ctx
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,),
                                         name="gg-infer-models", daemon=True)
 
     def __enter__(self) -> ModelServer:
