@@ -65,6 +65,30 @@ class EndpointConfig:
     cache_root: Path | None = None  # per-worker GG_CACHE_DIR = cache_root/worker-N
 
 
+def kill_leftovers(sandbox_dir: Path) -> int:
+    """SIGKILL every process still working inside a dead worker's ``/tmp`` (its cwd is
+    there): what destroying a Lambda sandbox does to the thunks it was running.
+
+    The execution core runs each function in its own session, so a worker killed for a
+    timeout or a crash does not take its function's processes along; found by cwd
+    because, once orphaned, they no longer have the worker as parent. Returns how many.
+    """
+    root = str(sandbox_dir.resolve())
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 @dataclass
 class Invocation:
     request_id: str
@@ -159,6 +183,7 @@ class LocalLambda:
                 worker.polling.cancel()
             if worker.watcher:
                 worker.watcher.cancel()
+            kill_leftovers(self._cache_dir(worker))
         for invocation in list(self.invocations.values()):
             invocation.finish(_error_body("ServiceException", "the local Lambda endpoint is shutting down"),
                               "Unhandled")
@@ -188,7 +213,7 @@ class LocalLambda:
 
     async def _spawn(self, worker: Worker) -> None:
         cfg = self.config
-        cache_dir = self._cache_root / f"worker-{worker.index}"
+        cache_dir = self._cache_dir(worker)
         cache_dir.mkdir(parents=True, exist_ok=True)
         env = worker_env(
             f"127.0.0.1:{worker.port}", cfg.function_name, cfg.handler, cfg.memory_mib, cfg.timeout,
@@ -207,9 +232,13 @@ class LocalLambda:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.process.pid, signum)
 
+    def _cache_dir(self, worker: Worker) -> Path:
+        return self._cache_root / f"worker-{worker.index}"
+
     async def _watch(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
         """When a worker exits: fail what it held, then start a fresh one."""
         code = await process.wait()
+        kill_leftovers(self._cache_dir(worker))
         if self._closing:
             return
         self.stats["worker_exits"] += 1
