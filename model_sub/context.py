@@ -52,13 +52,14 @@ class ModelContext:
     def create(cls, store: LocalStore, root: str, real_path: str) -> ModelContext:
         cache = store.root / "infer"
         ids = FileIds(store)
+        driver = Driver(cache / "driver", real_path)
         return cls(
             store=store,
             paths=PathMap.for_root(root),
             real_path=real_path,
             toolchain=Toolchain(ids, cache / "closure", real_path),
-            driver=Driver(cache / "driver", real_path),
-            scanner=DepScanner(ids, cache / "deps", real_path),
+            driver=driver,
+            scanner=DepScanner(ids, cache / "deps", real_path, driver),
             ids=ids,
             log_path=cache / "log",
             thunk_cache=cache / "thunks",

@@ -24,6 +24,7 @@ import xxhash
 
 from ir.atomic import atomic_write_bytes
 
+from .driver import Driver
 from .fileids import FileIds
 
 _BLANKS = re.compile(r"[ \t]+")
@@ -72,8 +73,9 @@ def parse_make_deps(text: str) -> list[str]:
 
 
 class DepScanner:
-    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str):
+    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str, driver: Driver | None = None):
         self.ids = ids
+        self.driver = driver
         self.cache_dir = cache_dir
         self.scratch = cache_dir.parent / "scratch"
         self.real_path = real_path
@@ -150,14 +152,15 @@ class DepScanner:
                 user_out = self._scratch_file(written)
                 flags = ["-MM" if "-MMD" in user_dep_args and not full_deps_in_user_file else "-M"]
                 flags += [a for a in user_dep_args if a not in ("-MD", "-MMD")]
-                self._run([*argv, "-E", source, *flags, "-MF", user_out], cwd, env)
+                self._run_dep([*argv, "-E", source, *flags, "-MF", user_out], source, user_dep_args, cwd, env,
+                              written)
                 with open(user_out, encoding="utf-8", errors="surrogateescape") as handle:
                     depfile_text = handle.read()
                 if flags[0] == "-M":
                     full = user_out
             if full is None:
                 full = self._scratch_file(written)
-                self._run([*argv, "-E", source, "-M", "-MT", "x", "-MF", full], cwd, env)
+                self._run_dep([*argv, "-E", source, "-M", "-MT", "x", "-MF", full], source, [], cwd, env, written)
             with open(full, encoding="utf-8", errors="surrogateescape") as handle:
                 names = parse_make_deps(handle.read())
         finally:
@@ -175,6 +178,42 @@ class DepScanner:
             seen.add(path)
             files.append((path, self._file_id(path)))
         return ScanResult(files, depfile_text)
+
+    def _run_dep(self, argv: list[str], source: str, dep_args: list[str], cwd: str, env: dict[str, str],
+                 written: list[str]) -> None:
+        """Run the scan ``argv`` (its ``-MF`` file is ``argv[-1]``), as the driver would.
+
+        When the driver can tell which cc1 command it would run, that command runs
+        directly; the first time for a set of flags, both run and the cc1 command is
+        used only if it writes exactly the same dependency file.
+        """
+        out = argv[-1]
+        targets = [dep_args[i + 1] for i in range(len(dep_args) - 1) if dep_args[i] in ("-MT", "-MQ")]
+        plan = self.driver.scan_command(argv, source, [out, *targets], env) if self.driver else None
+        if plan is None:
+            self._run(argv, cwd, env)
+            return
+        key, command = plan
+
+        def check() -> bool:
+            self._run(argv, cwd, env)  # the driver's own answer, into ``out``
+            other = self._scratch_file(written)
+            result = subprocess.run([other if word == out else word for word in command], cwd=cwd, env=env,
+                                    capture_output=True, stdin=subprocess.DEVNULL)
+            with open(out, "rb") as mine, open(other, "rb") as theirs:
+                return result.returncode == 0 and mine.read() == theirs.read()
+
+        checked_now: list[bool] = []
+
+        def first_check() -> bool:
+            checked_now.append(True)
+            return check()
+
+        if self.driver.verdict(key, first_check):
+            if not checked_now:
+                self._run(command, cwd, env)
+        elif not checked_now:
+            self._run(argv, cwd, env)
 
     def _scratch_file(self, written: list[str]) -> str:
         fd, path = tempfile.mkstemp(dir=self.scratch, prefix="scan-", suffix=".d")

@@ -16,6 +16,7 @@ from ir.placeholder import read_placeholder
 from ir.store import LocalStore
 from ir.thunk import Thunk
 from model_sub.context import THUNK_ENV, Inputs, ModelContext
+from model_sub.deps import DepScanner
 from model_sub.driver import Driver
 from model_sub.fileids import FileIds
 from model_sub.toolchain import Toolchain
@@ -146,3 +147,27 @@ def test_shared_driver_answers_equal_the_direct_ones(tmp_path, args, source, out
     other = [a.replace(source, "r/zz9.c") for a in args]
     assert (Driver(tmp_path / "driver", REAL_PATH).compile_stages(gcc, other, "r/zz9.c", output, env)
             == Driver(tmp_path / "direct2", REAL_PATH).stages(gcc, other, env))
+
+
+@pytest.mark.parametrize("dep_args", [[], ["-MD"], ["-MMD", "-MP"], ["-MD", "-MQ", "out/x.o", "-MT", "x$y"]])
+def test_scans_without_the_driver_give_the_drivers_dependency_files(tmp_path, dep_args):
+    """The scan runs cc1 directly once checked against the driver; results must be equal."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.c").write_text('#include <stdio.h>\n#include "x.h"\nint x = X;\n')
+    (tmp_path / "sub" / "x.h").write_text("#define X 3\n")
+    gcc = os.path.realpath(subprocess.run(["sh", "-c", "command -v gcc"], capture_output=True, text=True,
+                                          check=True).stdout.strip())
+    env = {"PATH": REAL_PATH}
+    store = LocalStore.init(tmp_path / ".gg")
+    results = []
+    for use_driver_answer in (False, True, True):  # plain, first use (checked), then shared
+        (tmp_path / "out.d").unlink(missing_ok=True)
+        driver = Driver(tmp_path / "driver", REAL_PATH) if use_driver_answer else None
+        scanner = DepScanner(FileIds(store), tmp_path / f"deps{len(results)}", REAL_PATH, driver)
+        depfile = "out.d" if dep_args else None
+        result = scanner.scan([gcc, "-O2", "-Isub"], str(tmp_path), "sub/x.c", env, depfile, dep_args,
+                              full_deps_in_user_file="-MD" in dep_args)
+        text = (tmp_path / "out.d").read_text() if depfile else None
+        results.append((result, text))
+    assert results[0] == results[1] == results[2]
+    assert any(path.endswith("/stdio.h") for path, _ in results[0][0].files)
