@@ -116,8 +116,10 @@ def _first_line(text: object) -> str:
     return lines[0] if lines else ""
 
 
-def _payload_size(data: bytes) -> int:
-    return 4 * ((len(data) + 2) // 3) + 200
+def _payload_size(data: bytes | int) -> int:
+    """Bytes ``data`` (or that many bytes) take in a JSON event: base64 plus its entry."""
+    size = data if isinstance(data, int) else len(data)
+    return 4 * ((size + 2) // 3) + 200
 
 
 class LambdaEngine:
@@ -174,25 +176,26 @@ class LambdaEngine:
             raise
         return await self._result(job, answer)
 
-    def _inline_inputs(self, inputs: list[str]) -> dict[str, bytes]:
-        """Small local inputs to send in the event (read now: the event needs the bytes)."""
+    def _inline_inputs(self, job: Job, inputs: list[str]) -> dict[str, bytes]:
+        """Small local inputs to send in the event (read now: the event needs the bytes),
+        within what the thunk itself leaves of the payload budget."""
         blobs: dict[str, bytes] = {}
-        room = INLINE_INPUTS_PER_THUNK
+        room = min(INLINE_INPUTS_PER_THUNK, PAYLOAD_BUDGET - _payload_size(job.thunk.serialize()))
         for ident in inputs:
             size = parse_id(ident).size
-            if size > self.config.inline_max or size > room or ident in self._sent_to_s3:
+            if size > self.config.inline_max or _payload_size(size) > room or ident in self._sent_to_s3:
                 continue
             try:
                 blobs[ident] = self.store.read_bytes(ident)
             except MissingBlob:
                 continue
-            room -= size
+            room -= _payload_size(blobs[ident])
         return blobs
 
     async def _upload_inputs(self, job: Job) -> dict[str, bytes]:
         """Make every input reachable by the function: inline (returned) or in S3."""
         inputs = sorted({i.id for i in (*job.thunk.values, *job.thunk.executables)})
-        blobs = self._inline_inputs(inputs)
+        blobs = self._inline_inputs(job, inputs)
         inputs = [i for i in inputs if i not in blobs]
         results = await asyncio.gather(*(self.storage.upload(self.store, i) for i in inputs),
                                        return_exceptions=True)
