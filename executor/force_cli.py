@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ir.cli import USER_ERRORS
+from ir.cli import USER_ERRORS, CliError
 from ir.store import LocalStore
 
 from .engine import Engine
@@ -133,7 +133,7 @@ def run_force(args, prog: str = "gg-force") -> int:
     except asyncio.CancelledError:
         print(f"{prog}: interrupted; finished reductions are kept, run again to resume", file=sys.stderr)
         return 130
-    except (TargetError, *USER_ERRORS) as exc:
+    except (TargetError, CliError, *USER_ERRORS) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # an internal error: one line, not a traceback

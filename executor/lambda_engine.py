@@ -203,8 +203,9 @@ class LambdaEngine:
             if isinstance(result, asyncio.CancelledError):
                 raise result
             if isinstance(result, MissingBlob):
-                raise InfrastructureError(
-                    f"lambda: input {ident} is neither in the local store nor in S3") from None
+                # Not an infrastructure failure: retrying cannot help, but the scheduler
+                # can rebuild the value from the thunk that produced it.
+                raise MissingBlob(ident, "the local store nor in S3") from None
             if isinstance(result, CorruptBlob):
                 self.store.remove_corrupt(ident)
                 raise InfrastructureError(f"lambda: cannot upload input: {result}") from None

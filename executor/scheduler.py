@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ir.ids import InvalidId, parse_id, parse_ref
-from ir.store import LocalStore, StoreError
+from ir.store import LocalStore, MissingBlob, StoreError
 from ir.thunk import Input, MalformedThunk, Thunk
 
 from .engine import Engine, Job
@@ -140,6 +140,9 @@ class Scheduler:
         self._durations: list[float] = []
         self._failures: list[NodeFailed] = []
         self._stop = asyncio.Event()  # set on the first failure unless keep_going
+        # value ID -> (node, the thunk ID whose reductions named it): to regenerate a
+        # value that a cached reduction promises but no store holds any more.
+        self._producers: dict[str, tuple[str, str, Thunk]] = {}
         self.executed = 0  # attempts that ran to completion
 
     # -- public -------------------------------------------------------------------
@@ -230,6 +233,7 @@ class Scheduler:
 
         cached = self._cached(thunk_id, thunk)
         if cached is not None:
+            self._remember_producer(thunk_id, thunk_id, thunk, cached)
             counts.cached += 1
             self.observer.event("cached", thunk=thunk_id, result=cached["__default__"])
             return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
@@ -253,12 +257,14 @@ class Scheduler:
             runnable, run_id = thunk, thunk_id
 
         if cached is None:
-            result = await self._dispatch(thunk_id, run_id, runnable)
+            result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
             outputs = {o.tag: o.id for o in result.outputs}
             cached = {"__default__": outputs[runnable.outputs[0]], **outputs}
+            self._remember_producer(thunk_id, run_id, runnable, cached)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
         else:
+            self._remember_producer(thunk_id, run_id, runnable, cached)
             counts.cached += 1
             self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached["__default__"])
             self._record(thunk_id, runnable, cached)
@@ -292,6 +298,50 @@ class Scheduler:
             final[tag] = reduced[ref.tag or "__default__"]
         return final
 
+    # -- lost values ----------------------------------------------------------------
+
+    def _remember_producer(self, node_id: str, run_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
+        for result in outputs.values():
+            self._producers[result] = (node_id, run_id, thunk)
+
+    async def _dispatch_regenerating(self, node_id: str, run_id: str, thunk: Thunk) -> ExecutionResult:
+        """Dispatch; if an input is gone from every store, rebuild it once and retry.
+
+        A cached reduction can outlive its result (a bucket emptied, a blob removed as
+        corrupt). gg retried such thunks forever; here the producer's reductions are
+        dropped, the producer runs again (outputs are content-addressed, so it makes the
+        same value), and this thunk is dispatched once more.
+        """
+        try:
+            return await self._dispatch(node_id, run_id, thunk)
+        except MissingBlob as missing:
+            if not await self._regenerate(missing.ident):
+                raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
+        try:
+            return await self._dispatch(node_id, run_id, thunk)
+        except MissingBlob as missing:
+            raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
+
+    async def _regenerate(self, ident: str) -> bool:
+        producer = self._producers.pop(ident, None)
+        if producer is None:
+            return False
+        node_id, run_id, thunk = producer
+        self.observer.event("regenerate", thunk=node_id, missing=ident)
+        for thunk_id in {node_id, run_id}:
+            for tag in thunk.outputs:
+                self.store.forget_reduction(f"{thunk_id}#{tag}")
+            self.store.forget_reduction(thunk_id)
+        self._nodes.pop(node_id, None)
+        try:
+            await self._node(node_id)
+        except NodeFailed:
+            return False
+        if ident not in self._producers:  # the run re-registers what it produced
+            raise self._fail(NodeFailed(node_id, f"ran again to rebuild lost {ident} but produced "
+                                        "different output (is it deterministic?)"))
+        return True
+
     # -- dispatch -------------------------------------------------------------------
 
     def _choose_engine(self, job: Job) -> tuple[Engine, list[str]]:
@@ -321,6 +371,8 @@ class Scheduler:
                 result = await self._attempt(node_id, engine, job)
             except ExecutionFailed as exc:
                 raise self._fail(NodeFailed(node_id, str(exc), exc.describe())) from None
+            except MissingBlob:
+                raise  # _dispatch_regenerating decides
             except StoreError as exc:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {exc}")) from None
             except InfrastructureError as exc:

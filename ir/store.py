@@ -266,6 +266,13 @@ class LocalStore:
         parse_ref(result)
         atomic_write_bytes(self._reduction_path(ref), (result + "\n").encode())
 
+    def forget_reduction(self, ref: str) -> None:
+        """Drop the record for ``ref`` (its result was lost), so it is reduced again."""
+        try:
+            self._reduction_path(ref).unlink()
+        except FileNotFoundError:
+            pass
+
     def resolve(self, ref: str) -> str | None:
         """Follow reductions (tail calls included) from ``ref`` to a value ID, or None."""
         seen = set()

@@ -376,8 +376,6 @@ def test_executable_output_comes_back_executable(tmp_path, s3_uri, lambda_endpoi
     assert subprocess.run([program], capture_output=True, text=True).stdout == "built remotely\n"
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler: a cached reduction whose value is gone from both the local "
-                                       "store and S3 is trusted; the producer should be re-run (reported)")
 def test_emptied_bucket_loses_a_large_intermediate_value(tmp_path, s3_uri, lambda_endpoint, boto3_s3):
     """A large intermediate value lives only in S3 (small ones come back inline). Once the
     bucket is emptied, a new consumer of it can only succeed if its producer runs again."""
