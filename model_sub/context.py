@@ -10,7 +10,6 @@ from typing import TextIO
 
 import xxhash
 
-from ir.atomic import atomic_write_bytes
 from ir.placeholder import MAX_PLACEHOLDER_SIZE, read_placeholder, render, wants_linker_form, write_placeholder
 from ir.store import LocalStore
 from ir.thunk import Input, Thunk
@@ -19,6 +18,7 @@ from .deps import DepScanner
 from .driver import Driver
 from .fileids import FileIds
 from .paths import PathMap
+from .thunkids import ThunkRecords
 from .toolchain import Toolchain
 
 # Thunk environment: a fixed epoch makes __DATE__/__TIME__ reproducible (gcc reads
@@ -44,7 +44,7 @@ class ModelContext:
     scanner: DepScanner
     ids: FileIds
     log_path: Path
-    thunk_cache: Path
+    thunk_ids: ThunkRecords
     _log_lock: threading.Lock = field(default_factory=threading.Lock)
     _log_handle: TextIO | None = None
 
@@ -62,12 +62,14 @@ class ModelContext:
             scanner=DepScanner(ids, cache / "deps", real_path, driver),
             ids=ids,
             log_path=cache / "log",
-            thunk_cache=cache / "thunks",
+            thunk_ids=ThunkRecords(cache / "thunk-ids"),
         )
 
     def close(self) -> None:
         """Release what the run's helpers hold (the driver's empty directory, the log)."""
         self.driver.close()
+        self.scanner.close()
+        self.thunk_ids.close()
         with self._log_lock:
             if self._log_handle is not None:
                 self._log_handle.close()
@@ -102,8 +104,8 @@ class ModelContext:
 
         Validating and serializing a compile thunk (~80 inputs) costs ~1.5 ms, most of a
         warm model call, and the same thunk is made again on every run of an unchanged
-        build. So the ID is also recorded under ``.gg/infer/thunks`` by a hash of the
-        thunk's fields (in canonical order, length-prefixed); a recorded ID is used only
+        build. So the ID is also recorded (:class:`ThunkRecords`) under a hash of the
+        thunk's fields (canonical order, length-prefixed); a recorded ID is used only
         while its blob is in the store. A miss builds, validates and stores as before.
         """
         values, thunks, execs = sorted(set(inputs.values)), sorted(set(inputs.thunks)), sorted(set(executables))
@@ -113,11 +115,7 @@ class ModelContext:
             for item in group:
                 parts += [item.ref, item.name]
         key = xxhash.xxh3_128_hexdigest("\0".join(parts).encode("utf-8", "surrogateescape"))
-        record = self.thunk_cache / key
-        try:
-            known = record.read_text().strip()
-        except (OSError, ValueError):
-            known = ""
+        known = self.thunk_ids.get(key)
         if known and self.ids.has_blob(known):
             return known
         thunk = Thunk(
@@ -130,8 +128,7 @@ class ModelContext:
             executables=tuple(execs),
         )
         ident = self.store.put_thunk(thunk)
-        self.thunk_cache.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(record, ident.encode())
+        self.thunk_ids.add(key, ident)
         return ident
 
     def place(self, host_path: str, ref: str, executable: bool) -> None:

@@ -81,6 +81,7 @@ class DepScanner:
         self.real_path = real_path
         self._lock = threading.Lock()
         self._memo: dict[str, ScanResult] = {}
+        self._free_scratch: list[str] = []
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
         keep = {k: v for k, v in env.items() if not k.startswith("GG_INFER")}
@@ -164,11 +165,8 @@ class DepScanner:
             with open(full, encoding="utf-8", errors="surrogateescape") as handle:
                 names = parse_make_deps(handle.read())
         finally:
-            for path in written:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            with self._lock:
+                self._free_scratch += written
         files = []
         seen = set()
         for name in names:
@@ -216,10 +214,25 @@ class DepScanner:
             self._run(argv, cwd, env)
 
     def _scratch_file(self, written: list[str]) -> str:
-        fd, path = tempfile.mkstemp(dir=self.scratch, prefix="scan-", suffix=".d")
-        os.close(fd)
+        """A dependency-file name for this scan, reused across scans: creating a file
+        costs ~0.2-1 ms here, and a cold call made two (plus two unlinks)."""
+        with self._lock:
+            path = self._free_scratch.pop() if self._free_scratch else None
+        if path is None:
+            fd, path = tempfile.mkstemp(dir=self.scratch, prefix="scan-", suffix=".d")
+            os.close(fd)
         written.append(path)
         return path
+
+    def close(self) -> None:
+        """Remove the scratch files."""
+        with self._lock:
+            paths, self._free_scratch = self._free_scratch, []
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def _run(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
         result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -27,6 +27,7 @@ from ir.hashing import hash_file
 from ir.store import LocalStore
 
 StatKey = tuple[int, int, int, int, int]
+_SMALL = 1 << 20  # files up to this size are stored from one read into memory
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -75,7 +76,7 @@ class FileIds:
             # unknown, new, or to be made executable: the store copies the file, hashing
             # what it copies, and remembers the ID. Should the file have changed since
             # our stat, the memo entry below is keyed by the old stat and never matches.
-            ident = self.store.put_file(Path(path), executable=executable)
+            ident = self._put(path, st, observed, trusted, executable)
             with self._lock:
                 self._present.add(ident)
                 if executable:
@@ -83,6 +84,21 @@ class FileIds:
         if trusted:
             with self._lock:
                 self._memo[path] = (key, ident)
+        return ident
+
+    def _put(self, path: str, st: os.stat_result, observed: int, trusted: bool, executable: bool) -> str:
+        """Store the file. A small one is read once and stored from memory, and its
+        hash-cache entry is written only if it can ever be trusted (``put_file`` always
+        writes one: a file creation, wasted on a racy file)."""
+        if st.st_size > _SMALL:
+            return self.store.put_file(Path(path), executable=executable)
+        with open(path, "rb") as handle:
+            data = handle.read(_SMALL + 1)
+        if len(data) > _SMALL:  # grew since the stat
+            return self.store.put_file(Path(path), executable=executable)
+        ident = self.store.put_bytes(data, executable=executable)
+        if trusted and len(data) == st.st_size:
+            self.store.hash_cache.remember(st, ident, observed)
         return ident
 
     def unchanged(self, path: str, ident: str) -> bool:

@@ -121,6 +121,9 @@ def test_recorded_thunk_ids_equal_the_thunks_own_and_survive_a_lost_blob(tmp_pat
     assert ident == expected
     again = ModelContext.create(store, str(tmp_path), REAL_PATH)
     assert again.put(program.function_hash, args, ["out"], inputs, program.executables) == ident
+    again.close()
+    with open(tmp_path / ".gg" / "infer" / "thunk-ids", "a") as records:
+        records.write("torn line without an id\n" + "0" * 32 + " Vnot-an-id\n")  # ignored or not stored
     store.blob_path(ident).unlink()  # a recorded ID whose blob is gone is not trusted
     third = ModelContext.create(store, str(tmp_path), REAL_PATH)
     assert third.put(program.function_hash, args, ["out"], inputs, program.executables) == ident
