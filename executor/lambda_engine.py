@@ -30,11 +30,11 @@ import json
 import random
 import socket
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ir.aws_client import LazyClient
 from ir.cli import CliError
 from ir.ids import MAGIC, Kind, id_of_bytes, parse_id
 from ir.s3store import S3Error, S3Storage
@@ -133,9 +133,11 @@ class LambdaEngine:
         self._pending: list[_Pending] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task] = set()
-        self._stack: AsyncExitStack | None = None
-        self._client: Any = None
-        self._client_lock = asyncio.Lock()
+        self._client = LazyClient(
+            "lambda", region=config.region, endpoint_url=config.endpoint_url,
+            connect_timeout=config.connect_timeout, read_timeout=config.function_timeout + 30,
+            max_pool_connections=max(10, config.concurrency),
+        )
         # Inputs a function reported missing although sent: from now on they go via S3.
         self._sent_to_s3: set[str] = set()
         self.invocations = 0
@@ -267,25 +269,7 @@ class LambdaEngine:
                 raise
 
     async def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        async with self._client_lock:
-            if self._client is None:
-                from aiobotocore.config import AioConfig
-                from aiobotocore.session import get_session
-
-                cfg = self.config
-                aio_config = AioConfig(
-                    connect_timeout=cfg.connect_timeout,
-                    read_timeout=cfg.function_timeout + 30,
-                    retries={"max_attempts": 0},
-                    max_pool_connections=max(10, cfg.concurrency),
-                )
-                stack = AsyncExitStack()
-                self._client = await stack.enter_async_context(get_session().create_client(
-                    "lambda", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=aio_config))
-                self._stack = stack
-        return self._client
+        return await self._client.get()
 
     async def _invoke(self, payload: bytes) -> Any:
         """One synchronous invocation; throttling retried here, all else raised."""
@@ -402,9 +386,7 @@ class LambdaEngine:
             task.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._stack is not None:
-            stack, self._stack, self._client = self._stack, None, None
-            await stack.aclose()
+        await self._client.close()
 
 
 def _fail(pending: _Pending, error: BaseException) -> None:

@@ -24,7 +24,6 @@ from typing import NoReturn
 
 import xxhash
 
-
 # A file that starts with these bytes is a thunk (kind T); anything else is a value.
 # Defined here, not in ir.thunk, so hashing does not have to import protobuf.
 MAGIC = b"##GGTHUNK##"

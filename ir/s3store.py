@@ -31,12 +31,12 @@ import os
 import random
 import stat
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
 import zstandard
 
+from .aws_client import LazyClient
 from .ids import MAGIC, Kind, id_of_bytes, make_id, new_hasher, parse_id
 from .storage_uri import S3Config, parse_storage_uri
 from .store import CorruptBlob, LocalStore, MissingBlob, StoreError
@@ -170,10 +170,11 @@ class S3Storage:
         """``session``: an aiobotocore session to create the client from; sharing one
         (the Lambda handler does) reuses its loaded service model, about 0.1 s per client."""
         self.config = config
-        self._session = session
-        self._stack: AsyncExitStack | None = None
-        self._client: Any = None
-        self._client_lock = asyncio.Lock()
+        self._client = LazyClient(
+            "s3", region=config.region, endpoint_url=config.endpoint, connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout, max_pool_connections=config.concurrency, session=session,
+            s3={"addressing_style": "path"} if config.endpoint else None,
+        )
         self._slots = asyncio.Semaphore(config.concurrency)
         self._present: set[str] = set()  # this run's knowledge only, never persisted
         # Found missing or corrupt by someone: the next upload PUTs without asking HEAD,
@@ -193,34 +194,10 @@ class S3Storage:
     # -- the client ------------------------------------------------------------------
 
     async def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        async with self._client_lock:
-            if self._client is None:
-                from aiobotocore.config import AioConfig
-                from aiobotocore.session import get_session
-
-                cfg = self.config
-                aio_config = AioConfig(
-                    connect_timeout=cfg.connect_timeout,
-                    read_timeout=cfg.read_timeout,
-                    retries={"max_attempts": 0},
-                    max_pool_connections=cfg.concurrency,
-                    s3={"addressing_style": "path"} if cfg.endpoint else None,
-                )
-                stack = AsyncExitStack()
-                self._client = await stack.enter_async_context(
-                    (self._session or get_session()).create_client(
-                        "s3", region_name=cfg.region, endpoint_url=cfg.endpoint, config=aio_config
-                    )
-                )
-                self._stack = stack
-        return self._client
+        return await self._client.get()
 
     async def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack, self._client = self._stack, None, None
-            await stack.aclose()
+        await self._client.close()
 
     # -- the retry policy --------------------------------------------------------------
 
@@ -348,15 +325,16 @@ class S3Storage:
             raise CorruptBlob(ident, actual, str(path.parent))
         body, encoding = await asyncio.to_thread(_maybe_compress, data) if len(data) > CHUNK else \
             _maybe_compress(data)
-        where = self.config.where(ident)
+        await self._put_object(ident, body, encoding, executable)
 
+    async def _put_object(self, ident: str, body: bytes, encoding: str, executable: bool) -> None:
         async def put(client: Any) -> None:
             await client.put_object(
                 Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
                 Metadata=self._metadata(encoding, ident, executable),
             )
 
-        await self._request("PUT", where, put)
+        await self._request("PUT", self.config.where(ident), put)
 
     async def _upload_large(self, store: LocalStore, ident: str, path: Path, executable: bool) -> None:
         from ir.hashing import hash_file
@@ -371,15 +349,7 @@ class S3Storage:
             total = os.path.getsize(source)
             if total <= self.config.multipart_threshold:
                 body = await asyncio.to_thread(source.read_bytes)
-                where = self.config.where(ident)
-
-                async def put(client: Any) -> None:
-                    await client.put_object(
-                        Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
-                        Metadata=self._metadata(encoding, ident, executable),
-                    )
-
-                await self._request("PUT", where, put)
+                await self._put_object(ident, body, encoding, executable)
             else:
                 await self._multipart(ident, source, total, encoding, executable)
         finally:
