@@ -30,6 +30,9 @@ def run_handler(handler, args: argparse.Namespace, prog: str = "gg") -> int:
     """Run a subcommand handler; turn known errors into one line on stderr and exit 1."""
     try:
         return handler(args)
+    except BrokenPipeError:  # e.g. `gg describe ID | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CliError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
     except USER_ERRORS as exc:
