@@ -1,12 +1,14 @@
 """Which headers a translation unit reads: asked of the real preprocessor, cached.
 
-The scan runs the real driver with the user's own flags and ``-M`` (or the user's
-``-MD``/``-MMD`` request, so that the dependency file make relies on is produced by
-gcc itself, byte for byte). Results are cached under ``.gg/infer/deps`` by the scan
-command and the source's content; a hit is used only if every header listed still has
-the content recorded (checked through :class:`~model_sub.fileids.FileIds`: one ``stat``
-per header once it is known in this run), so an unchanged file is not re-scanned and a
-changed header forces a new scan. Entries read in this run are also kept in memory.
+The scan runs the real preprocessor with the user's own flags and ``-M`` (or the
+user's ``-MD``/``-MMD`` request, so that the dependency file make relies on is produced
+by gcc itself, byte for byte): the cc1 command the driver names for it, once checked
+against the driver's own output for the same flags (see ``_run_dep``). Results are
+cached under ``.gg/infer/deps`` by the scan command and the source's content; a hit is
+used only if every header listed still has the content recorded (checked through
+:class:`~model_sub.fileids.FileIds`: one ``stat`` per header once it is known in this
+run), so an unchanged file is not re-scanned and a changed header forces a new scan.
+Entries read in this run are also kept in memory.
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ class DepScanner:
 
     def _run_scan(self, argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file) -> ScanResult:
         env = self._env(env)
-        # dependency files go to unique names in one scratch directory (a temporary
-        # directory per scan costs a mkdir and an rmtree each time)
+        # dependency files go to scratch files of this run, reused by later scans (a
+        # temporary directory per scan cost a mkdir, file creations and an rmtree)
         self.scratch.mkdir(parents=True, exist_ok=True)
         written: list[str] = []
         try:
