@@ -76,7 +76,11 @@ def add(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser(argparse.ArgumentParser(prog="gg-infer", description=__doc__.splitlines()[0]))
+    parser = _parser(argparse.ArgumentParser(prog="gg-infer", description=(
+        "Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
+        "strip and friends: they write thunks into .gg/ and placeholders where the outputs "
+        "would be; then run gg-force on the targets."),
+        epilog="example: gg-infer make -j8 && gg-force my-program"))
     return _handler(parser.parse_args(argv))
 
 
