@@ -66,10 +66,13 @@ class ProgressDisplay:
 
     def _summary(self, counts: Counts) -> str:
         elapsed = time.monotonic() - self.started
+        remaining = counts.discovered - counts.settled
+        # The graph is discovered as it is forced, so this is an estimate from the rate so far.
+        eta = f", ETA {remaining * elapsed / counts.settled:.0f}s" if counts.settled and remaining else ""
         return (
             f"{counts.settled}/{counts.discovered} done ({counts.done} run, {counts.cached} cached, "
             f"{counts.failed} failed), {counts.running} running, {counts.queued} queued, "
-            f"{elapsed:.1f}s"
+            f"{elapsed:.1f}s{eta}"
         )
 
     def close(self, counts: Counts) -> None:
