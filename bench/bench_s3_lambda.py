@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from executor.engine import Job  # noqa: E402
 from executor.lambda_engine import LambdaConfig, LambdaEngine  # noqa: E402
+from ir.ids import Kind, id_of_bytes
 from ir.s3store import S3Storage  # noqa: E402
 from ir.storage_uri import MIB, parse_storage_uri  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
@@ -91,6 +92,8 @@ async def s3_ours(uri: str, store: LocalStore, ids: list[str], concurrency: int)
     storage = S3Storage(parse_storage_uri(uri))
     other = LocalStore.init(Path(tempfile.mkdtemp(prefix="gg-bench-dl-")))
     try:
+        # Create the client before the clock starts, as the raw side does.
+        await storage.has(id_of_bytes(uuid.uuid4().bytes, Kind.VALUE))
         started = time.perf_counter()
         await _gather_limited([storage.upload(store, i) for i in ids], concurrency)
         up = time.perf_counter() - started

@@ -125,6 +125,10 @@ def _first_line(exc: BaseException) -> str:
 def _maybe_compress(data: bytes) -> tuple[bytes, str]:
     if len(data) < MIN_COMPRESS:
         return data, "identity"
+    # Compressing a whole large incompressible blob just to throw the result away costs
+    # more than the upload saves: let a sample decide first.
+    if len(data) > SAMPLE and _maybe_compress(data[:SAMPLE])[1] != "zstd":
+        return data, "identity"
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
     if len(compressed) <= len(data) * WORTH_IT:
         return compressed, "zstd"
