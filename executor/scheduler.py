@@ -39,6 +39,10 @@ from .engine import Engine, Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError
 from .observe import RunObserver
 
+# Key of a node's result map that stands for its first output (what a bare thunk ID
+# means). The empty string can never be an output tag, so it cannot collide with one.
+FIRST = ""
+
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
 
 
@@ -92,7 +96,7 @@ def rewrite(thunk: Thunk, results: dict[str, dict[str, str]]) -> Thunk:
 
     def value_of(ident: str, tag: str | None) -> str:
         outputs = results[ident]
-        return outputs[tag] if tag else outputs["__default__"]
+        return outputs[tag] if tag else outputs[FIRST]
 
     values = list(thunk.values)
     for item in thunk.thunks:
@@ -140,8 +144,8 @@ class Scheduler:
         self._durations: list[float] = []
         self._failures: list[NodeFailed] = []
         self._stop = asyncio.Event()  # set on the first failure unless keep_going
-        # value ID -> (node, the thunk ID whose reductions named it): to regenerate a
-        # value that a cached reduction promises but no store holds any more.
+        # value ID -> (node ID, the thunk ID it ran or hit as, that thunk): to regenerate
+        # a value that a cached reduction promises but no store holds any more.
         self._producers: dict[str, tuple[str, str, Thunk]] = {}
         self.executed = 0  # attempts that ran to completion
 
@@ -169,7 +173,7 @@ class Scheduler:
             if tag is not None and tag not in outputs:
                 self._failures.append(NodeFailed(parsed[ref].id, f"thunk {parsed[ref].id} has no output {tag!r}"))
                 continue
-            results[ref] = outputs[tag or "__default__"]
+            results[ref] = outputs[tag or FIRST]
         if self._failures or len(results) < len(refs):
             failures = self._failures or [NodeFailed("", "the run stopped before every target was reduced")]
             raise ForceFailed(failures, results)
@@ -209,7 +213,7 @@ class Scheduler:
         result must be in the local store (it is loaded next), and so must a value
         unless a remote store may hold it (``results_may_be_remote``).
         """
-        outputs = {"__default__": self.store.get_reduction(thunk_id)}
+        outputs = {FIRST: self.store.get_reduction(thunk_id)}
         for tag in thunk.outputs:
             outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
         for result in outputs.values():
@@ -221,7 +225,7 @@ class Scheduler:
         return outputs
 
     async def _reduce(self, thunk_id: str) -> dict[str, str]:
-        """Force one node; returns tag -> value ID (plus ``__default__``)."""
+        """Force one node; returns tag -> value ID (plus ``FIRST``)."""
         counts = self.observer.counts
         counts.discovered += 1
         try:
@@ -235,7 +239,7 @@ class Scheduler:
         if cached is not None:
             self._remember_producer(thunk_id, thunk_id, thunk, cached)
             counts.cached += 1
-            self.observer.event("cached", thunk=thunk_id, result=cached["__default__"])
+            self.observer.event("cached", thunk=thunk_id, result=cached[FIRST])
             return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
 
         if deps:
@@ -259,14 +263,14 @@ class Scheduler:
         if cached is None:
             result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
             outputs = {o.tag: o.id for o in result.outputs}
-            cached = {"__default__": outputs[runnable.outputs[0]], **outputs}
+            cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
             self._remember_producer(thunk_id, run_id, runnable, cached)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
         else:
             self._remember_producer(thunk_id, run_id, runnable, cached)
             counts.cached += 1
-            self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached["__default__"])
+            self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached[FIRST])
             self._record(thunk_id, runnable, cached)
         return await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id))
 
@@ -274,7 +278,7 @@ class Scheduler:
         for tag in thunk.outputs:
             self.store.put_reduction(f"{thunk_id}#{tag}", outputs[tag])
         # The bare ID last: its presence is what _cached() checks first.
-        self.store.put_reduction(thunk_id, outputs["__default__"])
+        self.store.put_reduction(thunk_id, outputs[FIRST])
 
     async def _follow_tail_calls(
         self, thunk_id: str, outputs: dict[str, str], chain: tuple[str, ...]
@@ -295,7 +299,7 @@ class Scheduler:
                 raise DependencyFailed(thunk_id, f"tail call {result} failed") from None
             if ref.tag is not None and ref.tag not in reduced:
                 raise self._fail(NodeFailed(thunk_id, f"tail call {result}: no such output"))
-            final[tag] = reduced[ref.tag or "__default__"]
+            final[tag] = reduced[ref.tag or FIRST]
         return final
 
     # -- lost values ----------------------------------------------------------------
