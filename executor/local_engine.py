@@ -9,6 +9,7 @@ work whose inputs were produced remotely.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -46,13 +47,13 @@ class LocalEngine:
         missing = [i.id for i in (*job.thunk.values, *job.thunk.executables) if not self.store.has(i.id)]
         if not missing or self.remote is None:
             return
-        for ident in missing:
-            try:
-                await self.remote.download(self.store, ident)
-            except StoreError:
-                raise
-            except Exception as exc:  # network and service errors are worth a retry
-                raise InfrastructureError(f"fetching {ident}: {exc}") from exc
+        results = await asyncio.gather(*(self.remote.download(self.store, i) for i in missing),
+                                       return_exceptions=True)
+        for ident, result in zip(missing, results, strict=True):
+            if isinstance(result, asyncio.CancelledError | StoreError):
+                raise result  # StoreError: missing or corrupt remotely, the scheduler decides
+            if isinstance(result, Exception):  # network and service errors are worth a retry
+                raise InfrastructureError(f"fetching {ident}: {result}") from result
 
     async def run(self, job: Job) -> ExecutionResult:
         await self._fetch_missing(job)
