@@ -74,13 +74,13 @@ async def force_targets(args, store: LocalStore) -> Summary:
     for target in real:
         if not args.quiet:
             print(f"gg-force: {target.text} is already a real file", file=sys.stderr)
+    refs = sorted({t.ref for t in targets if t.ref is not None})
     engines, fallback, remote = _build_engines(args, store)
-    progress = None if args.quiet else ProgressDisplay(args.progress)
+    progress = None if args.quiet or not refs else ProgressDisplay(args.progress)
     observer = RunObserver(TraceWriter(args.trace), progress)
     config = ForceConfig(keep_going=args.keep_going, max_attempts=max(1, args.max_attempts),
                          speculate=not args.no_speculate, speculate_min=args.speculate_after)
     scheduler = Scheduler(store, engines, fallback, config, observer, results_may_be_remote=remote is not None)
-    refs = sorted({t.ref for t in targets if t.ref is not None})
     written = 0
     status = "failed"
     try:
