@@ -87,6 +87,25 @@ class _Warm:
         return store
 
 
+    def close(self) -> None:
+        for storage in self.storages.values():
+            self.loop.run_until_complete(storage.close())
+        self.storages.clear()
+        self.loop.close()
+
+
+def shutdown() -> None:
+    """Close the warm state (S3 clients, event loop).
+
+    Lambda never needs this: the sandbox is destroyed with its connections. An in-process
+    host that calls :func:`handle` and then goes on (the tests do) should call it.
+    """
+    global _WARM
+    warm, _WARM = _WARM, None
+    if warm is not None:
+        warm.close()
+
+
 async def _load_s3_model(session) -> None:
     """Create (and drop) an S3 client: the session keeps the service model it loaded,
     so the client each storage URI needs later is cheap. Nothing connects here."""

@@ -10,7 +10,7 @@ import pytest
 from ir.s3store import S3Storage
 from ir.storage_uri import parse_storage_uri
 from ir.store import LocalStore
-from lambda_handler import cache
+from lambda_handler import cache, handler
 from lambda_handler.handler import handle
 from tests.forcing import ShellThunks
 
@@ -26,7 +26,8 @@ def client_store(tmp_path) -> LocalStore:
 def lambda_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GG_CACHE_DIR", str(tmp_path / "lambda-tmp"))
     monkeypatch.delenv("GG_STORAGE_URI", raising=False)
-    return LocalStore(tmp_path / "lambda-tmp")
+    yield LocalStore(tmp_path / "lambda-tmp")
+    handler.shutdown()  # the warm state (S3 clients) would otherwise outlive the test
 
 
 def upload_inputs(uri: str, store: LocalStore, thunk_ids: list[str]) -> None:
