@@ -22,8 +22,11 @@ from .thunkids import ThunkRecords
 from .toolchain import Toolchain
 
 # Thunk environment: a fixed epoch makes __DATE__/__TIME__ reproducible (gcc reads
-# SOURCE_DATE_EPOCH), and a fixed locale makes diagnostics stable.
-THUNK_ENV = ("SOURCE_DATE_EPOCH=0", "LC_ALL=C")
+# SOURCE_DATE_EPOCH), and a fixed locale makes diagnostics stable. The tools take the
+# directory they record in debug info (DW_AT_comp_dir) from $PWD when it names the
+# working directory, and /proc/self/cwd always does: so a -g object records a fixed
+# name (mapped to "." by paths.prefix_maps) instead of the random run directory.
+THUNK_ENV = ("SOURCE_DATE_EPOCH=0", "LC_ALL=C", "PWD=/proc/self/cwd")
 
 
 @dataclass

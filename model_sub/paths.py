@@ -56,7 +56,9 @@ class PathMap:
         are byte-identical to a plain build's. The most specific map comes last
         because GCC uses the last matching one."""
         cwd = os.path.normpath(cwd)
-        maps = [f"-ffile-prefix-map={ABS_PREFIX}/=/"]
+        # The compile directory a -g object records is /proc/self/cwd (see THUNK_ENV in
+        # context.py); "." keeps it the same in every checkout and on every machine.
+        maps = ["-fdebug-prefix-map=/proc/self/cwd=.", f"-ffile-prefix-map={ABS_PREFIX}/=/"]
         if cwd == self.root or cwd.startswith(self.root + "/"):
             rel_root = os.path.relpath(self.root, cwd)
             maps.append(f"-ffile-prefix-map={ROOT_PREFIX}/={'' if rel_root == '.' else rel_root + '/'}")

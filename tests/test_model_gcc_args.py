@@ -69,6 +69,7 @@ def test_path_map_is_checkout_independent():
     assert one.to_thunk("/usr/include/stdio.h", "/") == "a/usr/include/stdio.h"
     assert one.to_host("r/inc/a.h") == "/home/u/proj/inc/a.h"
     assert one.prefix_maps("/home/u/proj/src") == two.prefix_maps("/tmp/x/proj/src") == [
+        "-fdebug-prefix-map=/proc/self/cwd=.",
         "-ffile-prefix-map=a/=/", "-ffile-prefix-map=r/=../", "-ffile-prefix-map=r/src/="]
 
 
