@@ -20,7 +20,6 @@ class Counts:
     running: int = 0
     done: int = 0
     failed: int = 0
-    retried: int = 0
 
     @property
     def settled(self) -> int:

@@ -382,7 +382,6 @@ class Scheduler:
             except InfrastructureError as exc:
                 if attempt < self.config.max_attempts:
                     delay = self._backoff(attempt)
-                    self.observer.counts.retried += 1
                     self.observer.event("retried", thunk=node_id, engine=engine.name, attempt=attempt,
                                         error=str(exc), delay=round(delay, 3))
                     await asyncio.sleep(delay)

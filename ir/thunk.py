@@ -228,12 +228,6 @@ class Thunk:
                             f"input name {item.name!r} is given to both {other} and {item.ref}"
                         )
 
-    def input_refs(self) -> Iterable[str]:
-        for group in (self.values, self.thunks, self.executables):
-            for item in group:
-                yield item.ref
-
-
 def _parse_inputs(field_name: str, texts: Iterable[str]) -> tuple[Input, ...]:
     """Parse one input list, naming the field in any error."""
     try:
@@ -280,7 +274,3 @@ def _check_against_id(data: bytes, where: str, expected_id: str) -> None:
     actual = id_of_bytes(data, Kind.THUNK, expected.algorithm)
     if actual != expected_id:
         raise MalformedThunk(f"{where}: content hashes to {actual}, not {expected_id}")
-
-
-def is_thunk_bytes(head: bytes) -> bool:
-    return head.startswith(MAGIC)
