@@ -48,14 +48,14 @@ class GccModel:
         """Write thunks and placeholders, or raise :class:`Unmodelled`."""
         for name in ENV_UNMODELLED:
             if self.env.get(name):
-                raise Unmodelled(f"${name} is set")
+                raise Unmodelled(f"${name} is set", label=f"(${name})")
         call = gcc_args.parse(self.argv, self.cwd)
         for item in call.items:
             if item.words[0].startswith("--sysroot") or item.words[0] == "-isysroot":
                 raise Unmodelled("--sysroot/-isysroot")
         for item in call.items:
             if item.kind == "input" and not os.path.isfile(os.path.join(self.cwd, item.path or "")):
-                raise Unmodelled(f"input {item.path} does not exist")
+                raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
         self.driver = self.ctx.toolchain.which(os.path.basename(self.argv[0]))
         if call.mode == "link":
             self._link(call)
@@ -104,7 +104,7 @@ class GccModel:
             dep_args = list(call.dep_flags)
             for option, target in call.dep_targets:
                 dep_args += [option, target]
-            if not call.dep_targets and call.output:
+            if not call.dep_targets and call.output and not call.preprocessor_depfile:
                 dep_args += ["-MQ", host_output]
         scan = self.ctx.scanner.scan(
             [self.driver, *self._compile_flags(call, mapped=False), *forced], self.cwd, source.path or "",
@@ -243,7 +243,7 @@ class GccModel:
                     index += 1
                 found = search.find(name, static)
                 if found is None:
-                    raise Unmodelled(f"library -l{name} not found")
+                    raise Unmodelled(f"library -l{name} not found", label="(library not found)")
                 search.add(inputs, found)
                 out.append("-l" + name)
                 continue
