@@ -2,7 +2,9 @@
 
 A target is a placeholder file (the usual case after ``gg-infer``), a thunk
 reference (``T`` or ``T#tag``) or a value ID. A file that is already real is reported
-and left alone. A result replaces its placeholder atomically, copied out of the store
+and left alone — unless it embeds placeholder text (made from placeholders by a tool
+that read them as data): that is an error, never "already real". A result replaces
+its placeholder atomically, copied out of the store
 (the store's blob stays read-only and shared), with mode 0755 if the output was
 executable and 0644 otherwise, less the umask — and only if the file is still the
 same placeholder, so a concurrent build step that wrote the real file is not undone.
@@ -17,7 +19,7 @@ from pathlib import Path
 from ir.atomic import atomic_write
 from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
-from ir.placeholder import read_placeholder
+from ir.placeholder import find_embedded_placeholder, read_placeholder
 from ir.storage import RemoteStorage
 from ir.store import CorruptBlob, LocalStore
 
@@ -39,6 +41,12 @@ def parse_target(text: str) -> Target:
         if path.is_dir():
             raise TargetError(f"{text} is a directory, not a placeholder")
         placeholder = read_placeholder(path)
+        if placeholder is None:
+            embedded = find_embedded_placeholder(path)
+            if embedded is not None:
+                raise TargetError(
+                    f"{text} is a real file made from placeholders (it contains the placeholder for {embedded}): "
+                    "a tool read placeholders as data; re-run that step (e.g. 'make clean', then gg-infer again)")
         return Target(text, placeholder.ref if placeholder else None, path)
     try:
         parse_ref(text)

@@ -23,7 +23,12 @@ def is_thin_archive(path: str) -> bool:
 
 
 def thin_members(path: str) -> list[str]:
-    """Host paths (normalized, absolute) of the members of the thin archive ``path``.
+    """Host paths (normalized, absolute) of the members of the thin archive ``path``."""
+    return [resolved for _, resolved in thin_member_names(path)]
+
+
+def thin_member_names(path: str) -> list[tuple[str, str]]:
+    """(stored name, absolute host path) of each member of the thin archive ``path``.
 
     Raises ValueError for a malformed archive. Nested thin archives are listed as
     themselves (the caller may recurse).
@@ -35,7 +40,7 @@ def thin_members(path: str) -> list[str]:
     base = os.path.dirname(os.path.abspath(path))
     pos = len(THIN_MAGIC)
     names = b""
-    members: list[str] = []
+    members: list[tuple[str, str]] = []
     while pos + _HEADER <= len(data):
         header = data[pos:pos + _HEADER]
         if header[58:60] != b"`\n":
@@ -58,5 +63,5 @@ def thin_members(path: str) -> list[str]:
             member = name[:-1] if name.endswith(b"/") else name
         # a thin archive holds no member data: the next header follows at once
         text = member.decode("utf-8", "surrogateescape")
-        members.append(os.path.normpath(os.path.join(base, text)))
+        members.append((text, os.path.normpath(os.path.join(base, text))))
     return members

@@ -185,6 +185,11 @@ class GccModel:
         if word.startswith((ROOT_PREFIX + "/", ABS_PREFIX + "/")):
             host = self.ctx.paths.to_host(word)
             return host if os.path.isfile(host) else None
+        if word and not word.startswith("-"):
+            # a relative file passed through -Wl,/-Xlinker (a version script, an archive
+            # inside --whole-archive): relative to the call's directory
+            host = os.path.normpath(os.path.join(self.cwd, word))
+            return host if os.path.isfile(host) else None
         return None
 
     def _ld_arguments(self, words: list[str], ld: str, objects: dict[str, str]) -> tuple[list[str], Inputs]:
