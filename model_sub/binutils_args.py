@@ -63,10 +63,12 @@ def parse_ar(argv: list[str], cwd: str) -> ArCall:
         if word == "--plugin" or word.startswith("--plugin="):
             plugin = True
             index += word == "--plugin"
-        elif word in ("--target", "--output", "--record-libdeps"):
+        elif word == "--target" or word.startswith("--target="):
+            index += word == "--target"  # passed through: the thunk's ar has the same targets
+        elif word in ("--output", "--record-libdeps"):
             other.append(word)
             index += 1
-        elif word.startswith(("--target=", "--output=", "--record-libdeps=")):
+        elif word.startswith(("--output=", "--record-libdeps=")):
             other.append(word.partition("=")[0])
         elif word == "--thin":
             thin = True
@@ -79,6 +81,8 @@ def parse_ar(argv: list[str], cwd: str) -> ArCall:
             if "l" in word[1:]:
                 other.append("-l")
                 index += 1
+        elif not letters and not positional:
+            letters += word  # the key after leading options: ar --target=T rcs lib.a ...
         else:
             positional.append(index - 1)
     for letter in letters:
