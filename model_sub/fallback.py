@@ -133,6 +133,21 @@ def candidate_inputs(argv: list[str], cwd: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+_PROBE_PREFIXES = ("conftest", "libconftest", "conftstm")
+
+
+def probe_reason(argv: list[str]) -> str | None:
+    """Why this call is a configure probe (autoconf's ``conftest*`` files), if it is.
+
+    A probe's result is consumed at once by the configure script (exit status, output,
+    the file it writes), so it runs as it is: never a thunk, never counted."""
+    for word in argv[1:]:
+        name = os.path.basename(word.rpartition("=")[2] if word.startswith("-") else word.lstrip("@"))
+        if name.startswith(_PROBE_PREFIXES):
+            return "configure probe"
+    return None
+
+
 def placeholders_among(paths: list[str]) -> list[str]:
     """The placeholders among ``paths`` and among the members of thin archives there."""
     out: list[str] = []

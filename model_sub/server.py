@@ -25,7 +25,7 @@ from . import binutils_model
 from .context import ModelContext
 from .deps import ScanFailed
 from .driver import DriverError
-from .fallback import ForceError, candidate_inputs, placeholders_among
+from .fallback import ForceError, candidate_inputs, placeholders_among, probe_reason
 from .gcc_model import GccModel
 from .launcher import GCC_NAMES, GXX_NAMES
 from .reasons import RunReal, Unmodelled
@@ -73,6 +73,9 @@ def handle(ctx: ModelContext, request: Request) -> Reply:
     started = time.monotonic()
     try:
         stderr = b""
+        probe = probe_reason(request.argv)
+        if probe:
+            raise RunReal(probe)
         if tool in GCC_NAMES or tool in GXX_NAMES:
             GccModel(ctx, request.argv, request.cwd, request.env).run()
         elif tool == "ar":
@@ -83,6 +86,8 @@ def handle(ctx: ModelContext, request: Request) -> Reply:
             binutils_model.run_strip(ctx, request.argv, request.cwd)
         elif tool == "objcopy":
             binutils_model.run_objcopy(ctx, request.argv, request.cwd)
+        elif not candidate_inputs(request.argv, request.cwd):
+            raise RunReal("no model for this tool, and no file arguments (a query)")
         else:
             raise Unmodelled("no model for this tool", label="")
     except RunReal as exc:
