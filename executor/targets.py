@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ir.archives import is_thin_archive, thin_members
 from ir.atomic import atomic_write
 from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
@@ -53,6 +54,25 @@ def parse_target(text: str) -> Target:
     except InvalidId:
         raise TargetError(f"{text}: no such file, and not a thunk or value ID") from None
     return Target(text, text)
+
+
+def thin_archive_placeholders(target: Target) -> list[Target]:
+    """For a real thin archive, its members that are still placeholders, as targets.
+
+    A thin archive holds only its members' paths; a reader opens those files, so it
+    is usable only once they are real. Forcing it means forcing them."""
+    if target.ref is not None or target.path is None or not is_thin_archive(str(target.path)):
+        return []
+    try:
+        members = thin_members(str(target.path))
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"{target.text}: unreadable thin archive: {exc}") from None
+    out = []
+    for member in members:
+        placeholder = read_placeholder(Path(member))
+        if placeholder is not None:
+            out.append(Target(member, placeholder.ref, Path(member)))
+    return out
 
 
 def _umask() -> int:

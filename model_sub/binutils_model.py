@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from .archives import THIN_MAGIC
+from ir.archives import THIN_MAGIC
+
 from .binutils_args import ArCall, ObjCall, check_ar_modelled, parse_ar, parse_objtool
 from .context import Inputs, ModelContext
 from .reasons import Unmodelled

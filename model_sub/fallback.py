@@ -26,9 +26,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ir.archives import is_thin_archive, thin_members
 from ir.placeholder import read_placeholder
-
-from .archives import is_thin_archive, thin_members
 
 _MAX_RESPONSE_DEPTH = 10
 # Tools whose "-o" names the output file (not an input to force).
@@ -177,8 +176,10 @@ class Forcer:
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
 
-    def force(self, paths: list[str]) -> None:
-        """Make every path in ``paths`` real; raise :class:`ForceError` with one line."""
+    def force(self, paths: list[str]) -> int:
+        """Make every path in ``paths`` real; raise :class:`ForceError` with one line.
+
+        Returns how many this call forced itself (the others another call was forcing)."""
         mine: list[str] = []
         waits: list[threading.Event] = []
         with self._lock:
@@ -201,6 +202,7 @@ class Forcer:
         still = [p for p in paths if read_placeholder(p) is not None]
         if still:
             raise ForceError(f"{still[0]} is still a placeholder after gg-force")
+        return len(mine)
 
     def _run_force(self, paths: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GG_INFER")}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 
-from .archives import THIN_MAGIC, thin_member_names
+from ir.archives import THIN_MAGIC, thin_member_names
+
 from .context import Inputs, ModelContext
 from .reasons import Unmodelled
 

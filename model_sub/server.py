@@ -112,15 +112,16 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
     command = " ".join(request.argv)
     try:
         placeholders = placeholders_among(candidate_inputs(request.argv, request.cwd))
-        if placeholders:
-            ctx.forcer.force(placeholders)
+        forced = ctx.forcer.force(placeholders) if placeholders else 0
     except ForceError as exc:
         ctx.log(f"fail\t{tool}\t{detail}\tforcing inputs failed: {exc}\t{command}")
         message = f"gg-infer: cannot run {tool} for real: forcing its inputs failed: {exc}\n"
         return Reply(exec_real=False, status=1, stderr=message.encode("utf-8", "replace"))
     ctx.local_runs.record(f"{tool} {label}".strip())
-    forced = f" (forced {len(placeholders)} input{'s' if len(placeholders) != 1 else ''})" if placeholders else ""
-    ctx.log(f"real\t{tool}\t{detail}{forced}\t{command}")
+    note = f" (forced {forced} input{'s' if forced != 1 else ''})" if forced else ""
+    if len(placeholders) > forced:
+        note += f" (waited for {len(placeholders) - forced} forced by another call)"
+    ctx.log(f"real\t{tool}\t{detail}{note}\t{command}")
     return Reply(exec_real=True)
 
 

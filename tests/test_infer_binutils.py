@@ -142,3 +142,31 @@ def test_concurrent_forces_of_one_placeholder(tmp_path):
         thread.join()
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
     assert (tmp_path / "a.o").read_bytes() == expected
+
+
+def test_gg_force_on_a_thin_archive_forces_its_members(tmp_path):
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    assert gg_infer(tmp_path, "gcc", "-c", "a.c").returncode == 0
+    subprocess.run(["ar", "rcT", "thin.a", "a.o"], cwd=tmp_path, check=True, capture_output=True)
+    result = subprocess.run([str(VENV_BIN / "gg-force"), "thin.a"], cwd=tmp_path, env=tool_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "thin archive; forcing its 1 placeholder member" in result.stderr
+    assert read_placeholder(tmp_path / "a.o") is None
+    listing = subprocess.run(["nm", "thin.a"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert " T a\n" in listing
+
+
+def test_parallel_jobs_reading_one_placeholder(tmp_path):
+    """make -j4: four unmodelled calls need the same placeholder at once; it is forced
+    once (the other calls wait for it) and every call reads the real object."""
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    rules = "".join(f"n{i}.txt: a.o\n\tnm a.o > n{i}.txt\n" for i in range(4))
+    (tmp_path / "Makefile").write_text("all: n0.txt n1.txt n2.txt n3.txt\na.o: a.c\n\tgcc -c a.c\n" + rules)
+    result = gg_infer(tmp_path, "make", "-j4")
+    assert result.returncode == 0, result.stderr
+    assert "gg-infer: 4 commands ran locally, not as thunks: nm x4" in result.stderr
+    texts = {(tmp_path / f"n{i}.txt").read_text() for i in range(4)}
+    assert texts == {"0000000000000000 T a\n"}
+    log = (tmp_path / ".gg" / "infer" / "log").read_text()
+    assert log.count("(forced 1 input)") == 1 and log.count("\tnm\t") == 4, log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_sub.archives import thin_member_names
+from ir.archives import thin_member_names
 from model_sub.binutils_args import check_ar_modelled, parse_ar, parse_objtool
 from model_sub.fallback import LocalRuns, candidate_inputs
 from model_sub.reasons import RunReal, Unmodelled
