@@ -8,10 +8,13 @@ summary (then the real tool runs on forced inputs).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .gcc_args import expand_response_files
 from .reasons import RunReal, Unmodelled
+
+_TOOL_NAME = re.compile(r"^(?:x86_64-linux-gnu-)?(ar|ranlib|strip|objcopy)(?:-\d+(?:\.\d+)*)?$")
 
 AR_OPERATIONS = set("dmpqrstx")
 AR_MODIFIERS = set("abcDfilMNoOPsSTuvVU")
@@ -20,6 +23,13 @@ AR_MODIFIERS = set("abcDfilMNoOPsSTuvVU")
 # archive stores member paths), l (library dependencies), M (MRI script), o/O/N (not
 # for r/q).
 AR_MODELLED_MODIFIERS = set("abicDsSufv")
+
+
+def binutils_name(tool: str) -> str | None:
+    """``ar`` for ``ar``, ``x86_64-linux-gnu-ar`` or ``ar-2.40`` (the names build systems
+    use, e.g. CMake's CMAKE_AR); None for other tools."""
+    match = _TOOL_NAME.match(tool)
+    return match.group(1) if match else None
 
 
 @dataclass

@@ -106,7 +106,8 @@ def expand_response_files(argv: list[str], cwd: str, depth: int = 0) -> list[str
 
 
 def _unmodelled_reason(word: str) -> str | None:
-    if word in ("-E", "-M", "-MM", "-v", "-fsyntax-only", "-save-temps",
+    if word in ("-E", "-M", "-MM", "-v", "-fsyntax-only", "-save-temps", "-aux-info", "-gsplit-dwarf",
+                "-fsave-optimization-record",
                 "--coverage", "-fprofile-arcs", "-ftest-coverage", "-flto", "-fuse-ld=gold", "-fuse-ld=lld",
                 "-fuse-ld=mold", "-x-", "-"):
         return word
@@ -114,6 +115,24 @@ def _unmodelled_reason(word: str) -> str | None:
                         "-fprofile-generate", "-fprofile-use", "-fdump-", "-fcallgraph-info", "-fstack-usage",
                         "-specs", "-wrapper", "-B", "-Wa,-a", "-fsanitize")):
         return word
+    if word.startswith("-fopt-info") and "=" in word:  # writes a report file
+        return "-fopt-info=FILE"
+    return _link_extra_output(word)
+
+
+# ld options that write a file (or print) besides the output: the thunk would lose it.
+_LD_EXTRA_OUTPUTS = ("-Map", "--Map", "--print-map", "-M", "--out-implib", "--dependency-file", "--verbose",
+                     "--trace", "-t", "--cref", "--stats", "--print-memory-usage", "--print-gc-sections",
+                     "--print-output-format", "--version", "-v")
+
+
+def _link_extra_output(word: str) -> str | None:
+    """``-Wl,-Map,x.map`` and friends (``-Xlinker`` values are checked by the caller)."""
+    if not word.startswith("-Wl,"):
+        return None
+    for part in word.split(",")[1:]:
+        if part.partition("=")[0] in _LD_EXTRA_OUTPUTS or part.startswith("-Map="):
+            return f"-Wl,{part.partition('=')[0]}"
     return None
 
 
@@ -189,7 +208,10 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             call.nostdinc = True
             call.items.append(Item("opt", [word]))
         elif word in ("-Xlinker",):
-            call.items.append(Item("link", [word, take()]))
+            value = take()
+            if value.partition("=")[0] in _LD_EXTRA_OUTPUTS:
+                raise Unmodelled(f"linker option {value} writes another output", label=f"-Xlinker {value}")
+            call.items.append(Item("link", [word, value]))
         elif word.startswith("-Wl,"):
             call.items.append(Item("link", [word]))
         elif word in SEPARATE:

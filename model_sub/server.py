@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass
 
 from . import binutils_model
+from .binutils_args import binutils_name
 from .context import ModelContext
 from .deps import ScanFailed
 from .driver import DriverError
@@ -78,13 +79,13 @@ def handle(ctx: ModelContext, request: Request) -> Reply:
             raise RunReal(probe)
         if tool in GCC_NAMES or tool in GXX_NAMES:
             GccModel(ctx, request.argv, request.cwd, request.env).run()
-        elif tool == "ar":
+        elif binutils_name(tool) == "ar":
             stderr = binutils_model.run_ar(ctx, request.argv, request.cwd)
-        elif tool == "ranlib":
+        elif binutils_name(tool) == "ranlib":
             binutils_model.run_ranlib(ctx, request.argv, request.cwd)
-        elif tool == "strip":
+        elif binutils_name(tool) == "strip":
             binutils_model.run_strip(ctx, request.argv, request.cwd)
-        elif tool == "objcopy":
+        elif binutils_name(tool) == "objcopy":
             binutils_model.run_objcopy(ctx, request.argv, request.cwd)
         elif not candidate_inputs(request.argv, request.cwd):
             raise RunReal("no model for this tool, and no file arguments (a query)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ir.archives import thin_member_names
-from model_sub.binutils_args import check_ar_modelled, parse_ar, parse_objtool
+from model_sub.binutils_args import binutils_name, check_ar_modelled, parse_ar, parse_objtool
 from model_sub.fallback import LocalRuns, candidate_inputs
 from model_sub.reasons import RunReal, Unmodelled
 
@@ -136,3 +136,11 @@ def test_thin_archive_members(tmp_path):
     names = thin_member_names(str(tmp_path / "t.a"))
     assert [stored for stored, _ in names] == ["a.o", "d/b.o", long_name, str(tmp_path / "a.o")]
     assert [host for _, host in names] == [str(tmp_path / n) for n in ["a.o", "d/b.o", long_name, "a.o"]]
+
+
+@pytest.mark.parametrize(("tool", "name"), [
+    ("ar", "ar"), ("x86_64-linux-gnu-ar", "ar"), ("ranlib", "ranlib"), ("x86_64-linux-gnu-strip", "strip"),
+    ("objcopy", "objcopy"), ("ar-2.40", "ar"), ("gcc-ar", None), ("nm", None), ("arx", None),
+])
+def test_binutils_names(tool, name):
+    assert binutils_name(tool) == name

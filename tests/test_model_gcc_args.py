@@ -126,3 +126,20 @@ def test_nested_response_files_and_x_none(tmp_path):
 def test_gcc_hash_hash_hash_quoting():
     line = ' /usr/bin/ld "-rpath" "\\$ORIGIN/lib" -o a "x\\"y" "a b" "back\\\\slash"'
     assert split_hash_line(line) == ["/usr/bin/ld", "-rpath", "$ORIGIN/lib", "-o", "a", 'x"y', "a b", "back\\slash"]
+
+
+@pytest.mark.parametrize(("argv", "label"), [
+    (["gcc", "-c", "a.c", "-gsplit-dwarf"], "-gsplit-dwarf"),
+    (["gcc", "-c", "a.c", "-aux-info", "x"], "-aux-info"),
+    (["gcc", "-c", "a.c", "-fopt-info-vec=x.txt"], "-fopt-info=FILE"),
+    (["gcc", "a.o", "-Wl,-Map,x.map"], "-Wl,-Map"),
+    (["gcc", "a.o", "-Wl,-Map=x.map"], "-Wl,-Map"),
+    (["gcc", "a.o", "-Wl,--as-needed,--print-map"], "-Wl,--print-map"),
+    (["gcc", "a.o", "-Xlinker", "--dependency-file=x.d"], "-Xlinker --dependency-file=x.d"),
+])
+def test_options_that_write_other_outputs_run_locally(tmp_path, argv, label):
+    """A thunk has one declared output; an option that writes another file (or prints
+    a report) would lose it, so the call runs locally."""
+    with pytest.raises(Unmodelled) as caught:
+        parse(argv, str(tmp_path))
+    assert caught.value.label == label and not isinstance(caught.value, RunReal)
