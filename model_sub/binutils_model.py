@@ -42,6 +42,7 @@ def run_ar(ctx: ModelContext, argv: list[str], cwd: str) -> bytes:
     """Model an ``ar`` call; returns what ar would print on stderr."""
     call = parse_ar(argv, cwd)
     check_ar_modelled(call)
+    _check_deterministic(ctx, "ar", call.modifiers)
     archive = os.path.join(cwd, call.archive)
     kind = _existing_archive_kind(archive, ctx)
     if kind == "thin":
@@ -73,6 +74,13 @@ def run_ar(ctx: ModelContext, argv: list[str], cwd: str) -> bytes:
                   portable.executables)
     ctx.place(archive, ref, executable=False)
     return _ar_messages(call, kind)
+
+
+def _check_deterministic(ctx: ModelContext, tool: str, flags: set[str]) -> None:
+    """Refuse a call whose real output would carry timestamps (see
+    :meth:`Driver.deterministic_by_default`): its bytes cannot be reproduced."""
+    if "U" in flags or ("D" not in flags and not ctx.driver.deterministic_by_default(ctx.toolchain.which(tool))):
+        raise Unmodelled(f"{tool} would record real timestamps", label="(timestamps)")
 
 
 def _ar_messages(call: ArCall, kind: str) -> bytes:
@@ -154,6 +162,7 @@ def _copy(ctx: ModelContext, tool: str, call: ObjCall, source: str, output: str,
 
 def run_ranlib(ctx: ModelContext, argv: list[str], cwd: str) -> None:
     call = parse_objtool("ranlib", argv, cwd)
+    _check_deterministic(ctx, "ranlib", {option[0][1:] for option in call.options if option[0] == "-D"})
     _in_place(ctx, "ranlib", call, cwd)
 
 

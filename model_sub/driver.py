@@ -283,6 +283,19 @@ class Driver:
         stat = os.stat(driver)
         return self._cached(["incdirs", driver, str(stat.st_mtime_ns), lang, *flags], compute)
 
+    def deterministic_by_default(self, program: str) -> bool:
+        """Whether ar/ranlib ``program`` writes zero timestamps and owners unless told
+        otherwise (``--help`` marks ``D`` as the default; Debian's binutils do). If not,
+        an archive made without ``D`` differs from run to run, and no thunk can
+        reproduce the bytes the real tool would write."""
+
+        def compute():
+            result = self._run([program, "--help"], {})
+            return any(("[D]" in line or line.strip().startswith("-D")) and "(default)" in line
+                       for line in result.stdout.splitlines())
+
+        return bool(self._cached(["deterministic", program, str(os.stat(program).st_mtime_ns)], compute))
+
     def linker_search_dirs(self, ld: str) -> list[str]:
         """ld's built-in ``SEARCH_DIR``s (sysroot-relative), from ``ld --verbose``."""
 
