@@ -118,12 +118,34 @@ class GccModel:
             args += ["-nostdinc"]
             for directory in dirs:
                 args += ["-isystem", self.ctx.paths.to_thunk(directory, "/")]
-        args += self.ctx.paths.prefix_maps(self.cwd)
+        args += self.ctx.paths.prefix_maps(self.cwd, absolute=self._absolute_style(call, source))
         args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_name,
                  "-o", out_tag]
         stages = self.ctx.driver.compile_stages(self.driver, args, src_name, out_tag, self.env)
         header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
         return self._chain(stages, out_tag, header_inputs)
+
+    def _absolute_style(self, call: GccCall, source: Item) -> bool:
+        """Whether the compile names its files under the root by absolute paths.
+
+        The compiler prints a file (``__FILE__``, ``.file``, debug names) as it found
+        it: through the source's path or the ``-I``/``-include`` path that led to it.
+        A thunk can print all of them relative (make) or all absolute (CMake), so a
+        call that mixes the two, or names a file outside the root by a relative path
+        (printed as ``../x`` by gcc, as ``/abs/x`` by the thunk), runs locally."""
+        paths = [source.path or ""] + [i.path for i in call.items
+                                       if i.kind == "opt" and i.path and not i.path.startswith(("=", "$SYSROOT"))
+                                       and not i.words[0].startswith("--sysroot")]
+        absolute = os.path.isabs(source.path or "")
+        for path in paths:
+            inside = self.ctx.paths.under_root(path, self.cwd)
+            if not inside and not os.path.isabs(path):
+                raise Unmodelled(f"relative path {path} outside the build root {self.ctx.paths.root}",
+                                 label="(relative path outside the build root; see gg-infer --root)")
+            if inside and os.path.isabs(path) != absolute:
+                raise Unmodelled(f"absolute and relative paths mixed ({source.path}, {path})",
+                                 label="(absolute and relative paths mixed)")
+        return absolute
 
     def _chain(self, stages, out_tag: str, header_inputs: set[Input]) -> str:
         produced: dict[str, str] = {}

@@ -5,11 +5,13 @@ other directories."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from ir.placeholder import read_placeholder
 from tests.script_builds import force_and_compare, run_both
-from tests.test_infer_support import hidden_ok
+from tests.test_infer_support import gg_force, gg_infer, hidden_ok
 
 pytestmark = pytest.mark.skipif(not hidden_ok(), reason="needs root and unshare -m for the hidden toolchain")
 
@@ -57,3 +59,46 @@ def test_gcc_forms_match_the_real_gcc(tmp_path):
     for name in DEPFILES:
         assert (run.gg / name).read_bytes() == (run.plain / name).read_bytes(), name
     force_and_compare(tmp_path, run, OUTPUTS)
+
+
+def test_absolute_paths_as_cmake_writes_them(tmp_path):
+    """CMake names sources and include directories by absolute paths, so gcc prints
+    them absolute (``__FILE__`` in an assert, in a header too): the thunk maps its
+    names back to the same absolute paths. Built twice in the same directory (the
+    bytes hold it), plainly and through gg-infer."""
+    tree = tmp_path / "proj"
+    (tree / "include").mkdir(parents=True)
+    (tree / "src").mkdir()
+    (tree / "build").mkdir()
+    (tree / "include" / "check.h").write_text(
+        "#include <assert.h>\nstatic inline int check(int x) { assert(x > 0); return x; }\n")
+    (tree / "src" / "a.c").write_text('#include "check.h"\nint a(int x) { assert(x); return check(x); }\n')
+    script = (f"cd build && gcc -O2 -I{tree}/include -MD -MT a.o -MF a.o.d -o a.o -c {tree}/src/a.c\n"
+              f"cd {tree}/build && gcc -O2 -I../include -c ../src/a.c -o rel.o\n")
+    (tree / "build.sh").write_text(script)
+    plain = subprocess.run(["sh", "-e", "build.sh"], cwd=tree, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    expected = {name: (tree / "build" / name).read_bytes() for name in ("a.o", "a.o.d", "rel.o")}
+    assert str(tree).encode() + b"/src/a.c" in expected["a.o"]
+    for name in expected:
+        (tree / "build" / name).unlink()
+    inferred = gg_infer(tree, "sh", "-e", "build.sh")
+    assert inferred.returncode == 0, inferred.stderr
+    assert "ran locally" not in inferred.stderr
+    forced = gg_force(tree, ["build/a.o", "build/rel.o"], tmp_path / "trace.jsonl")
+    assert forced.returncode == 0, forced.stderr
+    for name, data in expected.items():
+        assert (tree / "build" / name).read_bytes() == data, name
+
+
+def test_mixed_path_styles_run_locally(tmp_path):
+    """-I by absolute path with a relative source: gcc prints each file as it found it,
+    which one thunk cannot reproduce; the call runs locally and says so."""
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "h.h").write_text('static const char *where = __FILE__;\n')
+    (tmp_path / "a.c").write_text('#include "h.h"\nconst char *w(void) { return where; }\n')
+    result = gg_infer(tmp_path, "gcc", "-c", f"-I{tmp_path}/inc", "a.c")
+    assert result.returncode == 0, result.stderr
+    assert "1 command ran locally, not as thunks: gcc (absolute and relative paths mixed) x1" in result.stderr
+    assert read_placeholder(tmp_path / "a.o") is None
+    assert f"{tmp_path}/inc/h.h".encode() in (tmp_path / "a.o").read_bytes()
