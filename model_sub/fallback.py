@@ -81,7 +81,7 @@ def _expand(words: list[str], cwd: str, depth: int = 0) -> list[str]:
                 try:
                     with open(path, encoding="utf-8", errors="surrogateescape") as handle:
                         inner = shlex.split(handle.read(), posix=True)
-                except ValueError:
+                except (OSError, ValueError):
                     inner = []
                 out.extend(_expand(inner, cwd, depth + 1))
                 continue
@@ -208,7 +208,10 @@ class Forcer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GG_INFER")}
         env["GG_DIR"] = self.store_root
         command = [sys.executable, "-m", "executor.force_cli", "-q", "-j", str(self.jobs), *paths]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise ForceError(f"cannot run gg-force: {exc}") from None
         if result.returncode != 0:
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
             raise ForceError(lines[-1] if lines else f"gg-force exited with status {result.returncode}")
