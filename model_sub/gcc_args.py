@@ -239,6 +239,9 @@ def parse(argv: list[str], cwd: str) -> GccCall:
                 raise Unmodelled("precompiled header", label="(precompiled header)")
             call.items.append(Item("input", [word], path=word, lang=lang))
     if not any(item.kind == "input" for item in call.items):
+        if any(item.kind == "link" and item.words[0].startswith(("-l", "-Wl,")) for item in call.items):
+            # gcc links -lNAME (and -Wl, files) without other inputs: not a query
+            raise Unmodelled("link without input files", label="(link without input files)")
         raise RunReal("no input files")
     call.mode = "assemble" if saw_mode["-S"] else "compile" if saw_mode["-c"] else "link"
     if call.mode != "link" and call.output and len(call.sources) > 1:
