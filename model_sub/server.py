@@ -96,8 +96,12 @@ def handle(ctx: ModelContext, request: Request) -> Reply:
         return Reply(exec_real=True)
     except Unmodelled as exc:
         return run_locally(ctx, request, tool, exc.label, str(exc))
-    except (ScanFailed, DriverError, ToolchainError) as exc:
-        return run_locally(ctx, request, tool, f"({type(exc).__name__})", str(exc))
+    except ScanFailed as exc:
+        return run_locally(ctx, request, tool, "(preprocessor failed)", f"scan failed: {exc}")
+    except DriverError as exc:
+        return run_locally(ctx, request, tool, "(driver refused the mapped call)", f"driver error: {exc}")
+    except ToolchainError as exc:
+        return run_locally(ctx, request, tool, "(toolchain)", f"toolchain error: {exc}")
     except Exception:  # noqa: BLE001 - a model bug must not break the user's build
         ctx.log(f"error\t{tool}\t{' '.join(request.argv)}\n" + traceback.format_exc())
         return run_locally(ctx, request, tool, "(model error)", "model error")
