@@ -89,11 +89,14 @@ def _expand(words: list[str], cwd: str, depth: int = 0) -> list[str]:
     return out
 
 
-def candidate_inputs(argv: list[str], cwd: str) -> list[str]:
-    """Absolute paths of existing files the call may read (see the module docstring)."""
+def candidate_inputs(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> list[str]:
+    """Absolute paths of existing files the call may read (see the module docstring).
+
+    ``env``: the call's environment; gcc also searches ``$LIBRARY_PATH`` for ``-l``."""
     words = _expand(argv[1:], cwd)
     skip_output = _tool_family(argv[0]) in _OUTPUT_OPTION_TOOLS
     lib_dirs: list[str] = []
+    library_path = (env or {}).get("LIBRARY_PATH", "")
     libs: list[str] = []
     candidates: list[str] = []
     index = 0
@@ -118,6 +121,7 @@ def candidate_inputs(argv: list[str], cwd: str) -> list[str]:
         if "=" in word:
             candidates.append(word.partition("=")[2])
         candidates.append(word)
+    lib_dirs += [os.path.join(cwd, d) for d in library_path.split(":") if d]
     for name in libs:
         choices = [name[1:]] if name.startswith(":") else [f"lib{name}.so", f"lib{name}.a"]
         for directory in lib_dirs:

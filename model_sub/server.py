@@ -116,7 +116,7 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
     runs on placeholder text."""
     command = " ".join(request.argv)
     try:
-        placeholders = placeholders_among(candidate_inputs(request.argv, request.cwd))
+        placeholders = placeholders_among(candidate_inputs(request.argv, request.cwd, request.env))
         forced = ctx.forcer.force(placeholders) if placeholders else 0
     except ForceError as exc:
         ctx.log(f"fail\t{tool}\t{detail}\tforcing inputs failed: {exc}\t{command}")

@@ -113,6 +113,10 @@ def test_fallback_finds_inputs_in_every_form(tmp_path):
             "--add-section", ".s=s.bin", "-Wl,--whole-archive,x.o"]
     found = [p[len(str(tmp_path)) + 1:] for p in candidate_inputs(argv, str(tmp_path))]
     assert sorted(found) == ["a.o", "f.map", "lib/libz1.a", "lib/libz2.so", "r.o", "s.bin", "x.o"]
+    (tmp_path / "envlib").mkdir()
+    (tmp_path / "envlib" / "libe.a").write_text("")
+    from_env = candidate_inputs(["gcc", "m.o", "-le"], str(tmp_path), {"LIBRARY_PATH": "envlib"})
+    assert from_env == [str(tmp_path / "envlib" / "libe.a")]
     # for tools without -o OUTPUT, the word after -o is not skipped
     assert "out.o" in [p.rsplit("/", 1)[-1] for p in candidate_inputs(["objcopy", "-o", "out.o"], str(tmp_path))]
 
