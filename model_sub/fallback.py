@@ -136,14 +136,18 @@ def candidate_inputs(argv: list[str], cwd: str, env: dict[str, str] | None = Non
     return list(dict.fromkeys(found))
 
 
-_PROBE_PREFIXES = ("conftest", "libconftest", "conftstm")
+_PROBE_PREFIXES = ("conftest", "libconftest", "conftstm", "cmTC_")
+_PROBE_DIRS = ("/CMakeFiles/CMakeScratch/", "/CMakeFiles/CMakeTmp")
 
 
-def probe_reason(argv: list[str]) -> str | None:
-    """Why this call is a configure probe (autoconf's ``conftest*`` files), if it is.
+def probe_reason(argv: list[str], cwd: str = "") -> str | None:
+    """Why this call is a configure probe, if it is: autoconf's ``conftest*`` files,
+    CMake's ``try_compile`` projects (``cmTC_*`` in ``CMakeFiles/CMakeScratch``).
 
     A probe's result is consumed at once by the configure script (exit status, output,
     the file it writes), so it runs as it is: never a thunk, never counted."""
+    if any(marker in cwd + "/" for marker in _PROBE_DIRS):
+        return "configure probe (CMake try_compile)"
     for word in argv[1:]:
         name = os.path.basename(word.rpartition("=")[2] if word.startswith("-") else word.lstrip("@"))
         if name.startswith(_PROBE_PREFIXES):

@@ -74,7 +74,7 @@ def handle(ctx: ModelContext, request: Request) -> Reply:
     started = time.monotonic()
     try:
         stderr = b""
-        probe = probe_reason(request.argv)
+        probe = probe_reason(request.argv, request.cwd)
         if probe:
             raise RunReal(probe)
         if tool in GCC_NAMES or tool in GXX_NAMES:

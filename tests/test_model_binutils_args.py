@@ -6,7 +6,7 @@ import pytest
 
 from ir.archives import thin_member_names
 from model_sub.binutils_args import binutils_name, check_ar_modelled, parse_ar, parse_objtool
-from model_sub.fallback import LocalRuns, candidate_inputs
+from model_sub.fallback import LocalRuns, candidate_inputs, probe_reason
 from model_sub.reasons import RunReal, Unmodelled
 
 
@@ -151,3 +151,14 @@ def test_thin_archive_members(tmp_path):
 ])
 def test_binutils_names(tool, name):
     assert binutils_name(tool) == name
+
+
+@pytest.mark.parametrize(("argv", "cwd", "probe"), [
+    (["gcc", "-c", "conftest.c"], "/p", True), (["ar", "cru", "libconftest.a", "@conftest.lst"], "/p", True),
+    (["gcc", "-o", "conftest", "conftest.c", "conftstm.o"], "/p", True),
+    (["cc", "-o", "CMakeFiles/cmTC_1.dir/src.c.o", "-c", "src.c"], "/b/CMakeFiles/CMakeScratch/TryCompile-x", True),
+    (["cc", "-c", "src.c"], "/b/CMakeFiles/CMakeTmp", True),
+    (["gcc", "-c", "a.c"], "/p", False), (["ar", "rcs", "libfoo.a", "a.o"], "/b/CMakeFiles/x.dir", False),
+])
+def test_configure_probes(argv, cwd, probe):
+    assert (probe_reason(argv, cwd) is not None) is probe
