@@ -24,7 +24,7 @@ from .local_engine import LocalEngine
 from .observe import RunObserver
 from .progress import ProgressDisplay
 from .scheduler import ForceConfig, ForceFailed, Scheduler
-from .targets import Target, TargetError, materialize, parse_target
+from .targets import Target, TargetError, materialize, parse_target, thin_archive_placeholders
 from .trace import TraceWriter
 
 
@@ -72,7 +72,14 @@ async def force_targets(args, store: LocalStore) -> Summary:
     targets: list[Target] = [parse_target(text) for text in args.targets]
     real = [t for t in targets if t.ref is None]
     for target in real:
-        if not args.quiet:
+        members = thin_archive_placeholders(target)
+        targets += members
+        if args.quiet:
+            continue
+        if members:
+            print(f"gg-force: {target.text} is a thin archive; forcing its {len(members)} placeholder member(s)",
+                  file=sys.stderr)
+        else:
             print(f"gg-force: {target.text} is already a real file", file=sys.stderr)
     refs = sorted({t.ref for t in targets if t.ref is not None})
     engines, fallback, remote = _build_engines(args, store)

@@ -2,7 +2,9 @@
 
 A target is a placeholder file (the usual case after ``gg-infer``), a thunk
 reference (``T`` or ``T#tag``) or a value ID. A file that is already real is reported
-and left alone. A result replaces its placeholder atomically, copied out of the store
+and left alone — unless it embeds placeholder text (made from placeholders by a tool
+that read them as data): that is an error, never "already real". A result replaces
+its placeholder atomically, copied out of the store
 (the store's blob stays read-only and shared), with mode 0755 if the output was
 executable and 0644 otherwise, less the umask — and only if the file is still the
 same placeholder, so a concurrent build step that wrote the real file is not undone.
@@ -14,10 +16,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ir.archives import is_thin_archive, thin_members
 from ir.atomic import atomic_write
 from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
-from ir.placeholder import read_placeholder
+from ir.placeholder import find_embedded_placeholder, read_placeholder
 from ir.storage import RemoteStorage
 from ir.store import CorruptBlob, LocalStore
 
@@ -39,12 +42,37 @@ def parse_target(text: str) -> Target:
         if path.is_dir():
             raise TargetError(f"{text} is a directory, not a placeholder")
         placeholder = read_placeholder(path)
+        if placeholder is None:
+            embedded = find_embedded_placeholder(path)
+            if embedded is not None:
+                raise TargetError(
+                    f"{text} is a real file made from placeholders (it contains the placeholder for {embedded}): "
+                    "a tool read placeholders as data; re-run that step (e.g. 'make clean', then gg-infer again)")
         return Target(text, placeholder.ref if placeholder else None, path)
     try:
         parse_ref(text)
     except InvalidId:
         raise TargetError(f"{text}: no such file, and not a thunk or value ID") from None
     return Target(text, text)
+
+
+def thin_archive_placeholders(target: Target) -> list[Target]:
+    """For a real thin archive, its members that are still placeholders, as targets.
+
+    A thin archive holds only its members' paths; a reader opens those files, so it
+    is usable only once they are real. Forcing it means forcing them."""
+    if target.ref is not None or target.path is None or not is_thin_archive(str(target.path)):
+        return []
+    try:
+        members = thin_members(str(target.path))
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"{target.text}: unreadable thin archive: {exc}") from None
+    out = []
+    for member in members:
+        placeholder = read_placeholder(Path(member))
+        if placeholder is not None:
+            out.append(Target(member, placeholder.ref, Path(member)))
+    return out
 
 
 def _umask() -> int:

@@ -94,3 +94,37 @@ def read_placeholder(path: Path) -> Placeholder | None:
             return parse_placeholder(handle.read(MAX_PLACEHOLDER_SIZE + 1))
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         return None
+
+
+# A placeholder embedded anywhere in a file (an archive member, a copy with a header):
+# the prefix, a reference, and the end of its line.
+_EMBEDDED_RE = re.compile(b"(?:" + re.escape(SHEBANG_PREFIX) + b"|" + re.escape(LINKER_PREFIX) + rb")([^\n]{1,200})\n")
+# Bytes of a real file searched for embedded placeholders (the search is a memchr-fast
+# regex over a memory map; beyond this, the file is not read).
+EMBEDDED_SCAN_LIMIT = 1 << 30
+
+
+def find_embedded_placeholder(path: Path) -> str | None:
+    """The reference of a placeholder embedded in the real file ``path``, or None.
+
+    A real file that contains placeholder text was made from placeholders by a tool
+    that read them as data (``ar`` archiving placeholder objects, ``cat``...); it is
+    not a correct result, and must never be reported as "already real"."""
+    import mmap
+
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return None
+            with mmap.mmap(handle.fileno(), min(size, EMBEDDED_SCAN_LIMIT), access=mmap.ACCESS_READ) as data:
+                for match in _EMBEDDED_RE.finditer(data):
+                    try:
+                        ref = match.group(1).decode("ascii")
+                        parse_ref(ref)
+                    except (UnicodeDecodeError, InvalidId):
+                        continue
+                    return ref
+    except (OSError, ValueError):
+        return None
+    return None

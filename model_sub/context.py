@@ -16,6 +16,7 @@ from ir.thunk import Input, Thunk
 
 from .deps import DepScanner
 from .driver import Driver
+from .fallback import Forcer, LocalRuns
 from .fileids import FileIds
 from .paths import PathMap
 from .thunkids import ThunkRecords
@@ -48,6 +49,8 @@ class ModelContext:
     ids: FileIds
     log_path: Path
     thunk_ids: ThunkRecords
+    forcer: Forcer
+    local_runs: LocalRuns = field(default_factory=LocalRuns)
     _log_lock: threading.Lock = field(default_factory=threading.Lock)
     _log_handle: TextIO | None = None
 
@@ -66,6 +69,7 @@ class ModelContext:
             ids=ids,
             log_path=cache / "log",
             thunk_ids=ThunkRecords(cache / "thunk-ids"),
+            forcer=Forcer(str(store.root)),
         )
 
     def close(self) -> None:

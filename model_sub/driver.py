@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import tempfile
 import threading
@@ -29,6 +28,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*\.[A-Za-z0-9_+]+$")
 SOURCE_TOKEN = "ggInferSourceStemX"
 OUTPUT_TOKEN = "ggInferOutputStemX"
 _FIXED_TOKEN = "ggInferWordX"
+# Part of every cache key: a new version drops answers parsed by older code.
+_CACHE_VERSION = "2"
 
 
 class DriverError(Exception):
@@ -59,6 +60,37 @@ def _clean_env(env: dict[str, str], real_path: str) -> dict[str, str]:
     return keep
 
 
+def split_hash_line(line: str) -> list[str]:
+    """The words of one ``gcc -###`` command line.
+
+    gcc prints a word bare when it has only ``[A-Za-z0-9_/.-]``, else in double quotes
+    with ``"``, ``\\`` and ``$`` escaped by a backslash. (``shlex`` would keep the
+    backslash of ``\\$``, and ``-Wl,-rpath,'$ORIGIN'`` reached ld as ``\\$ORIGIN``.)
+    """
+    words: list[str] = []
+    index, length = 0, len(line)
+    while index < length:
+        if line[index] == " ":
+            index += 1
+            continue
+        word: list[str] = []
+        while index < length and line[index] != " ":
+            char = line[index]
+            if char == '"':
+                index += 1
+                while index < length and line[index] != '"':
+                    if line[index] == "\\" and index + 1 < length:
+                        index += 1
+                    word.append(line[index])
+                    index += 1
+                index += 1
+            else:
+                word.append(char)
+                index += 1
+        words.append("".join(word))
+    return words
+
+
 def parse_hash_hash_hash(stderr: str) -> list[Stage]:
     """Stage commands from ``gcc -###`` output, with temp files given stable names."""
     stages: list[Stage] = []
@@ -66,7 +98,7 @@ def parse_hash_hash_hash(stderr: str) -> list[Stage]:
     for line in stderr.splitlines():
         if not line.startswith(" "):
             continue
-        words = shlex.split(line)
+        words = split_hash_line(line)
         if not words or words == ["|"]:
             continue
         renamed = []
@@ -121,7 +153,7 @@ class Driver:
         self._empty: str | None = None
 
     def _cached(self, key_parts: list[str], compute):
-        key = xxhash.xxh3_128_hexdigest("\0".join(key_parts).encode())
+        key = xxhash.xxh3_128_hexdigest("\0".join([_CACHE_VERSION, *key_parts]).encode())
         with self._lock:
             if key in self._memo:
                 return self._memo[key]
@@ -250,6 +282,19 @@ class Driver:
 
         stat = os.stat(driver)
         return self._cached(["incdirs", driver, str(stat.st_mtime_ns), lang, *flags], compute)
+
+    def deterministic_by_default(self, program: str) -> bool:
+        """Whether ar/ranlib ``program`` writes zero timestamps and owners unless told
+        otherwise (``--help`` marks ``D`` as the default; Debian's binutils do). If not,
+        an archive made without ``D`` differs from run to run, and no thunk can
+        reproduce the bytes the real tool would write."""
+
+        def compute():
+            result = self._run([program, "--help"], {})
+            return any(("[D]" in line or line.strip().startswith("-D")) and "(default)" in line
+                       for line in result.stdout.splitlines())
+
+        return bool(self._cached(["deterministic", program, str(os.stat(program).st_mtime_ns)], compute))
 
     def linker_search_dirs(self, ld: str) -> list[str]:
         """ld's built-in ``SEARCH_DIR``s (sysroot-relative), from ``ld --verbose``."""

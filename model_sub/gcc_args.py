@@ -13,6 +13,10 @@ import os
 import shlex
 from dataclasses import dataclass, field
 
+from .reasons import RunReal, Unmodelled
+
+__all__ = ["RunReal", "Unmodelled"]  # re-exported: the models import them from here
+
 # Options whose argument is the next word.
 SEPARATE = {
     "-o", "-x", "-include", "-imacros", "-iquote", "-isystem", "-idirafter", "-iprefix",
@@ -41,10 +45,6 @@ HEADER_SUFFIXES = {".h", ".hh", ".hpp", ".hxx", ".H", ".h++", ".tcc"}
 SOURCE_LANGS = {**C_SUFFIXES, **CXX_SUFFIXES, **ASM_SUFFIXES}
 
 
-class Unmodelled(Exception):
-    """This call must run the real tool; the message says why (for the log)."""
-
-
 @dataclass
 class Item:
     """One element of the command line, in order."""
@@ -66,6 +66,9 @@ class GccCall:
     dep_file: str | None = None  # -MF
     dep_targets: list[tuple[str, str]] = field(default_factory=list)  # ("-MT"|"-MQ", target)
     nostdinc: bool = False
+    # -Wp,-MD,FILE: cc1 writes FILE itself, with its default target (the source's stem
+    # .o) instead of the driver's -MQ OUTPUT
+    preprocessor_depfile: bool = False
 
     @property
     def sources(self) -> list[Item]:
@@ -103,16 +106,48 @@ def expand_response_files(argv: list[str], cwd: str, depth: int = 0) -> list[str
 
 
 def _unmodelled_reason(word: str) -> str | None:
-    if word in ("-E", "-M", "-MM", "-v", "-###", "--version", "--help", "-fsyntax-only", "-save-temps",
+    if word in ("-E", "-M", "-MM", "-v", "-fsyntax-only", "-save-temps", "-aux-info", "-gsplit-dwarf",
+                "-fsave-optimization-record",
                 "--coverage", "-fprofile-arcs", "-ftest-coverage", "-flto", "-fuse-ld=gold", "-fuse-ld=lld",
                 "-fuse-ld=mold", "-x-", "-"):
         return word
-    if word.startswith(("-print-", "--print", "-dump", "-save-temps=", "-fplugin", "-flto=", "--help=",
+    if word.startswith(("-save-temps=", "-fplugin", "-flto=",
                         "-fprofile-generate", "-fprofile-use", "-fdump-", "-fcallgraph-info", "-fstack-usage",
                         "-specs", "-wrapper", "-B", "-Wa,-a", "-fsanitize")):
-        if word.startswith(("-dumpbase", "-dumpdir")):
-            return None
         return word
+    if word.startswith("-fopt-info") and "=" in word:  # writes a report file
+        return "-fopt-info=FILE"
+    return _link_extra_output(word)
+
+
+# ld options that write a file (or print) besides the output: the thunk would lose it.
+_LD_EXTRA_OUTPUTS = ("-Map", "--Map", "--print-map", "-M", "--out-implib", "--dependency-file", "--verbose",
+                     "--trace", "-t", "--cref", "--stats", "--print-memory-usage", "--print-gc-sections",
+                     "--print-output-format", "--version", "-v")
+
+
+def _link_extra_output(word: str) -> str | None:
+    """``-Wl,-Map,x.map`` and friends (``-Xlinker`` values are checked by the caller)."""
+    if not word.startswith("-Wl,"):
+        return None
+    for part in word.split(",")[1:]:
+        if part.partition("=")[0] in _LD_EXTRA_OUTPUTS or part.startswith("-Map="):
+            return f"-Wl,{part.partition('=')[0]}"
+    return None
+
+
+def _is_query(word: str) -> bool:
+    """Options that ask the toolchain about itself (no build output): run as they are."""
+    if word in ("-###", "--version", "--help", "-dumpmachine", "-dumpversion", "-dumpfullversion", "-dumpspecs"):
+        return True
+    return word.startswith(("-print-", "--print", "--help="))
+
+
+def _wp_depfile(word: str) -> tuple[str, str] | None:
+    """``-Wp,-MD,FILE`` / ``-Wp,-MMD,FILE`` (Linux kernel style) as (flag, file)."""
+    parts = word.split(",")
+    if len(parts) == 3 and parts[1] in ("-MD", "-MMD") and parts[2]:
+        return parts[1], parts[2]
     return None
 
 
@@ -120,6 +155,11 @@ def parse(argv: list[str], cwd: str) -> GccCall:
     """Parse a gcc command line; raise :class:`Unmodelled` for calls the model leaves
     to the real tool."""
     words = expand_response_files(argv[1:], cwd)
+    for word in words:
+        if _is_query(word):
+            raise RunReal(f"query {word}")
+    if "-v" in words and all(w.startswith("-") for w in words):
+        raise RunReal("query -v")
     call = GccCall(driver=argv[0])
     lang: str | None = None
     i = 0
@@ -129,12 +169,12 @@ def parse(argv: list[str], cwd: str) -> GccCall:
         i += 1
         reason = _unmodelled_reason(word)
         if reason:
-            raise Unmodelled(f"option {reason}")
+            raise Unmodelled(f"option {reason}", label=reason)
 
         def take(option: str = word) -> str:
             nonlocal i
             if i >= len(words):
-                raise Unmodelled(f"option {option} is missing its argument")
+                raise Unmodelled(f"option {option} is missing its argument", label="(missing argument)")
             value = words[i]
             i += 1
             return value
@@ -151,6 +191,13 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             call.items.append(Item("opt", [word]))
         elif word in DEP_FLAGS:
             call.dep_flags.append(word)
+        elif word.startswith("-Wp,") and _wp_depfile(word):
+            flag, depfile = _wp_depfile(word)
+            call.dep_flags.append(flag)
+            call.dep_file = depfile
+            call.preprocessor_depfile = True
+        elif word.startswith("-Wp,") and "-M" in word:
+            raise Unmodelled(f"dependency options in {word}", label="-Wp,-M...")
         elif word in DEP_ARG_OPTIONS or (word[:3] in DEP_ARG_OPTIONS and len(word) > 3):
             option, value = (word, take()) if word in DEP_ARG_OPTIONS else (word[:3], word[3:])
             if option == "-MF":
@@ -161,7 +208,10 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             call.nostdinc = True
             call.items.append(Item("opt", [word]))
         elif word in ("-Xlinker",):
-            call.items.append(Item("link", [word, take()]))
+            value = take()
+            if value.partition("=")[0] in _LD_EXTRA_OUTPUTS:
+                raise Unmodelled(f"linker option {value} writes another output", label=f"-Xlinker {value}")
+            call.items.append(Item("link", [word, value]))
         elif word.startswith("-Wl,"):
             call.items.append(Item("link", [word]))
         elif word in SEPARATE:
@@ -184,12 +234,15 @@ def parse(argv: list[str], cwd: str) -> GccCall:
         else:
             _, suffix = os.path.splitext(word)
             if suffix in HEADER_SUFFIXES and lang is None:
-                raise Unmodelled("precompiled header")
+                raise Unmodelled("precompiled header", label="(precompiled header)")
             if lang and lang.endswith("-header"):
-                raise Unmodelled("precompiled header")
+                raise Unmodelled("precompiled header", label="(precompiled header)")
             call.items.append(Item("input", [word], path=word, lang=lang))
     if not any(item.kind == "input" for item in call.items):
-        raise Unmodelled("no input files")
+        if any(item.kind == "link" and item.words[0].startswith(("-l", "-Wl,")) for item in call.items):
+            # gcc links -lNAME (and -Wl, files) without other inputs: not a query
+            raise Unmodelled("link without input files", label="(link without input files)")
+        raise RunReal("no input files")
     call.mode = "assemble" if saw_mode["-S"] else "compile" if saw_mode["-c"] else "link"
     if call.mode != "link" and call.output and len(call.sources) > 1:
         raise Unmodelled("-o with several sources")
@@ -197,9 +250,9 @@ def parse(argv: list[str], cwd: str) -> GccCall:
         raise Unmodelled("compile call without sources")
     for item in call.items:
         if item.kind == "input" and os.path.basename(item.path or "").startswith("conftest"):
-            raise Unmodelled("configure probe")
+            raise RunReal("configure probe")
     if call.output and (call.output.startswith("/dev/") or os.path.basename(call.output).startswith("conftest")):
-        raise Unmodelled("configure probe or output to a device")
+        raise RunReal("configure probe or output to a device")
     if call.mode == "link" and call.wants_depfile() and (len(call.sources) > 1 or not call.output):
         raise Unmodelled("dependency output from a compile-and-link call of several sources")
     return call

@@ -48,14 +48,14 @@ class GccModel:
         """Write thunks and placeholders, or raise :class:`Unmodelled`."""
         for name in ENV_UNMODELLED:
             if self.env.get(name):
-                raise Unmodelled(f"${name} is set")
+                raise Unmodelled(f"${name} is set", label=f"(${name})")
         call = gcc_args.parse(self.argv, self.cwd)
         for item in call.items:
             if item.words[0].startswith("--sysroot") or item.words[0] == "-isysroot":
                 raise Unmodelled("--sysroot/-isysroot")
         for item in call.items:
             if item.kind == "input" and not os.path.isfile(os.path.join(self.cwd, item.path or "")):
-                raise Unmodelled(f"input {item.path} does not exist")
+                raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
         self.driver = self.ctx.toolchain.which(os.path.basename(self.argv[0]))
         if call.mode == "link":
             self._link(call)
@@ -104,7 +104,7 @@ class GccModel:
             dep_args = list(call.dep_flags)
             for option, target in call.dep_targets:
                 dep_args += [option, target]
-            if not call.dep_targets and call.output:
+            if not call.dep_targets and call.output and not call.preprocessor_depfile:
                 dep_args += ["-MQ", host_output]
         scan = self.ctx.scanner.scan(
             [self.driver, *self._compile_flags(call, mapped=False), *forced], self.cwd, source.path or "",
@@ -118,12 +118,34 @@ class GccModel:
             args += ["-nostdinc"]
             for directory in dirs:
                 args += ["-isystem", self.ctx.paths.to_thunk(directory, "/")]
-        args += self.ctx.paths.prefix_maps(self.cwd)
+        args += self.ctx.paths.prefix_maps(self.cwd, absolute=self._absolute_style(call, source))
         args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_name,
                  "-o", out_tag]
         stages = self.ctx.driver.compile_stages(self.driver, args, src_name, out_tag, self.env)
         header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
         return self._chain(stages, out_tag, header_inputs)
+
+    def _absolute_style(self, call: GccCall, source: Item) -> bool:
+        """Whether the compile names its files under the root by absolute paths.
+
+        The compiler prints a file (``__FILE__``, ``.file``, debug names) as it found
+        it: through the source's path or the ``-I``/``-include`` path that led to it.
+        A thunk can print all of them relative (make) or all absolute (CMake), so a
+        call that mixes the two, or names a file outside the root by a relative path
+        (printed as ``../x`` by gcc, as ``/abs/x`` by the thunk), runs locally."""
+        paths = [source.path or ""] + [i.path for i in call.items
+                                       if i.kind == "opt" and i.path and not i.path.startswith(("=", "$SYSROOT"))
+                                       and not i.words[0].startswith("--sysroot")]
+        absolute = os.path.isabs(source.path or "")
+        for path in paths:
+            inside = self.ctx.paths.under_root(path, self.cwd)
+            if not inside and not os.path.isabs(path):
+                raise Unmodelled(f"relative path {path} outside the build root {self.ctx.paths.root}",
+                                 label="(relative path outside the build root; see gg-infer --root)")
+            if inside and os.path.isabs(path) != absolute:
+                raise Unmodelled(f"absolute and relative paths mixed ({source.path}, {path})",
+                                 label="(absolute and relative paths mixed)")
+        return absolute
 
     def _chain(self, stages, out_tag: str, header_inputs: set[Input]) -> str:
         produced: dict[str, str] = {}
@@ -185,6 +207,11 @@ class GccModel:
         if word.startswith((ROOT_PREFIX + "/", ABS_PREFIX + "/")):
             host = self.ctx.paths.to_host(word)
             return host if os.path.isfile(host) else None
+        if word and not word.startswith("-"):
+            # a relative file passed through -Wl,/-Xlinker (a version script, an archive
+            # inside --whole-archive): relative to the call's directory
+            host = os.path.normpath(os.path.join(self.cwd, word))
+            return host if os.path.isfile(host) else None
         return None
 
     def _ld_arguments(self, words: list[str], ld: str, objects: dict[str, str]) -> tuple[list[str], Inputs]:
@@ -243,7 +270,7 @@ class GccModel:
                     index += 1
                 found = search.find(name, static)
                 if found is None:
-                    raise Unmodelled(f"library -l{name} not found")
+                    raise Unmodelled(f"library -l{name} not found", label="(library not found)")
                 search.add(inputs, found)
                 out.append("-l" + name)
                 continue

@@ -50,6 +50,19 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
                 return 127
             except KeyboardInterrupt:
                 return 130
+            finally:
+                _print_local_runs(ctx)
+
+
+def _print_local_runs(ctx: ModelContext) -> None:
+    """One line saying which calls ran the real tool instead of becoming thunks."""
+    try:
+        hint = os.path.relpath(ctx.log_path)
+    except ValueError:
+        hint = str(ctx.log_path)
+    line = ctx.local_runs.summary(hint if not hint.startswith("../..") else str(ctx.log_path))
+    if line:
+        print(line, file=sys.stderr)
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

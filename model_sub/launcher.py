@@ -20,7 +20,7 @@ from ir.atomic import atomic_write_bytes
 # so that a placeholder met by them can be reported clearly; they exec the real tool.
 GCC_NAMES = ("gcc", "cc", "c89", "c99", "x86_64-linux-gnu-gcc", "gcc-12", "x86_64-linux-gnu-gcc-12")
 GXX_NAMES = ("g++", "c++", "x86_64-linux-gnu-g++", "g++-12", "x86_64-linux-gnu-g++-12")
-OTHER_NAMES = ("cpp", "as", "ld", "ar", "ranlib", "strip")
+OTHER_NAMES = ("cpp", "as", "ld", "ar", "ranlib", "strip", "objcopy", "nm", "objdump", "size", "readelf")
 SHIM_NAMES = GCC_NAMES + GXX_NAMES + OTHER_NAMES
 
 SHIM_SOURCE = Path(__file__).with_name("shim.c")

@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import re
 
+from ir.archives import THIN_MAGIC, thin_member_names
+
 from .context import Inputs, ModelContext
+from .reasons import Unmodelled
 
 _SCRIPT_KEYWORDS = {"GROUP", "INPUT", "AS_NEEDED", "OUTPUT_FORMAT", "OUTPUT_ARCH", "SEARCH_DIR", "TARGET",
                     "OUTPUT", "STARTUP", "INCLUDE"}
@@ -58,9 +61,28 @@ class LibrarySearch:
                 for lib in libs:
                     self.add(inputs, lib)
             return
+        if head.startswith(THIN_MAGIC):
+            self._add_thin_members(inputs, path, name)
+            return
         if head.startswith(b"!<arch>") or b"\0" in head:
             return
         self._follow_script(inputs, path)
+
+    def _add_thin_members(self, inputs: Inputs, path: str, name: str) -> None:
+        """A thin archive names its members by path (relative to the archive); ld opens
+        them, so they are inputs too, at the names those paths resolve to in the thunk."""
+        try:
+            members = thin_member_names(path)
+        except (OSError, ValueError) as exc:
+            raise Unmodelled(f"thin archive {path}: {exc}", label="(thin archive)") from None
+        for stored, host in members:
+            where = os.path.normpath(os.path.join(os.path.dirname(name), stored))
+            if os.path.isabs(stored) or where != self.ctx.paths.to_thunk(host, "/"):
+                raise Unmodelled(f"thin archive {path}: member path {stored} leaves its tree",
+                                 label="(thin archive member path)")
+            if not os.path.isfile(host):
+                raise Unmodelled(f"thin archive {path}: member {stored} is missing", label="(missing input)")
+            self.add(inputs, host)
 
     def _follow_script(self, inputs: Inputs, path: str) -> None:
         with open(path, encoding="utf-8", errors="replace") as handle:

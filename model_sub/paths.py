@@ -50,16 +50,27 @@ class PathMap:
             return name[len(ABS_PREFIX):]
         return name
 
-    def prefix_maps(self, cwd: str) -> list[str]:
+    def under_root(self, path: str, cwd: str) -> bool:
+        full = self.absolute(path, cwd)
+        return full == self.root or full.startswith(self.root + "/")
+
+    def prefix_maps(self, cwd: str, absolute: bool = False) -> list[str]:
         """``-ffile-prefix-map`` options that turn thunk names back into what the
         compiler would have printed in ``cwd`` (``__FILE__``, ``.file``), so objects
         are byte-identical to a plain build's. The most specific map comes last
-        because GCC uses the last matching one."""
+        because GCC uses the last matching one.
+
+        ``absolute``: the call names its files under the root by absolute paths (as
+        CMake does), so the compiler prints absolute names: ``r/`` maps to the root
+        itself. The object then holds the build directory, and so does the thunk
+        (its ID depends on the checkout, as the plain build's bytes do)."""
         cwd = os.path.normpath(cwd)
         # The compile directory a -g object records is /proc/self/cwd (see THUNK_ENV in
         # context.py); "." keeps it the same in every checkout and on every machine.
         maps = ["-fdebug-prefix-map=/proc/self/cwd=.", f"-ffile-prefix-map={ABS_PREFIX}/=/"]
-        if cwd == self.root or cwd.startswith(self.root + "/"):
+        if absolute:
+            maps.append(f"-ffile-prefix-map={ROOT_PREFIX}/={self.root.rstrip('/')}/")
+        elif cwd == self.root or cwd.startswith(self.root + "/"):
             rel_root = os.path.relpath(self.root, cwd)
             maps.append(f"-ffile-prefix-map={ROOT_PREFIX}/={'' if rel_root == '.' else rel_root + '/'}")
             here = self.to_thunk(".", cwd)

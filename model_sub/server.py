@@ -2,9 +2,14 @@
 
 A request is the shim's cwd, argv and environment (see ``shim.c``). The server picks
 the model by tool name; a model either writes thunks and placeholders (reply ``R0``)
-or decides the call is not for it (reply ``X``: the shim execs the real tool). Any
-unexpected error in a model also falls back to the real tool, with a line in
-``.gg/infer/log``: a build must never break because a model did not understand it.
+or decides the call is not for it (reply ``X``: the shim execs the real tool).
+
+Two kinds of "not for it" (``reasons.py``): a configure probe or a query
+(:class:`RunReal`) runs as it is; any other unmodelled call (:class:`Unmodelled`, a
+scan or driver failure, or an unexpected error in a model) goes through
+:func:`run_locally` — its placeholder inputs are forced first, so the real tool only
+ever reads real files, and it is counted for gg-infer's summary line. A build never
+breaks because a model did not understand it, and is never silently wrong either.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import traceback
 from dataclasses import dataclass
 
 from . import binutils_model
+from .binutils_args import binutils_name
 from .context import ModelContext
 from .deps import ScanFailed
 from .driver import DriverError
-from .gcc_args import Unmodelled
+from .fallback import ForceError, candidate_inputs, placeholders_among, probe_reason
 from .gcc_model import GccModel
 from .launcher import GCC_NAMES, GXX_NAMES
+from .reasons import RunReal, Unmodelled
 from .toolchain import ToolchainError
 
 
@@ -66,22 +73,61 @@ def handle(ctx: ModelContext, request: Request) -> Reply:
     tool = os.path.basename(request.argv[0]) if request.argv else ""
     started = time.monotonic()
     try:
+        stderr = b""
+        probe = probe_reason(request.argv, request.cwd)
+        if probe:
+            raise RunReal(probe)
         if tool in GCC_NAMES or tool in GXX_NAMES:
             GccModel(ctx, request.argv, request.cwd, request.env).run()
-        elif tool == "ar":
-            binutils_model.run_ar(ctx, request.argv, request.cwd)
-        elif tool in ("ranlib", "strip"):
-            binutils_model.run_in_place(ctx, tool, request.argv, request.cwd)
+        elif binutils_name(tool) == "ar":
+            stderr = binutils_model.run_ar(ctx, request.argv, request.cwd)
+        elif binutils_name(tool) == "ranlib":
+            binutils_model.run_ranlib(ctx, request.argv, request.cwd)
+        elif binutils_name(tool) == "strip":
+            binutils_model.run_strip(ctx, request.argv, request.cwd)
+        elif binutils_name(tool) == "objcopy":
+            binutils_model.run_objcopy(ctx, request.argv, request.cwd)
+        elif not candidate_inputs(request.argv, request.cwd):
+            raise RunReal("no model for this tool, and no file arguments (a query)")
         else:
-            raise Unmodelled("no model for this tool")
-    except (Unmodelled, ScanFailed, DriverError, ToolchainError) as exc:
+            raise Unmodelled("no model for this tool", label="")
+    except RunReal as exc:
         ctx.log(f"real\t{tool}\t{exc}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
+    except Unmodelled as exc:
+        return run_locally(ctx, request, tool, exc.label, str(exc))
+    except ScanFailed as exc:
+        return run_locally(ctx, request, tool, "(preprocessor failed)", f"scan failed: {exc}")
+    except DriverError as exc:
+        return run_locally(ctx, request, tool, "(driver refused the mapped call)", f"driver error: {exc}")
+    except ToolchainError as exc:
+        return run_locally(ctx, request, tool, "(toolchain)", f"toolchain error: {exc}")
     except Exception:  # noqa: BLE001 - a model bug must not break the user's build
         ctx.log(f"error\t{tool}\t{' '.join(request.argv)}\n" + traceback.format_exc())
-        return Reply(exec_real=True)
+        return run_locally(ctx, request, tool, "(model error)", "model error")
     ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms\t{' '.join(request.argv)}")
-    return Reply(exec_real=False, status=0)
+    return Reply(exec_real=False, status=0, stderr=stderr)
+
+
+def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, detail: str) -> Reply:
+    """The fallback for an unmodelled call: force its placeholder inputs, then let the
+    shim exec the real tool (counted under ``tool label`` for the summary line). If a
+    placeholder cannot be forced, the call fails with one line: the real tool never
+    runs on placeholder text."""
+    command = " ".join(request.argv)
+    try:
+        placeholders = placeholders_among(candidate_inputs(request.argv, request.cwd, request.env))
+        forced = ctx.forcer.force(placeholders) if placeholders else 0
+    except ForceError as exc:
+        ctx.log(f"fail\t{tool}\t{detail}\tforcing inputs failed: {exc}\t{command}")
+        message = f"gg-infer: cannot run {tool} for real: forcing its inputs failed: {exc}\n"
+        return Reply(exec_real=False, status=1, stderr=message.encode("utf-8", "replace"))
+    ctx.local_runs.record(f"{tool} {label}".strip())
+    note = f" (forced {forced} input{'s' if forced != 1 else ''})" if forced else ""
+    if len(placeholders) > forced:
+        note += f" (waited for {len(placeholders) - forced} forced by another call)"
+    ctx.log(f"real\t{tool}\t{detail}{note}\t{command}")
+    return Reply(exec_real=True)
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from model_sub.deps import parse_make_deps
-from model_sub.driver import parse_hash_hash_hash
-from model_sub.gcc_args import Unmodelled, default_depfile, default_output, parse
+from model_sub.driver import parse_hash_hash_hash, split_hash_line
+from model_sub.gcc_args import RunReal, Unmodelled, default_depfile, default_output, parse
 from model_sub.paths import PathMap
 
 
@@ -85,3 +85,61 @@ def test_hash_hash_hash_temps_get_stable_names():
     assert [s.argv for s in stages] == [("/usr/lib/gcc/x/12/cc1", "-quiet", "r/a.c", "-o", "gg-tmp0.s"),
                                         ("as", "--64", "-o", "a.o", "gg-tmp0.s")]
     assert stages[1].output == "a.o"
+
+
+@pytest.mark.parametrize(("argv", "probe"), [
+    (["gcc", "--version"], True), (["gcc", "-print-search-dirs"], True), (["gcc", "-dumpmachine"], True),
+    (["gcc", "-v"], True), (["gcc", "-###", "-c", "a.c"], True), (["gcc"], True),
+    (["gcc", "conftest.c", "-o", "conftest"], True), (["gcc", "-c", "a.c", "-o", "/dev/null"], True),
+    (["gcc", "-E", "a.c"], False), (["gcc", "-v", "-c", "a.c"], False), (["gcc", "-flto", "-c", "a.c"], False),
+    (["gcc", "-c", "a.h"], False),
+])
+def test_probes_and_queries_run_real_without_counting(tmp_path, argv, probe):
+    """RunReal (configure probe, query) vs Unmodelled (forced inputs, counted)."""
+    with pytest.raises(Unmodelled) as caught:
+        parse(argv, str(tmp_path))
+    assert isinstance(caught.value, RunReal) is probe
+
+
+@pytest.mark.parametrize(("argv", "flags", "depfile", "targets", "wp"), [
+    (["gcc", "-c", "a.c", "-Wp,-MD,.a.o.d"], ["-MD"], ".a.o.d", [], True),
+    (["gcc", "-c", "a.c", "-o", "o/a.o", "-Wp,-MMD,o/.a.o.d"], ["-MMD"], "o/.a.o.d", [], True),
+    (["gcc", "-c", "a.c", "-MD", "-MF", "x.d", "-o", "o/a.o"], ["-MD"], "x.d", [], False),
+    (["gcc", "-c", "a.c", "-MMD"], ["-MMD"], None, [], False),
+    (["gcc", "-c", "a.c", "-MD", "-MTx", "-MQ", "y$", "-MP"], ["-MD", "-MP"], None, [("-MT", "x"), ("-MQ", "y$")],
+     False),
+])
+def test_dependency_options(tmp_path, argv, flags, depfile, targets, wp):
+    call = parse(argv, str(tmp_path))
+    assert (call.dep_flags, call.dep_file, call.dep_targets, call.preprocessor_depfile) == (flags, depfile, targets,
+                                                                                          wp)
+
+
+def test_nested_response_files_and_x_none(tmp_path):
+    (tmp_path / "inner.rsp").write_text("-x c noext -x none b.c\n")
+    (tmp_path / "outer.rsp").write_text("-c @inner.rsp -DX='a b'\n")
+    call = parse(["gcc", "@outer.rsp"], str(tmp_path))
+    assert [(s.path, s.lang) for s in call.sources] == [("noext", "c"), ("b.c", "none")]
+    assert ["-DX=a b"] in [i.words for i in call.items]
+
+
+def test_gcc_hash_hash_hash_quoting():
+    line = ' /usr/bin/ld "-rpath" "\\$ORIGIN/lib" -o a "x\\"y" "a b" "back\\\\slash"'
+    assert split_hash_line(line) == ["/usr/bin/ld", "-rpath", "$ORIGIN/lib", "-o", "a", 'x"y', "a b", "back\\slash"]
+
+
+@pytest.mark.parametrize(("argv", "label"), [
+    (["gcc", "-c", "a.c", "-gsplit-dwarf"], "-gsplit-dwarf"),
+    (["gcc", "-c", "a.c", "-aux-info", "x"], "-aux-info"),
+    (["gcc", "-c", "a.c", "-fopt-info-vec=x.txt"], "-fopt-info=FILE"),
+    (["gcc", "a.o", "-Wl,-Map,x.map"], "-Wl,-Map"),
+    (["gcc", "a.o", "-Wl,-Map=x.map"], "-Wl,-Map"),
+    (["gcc", "a.o", "-Wl,--as-needed,--print-map"], "-Wl,--print-map"),
+    (["gcc", "a.o", "-Xlinker", "--dependency-file=x.d"], "-Xlinker --dependency-file=x.d"),
+])
+def test_options_that_write_other_outputs_run_locally(tmp_path, argv, label):
+    """A thunk has one declared output; an option that writes another file (or prints
+    a report) would lose it, so the call runs locally."""
+    with pytest.raises(Unmodelled) as caught:
+        parse(argv, str(tmp_path))
+    assert caught.value.label == label and not isinstance(caught.value, RunReal)

@@ -1,0 +1,104 @@
+"""gcc command forms builds use, through gg-infer + gg-force (toolchain hidden), byte for
+byte against the real gcc: shared libraries with soname/rpath/version scripts, -x,
+response files, every -MD/-MMD/-MF/-MT/-MQ/-Wp,-MD form, -pthread, -static, outputs in
+other directories."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ir.placeholder import read_placeholder
+from tests.script_builds import force_and_compare, run_both
+from tests.test_infer_support import gg_force, gg_infer, hidden_ok
+
+pytestmark = pytest.mark.skipif(not hidden_ok(), reason="needs root and unshare -m for the hidden toolchain")
+
+FILES = {
+    "src/foo.c": '#include "foo.h"\nint foo_value(void) { return FOO + 1; }\nint foo_hidden(void) { return 7; }\n',
+    "src/foo.h": "#define FOO 41\n",
+    "main.c": '#include <stdio.h>\nint foo_value(void);\nint main(void) { printf("%d\\n", foo_value()); }\n',
+    "asm.S": "#define VALUE 3\n.globl asm_value\nasm_value: movl $VALUE, %eax\nret\n",
+    "foo.map": "FOO_1 { global: foo_value; local: *; };\n",
+    "noext": "int noext(void) { return 5; }\n",
+}
+
+SCRIPT = """\
+mkdir -p out/obj
+gcc -fPIC -c src/foo.c -o out/obj/foo.o -MD -MF out/obj/foo.d
+gcc -shared -fPIC out/obj/foo.o -Wl,-soname,libfoo.so.1 -Wl,--version-script=foo.map -o out/libfoo.so.1.0.0
+gcc -shared -fPIC -DPIC src/foo.c -Wl,-soname -Wl,libfoo2.so.1 -o out/libfoo2.so
+ln -sf libfoo.so.1.0.0 out/libfoo.so
+gcc -x c main.c -x none -Lout -lfoo -Wl,-rpath,'$ORIGIN/out' -o prog
+gcc -pthread -c main.c -MMD -o out/obj/main.o
+gcc -c -Wp,-MD,out/obj/.main2.d main.c -o out/obj/main2.o
+gcc -c -Wp,-MMD,out/obj/.main5.d -Isrc main.c -o out/obj/main5.o
+gcc -c main.c -MD -MT foo -MQ 'b$r' -MP -o out/obj/main3.o
+gcc -c main.c -MMD -MF out/main6.dep -MT 'x y' -o out/obj/main6.o
+echo 'main.c -o out/obj/main4.o' > rsp; echo '-c @rsp' > rsp2; gcc @rsp2
+gcc -c -x c noext -o out/obj/noext.o
+gcc -c asm.S -o out/obj/asm.o -MD
+gcc -c -x assembler-with-cpp asm.S -o out/obj/asm2.o
+gcc -static -pthread out/obj/main.o out/obj/foo.o -o prog-static
+g++ -x c++ -c main.c -o out/obj/main-cxx.o
+"""
+OUTPUTS = ["out/libfoo.so.1.0.0", "out/libfoo2.so", "prog", "prog-static", "out/obj/foo.o", "out/obj/main.o",
+           "out/obj/main2.o", "out/obj/main3.o", "out/obj/main4.o", "out/obj/main5.o", "out/obj/main6.o",
+           "out/obj/noext.o", "out/obj/asm.o", "out/obj/asm2.o", "out/obj/main-cxx.o"]
+DEPFILES = ["out/obj/foo.d", "out/obj/main.d", "out/obj/.main2.d", "out/obj/.main5.d", "out/obj/main3.d",
+            "out/main6.dep", "out/obj/asm.d"]
+
+
+def test_gcc_forms_match_the_real_gcc(tmp_path):
+    run = run_both(tmp_path, FILES, SCRIPT)
+    assert "real\tg" not in run.log(), run.log()
+    assert run.summary() == ""
+    for name in OUTPUTS:
+        assert read_placeholder(run.gg / name) is not None, name
+    for name in DEPFILES:
+        assert (run.gg / name).read_bytes() == (run.plain / name).read_bytes(), name
+    force_and_compare(tmp_path, run, OUTPUTS)
+
+
+def test_absolute_paths_as_cmake_writes_them(tmp_path):
+    """CMake names sources and include directories by absolute paths, so gcc prints
+    them absolute (``__FILE__`` in an assert, in a header too): the thunk maps its
+    names back to the same absolute paths. Built twice in the same directory (the
+    bytes hold it), plainly and through gg-infer."""
+    tree = tmp_path / "proj"
+    (tree / "include").mkdir(parents=True)
+    (tree / "src").mkdir()
+    (tree / "build").mkdir()
+    (tree / "include" / "check.h").write_text(
+        "#include <assert.h>\nstatic inline int check(int x) { assert(x > 0); return x; }\n")
+    (tree / "src" / "a.c").write_text('#include "check.h"\nint a(int x) { assert(x); return check(x); }\n')
+    script = (f"cd build && gcc -O2 -I{tree}/include -MD -MT a.o -MF a.o.d -o a.o -c {tree}/src/a.c\n"
+              f"cd {tree}/build && gcc -O2 -I../include -c ../src/a.c -o rel.o\n")
+    (tree / "build.sh").write_text(script)
+    plain = subprocess.run(["sh", "-e", "build.sh"], cwd=tree, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    expected = {name: (tree / "build" / name).read_bytes() for name in ("a.o", "a.o.d", "rel.o")}
+    assert str(tree).encode() + b"/src/a.c" in expected["a.o"]
+    for name in expected:
+        (tree / "build" / name).unlink()
+    inferred = gg_infer(tree, "sh", "-e", "build.sh")
+    assert inferred.returncode == 0, inferred.stderr
+    assert "ran locally" not in inferred.stderr
+    forced = gg_force(tree, ["build/a.o", "build/rel.o"], tmp_path / "trace.jsonl")
+    assert forced.returncode == 0, forced.stderr
+    for name, data in expected.items():
+        assert (tree / "build" / name).read_bytes() == data, name
+
+
+def test_mixed_path_styles_run_locally(tmp_path):
+    """-I by absolute path with a relative source: gcc prints each file as it found it,
+    which one thunk cannot reproduce; the call runs locally and says so."""
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "h.h").write_text('static const char *where = __FILE__;\n')
+    (tmp_path / "a.c").write_text('#include "h.h"\nconst char *w(void) { return where; }\n')
+    result = gg_infer(tmp_path, "gcc", "-c", f"-I{tmp_path}/inc", "a.c")
+    assert result.returncode == 0, result.stderr
+    assert "1 command ran locally, not as thunks: gcc (absolute and relative paths mixed) x1" in result.stderr
+    assert read_placeholder(tmp_path / "a.o") is None
+    assert f"{tmp_path}/inc/h.h".encode() in (tmp_path / "a.o").read_bytes()
