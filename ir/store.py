@@ -14,20 +14,24 @@ processes writing the same store, or a process killed mid-write, never leave a p
 blob or reduction. A reduction's result is an ID or, for a tail call that hands a named
 output on, ``THUNK'#tag``.
 Blobs are named by the hash of their content and checked on the way in; a blob can be
-re-verified against its ID on the way out.
+re-verified against its ID on the way out, and is before every use
+(:meth:`LocalStore.verify_for_use`): a blob is a file any process of the same user
+can rewrite, so its name is a claim, not a proof.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .hashing import HashCache, hash_file, hash_stream
+from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import MAGIC, InvalidId, Kind, id_of_bytes, parse_id, parse_ref
 from .thunk import Thunk, parse_thunk
 
@@ -54,10 +58,84 @@ class CorruptBlob(StoreError):
     def __init__(self, ident: str, actual: str, where: str):
         super().__init__(f"blob {ident} in {where} is corrupt: its content hashes to {actual}")
         self.ident = ident
+        self.actual = actual
+        self.where = where
+
+
+class NotRegularFile(StoreError):
+    """A file to be adopted is a link or a special file (the message is a predicate)."""
+
+
+class DroppedCorruptBlob(MissingBlob):
+    """A blob failed verification on use and was removed: it is missing now.
+
+    A :class:`MissingBlob`, so the scheduler treats it like any lost value: it is
+    fetched again or rebuilt by its producer; a source has no producer, and the
+    message says how to store it again.
+    """
+
+    def __init__(self, ident: str, message: str):
+        StoreError.__init__(self, message)
+        self.ident = ident
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+class VerifiedBlobs:
+    """Blobs verified against their IDs, remembered by what ``lstat`` said at the time.
+
+    Why in memory, and why ctime: a thunk runs as the same user as the executor, so it
+    can ``chmod`` a blob writable, rewrite it and set its mtime back. It cannot set the
+    ctime, and it cannot reach this process's memory — an on-disk record it could
+    rewrite too. So an entry is trusted only while ``(dev, inode, size, mtime, ctime,
+    mode)`` are all unchanged; anything else is hashed again. An entry made within
+    :data:`ir.hashing.RACY_WINDOW_NS` of the file's last change is not kept (a write in
+    the same timestamp tick would leave the stat unchanged; see ``ir/hashing.py``).
+
+    The executor's own hard links and unlinks also move a blob's ctime;
+    :meth:`after_own_change` carries the entry across them, comparing the stat taken
+    just before the operation with the one just after.
+    """
+
+    def __init__(self, racy_window_ns: int = RACY_WINDOW_NS):
+        self.racy_window_ns = racy_window_ns
+        self._entries: dict[str, tuple[int, int, int, int, int, int]] = {}
+
+    def trusts(self, ident: str, st: os.stat_result) -> bool:
+        return self._entries.get(ident) == _stat_key(st)
+
+    def remember(self, ident: str, st: os.stat_result, observed_ns: int) -> None:
+        """``st`` was taken (no earlier than ``observed_ns``) before hashing the content to ``ident``."""
+        if observed_ns - max(st.st_mtime_ns, st.st_ctime_ns) >= self.racy_window_ns:
+            self._entries[ident] = _stat_key(st)
+        else:
+            self._entries.pop(ident, None)
+
+    def after_own_change(self, ident: str, before: os.stat_result, after: os.stat_result) -> None:
+        """Carry a trusted entry over a link/unlink made between ``before`` and ``after``.
+
+        Only the link count and ctime may differ; anything else drops the entry.
+        """
+        if not self.trusts(ident, before):
+            return
+        b, a = _stat_key(before), _stat_key(after)
+        if (b[:4], b[5]) == (a[:4], a[5]):
+            self._entries[ident] = a
+        else:
+            self._entries.pop(ident, None)
+
+    def forget(self, ident: str) -> None:
+        self._entries.pop(ident, None)
 
 
 class LocalStore:
-    """A ``.gg`` directory. Cheap to construct; creates nothing until :meth:`init`."""
+    """A ``.gg`` directory. Cheap to construct; creates nothing until :meth:`init`.
+
+    ``verified`` remembers which blobs were verified on use; it lives as long as this
+    object (a ``gg-force`` run, or a warm Lambda worker).
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root).absolute()
@@ -65,6 +143,7 @@ class LocalStore:
         self.reductions = self.root / "reductions"
         self.tmp = self.root / "tmp"
         self.hash_cache = HashCache(self.root / "hash_cache")
+        self.verified = VerifiedBlobs()
 
     # -- locating -------------------------------------------------------------------
 
@@ -205,6 +284,63 @@ class LocalStore:
             _unlink_quietly(temp)
             raise
 
+    def adopt_at(self, dir_fd: int, name: str) -> tuple[str, bool]:
+        """Adopt ``name`` in directory ``dir_fd`` (a work directory): ``(ID, executable)``.
+
+        Never follows a symbolic link: the file is opened with ``O_NOFOLLOW`` and hashed
+        from that descriptor, then its directory entry is moved into the store with
+        ``renameat`` and checked to be the same inode, unchanged. A file with several
+        links (an input passed through, or a hard link to a file elsewhere) is copied,
+        never moved. Raises :class:`NotRegularFile` for a link or a special file and
+        :class:`FileNotFoundError` if there is no such file.
+        """
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise NotRegularFile("is a symbolic link")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile("is not a regular file")
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as source:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotRegularFile("is not a regular file")
+                executable = bool(st.st_mode & stat.S_IXUSR)
+                ident = hash_stream(source)
+                if self.has(ident):
+                    if executable:
+                        self.mark_executable(ident)
+                    if st.st_nlink == 1:
+                        os.unlink(name, dir_fd=dir_fd)
+                    return ident, executable
+                temp_fd, temp = self._temp()
+                try:
+                    moved = False
+                    if st.st_nlink == 1:
+                        try:
+                            os.rename(name, temp, src_dir_fd=dir_fd)
+                            moved = True
+                        except OSError as exc:
+                            if exc.errno != errno.EXDEV:
+                                raise
+                    if moved:
+                        os.close(temp_fd)
+                        after = os.lstat(temp)
+                        if (after.st_ino, after.st_size, after.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+                            raise NotRegularFile("changed while it was collected")
+                    else:  # shared inode or another file system: copy, hashing again
+                        source.seek(0)
+                        with os.fdopen(temp_fd, "wb") as sink:
+                            copied = hash_stream(source, sink=sink)
+                        if copied != ident:
+                            raise NotRegularFile("changed while it was collected")
+                    return self._install(temp, ident, executable), executable
+                except BaseException:
+                    _unlink_quietly(temp)
+                    raise
+        finally:
+            os.close(fd)
+
     def put_thunk(self, thunk: Thunk) -> str:
         return self.put_bytes(thunk.serialize())
 
@@ -238,7 +374,80 @@ class LocalStore:
 
     def remove_corrupt(self, ident: str) -> None:
         """Drop a blob that failed verification, so it is fetched or rebuilt again."""
+        self.verified.forget(ident)
         _unlink_quietly(str(self.blobs / ident))
+
+    def verify_for_use(self, ident: str) -> os.stat_result:
+        """Check blob ``ident`` against its ID before something uses it; return its stat.
+
+        Cheap when :attr:`verified` vouches for the blob's current stat (one ``lstat``);
+        otherwise the content is hashed. A blob that is writable (someone ``chmod``-ed
+        it) is made read-only again first, so it cannot change after the hash. A blob
+        that does not hash to its ID, or is not a regular file, is removed and
+        :class:`CorruptBlob` raised; an absent one raises :class:`MissingBlob`.
+        """
+        path = self.blob_path(ident)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise MissingBlob(ident, str(self.blobs)) from None
+        if self.verified.trusts(ident, st) and not st.st_mode & 0o222:
+            return st
+        observed = time.time_ns()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MissingBlob(ident, str(self.blobs)) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+            self.remove_corrupt(ident)
+            raise CorruptBlob(ident, "a symbolic link or special file", str(self.blobs)) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.remove_corrupt(ident)
+                raise CorruptBlob(ident, "a special file", str(self.blobs))
+            if st.st_mode & 0o222:
+                os.fchmod(fd, st.st_mode & ~0o222 & 0o7777)
+                st = os.fstat(fd)
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
+                actual = hash_stream(handle, parse_id(ident).algorithm)
+        finally:
+            os.close(fd)
+        if actual != ident:
+            self.remove_corrupt(ident)
+            raise CorruptBlob(ident, actual, str(self.blobs))
+        self.verified.remember(ident, st, observed)
+        return st
+
+    def link_verified(self, ident: str, dir_fd: int, name: str) -> None:
+        """Hard-link blob ``ident`` (verified now) as ``name`` in the directory ``dir_fd``.
+
+        The link moves the blob's ctime; the entry in :attr:`verified` is carried over
+        it by comparing the stat just before with the one just after.
+        """
+        before = self.verify_for_use(ident)
+        os.link(self.blobs / ident, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        self._carry(ident, before)
+
+    def unlink_verified(self, ident: str, dir_fd: int, name: str) -> None:
+        """Remove a hard link made by :meth:`link_verified`, keeping the verified entry."""
+        try:
+            before = os.lstat(self.blobs / ident)
+        except FileNotFoundError:
+            before = None
+        os.unlink(name, dir_fd=dir_fd)
+        if before is not None:
+            self._carry(ident, before)
+
+    def _carry(self, ident: str, before: os.stat_result) -> None:
+        try:
+            after = os.lstat(self.blobs / ident)
+        except FileNotFoundError:
+            self.verified.forget(ident)
+            return
+        self.verified.after_own_change(ident, before, after)
 
     # -- reductions -----------------------------------------------------------------
 
