@@ -1,0 +1,100 @@
+"""A thunk on a warm Lambda worker cannot poison the blob cache (issue 10, case 11).
+
+The handler is called in-process against a real moto_server, as in
+tests/test_lambda_handler.py; its warm state (the /tmp store and what was verified
+there) survives between calls exactly as in a warm sandbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from ir.store import VerifiedBlobs
+from lambda_handler import handler
+from lambda_handler.handler import handle
+from tests.forcing import ShellThunks
+from tests.test_lambda_handler import client_store, event_for, lambda_env, upload_inputs  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+GENUINE = b"the genuine input\n"
+POISON = b"the poisoned data\n"  # same size: only the bytes differ
+
+
+def poisoner(sh: ShellThunks, victim: str, keep_mtime: bool) -> str:
+    """A thunk that rewrites a cached blob through the path GG_DIR leads to."""
+    path = f'"$GG_DIR/../../../blobs/{victim}"'
+    restore = f"touch -r ref {path}; " if keep_mtime else ""
+    script = (f"cp -p {path} ref 2>/dev/null; chmod u+w {path} && printf '{POISON.decode()[:-1]}\\n' > {path}; "
+              f"chmod a-w {path}; {restore}echo done > out")
+    return sh.thunk(script)
+
+
+def output_of(answer: dict, s3, uri_config, ident: str) -> bytes:
+    result = next(r for r in answer["results"] if r["id"] == ident)
+    assert result["status"] == "ok", result
+    out = result["outputs"][0]
+    if "data" in out:
+        return base64.b64decode(out["data"])
+    return s3.get_object(Bucket=uri_config.bucket, Key=uri_config.key(out["id"]))["Body"].read()
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True], ids=["plain-rewrite", "mtime-restored"])
+def test_case_11_a_poisoned_cache_blob_is_never_used(s3_uri, client_store, lambda_env, boto3_s3,  # noqa: F811
+                                                      keep_mtime):
+    from ir.storage_uri import parse_storage_uri
+
+    config = parse_storage_uri(s3_uri)
+    sh = ShellThunks(client_store)
+    victim = client_store.put_bytes(GENUINE)
+    first = sh.thunk("cat in > out", values={"in": GENUINE.decode()})
+    attack = poisoner(sh, victim, keep_mtime)
+    second = sh.thunk("cat in in > out", values={"in": GENUINE.decode()})
+    upload_inputs(s3_uri, client_store, [first, attack, second])
+
+    # 1. A thunk brings the blob into the warm cache (and the worker verifies it).
+    answer = handle(event_for(s3_uri, client_store, [first]), None)
+    assert output_of(answer, boto3_s3, config, first) == GENUINE
+    cache_store = handler._WARM.stores[str(lambda_env.root)]
+    cached = cache_store.blob_path(victim)
+    assert cached.read_bytes() == GENUINE
+    # Make the worker trust what it verified at once (no racy window), so this test
+    # proves the stat memo catches the rewrite, not just the freshness of the blob.
+    cache_store.verified = VerifiedBlobs(racy_window_ns=0)
+    cache_store.verify_for_use(victim)
+    assert cache_store.verified.trusts(victim, os.lstat(cached))
+
+    # 2. Another invocation on the same worker rewrites the cached blob.
+    answer = handle(event_for(s3_uri, client_store, [attack]), None)
+    assert answer["results"][0]["status"] == "ok"
+    assert cached.read_bytes() == POISON  # the attack itself worked: the cache was reachable
+
+    # 3. The next thunk that needs the blob gets the genuine bytes (fetched again).
+    answer = handle(event_for(s3_uri, client_store, [second]), None)
+    assert output_of(answer, boto3_s3, config, second) == GENUINE * 2
+    assert cached.read_bytes() == GENUINE
+
+
+def test_concurrent_poisoning_fails_the_victim_instead_of_reporting_success(
+        s3_uri, client_store, lambda_env, boto3_s3, monkeypatch, tmp_path):  # noqa: F811
+    """A thunk that rewrites another running thunk's input: the victim's result is not
+    trusted (its inputs are verified again after it ran)."""
+    monkeypatch.setenv("GG_THUNK_PARALLELISM", "2")
+    sh = ShellThunks(client_store)
+    victim = client_store.put_bytes(GENUINE)
+    # The victim reads its input only after the attacker has rewritten it.
+    started, poisoned = tmp_path / "started", tmp_path / "poisoned"
+    slow_reader = sh.thunk(f"touch {started}; while [ ! -e {poisoned} ]; do sleep 0.05; done; cat in > out",
+                           values={"in": GENUINE.decode()}, timeout_ms=60_000)
+    path = f'"$GG_DIR/../../../blobs/{victim}"'
+    attack = sh.thunk(f"while [ ! -e {started} ]; do sleep 0.05; done; "
+                      f"chmod u+w {path} && printf '{POISON.decode()[:-1]}\\n' > {path}; touch {poisoned}; echo > out",
+                      timeout_ms=60_000)
+    upload_inputs(s3_uri, client_store, [slow_reader, attack])
+    answer = handle(event_for(s3_uri, client_store, [slow_reader, attack]), None)
+    result = next(r for r in answer["results"] if r["id"] == slow_reader)
+    assert result["status"] != "ok", result
+    assert "was modified in the store while the function ran" in result["error"]
