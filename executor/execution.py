@@ -117,17 +117,20 @@ def _input_names(thunk: Thunk) -> dict[str, str]:
     return names
 
 
-def verify_inputs(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
+def verify_inputs(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
     """Verify every input of ``thunk`` against its ID; a corrupt one is dropped.
 
-    Raises :class:`DroppedCorruptBlob` (a :class:`MissingBlob`: it is gone now, so it is
-    fetched again or rebuilt by its producer) with one line naming the input.
+    Returns each blob's stat as verified. Raises :class:`DroppedCorruptBlob` (a
+    :class:`MissingBlob`: it is gone now, so it is fetched again or rebuilt by its
+    producer) with one line naming the input.
     """
+    checked = {}
     for ident, name in _input_names(thunk).items():
         try:
-            store.verify_for_use(ident)
+            checked[ident] = store.verify_for_use(ident)
         except CorruptBlob as exc:
             raise _dropped(ident, name, exc) from None
+    return checked
 
 
 def _dropped(ident: str, name: str, exc: CorruptBlob) -> DroppedCorruptBlob:
@@ -137,7 +140,7 @@ def _dropped(ident: str, name: str, exc: CorruptBlob) -> DroppedCorruptBlob:
         "if it is a source file, run gg-infer again (or 'gg collect' the file) to store it again"))
 
 
-def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
+def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
     if thunk.thunks:
         raise ExecutionFailed(thunk_id, f"thunk input {thunk.thunks[0].ref} was not reduced first")
     try:
@@ -147,10 +150,11 @@ def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
     for item in thunk.executables:
         if store.has(item.id):
             store.mark_executable(item.id)  # before verifying: the chmod moves the ctime
-    verify_inputs(thunk_id, thunk, store)
+    return verify_inputs(thunk_id, thunk, store)
 
 
-def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int) -> list[tuple[str, str]]:
+def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,
+             checked: dict[str, os.stat_result]) -> list[tuple[str, str]]:
     """Place the inputs (verified once more as they are linked) and the links.
 
     Returns ``(ID, name)`` of the hard-linked inputs, so cleanup can unlink them
@@ -167,7 +171,7 @@ def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int) -> li
                 _copy_blob(store, item.id, parent_fd, leaf, writable=True)
                 continue
             try:
-                store.link_verified(item.id, parent_fd, leaf)
+                store.link_verified(item.id, parent_fd, leaf, checked.get(item.id))
             except FileExistsError:
                 raise ExecutionFailed(thunk_id, f"two inputs are both laid out at {item.name!r}") from None
             except CorruptBlob as exc:
@@ -327,7 +331,7 @@ async def execute(
     function (e.g. ``GG_PYTHON``, an interpreter that can import the gg runtime); only
     ``GG_`` names are accepted, so a host cannot leak its own environment into a thunk.
     """
-    _check_ready(thunk_id, thunk, store)
+    checked = _check_ready(thunk_id, thunk, store)
     scratch = Path(scratch or store.root / "work")
     scratch.mkdir(parents=True, exist_ok=True)
     rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
@@ -335,13 +339,14 @@ async def execute(
     # GG_DIR gets its blobs/ and tmp/ only if the function stores something
     # (LocalStore creates them on demand): on many disks every mkdir costs ~1 ms.
     workdir, outstore = rundir / "w", LocalStore(rundir / "gg")
-    os.mkdir("w", 0o700, dir_fd=lock)
-    os.mkdir("gg", 0o700, dir_fd=lock)
-    work_fd = confine.open_dir(lock, "w")
+    work_fd = -1
     linked: list[tuple[str, str]] = []
     started = time.monotonic()
     try:
-        linked = _lay_out(thunk_id, thunk, store, work_fd)
+        os.mkdir("w", 0o700, dir_fd=lock)
+        os.mkdir("gg", 0o700, dir_fd=lock)
+        work_fd = confine.open_dir(lock, "w")
+        linked = _lay_out(thunk_id, thunk, store, work_fd, checked)
         names = frozenset(_input_names(thunk))
         try:
             argv = [substitute(arg, store, names) for arg in thunk.args]
@@ -361,8 +366,9 @@ async def execute(
         created = _collect_created(thunk_id, lock, store)
         return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
     finally:
-        _unlink_inputs(store, work_fd, linked)
-        os.close(work_fd)
+        if work_fd >= 0:
+            _unlink_inputs(store, work_fd, linked)
+            os.close(work_fd)
         _remove_tree(rundir)
         os.close(lock)
 
@@ -460,7 +466,7 @@ def _collect_outputs(thunk_id: str, thunk: Thunk, work_fd: int, store: LocalStor
         except FileNotFoundError:
             raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
         except confine.Escape as exc:
-            raise ExecutionFailed(thunk_id, f"output {tag!r} is not inside the work directory: {exc}") from None
+            raise ExecutionFailed(thunk_id, f"output {tag!r} was not collected: {exc}") from None
         try:
             ident, executable = store.adopt_at(parent_fd, leaf)
         except FileNotFoundError:

@@ -90,9 +90,16 @@ class VerifiedBlobs:
     can ``chmod`` a blob writable, rewrite it and set its mtime back. It cannot set the
     ctime, and it cannot reach this process's memory — an on-disk record it could
     rewrite too. So an entry is trusted only while ``(dev, inode, size, mtime, ctime,
-    mode)`` are all unchanged; anything else is hashed again. An entry made within
-    :data:`ir.hashing.RACY_WINDOW_NS` of the file's last change is not kept (a write in
-    the same timestamp tick would leave the stat unchanged; see ``ir/hashing.py``).
+    mode)`` are all unchanged; anything else is hashed again.
+
+    An entry is not kept while the blob's *mtime* is within
+    :data:`ir.hashing.RACY_WINDOW_NS` of the verification (a write in the same
+    timestamp tick as the stat would leave size and mtime unchanged; see
+    ``ir/hashing.py``). A recent *ctime* alone does not count: the executor's own hard
+    links move it all the time (a header linked into every compile would never leave
+    the window), and a write after the stat still moves the mtime; evading both takes
+    a write plus a ``utime`` back within the very tick of the stat, by a process racing
+    the executor (see docs/trust.md).
 
     The executor's own hard links and unlinks also move a blob's ctime;
     :meth:`after_own_change` carries the entry across them, comparing the stat taken
@@ -108,7 +115,7 @@ class VerifiedBlobs:
 
     def remember(self, ident: str, st: os.stat_result, observed_ns: int) -> None:
         """``st`` was taken (no earlier than ``observed_ns``) before hashing the content to ``ident``."""
-        if observed_ns - max(st.st_mtime_ns, st.st_ctime_ns) >= self.racy_window_ns:
+        if observed_ns - st.st_mtime_ns >= self.racy_window_ns:
             self._entries[ident] = _stat_key(st)
         else:
             self._entries.pop(ident, None)
@@ -421,13 +428,18 @@ class LocalStore:
         self.verified.remember(ident, st, observed)
         return st
 
-    def link_verified(self, ident: str, dir_fd: int, name: str) -> None:
+    def link_verified(self, ident: str, dir_fd: int, name: str, checked: os.stat_result | None = None) -> None:
         """Hard-link blob ``ident`` (verified now) as ``name`` in the directory ``dir_fd``.
 
-        The link moves the blob's ctime; the entry in :attr:`verified` is carried over
-        it by comparing the stat just before with the one just after.
+        ``checked`` is what :meth:`verify_for_use` returned for this blob moments ago,
+        before the function started: if the blob's stat is still exactly that, it is not
+        hashed again (the caller verifies it once more after the run). The link moves
+        the blob's ctime; the entry in :attr:`verified` is carried over it by comparing
+        the stat just before with the one just after.
         """
-        before = self.verify_for_use(ident)
+        before = os.lstat(self.blobs / ident) if checked is not None else None
+        if before is None or _stat_key(before) != _stat_key(checked):
+            before = self.verify_for_use(ident)
         os.link(self.blobs / ident, name, dst_dir_fd=dir_fd, follow_symlinks=False)
         self._carry(ident, before)
 
