@@ -69,3 +69,37 @@ def open_parent(root_fd: int, path: str, create: bool = False) -> tuple[int, str
         os.close(fd)
         raise
     return fd, parts[-1]
+
+
+class Beneath:
+    """Directories opened beneath one root, by relative path, each opened once.
+
+    A layout of 80 inputs in a dozen directories then costs a dozen walks, not 80. Use
+    one instance only while nothing else changes the tree (the layout, before the
+    function starts): a cached descriptor keeps pointing at a directory even if it is
+    moved elsewhere later. :meth:`close` closes what it opened (not the root).
+    """
+
+    def __init__(self, root_fd: int):
+        self.root_fd = root_fd
+        self._dirs: dict[str, int] = {}
+
+    def parent(self, path: str, create: bool = False) -> tuple[int, str]:
+        """Like :func:`open_parent`, but the descriptor belongs to this object."""
+        head, _, leaf = path.rpartition("/")
+        if not head:
+            if path.startswith("/") or leaf in ("", ".", ".."):
+                raise Escape(f"{path!r} is not a plain relative path")
+            return self.root_fd, leaf
+        fd = self._dirs.get(head)
+        if fd is None:
+            fd, _ = open_parent(self.root_fd, path, create)
+            self._dirs[head] = fd
+        elif leaf in ("", ".", ".."):
+            raise Escape(f"{path!r} is not a plain relative path")
+        return fd, leaf
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()

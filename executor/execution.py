@@ -162,11 +162,12 @@ def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,
     """
     linked: list[tuple[str, str]] = []
     outputs = set(thunk.outputs)
-    for item in (*thunk.values, *thunk.executables):
-        if not item.name:
-            continue
-        parent_fd, leaf = _parent_for_layout(thunk_id, work_fd, item.name, "input")
-        try:
+    tree = confine.Beneath(work_fd)
+    try:
+        for item in (*thunk.values, *thunk.executables):
+            if not item.name:
+                continue
+            parent_fd, leaf = _parent_for_layout(thunk_id, tree, item.name, "input")
             if item.name in outputs:
                 _copy_blob(store, item.id, parent_fd, leaf, writable=True)
                 continue
@@ -180,22 +181,20 @@ def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,
                 _copy_blob(store, item.id, parent_fd, leaf, writable=False)
                 continue
             linked.append((item.id, item.name))
-        finally:
-            os.close(parent_fd)
-    for link in thunk.links:
-        parent_fd, leaf = _parent_for_layout(thunk_id, work_fd, link.name, "link")
-        try:
-            os.symlink(link.target, leaf, dir_fd=parent_fd)
-        except FileExistsError:
-            raise ExecutionFailed(thunk_id, f"link {link.name!r} collides with an input") from None
-        finally:
-            os.close(parent_fd)
+        for link in thunk.links:
+            parent_fd, leaf = _parent_for_layout(thunk_id, tree, link.name, "link")
+            try:
+                os.symlink(link.target, leaf, dir_fd=parent_fd)
+            except FileExistsError:
+                raise ExecutionFailed(thunk_id, f"link {link.name!r} collides with an input") from None
+    finally:
+        tree.close()
     return linked
 
 
-def _parent_for_layout(thunk_id: str, work_fd: int, name: str, what: str) -> tuple[int, str]:
+def _parent_for_layout(thunk_id: str, tree: confine.Beneath, name: str, what: str) -> tuple[int, str]:
     try:
-        return confine.open_parent(work_fd, name, create=True)
+        return tree.parent(name, create=True)
     except confine.Escape as exc:
         raise ExecutionFailed(thunk_id, f"cannot lay out {what} {name!r}: {exc}") from None
     except OSError as exc:
@@ -223,20 +222,19 @@ def _unlink_inputs(store: LocalStore, work_fd: int, linked: list[tuple[str, str]
     A name the function replaced or moved behind a link is left to the tree removal:
     the blob then simply loses its verified state and is hashed on its next use.
     """
-    for ident, name in linked:
-        try:
-            parent_fd, leaf = confine.open_parent(work_fd, name)
-        except (confine.Escape, OSError):
-            continue
-        try:
-            st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
-            blob = os.lstat(store.blobs / ident)
-            if (st.st_dev, st.st_ino) == (blob.st_dev, blob.st_ino):
-                store.unlink_verified(ident, parent_fd, leaf)
-        except OSError:
-            pass
-        finally:
-            os.close(parent_fd)
+    tree = confine.Beneath(work_fd)  # a fresh walk: the function may have moved things
+    try:
+        for ident, name in linked:
+            try:
+                parent_fd, leaf = tree.parent(name)
+                st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
+                blob = os.lstat(store.blobs / ident)
+                if (st.st_dev, st.st_ino) == (blob.st_dev, blob.st_ino):
+                    store.unlink_verified(ident, parent_fd, leaf)
+            except (confine.Escape, OSError):
+                continue
+    finally:
+        tree.close()
 
 
 def _tail(path: Path) -> str:
