@@ -257,16 +257,25 @@ async def _failed(ident: str, status: str, error: str | None, stderr_tail: str =
 
 def _store_inline_blobs(items, store) -> int:
     """Input blobs the client sent in the event (small ones): verified, then stored, so
-    they need no GET. A bad one is skipped; the input is then fetched from S3 as usual."""
+    they need no GET. A bad one is skipped; the input is then fetched from S3 as usual.
+    A cached copy is verified too (an earlier thunk may have rewritten it), and replaced
+    by the client's when it is corrupt."""
     from ir.ids import MAGIC, InvalidId, Kind, id_of_bytes
+    from ir.store import CorruptBlob
 
     added = 0
     for item in items if isinstance(items, list) else []:
         try:
             ident = str(item["id"])
             data = base64.b64decode(item["data"], validate=True)
-            if store.has(ident) or id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE) != ident:
+            if id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE) != ident:
                 continue
+            if store.has(ident):
+                try:
+                    store.verify_for_use(ident)
+                    continue
+                except CorruptBlob:
+                    pass  # dropped: the client's copy replaces it
             store.put_bytes(data)
             added += len(data)
         except (KeyError, TypeError, ValueError, InvalidId):

@@ -98,3 +98,30 @@ def test_concurrent_poisoning_fails_the_victim_instead_of_reporting_success(
     result = next(r for r in answer["results"] if r["id"] == slow_reader)
     assert result["status"] != "ok", result
     assert "was modified in the store while the function ran" in result["error"]
+
+
+def test_case_11_through_the_local_lambda_endpoint(tmp_path, s3_uri, lambda_endpoint_factory):
+    """The same attack through gg-force, the Invoke API and one warm awslambdaric worker
+    (so every invocation lands on the poisoned cache): each run is a separate gg-force."""
+    from tests.test_lambda_force import make_client
+
+    endpoint = lambda_endpoint_factory(workers=1)
+    client = make_client(tmp_path / "user", s3_uri, endpoint.url)
+    sh = ShellThunks(client.store)
+    genuine = os.urandom(48 << 10)  # large enough to travel through S3, not inline
+    victim = client.store.put_bytes(genuine)
+    first = sh.thunk("cksum < in > out", values={"in": genuine})
+    path = f'"$GG_DIR/../../../blobs/{victim}"'
+    # Fails (and the test with it) unless the cached blob was really there to rewrite.
+    attack = sh.thunk(f"chmod u+w {path} && head -c {len(genuine)} /dev/zero > {path} && chmod a-w {path} && "
+                      "echo done > out")
+    second = sh.thunk("cksum < in > out; echo again >> out", values={"in": genuine})
+
+    one = client.force("--print", first)
+    assert one.returncode == 0, one.stderr + endpoint.log()[-3000:]
+    expected = client.value(one, first)
+    poisoned = client.force("--print", attack)
+    assert poisoned.returncode == 0, poisoned.stderr
+    two = client.force("--print", second)
+    assert two.returncode == 0, two.stderr + endpoint.log()[-3000:]
+    assert client.value(two, second) == expected + b"again\n"
