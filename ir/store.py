@@ -3,7 +3,7 @@
 Layout::
 
     .gg/blobs/<ID>              content, read-only (0444, or 0555 if executable)
-    .gg/reductions/<THUNK>      ID the thunk's first output reduced to (a value or a thunk)
+    .gg/reductions/<THUNK>      "ID verified-inputs": what the thunk's first output reduced to
     .gg/reductions/<THUNK>#tag  the same for a named output ('/' in a tag written as %2F)
     .gg/hash_cache/             see ir.hashing.HashCache
     .gg/tmp/                    temp files, renamed into place when complete
@@ -36,6 +36,9 @@ from .ids import MAGIC, InvalidId, Kind, id_of_bytes, parse_id, parse_ref
 from .thunk import Thunk, parse_thunk
 
 GG_DIR_NAME = ".gg"
+# Second field of a reduction record: the inputs of the run it records were verified
+# against their IDs before and after it (records from before verify-on-use lack it).
+VERIFIED_MARK = "verified-inputs"
 VALUE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
 
@@ -471,21 +474,32 @@ class LocalStore:
         return self.reductions / name
 
     def get_reduction(self, ref: str) -> str | None:
-        """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None."""
+        """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None.
+
+        A record without :data:`VERIFIED_MARK` was written before inputs were verified on
+        use; it may have been computed from a corrupt blob, so it is not trusted (the
+        thunk runs again, once).
+        """
         try:
-            result = self._reduction_path(ref).read_text().strip()
+            fields = self._reduction_path(ref).read_text().split()
         except FileNotFoundError:
             return None
+        if len(fields) != 2 or fields[1] != VERIFIED_MARK:
+            return None  # unreadable or unverified record: treat as unknown, it will be redone
         try:
-            parse_ref(result)
+            parse_ref(fields[0])
         except InvalidId:
-            return None  # unreadable record: treat as unknown, it will be redone
-        return result
+            return None
+        return fields[0]
 
     def put_reduction(self, ref: str, result: str) -> None:
-        """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``)."""
+        """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``).
+
+        Every caller records what an execution with verified inputs produced (or what
+        such a record says), hence the mark.
+        """
         parse_ref(result)
-        atomic_write_bytes(self._reduction_path(ref), (result + "\n").encode())
+        atomic_write_bytes(self._reduction_path(ref), f"{result} {VERIFIED_MARK}\n".encode())
 
     def forget_reduction(self, ref: str) -> None:
         """Drop the record for ``ref`` (its result was lost), so it is reduced again."""

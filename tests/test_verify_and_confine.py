@@ -63,6 +63,21 @@ def test_corrupt_source_blob_is_never_executed_and_repair_rebuilds(store, sh, tm
     assert store.read_bytes(store.resolve(ident)) == source
 
 
+def test_a_result_cached_before_inputs_were_verified_is_not_trusted(store, sh):
+    """Case 7 as the issue saw it: an older gg-force compiled the corrupt blob and cached
+    the wrong result. Such a record (no 'verified-inputs' mark) is not a cache hit: after
+    the repair the thunk runs again and the right result replaces the wrong one."""
+    ident = sh.thunk("cat src.c > out", values={"src.c": "int answer = 42;\n"})
+    wrong = store.put_bytes(b"int answer = 13;\n")
+    store._reduction_path(ident).parent.mkdir(parents=True, exist_ok=True)
+    store._reduction_path(ident).write_text(wrong + "\n")  # the record format before verify-on-use
+    store._reduction_path(f"{ident}#out").write_text(wrong + "\n")
+    result = gg_force(store.root, "--print", ident)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [ident, store.put_bytes(b"int answer = 42;\n")]
+    assert store.get_reduction(ident) != wrong
+
+
 def hash_file_bytes(store: LocalStore, data: bytes) -> str:
     return store.put_bytes(data)
 
