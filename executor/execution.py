@@ -117,7 +117,7 @@ def _input_names(thunk: Thunk) -> dict[str, str]:
     return names
 
 
-def verify_inputs(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
+def _verify_inputs(thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
     """Verify every input of ``thunk`` against its ID; a corrupt one is dropped.
 
     Returns each blob's stat as verified. Raises :class:`DroppedCorruptBlob` (a
@@ -150,7 +150,7 @@ def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os
     for item in thunk.executables:
         if store.has(item.id):
             store.mark_executable(item.id)  # before verifying: the chmod moves the ctime
-    return verify_inputs(thunk_id, thunk, store)
+    return _verify_inputs(thunk, store)
 
 
 def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,

@@ -235,3 +235,20 @@ def test_links_to_inputs_are_laid_out_and_work(store, sh):
     assert result.returncode == 0, result.stderr
     assert store.read_bytes(store.resolve(ident)) == b"through the link\n" * 2
     assert hash_file(store.blob_path(value)) == value
+
+
+def test_verify_for_use_makes_a_writable_blob_read_only_and_drops_a_link(store, tmp_path):
+    from ir.store import CorruptBlob
+
+    ident = store.put_bytes(b"content\n")
+    store.blob_path(ident).chmod(0o644)  # a thunk made it writable but did not change it
+    store.verify_for_use(ident)
+    assert os.stat(store.blob_path(ident)).st_mode & 0o222 == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"other\n")
+    linked = store.put_bytes(b"other\n")
+    store.blob_path(linked).unlink()
+    store.blob_path(linked).symlink_to(elsewhere)  # right bytes, but not a blob of the store
+    with pytest.raises(CorruptBlob, match="symbolic link"):
+        store.verify_for_use(linked)
+    assert not store.blob_path(linked).is_symlink() and elsewhere.read_bytes() == b"other\n"
