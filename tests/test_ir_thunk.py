@@ -67,9 +67,9 @@ def thunks(draw) -> Thunk:
     thunk_refs = draw(st.lists(st.tuples(thunk_ids, st.none() | tags), max_size=3))
     thunk_inputs = [Input(r if t is None else f"{r}#{t}", next(pool)) for r, t in thunk_refs]
     executables = [Input(function, next(pool))] + [Input(r) for r in draw(st.lists(value_ids, max_size=2))]
-    # A link may only name an input (see validate_links); top-level names no pool name can take.
+    # A link may only name an input (see validate_links); "@" is in no input name or output tag.
     named = sorted({i.name for i in (*values, *thunk_inputs, *executables) if i.name})
-    links = [Link(f"L{n}", draw(st.sampled_from(named))) for n in range(draw(st.integers(0, 2)))]
+    links = [Link(f"link@{n}", draw(st.sampled_from(named))) for n in range(draw(st.integers(0, 2)))]
     return Thunk(
         function_hash=function,
         args=tuple(draw(st.lists(text, min_size=1, max_size=4))),
