@@ -137,7 +137,8 @@ def _dropped(ident: str, name: str, exc: CorruptBlob) -> DroppedCorruptBlob:
     label = f"input {name!r} ({ident})" if name else f"input {ident}"
     return DroppedCorruptBlob(ident, (
         f"{label} is corrupt in {exc.where} (its content hashes to {exc.actual}) and was dropped; "
-        "if it is a source file, run gg-infer again (or 'gg collect' the file) to store it again"))
+        "if it is a source file, store it again with 'gg collect FILE' (a gg-infer run stores only "
+        "what the build runs again)"))
 
 
 def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:

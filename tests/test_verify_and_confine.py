@@ -52,12 +52,12 @@ def test_corrupt_source_blob_is_never_executed_and_repair_rebuilds(store, sh, tm
 
     broken = gg_force(store.root, "--print", ident)
     line = one_error_line(broken)
-    assert "'src.c'" in line and source_id in line and "gg-infer" in line
+    assert "'src.c'" in line and source_id in line and "gg collect" in line
     assert not marker.exists()  # the function never ran on the corrupt bytes
     assert not store.has(source_id)  # dropped, so it can be stored again
     assert store.get_reduction(ident) is None  # and nothing was derived from it
 
-    store.put_bytes(source)  # the repair: gg-infer / gg collect stores the file again
+    store.put_bytes(source)  # the repair: 'gg collect' stores the file again
     fixed = gg_force(store.root, "--print", ident)
     assert fixed.returncode == 0, fixed.stderr
     assert store.read_bytes(store.resolve(ident)) == source
@@ -252,3 +252,39 @@ def test_verify_for_use_makes_a_writable_blob_read_only_and_drops_a_link(store, 
     with pytest.raises(CorruptBlob, match="symbolic link"):
         store.verify_for_use(linked)
     assert not store.blob_path(linked).is_symlink() and elsewhere.read_bytes() == b"other\n"
+
+
+def test_case_7_corrupt_source_in_a_real_c_build_is_never_compiled(tmp_path):
+    """The issue's case as a user meets it: examples/cproject through gg-infer make, then
+    util.c's blob in .gg/blobs is corrupted (same size). gg-force must not compile it:
+    one line names r/util.c and says to store it again; after that, the library is right."""
+    import shutil
+
+    from ir.placeholder import read_placeholder
+    from tests.test_infer_support import REPO, gg_infer
+    from tests.test_infer_support import gg_force as infer_force
+
+    plain = tmp_path / "plain"
+    shutil.copytree(REPO / "examples" / "cproject", plain)
+    subprocess.run(["make", "-s", "libutil.a"], cwd=plain, check=True, capture_output=True)
+    project = tmp_path / "gg"
+    shutil.copytree(REPO / "examples" / "cproject", project)
+    assert gg_infer(project, "make", "-s").returncode == 0
+    store = LocalStore(project / ".gg")
+    source = (project / "util.c").read_bytes()
+    source_id = hash_file(project / "util.c")
+    corrupt_in_place(store, source_id, source.replace(b"return", b"RETURN", 1))
+
+    broken = infer_force(project, ["libutil.a"], tmp_path / "broken.jsonl", hidden=False)
+    line = one_error_line(broken)
+    assert "'r/util.c'" in line and "gg collect FILE" in line, line
+    assert read_placeholder(project / "libutil.a") is not None  # no wrong library written
+    assert not store.has(source_id)
+
+    # The repair the line asks for (make would not run util.c's compile again, so a new
+    # gg-infer run alone would not store it).
+    collected = gg_cli(store, "collect", "util.c", cwd=project)
+    assert collected.returncode == 0 and store.has(source_id), collected.stderr
+    fixed = infer_force(project, ["libutil.a"], tmp_path / "fixed.jsonl", hidden=False)
+    assert fixed.returncode == 0, fixed.stderr
+    assert (project / "libutil.a").read_bytes() == (plain / "libutil.a").read_bytes()
