@@ -40,6 +40,15 @@ def open_dir(root_fd: int, name: str) -> int:
         raise Escape(f"{name!r} is not a directory") from None
 
 
+def plain_parts(path: str) -> list[str]:
+    """The components of relative ``path``; ``.`` and empty ones are dropped, as a path
+    lookup would (``a/./b``, ``a//b``); ``..`` and absolute paths are refused."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if path.startswith("/") or not parts or ".." in parts:
+        raise Escape(f"{path!r} is not a plain relative path")
+    return parts
+
+
 def open_parent(root_fd: int, path: str, create: bool = False) -> tuple[int, str]:
     """The directory that holds relative ``path``, opened beneath ``root_fd``, and the last name.
 
@@ -47,9 +56,7 @@ def open_parent(root_fd: int, path: str, create: bool = False) -> tuple[int, str
     the returned descriptor. Raises :class:`Escape` naming the offending component,
     :class:`FileNotFoundError` for a missing parent when not creating.
     """
-    parts = path.split("/")
-    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise Escape(f"{path!r} is not a plain relative path")
+    parts = plain_parts(path)
     fd = os.dup(root_fd)
     try:
         for index, part in enumerate(parts[:-1]):
@@ -86,18 +93,15 @@ class Beneath:
 
     def parent(self, path: str, create: bool = False) -> tuple[int, str]:
         """Like :func:`open_parent`, but the descriptor belongs to this object."""
-        head, _, leaf = path.rpartition("/")
-        if not head:
-            if path.startswith("/") or leaf in ("", ".", ".."):
-                raise Escape(f"{path!r} is not a plain relative path")
-            return self.root_fd, leaf
+        parts = plain_parts(path)
+        if len(parts) == 1:
+            return self.root_fd, parts[0]
+        head = "/".join(parts[:-1])
         fd = self._dirs.get(head)
         if fd is None:
-            fd, _ = open_parent(self.root_fd, path, create)
+            fd, _ = open_parent(self.root_fd, head + "/" + parts[-1], create)
             self._dirs[head] = fd
-        elif leaf in ("", ".", ".."):
-            raise Escape(f"{path!r} is not a plain relative path")
-        return fd, leaf
+        return fd, parts[-1]
 
     def close(self) -> None:
         for fd in self._dirs.values():

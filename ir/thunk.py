@@ -236,8 +236,8 @@ def validate_links(thunk: Thunk) -> None:
     """
     if not thunk.links:
         return
-    links = {link.name for link in thunk.links}
-    inputs = {item.name for item in (*thunk.values, *thunk.thunks, *thunk.executables) if item.name}
+    links = {_plain(link.name) for link in thunk.links}
+    inputs = {_plain(item.name) for item in (*thunk.values, *thunk.thunks, *thunk.executables) if item.name}
     directories = {name[:i] for name in inputs for i, char in enumerate(name) if char == "/"}
 
     def behind_a_link(path: str) -> str | None:
@@ -257,6 +257,11 @@ def validate_links(thunk: Thunk) -> None:
             raise MalformedThunk(f"link {link.name!r} -> {link.target!r} names no input")
 
 
+def _plain(name: str) -> str:
+    """``name`` without ``.`` and empty components (``./a//b`` is laid out at ``a/b``)."""
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
 def _link_destination(link: Link, links: set[str]) -> str:
     """Where ``link.target`` points, as a work-directory path (resolved lexically)."""
     where = f"link {link.name!r} -> {link.target!r}"
@@ -264,7 +269,7 @@ def _link_destination(link: Link, links: set[str]) -> str:
         raise MalformedThunk(f"{where}: empty or NUL in target")
     if link.target.startswith("/"):
         raise MalformedThunk(f"{where}: absolute target")
-    stack = link.name.split("/")[:-1]
+    stack = _plain(link.name).split("/")[:-1]
     parts = [part for part in link.target.split("/") if part not in ("", ".")]
     for index, part in enumerate(parts):
         if part == "..":

@@ -288,3 +288,11 @@ def test_case_7_corrupt_source_in_a_real_c_build_is_never_compiled(tmp_path):
     fixed = infer_force(project, ["libutil.a"], tmp_path / "fixed.jsonl", hidden=False)
     assert fixed.returncode == 0, fixed.stderr
     assert (project / "libutil.a").read_bytes() == (plain / "libutil.a").read_bytes()
+
+
+def test_input_names_with_dot_components_are_laid_out_as_before(store, sh):
+    value = store.put_bytes(b"dotted\n")
+    ident = sh.thunk("cat sub/x > out", values={"./sub//x": "dotted\n"})
+    result = gg_force(store.root, "--print", ident)
+    assert result.returncode == 0, result.stderr
+    assert store.read_bytes(store.resolve(ident)) == b"dotted\n" and store.has(value)
