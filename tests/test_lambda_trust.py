@@ -1,4 +1,5 @@
-"""A thunk on a warm Lambda worker cannot poison the blob cache (issue 10, case 11).
+"""On Lambda: a thunk cannot poison the warm blob cache (issue 10, case 11), nor make
+the handler touch anything outside its work directory (cases 9 and 10).
 
 The handler is called in-process against a real moto_server, as in
 tests/test_lambda_handler.py; its warm state (the /tmp store and what was verified
@@ -125,3 +126,22 @@ def test_case_11_through_the_local_lambda_endpoint(tmp_path, s3_uri, lambda_endp
     two = client.force("--print", second)
     assert two.returncode == 0, two.stderr + endpoint.log()[-3000:]
     assert client.value(two, second) == expected + b"again\n"
+
+
+def test_cases_9_and_10_on_the_handler_nothing_outside_is_touched(s3_uri, client_store, lambda_env,  # noqa: F811
+                                                                   tmp_path):
+    outside = tmp_path / "some" / "dir"
+    outside.mkdir(parents=True)
+    (outside / "secret.txt").write_text("do not move me\n")
+    sh = ShellThunks(client_store)
+    behind_link = sh.thunk(f"ln -s {outside} d", outputs=("d/secret.txt",))
+    gg_dir_link = sh.thunk(f'rm -rf "$GG_DIR"; ln -s {outside} "$GG_DIR"; echo > out')
+    upload_inputs(s3_uri, client_store, [behind_link, gg_dir_link])
+    answer = handle(event_for(s3_uri, client_store, [behind_link, gg_dir_link]), None)
+    results = {r["id"]: r for r in answer["results"]}
+    assert results[behind_link]["status"] == "execution_failed"
+    assert "output 'd/secret.txt' was not collected: 'd' is a symbolic link" in results[behind_link]["error"]
+    assert results[gg_dir_link]["status"] == "execution_failed"
+    assert "'gg' is a symbolic link" in results[gg_dir_link]["error"]
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "do not move me\n"
