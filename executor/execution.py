@@ -4,7 +4,9 @@ The caller guarantees that every input blob is in ``store`` (a :class:`LocalStor
 on Lambda it is a store in ``/tmp``) and that the thunk has no thunk inputs left (the
 scheduler rewrites them to values first). :func:`execute` then
 
-1. lays the inputs out under their names in a fresh work directory — hard links to
+1. verifies every input against its ID (:meth:`LocalStore.verify_for_use`: one
+   ``lstat`` for a blob already verified and unchanged since, a hash otherwise) and
+   lays the inputs out under their names in a fresh work directory — hard links to
    the read-only blobs, so no bytes are copied; an input whose name is also an output
    tag is copied, because the function is expected to change it;
 2. runs the function blob with argv = the thunk's args and **only** the thunk's
@@ -13,8 +15,13 @@ scheduler rewrites them to values first). :func:`execute` then
    ``runtime_env`` (``GG_PYTHON``: an interpreter that can import the gg runtime);
    ``@{GGHASH:ID}`` is replaced by the blob's path;
 3. kills the whole process group on the thunk's timeout or on cancellation;
-4. moves every output (and every blob the function left in ``GG_DIR``) into the store,
-   verified, and reports their IDs.
+4. verifies the inputs again (the function runs as the same user and could have
+   rewritten a blob), then moves every output (and every blob the function left in
+   ``GG_DIR``) into the store, verified, and reports their IDs.
+
+Every path it creates, moves or removes in the work directory is resolved beneath it
+without following symbolic links (:mod:`executor.confine`): whatever the function
+leaves there, nothing outside is touched.
 
 It writes no reductions: recording what a thunk reduced to is the caller's decision.
 """
@@ -34,10 +41,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ir.hashing import hash_file
 from ir.ids import InvalidId, parse_id
-from ir.store import LocalStore, MissingBlob
-from ir.thunk import MalformedThunk, Thunk, parse_thunk
+from ir.store import CorruptBlob, DroppedCorruptBlob, LocalStore, MissingBlob, NotRegularFile
+from ir.thunk import MalformedThunk, Thunk, parse_thunk, validate_links
+
+from . import confine
 
 GGHASH_RE = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
 STDERR_TAIL = 2000
@@ -83,68 +91,162 @@ class ExecutionResult:
     duration: float = 0.0
 
 
-def substitute(text: str, store: LocalStore) -> str:
-    """Replace ``@{GGHASH:ID}`` with the path of blob ``ID`` in ``store``."""
+def substitute(text: str, store: LocalStore, inputs: frozenset[str] | None = None) -> str:
+    """Replace ``@{GGHASH:ID}`` with the path of blob ``ID`` in ``store``.
+
+    With ``inputs``, only those IDs may be referenced: a blob that is not an input is
+    neither verified nor sent to a remote worker.
+    """
 
     def path_of(match: re.Match[str]) -> str:
         if match.group(2):
             raise InvalidId(f"reference {match.group(0)} was not rewritten before execution")
+        if inputs is not None and match.group(1) not in inputs:
+            raise InvalidId(f"reference {match.group(0)} names a blob that is not an input")
         return str(store.blob_path(match.group(1)))
 
     return GGHASH_RE.sub(path_of, text)
 
 
-def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
+def _input_names(thunk: Thunk) -> dict[str, str]:
+    """Blob ID -> the name it is laid out under (for messages), for every value input."""
+    names: dict[str, str] = {}
+    for item in (*thunk.values, *thunk.executables):
+        if item.name or item.id not in names:
+            names[item.id] = item.name
+    return names
+
+
+def _verify_inputs(thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
+    """Verify every input of ``thunk`` against its ID; a corrupt one is dropped.
+
+    Returns each blob's stat as verified. Raises :class:`DroppedCorruptBlob` (a
+    :class:`MissingBlob`: it is gone now, so it is fetched again or rebuilt by its
+    producer) with one line naming the input.
+    """
+    checked = {}
+    for ident, name in _input_names(thunk).items():
+        try:
+            checked[ident] = store.verify_for_use(ident)
+        except CorruptBlob as exc:
+            raise _dropped(ident, name, exc) from None
+    return checked
+
+
+def _dropped(ident: str, name: str, exc: CorruptBlob) -> DroppedCorruptBlob:
+    label = f"input {name!r} ({ident})" if name else f"input {ident}"
+    return DroppedCorruptBlob(ident, (
+        f"{label} is corrupt in {exc.where} (its content hashes to {exc.actual}) and was dropped; "
+        "if it is a source file, store it again with 'gg collect FILE' (a gg-infer run stores only "
+        "what the build runs again)"))
+
+
+def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
     if thunk.thunks:
         raise ExecutionFailed(thunk_id, f"thunk input {thunk.thunks[0].ref} was not reduced first")
-    for item in (*thunk.values, *thunk.executables):
-        if not store.has(item.id):
-            raise MissingBlob(item.id, str(store.blobs))
-
-
-def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, workdir: Path) -> list[tuple[Path, os.stat_result]]:
-    """Place the inputs; return the hard-linked ones with their stat, to check later."""
-    linked: list[tuple[Path, os.stat_result]] = []
-    outputs = set(thunk.outputs)
+    try:
+        validate_links(thunk)
+    except MalformedThunk as exc:
+        raise ExecutionFailed(thunk_id, str(exc)) from None
     for item in thunk.executables:
-        store.mark_executable(item.id)
-    for item in (*thunk.values, *thunk.executables):
-        if not item.name:
-            continue
-        target = workdir / item.name
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ExecutionFailed(thunk_id, f"cannot lay out input {item.name!r}: {exc.strerror}") from None
-        source = store.blob_path(item.id)
-        if item.name in outputs:
-            shutil.copyfile(source, target)
-            os.chmod(target, os.stat(source).st_mode | stat.S_IWUSR)
-            continue
-        try:
-            os.link(source, target)
-        except FileExistsError:
-            raise ExecutionFailed(thunk_id, f"two inputs are both laid out at {item.name!r}") from None
-        except OSError:  # another file system: fall back to a read-only copy
-            shutil.copyfile(source, target)
-            os.chmod(target, os.stat(source).st_mode & ~0o222)
-            continue
-        linked.append((source, os.stat(source)))
-    for link in thunk.links:
-        path = workdir / link.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(link.target, path)
+        if store.has(item.id):
+            store.mark_executable(item.id)  # before verifying: the chmod moves the ctime
+    return _verify_inputs(thunk, store)
+
+
+def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,
+             checked: dict[str, os.stat_result]) -> list[tuple[str, str]]:
+    """Place the inputs (verified once more as they are linked) and the links.
+
+    Returns ``(ID, name)`` of the hard-linked inputs, so cleanup can unlink them
+    without losing their verified state (see :meth:`LocalStore.unlink_verified`).
+    """
+    linked: list[tuple[str, str]] = []
+    outputs = set(thunk.outputs)
+    tree = confine.Beneath(work_fd)
+    try:
+        for item in (*thunk.values, *thunk.executables):
+            if not item.name:
+                continue
+            parent_fd, leaf = _parent_for_layout(thunk_id, tree, item.name, "input")
+            if item.name in outputs:
+                _copy_blob(store, item.id, parent_fd, leaf, writable=True)
+                continue
+            try:
+                store.link_verified(item.id, parent_fd, leaf, checked.get(item.id))
+            except FileExistsError:
+                raise ExecutionFailed(thunk_id, f"two inputs are both laid out at {item.name!r}") from None
+            except CorruptBlob as exc:
+                raise _dropped(item.id, item.name, exc) from None
+            except OSError:  # another file system: fall back to a read-only copy
+                _copy_blob(store, item.id, parent_fd, leaf, writable=False)
+                continue
+            linked.append((item.id, item.name))
+        for link in thunk.links:
+            parent_fd, leaf = _parent_for_layout(thunk_id, tree, link.name, "link")
+            try:
+                os.symlink(link.target, leaf, dir_fd=parent_fd)
+            except FileExistsError:
+                raise ExecutionFailed(thunk_id, f"link {link.name!r} collides with an input") from None
+    finally:
+        tree.close()
     return linked
+
+
+def _parent_for_layout(thunk_id: str, tree: confine.Beneath, name: str, what: str) -> tuple[int, str]:
+    try:
+        return tree.parent(name, create=True)
+    except confine.Escape as exc:
+        raise ExecutionFailed(thunk_id, f"cannot lay out {what} {name!r}: {exc}") from None
+    except OSError as exc:
+        raise ExecutionFailed(thunk_id, f"cannot lay out {what} {name!r}: {exc.strerror}") from None
+
+
+def _copy_blob(store: LocalStore, ident: str, dir_fd: int, name: str, writable: bool) -> None:
+    """A private copy of a blob (a name that is also an output, or no hard links here)."""
+    source_fd = os.open(store.blob_path(ident), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(source_fd).st_mode & 0o555
+        mode = mode | stat.S_IWUSR if writable else mode
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as sink, os.fdopen(source_fd, "rb", closefd=False) as source:
+            shutil.copyfileobj(source, sink, 1 << 20)
+            os.fchmod(sink.fileno(), mode)
+    finally:
+        os.close(source_fd)
+
+
+def _unlink_inputs(store: LocalStore, work_fd: int, linked: list[tuple[str, str]]) -> None:
+    """Remove the hard links to blobs one by one, keeping the blobs' verified state.
+
+    A name the function replaced or moved behind a link is left to the tree removal:
+    the blob then simply loses its verified state and is hashed on its next use.
+    """
+    tree = confine.Beneath(work_fd)  # a fresh walk: the function may have moved things
+    try:
+        for ident, name in linked:
+            try:
+                parent_fd, leaf = tree.parent(name)
+                st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
+                blob = os.lstat(store.blobs / ident)
+                if (st.st_dev, st.st_ino) == (blob.st_dev, blob.st_ino):
+                    store.unlink_verified(ident, parent_fd, leaf)
+            except (confine.Escape, OSError):
+                continue
+    finally:
+        tree.close()
 
 
 def _tail(path: Path) -> str:
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - STDERR_TAIL))
-            return handle.read().decode(errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return ""
+    with os.fdopen(fd, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - STDERR_TAIL))
+        return handle.read().decode(errors="replace")
 
 
 _GROUP_XATTR = "user.gg.group"
@@ -159,18 +261,26 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _record_group(rundir: Path, pid: int) -> None:
+def _record_group(rundir_fd: int, pid: int) -> None:
     """Note the function's process group, so a later run can kill it if we die.
 
     A child cannot be tied to our lifetime without ``preexec_fn`` (which forces a slow
     fork per thunk), so after a ``kill -9`` of the executor its orphans are killed by
     the next :func:`sweep_stale_runs` instead. The start time guards against PID reuse.
+    The function is already running: the record goes through the run directory's
+    descriptor and never follows a link it may have planted.
     """
     record = f"{pid} {_start_time(pid)}".encode()
     try:
-        os.setxattr(rundir, _GROUP_XATTR, record)  # no file to create
+        os.setxattr(rundir_fd, _GROUP_XATTR, record)  # no file to create
     except OSError:  # a file system without user xattrs
-        (rundir / ".group").write_bytes(record)
+        try:
+            fd = os.open(".group", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=rundir_fd)
+        except OSError:
+            return
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(record)
 
 
 def _kill_recorded_group(rundir: Path) -> None:
@@ -220,22 +330,26 @@ async def execute(
     function (e.g. ``GG_PYTHON``, an interpreter that can import the gg runtime); only
     ``GG_`` names are accepted, so a host cannot leak its own environment into a thunk.
     """
-    _check_ready(thunk_id, thunk, store)
+    checked = _check_ready(thunk_id, thunk, store)
     scratch = Path(scratch or store.root / "work")
     scratch.mkdir(parents=True, exist_ok=True)
     rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
-    lock = _hold_lock(rundir)
+    lock = _hold_lock(rundir)  # also the run directory's descriptor for every later step
     # GG_DIR gets its blobs/ and tmp/ only if the function stores something
     # (LocalStore creates them on demand): on many disks every mkdir costs ~1 ms.
     workdir, outstore = rundir / "w", LocalStore(rundir / "gg")
-    workdir.mkdir()
-    outstore.root.mkdir()
+    work_fd = -1
+    linked: list[tuple[str, str]] = []
     started = time.monotonic()
     try:
-        linked = _lay_out(thunk_id, thunk, store, workdir)
+        os.mkdir("w", 0o700, dir_fd=lock)
+        os.mkdir("gg", 0o700, dir_fd=lock)
+        work_fd = confine.open_dir(lock, "w")
+        linked = _lay_out(thunk_id, thunk, store, work_fd, checked)
+        names = frozenset(_input_names(thunk))
         try:
-            argv = [substitute(arg, store) for arg in thunk.args]
-            env = dict(entry.split("=", 1) for entry in (substitute(e, store) for e in thunk.envars))
+            argv = [substitute(arg, store, names) for arg in thunk.args]
+            env = dict(entry.split("=", 1) for entry in (substitute(e, store, names) for e in thunk.envars))
         except InvalidId as exc:
             raise ExecutionFailed(thunk_id, str(exc)) from None
         for name, value in (runtime_env or {}).items():
@@ -244,12 +358,16 @@ async def execute(
             env[name] = value
         env["GG_DIR"] = str(outstore.root)
         timeout = thunk.timeout_ms / 1000 if thunk.timeout_ms else default_timeout
-        await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, workdir, rundir, timeout)
-        _check_inputs_intact(thunk_id, linked, store)
-        outputs = _collect_outputs(thunk_id, thunk, workdir, store)
-        created = _collect_created(thunk_id, outstore, store)
+        await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, workdir, rundir, lock,
+                   timeout)
+        _check_inputs_intact(thunk_id, thunk, store)
+        outputs = _collect_outputs(thunk_id, thunk, work_fd, store)
+        created = _collect_created(thunk_id, lock, store)
         return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
     finally:
+        if work_fd >= 0:
+            _unlink_inputs(store, work_fd, linked)
+            os.close(work_fd)
         _remove_tree(rundir)
         os.close(lock)
 
@@ -291,7 +409,7 @@ def sweep_stale_runs(scratch: Path) -> None:
 
 async def _run(
     thunk_id: str, argv: list[str], program: str, env: dict[str, str], workdir: Path, rundir: Path,
-    timeout: float | None,
+    rundir_fd: int, timeout: float | None,
 ) -> None:
     # stdout and stderr share one file: a failure report shows them interleaved, as a
     # terminal would, and it costs one file creation instead of two.
@@ -304,7 +422,7 @@ async def _run(
             )
         except OSError as exc:
             raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
-        _record_group(rundir, process.pid)
+        _record_group(rundir_fd, process.pid)
         try:
             code = await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
@@ -320,35 +438,42 @@ async def _run(
         raise ExecutionFailed(thunk_id, _describe_status(code), argv, _tail(output_path))
 
 
-def _check_inputs_intact(thunk_id: str, linked: list[tuple[Path, os.stat_result]], store: LocalStore) -> None:
-    """A function that changed a hard-linked input changed the store's blob: drop it."""
-    for source, before in linked:
-        after = os.stat(source)
-        # Mode is compared only for write permission: another run may legitimately
-        # add the execute bit to a shared blob meanwhile (LocalStore.mark_executable).
-        changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
-        if changed or after.st_mode & 0o222:
-            store.remove_corrupt(source.name)
-            raise ExecutionFailed(thunk_id, f"the function modified its input {source.name} in place")
+def _check_inputs_intact(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
+    """Verify the inputs again: the function could reach and rewrite any blob.
+
+    One ``lstat`` each when nothing changed; a blob whose stat moved is hashed again,
+    and one that no longer matches its ID is dropped and fails the thunk (its result
+    may have been computed from the changed bytes).
+    """
+    for ident, name in _input_names(thunk).items():
+        try:
+            store.verify_for_use(ident)
+        except CorruptBlob:
+            label = f"{name!r} ({ident})" if name else ident
+            raise ExecutionFailed(thunk_id, f"input {label} was modified in the store while the function ran; "
+                                  "the blob was dropped") from None
+        except MissingBlob:
+            raise InfrastructureError(f"input {ident} vanished from {store.blobs} while thunk {thunk_id} ran") \
+                from None
 
 
-def _collect_outputs(thunk_id: str, thunk: Thunk, workdir: Path, store: LocalStore) -> list[Output]:
+def _collect_outputs(thunk_id: str, thunk: Thunk, work_fd: int, store: LocalStore) -> list[Output]:
     outputs = []
     for tag in thunk.outputs:
-        path = workdir / tag
         try:
-            st = os.lstat(path)
+            parent_fd, leaf = confine.open_parent(work_fd, tag)
         except FileNotFoundError:
             raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ExecutionFailed(thunk_id, f"output {tag!r} is not a regular file")
-        executable = bool(st.st_mode & stat.S_IXUSR)
-        if st.st_nlink > 1:  # an input passed through unchanged: do not move the blob
-            ident = hash_file(path)
-            if not store.has(ident):
-                ident = store.put_file(path, executable)
-        else:
-            ident = store.adopt(path, executable)
+        except confine.Escape as exc:
+            raise ExecutionFailed(thunk_id, f"output {tag!r} was not collected: {exc}") from None
+        try:
+            ident, executable = store.adopt_at(parent_fd, leaf)
+        except FileNotFoundError:
+            raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
+        except NotRegularFile as exc:
+            raise ExecutionFailed(thunk_id, f"output {tag!r} {exc}") from None
+        finally:
+            os.close(parent_fd)
         if parse_id(ident).is_thunk:
             try:
                 parse_thunk(store.read_bytes(ident), where=f"output {tag!r}")
@@ -358,20 +483,34 @@ def _collect_outputs(thunk_id: str, thunk: Thunk, workdir: Path, store: LocalSto
     return outputs
 
 
-def _collect_created(thunk_id: str, outstore: LocalStore, store: LocalStore) -> list[str]:
-    created = []
-    if not outstore.blobs.is_dir():
-        return created
-    for path in sorted(outstore.blobs.iterdir()):
-        ident = path.name
+def _collect_created(thunk_id: str, rundir_fd: int, store: LocalStore) -> list[str]:
+    """Blobs the function stored in ``GG_DIR/blobs`` (opened beneath the run directory)."""
+    created: list[str] = []
+    try:
+        gg_fd = confine.open_dir(rundir_fd, "gg")
         try:
-            parse_id(ident)
-        except InvalidId:
-            raise ExecutionFailed(thunk_id, f"function left a blob with a malformed name {ident!r}") from None
-        actual = store.adopt(path, bool(os.stat(path).st_mode & stat.S_IXUSR))
-        if actual != ident:
-            raise ExecutionFailed(thunk_id, f"function stored blob {ident} whose content hashes to {actual}")
-        created.append(ident)
+            blobs_fd = confine.open_dir(gg_fd, "blobs")
+        finally:
+            os.close(gg_fd)
+    except FileNotFoundError:
+        return created
+    except confine.Escape as exc:
+        raise ExecutionFailed(thunk_id, f"GG_DIR is not inside the run directory: {exc}") from None
+    try:
+        for name in sorted(os.listdir(blobs_fd)):
+            try:
+                parse_id(name)
+            except InvalidId:
+                raise ExecutionFailed(thunk_id, f"function left a blob with a malformed name {name!r}") from None
+            try:
+                actual, _executable = store.adopt_at(blobs_fd, name)
+            except NotRegularFile as exc:
+                raise ExecutionFailed(thunk_id, f"GG_DIR blob {name} {exc}") from None
+            if actual != name:
+                raise ExecutionFailed(thunk_id, f"function stored blob {name} whose content hashes to {actual}")
+            created.append(name)
+    finally:
+        os.close(blobs_fd)
     return created
 
 
@@ -379,9 +518,9 @@ def _remove_tree(path: Path) -> None:
     """Remove a run directory even where the function left read-only subdirectories."""
 
     def make_writable_and_retry(function, target, _excinfo):
-        os.chmod(os.path.dirname(target), 0o700)
-        if os.path.isdir(target) and not os.path.islink(target):
-            os.chmod(target, 0o700)
+        for path in (os.path.dirname(target), target):  # never chmod through a link
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
         function(target)
 
     shutil.rmtree(path, onerror=make_writable_and_retry)

@@ -3,18 +3,19 @@
 ``slots`` is ``-j``; on top of that each job passes the :class:`ResourceGate`, so
 thunks with large resource hints wait instead of over-committing the machine. When a
 remote store is configured (the Lambda engine's S3), inputs that are not in the local
-store are fetched from it first — that is what makes the local engine a fallback for
-work whose inputs were produced remotely.
+store, or whose local copy fails verification, are fetched from it first — that is
+what makes the local engine a fallback for work whose inputs were produced remotely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
 from ir.storage import RemoteStorage
-from ir.store import LocalStore, StoreError
+from ir.store import CorruptBlob, LocalStore, StoreError
 
 from .engine import Job
 from .execution import ExecutionResult, InfrastructureError, execute, sweep_stale_runs
@@ -44,8 +45,15 @@ class LocalEngine:
         return None
 
     async def _fetch_missing(self, job: Job) -> None:
-        missing = [i.id for i in (*job.thunk.values, *job.thunk.executables) if not self.store.has(i.id)]
-        if not missing or self.remote is None:
+        if self.remote is None:
+            return  # execute() verifies every input and reports a corrupt one
+        inputs = {i.id for i in (*job.thunk.values, *job.thunk.executables)}
+        for ident in inputs:  # verify first, so a corrupt local copy is fetched again
+            if self.store.has(ident):
+                with contextlib.suppress(CorruptBlob):  # dropped: fetched below
+                    self.store.verify_for_use(ident)
+        missing = sorted(i for i in inputs if not self.store.has(i))
+        if not missing:
             return
         results = await asyncio.gather(*(self.remote.download(self.store, i) for i in missing),
                                        return_exceptions=True)

@@ -3,7 +3,7 @@
 Layout::
 
     .gg/blobs/<ID>              content, read-only (0444, or 0555 if executable)
-    .gg/reductions/<THUNK>      ID the thunk's first output reduced to (a value or a thunk)
+    .gg/reductions/<THUNK>      "ID verified-inputs": what the thunk's first output reduced to
     .gg/reductions/<THUNK>#tag  the same for a named output ('/' in a tag written as %2F)
     .gg/hash_cache/             see ir.hashing.HashCache
     .gg/tmp/                    temp files, renamed into place when complete
@@ -14,24 +14,31 @@ processes writing the same store, or a process killed mid-write, never leave a p
 blob or reduction. A reduction's result is an ID or, for a tail call that hands a named
 output on, ``THUNK'#tag``.
 Blobs are named by the hash of their content and checked on the way in; a blob can be
-re-verified against its ID on the way out.
+re-verified against its ID on the way out, and is before every use
+(:meth:`LocalStore.verify_for_use`): a blob is a file any process of the same user
+can rewrite, so its name is a claim, not a proof.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .hashing import HashCache, hash_file, hash_stream
+from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import MAGIC, InvalidId, Kind, id_of_bytes, parse_id, parse_ref
 from .thunk import Thunk, parse_thunk
 
 GG_DIR_NAME = ".gg"
+# Second field of a reduction record: the inputs of the run it records were verified
+# against their IDs before and after it (records from before verify-on-use lack it).
+VERIFIED_MARK = "verified-inputs"
 VALUE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
 
@@ -54,10 +61,91 @@ class CorruptBlob(StoreError):
     def __init__(self, ident: str, actual: str, where: str):
         super().__init__(f"blob {ident} in {where} is corrupt: its content hashes to {actual}")
         self.ident = ident
+        self.actual = actual
+        self.where = where
+
+
+class NotRegularFile(StoreError):
+    """A file to be adopted is a link or a special file (the message is a predicate)."""
+
+
+class DroppedCorruptBlob(MissingBlob):
+    """A blob failed verification on use and was removed: it is missing now.
+
+    A :class:`MissingBlob`, so the scheduler treats it like any lost value: it is
+    fetched again or rebuilt by its producer; a source has no producer, and the
+    message says how to store it again.
+    """
+
+    def __init__(self, ident: str, message: str):
+        StoreError.__init__(self, message)
+        self.ident = ident
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+class VerifiedBlobs:
+    """Blobs verified against their IDs, remembered by what ``lstat`` said at the time.
+
+    Why in memory, and why ctime: a thunk runs as the same user as the executor, so it
+    can ``chmod`` a blob writable, rewrite it and set its mtime back. It cannot set the
+    ctime, and it cannot reach this process's memory — an on-disk record it could
+    rewrite too. So an entry is trusted only while ``(dev, inode, size, mtime, ctime,
+    mode)`` are all unchanged; anything else is hashed again.
+
+    An entry is not kept while the blob's *mtime* is within
+    :data:`ir.hashing.RACY_WINDOW_NS` of the verification (a write in the same
+    timestamp tick as the stat would leave size and mtime unchanged; see
+    ``ir/hashing.py``). A recent *ctime* alone does not count: the executor's own hard
+    links move it all the time (a header linked into every compile would never leave
+    the window), and a write after the stat still moves the mtime; evading both takes
+    a write plus a ``utime`` back within the very tick of the stat, by a process racing
+    the executor (see docs/trust.md).
+
+    The executor's own hard links and unlinks also move a blob's ctime;
+    :meth:`after_own_change` carries the entry across them, comparing the stat taken
+    just before the operation with the one just after.
+    """
+
+    def __init__(self, racy_window_ns: int = RACY_WINDOW_NS):
+        self.racy_window_ns = racy_window_ns
+        self._entries: dict[str, tuple[int, int, int, int, int, int]] = {}
+
+    def trusts(self, ident: str, st: os.stat_result) -> bool:
+        return self._entries.get(ident) == _stat_key(st)
+
+    def remember(self, ident: str, st: os.stat_result, observed_ns: int) -> None:
+        """``st`` was taken (no earlier than ``observed_ns``) before hashing the content to ``ident``."""
+        if observed_ns - st.st_mtime_ns >= self.racy_window_ns:
+            self._entries[ident] = _stat_key(st)
+        else:
+            self._entries.pop(ident, None)
+
+    def after_own_change(self, ident: str, before: os.stat_result, after: os.stat_result) -> None:
+        """Carry a trusted entry over a link/unlink made between ``before`` and ``after``.
+
+        Only the link count and ctime may differ; anything else drops the entry.
+        """
+        if not self.trusts(ident, before):
+            return
+        b, a = _stat_key(before), _stat_key(after)
+        if (b[:4], b[5]) == (a[:4], a[5]):
+            self._entries[ident] = a
+        else:
+            self._entries.pop(ident, None)
+
+    def forget(self, ident: str) -> None:
+        self._entries.pop(ident, None)
 
 
 class LocalStore:
-    """A ``.gg`` directory. Cheap to construct; creates nothing until :meth:`init`."""
+    """A ``.gg`` directory. Cheap to construct; creates nothing until :meth:`init`.
+
+    ``verified`` remembers which blobs were verified on use; it lives as long as this
+    object (a ``gg-force`` run, or a warm Lambda worker).
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root).absolute()
@@ -65,6 +153,7 @@ class LocalStore:
         self.reductions = self.root / "reductions"
         self.tmp = self.root / "tmp"
         self.hash_cache = HashCache(self.root / "hash_cache")
+        self.verified = VerifiedBlobs()
 
     # -- locating -------------------------------------------------------------------
 
@@ -205,6 +294,63 @@ class LocalStore:
             _unlink_quietly(temp)
             raise
 
+    def adopt_at(self, dir_fd: int, name: str) -> tuple[str, bool]:
+        """Adopt ``name`` in directory ``dir_fd`` (a work directory): ``(ID, executable)``.
+
+        Never follows a symbolic link: the file is opened with ``O_NOFOLLOW`` and hashed
+        from that descriptor, then its directory entry is moved into the store with
+        ``renameat`` and checked to be the same inode, unchanged. A file with several
+        links (an input passed through, or a hard link to a file elsewhere) is copied,
+        never moved. Raises :class:`NotRegularFile` for a link or a special file and
+        :class:`FileNotFoundError` if there is no such file.
+        """
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise NotRegularFile("is a symbolic link")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile("is not a regular file")
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as source:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotRegularFile("is not a regular file")
+                executable = bool(st.st_mode & stat.S_IXUSR)
+                ident = hash_stream(source)
+                if self.has(ident):
+                    if executable:
+                        self.mark_executable(ident)
+                    if st.st_nlink == 1:
+                        os.unlink(name, dir_fd=dir_fd)
+                    return ident, executable
+                temp_fd, temp = self._temp()
+                try:
+                    moved = False
+                    if st.st_nlink == 1:
+                        try:
+                            os.rename(name, temp, src_dir_fd=dir_fd)
+                            moved = True
+                        except OSError as exc:
+                            if exc.errno != errno.EXDEV:
+                                raise
+                    if moved:
+                        os.close(temp_fd)
+                        after = os.lstat(temp)
+                        if (after.st_ino, after.st_size, after.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+                            raise NotRegularFile("changed while it was collected")
+                    else:  # shared inode or another file system: copy, hashing again
+                        source.seek(0)
+                        with os.fdopen(temp_fd, "wb") as sink:
+                            copied = hash_stream(source, sink=sink)
+                        if copied != ident:
+                            raise NotRegularFile("changed while it was collected")
+                    return self._install(temp, ident, executable), executable
+                except BaseException:
+                    _unlink_quietly(temp)
+                    raise
+        finally:
+            os.close(fd)
+
     def put_thunk(self, thunk: Thunk) -> str:
         return self.put_bytes(thunk.serialize())
 
@@ -238,7 +384,85 @@ class LocalStore:
 
     def remove_corrupt(self, ident: str) -> None:
         """Drop a blob that failed verification, so it is fetched or rebuilt again."""
+        self.verified.forget(ident)
         _unlink_quietly(str(self.blobs / ident))
+
+    def verify_for_use(self, ident: str) -> os.stat_result:
+        """Check blob ``ident`` against its ID before something uses it; return its stat.
+
+        Cheap when :attr:`verified` vouches for the blob's current stat (one ``lstat``);
+        otherwise the content is hashed. A blob that is writable (someone ``chmod``-ed
+        it) is made read-only again first, so it cannot change after the hash. A blob
+        that does not hash to its ID, or is not a regular file, is removed and
+        :class:`CorruptBlob` raised; an absent one raises :class:`MissingBlob`.
+        """
+        path = self.blob_path(ident)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise MissingBlob(ident, str(self.blobs)) from None
+        if self.verified.trusts(ident, st) and not st.st_mode & 0o222:
+            return st
+        observed = time.time_ns()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MissingBlob(ident, str(self.blobs)) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+            self.remove_corrupt(ident)
+            raise CorruptBlob(ident, "a symbolic link or special file", str(self.blobs)) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.remove_corrupt(ident)
+                raise CorruptBlob(ident, "a special file", str(self.blobs))
+            if st.st_mode & 0o222:
+                os.fchmod(fd, st.st_mode & ~0o222 & 0o7777)
+                st = os.fstat(fd)
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
+                actual = hash_stream(handle, parse_id(ident).algorithm)
+        finally:
+            os.close(fd)
+        if actual != ident:
+            self.remove_corrupt(ident)
+            raise CorruptBlob(ident, actual, str(self.blobs))
+        self.verified.remember(ident, st, observed)
+        return st
+
+    def link_verified(self, ident: str, dir_fd: int, name: str, checked: os.stat_result | None = None) -> None:
+        """Hard-link blob ``ident`` (verified now) as ``name`` in the directory ``dir_fd``.
+
+        ``checked`` is what :meth:`verify_for_use` returned for this blob moments ago,
+        before the function started: if the blob's stat is still exactly that, it is not
+        hashed again (the caller verifies it once more after the run). The link moves
+        the blob's ctime; the entry in :attr:`verified` is carried over it by comparing
+        the stat just before with the one just after.
+        """
+        before = os.lstat(self.blobs / ident) if checked is not None else None
+        if before is None or _stat_key(before) != _stat_key(checked):
+            before = self.verify_for_use(ident)
+        os.link(self.blobs / ident, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        self._carry(ident, before)
+
+    def unlink_verified(self, ident: str, dir_fd: int, name: str) -> None:
+        """Remove a hard link made by :meth:`link_verified`, keeping the verified entry."""
+        try:
+            before = os.lstat(self.blobs / ident)
+        except FileNotFoundError:
+            before = None
+        os.unlink(name, dir_fd=dir_fd)
+        if before is not None:
+            self._carry(ident, before)
+
+    def _carry(self, ident: str, before: os.stat_result) -> None:
+        try:
+            after = os.lstat(self.blobs / ident)
+        except FileNotFoundError:
+            self.verified.forget(ident)
+            return
+        self.verified.after_own_change(ident, before, after)
 
     # -- reductions -----------------------------------------------------------------
 
@@ -250,21 +474,32 @@ class LocalStore:
         return self.reductions / name
 
     def get_reduction(self, ref: str) -> str | None:
-        """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None."""
+        """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None.
+
+        A record without :data:`VERIFIED_MARK` was written before inputs were verified on
+        use; it may have been computed from a corrupt blob, so it is not trusted (the
+        thunk runs again, once).
+        """
         try:
-            result = self._reduction_path(ref).read_text().strip()
+            fields = self._reduction_path(ref).read_text().split()
         except FileNotFoundError:
             return None
+        if len(fields) != 2 or fields[1] != VERIFIED_MARK:
+            return None  # unreadable or unverified record: treat as unknown, it will be redone
         try:
-            parse_ref(result)
+            parse_ref(fields[0])
         except InvalidId:
-            return None  # unreadable record: treat as unknown, it will be redone
-        return result
+            return None
+        return fields[0]
 
     def put_reduction(self, ref: str, result: str) -> None:
-        """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``)."""
+        """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``).
+
+        Every caller records what an execution with verified inputs produced (or what
+        such a record says), hence the mark.
+        """
         parse_ref(result)
-        atomic_write_bytes(self._reduction_path(ref), (result + "\n").encode())
+        atomic_write_bytes(self._reduction_path(ref), f"{result} {VERIFIED_MARK}\n".encode())
 
     def forget_reduction(self, ref: str) -> None:
         """Drop the record for ``ref`` (its result was lost), so it is reduced again."""

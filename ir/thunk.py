@@ -192,8 +192,7 @@ class Thunk:
         self._validate_inputs()
         if self.function_hash not in {i.id for i in self.executables}:
             raise MalformedThunk(f"function {self.function_hash} is not among the executables")
-        for link in self.links:
-            validate_input_name(link.name)
+        validate_links(self)
 
     def _validate_numbers(self) -> None:
         """Range checks the protobuf encoder would otherwise fail with a bare ValueError."""
@@ -227,6 +226,64 @@ class Thunk:
                         raise MalformedThunk(
                             f"input name {item.name!r} is given to both {other} and {item.ref}"
                         )
+
+def validate_links(thunk: Thunk) -> None:
+    """Links are symbolic links the executor makes in the work directory. They may only
+    name what is laid out there: an input, a directory of inputs, or another link —
+    never an absolute path or a path out of the work directory. No input, output or link
+    may lie *behind* a link (``--link d=x --output d/y``): the executor would have to
+    follow the link to reach it. Called on every validation and again before execution.
+    """
+    if not thunk.links:
+        return
+    links = {_plain(link.name) for link in thunk.links}
+    inputs = {_plain(item.name) for item in (*thunk.values, *thunk.thunks, *thunk.executables) if item.name}
+    directories = {name[:i] for name in inputs for i, char in enumerate(name) if char == "/"}
+
+    def behind_a_link(path: str) -> str | None:
+        return next((path[:i] for i, char in enumerate(path) if char == "/" and path[:i] in links), None)
+
+    for what, paths in (("input", inputs), ("output", thunk.outputs), ("link", links)):
+        for path in paths:
+            through = behind_a_link(path)
+            if through is not None:
+                raise MalformedThunk(f"{what} {path!r} lies behind link {through!r}")
+            if what != "link" and path in links:
+                raise MalformedThunk(f"{what} {path!r} is also a link")
+    for link in thunk.links:
+        validate_input_name(link.name)
+        target = _link_destination(link, links)
+        if target not in inputs and target not in directories and target not in links:
+            raise MalformedThunk(f"link {link.name!r} -> {link.target!r} names no input")
+
+
+def _plain(name: str) -> str:
+    """``name`` without ``.`` and empty components (``./a//b`` is laid out at ``a/b``)."""
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
+def _link_destination(link: Link, links: set[str]) -> str:
+    """Where ``link.target`` points, as a work-directory path (resolved lexically)."""
+    where = f"link {link.name!r} -> {link.target!r}"
+    if not link.target or "\0" in link.target:
+        raise MalformedThunk(f"{where}: empty or NUL in target")
+    if link.target.startswith("/"):
+        raise MalformedThunk(f"{where}: absolute target")
+    stack = _plain(link.name).split("/")[:-1]
+    parts = [part for part in link.target.split("/") if part not in ("", ".")]
+    for index, part in enumerate(parts):
+        if part == "..":
+            if not stack:
+                raise MalformedThunk(f"{where}: target leaves the work directory")
+            stack.pop()
+            continue
+        stack.append(part)
+        if index < len(parts) - 1 and "/".join(stack) in links:
+            raise MalformedThunk(f"{where}: target goes through link {'/'.join(stack)!r}")
+    if not stack:
+        raise MalformedThunk(f"{where}: target is the work directory itself")
+    return "/".join(stack)
+
 
 def _parse_inputs(field_name: str, texts: Iterable[str]) -> tuple[Input, ...]:
     """Parse one input list, naming the field in any error."""

@@ -60,6 +60,7 @@ class _Warm:
         self.storages: dict = {}
         self.stores: dict = {}
         self.cache_bytes: dict[str, int] = {}  # cache dir -> blob bytes, None until scanned
+        self.recency: dict[str, object] = {}  # cache dir -> cache.Recency (LRU order, in memory)
         self.runtime_env = _runtime_env()
         uri = environ.get("GG_STORAGE_URI")
         if uri:  # the usual deployment: connect the client before the first event
@@ -80,10 +81,13 @@ class _Warm:
 
         from ir.store import LocalStore
 
+        from . import cache
+
         store = self.stores.get(cache_dir)
         if store is None or not store.blobs.is_dir():
             store = self.stores[cache_dir] = LocalStore.init(Path(cache_dir))
             self.cache_bytes.pop(cache_dir, None)
+            self.recency[cache_dir] = cache.Recency()
         return store
 
 
@@ -218,7 +222,8 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
         inline_values = 0
 
     needed = {i.id for _, thunk, _ in jobs if thunk for i in (*thunk.values, *thunk.executables)}
-    cache.touch(store, needed)
+    recency = warm.recency[cache_dir]
+    recency.touch(needed)
     missing_bytes = sum(parse_id(i).size for i in needed if not store.has(i))
     # The cache's size is scanned once per sandbox and then kept up to date here, so a
     # warm invocation does not stat every blob in /tmp twice; a trim rescans.
@@ -226,7 +231,7 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
     if used is None:
         used = cache.usage(store)
     if used + missing_bytes > cap:
-        used = cache.trim_to(store, cap, protect=frozenset(needed), reserve=missing_bytes)
+        used = cache.trim_to(store, cap, protect=frozenset(needed), reserve=missing_bytes, recency=recency)
 
     import asyncio
 
@@ -240,7 +245,7 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
     used += added + missing_bytes + sum(
         parse_id(entry["id"]).size for result in results for entry in (*result["outputs"], *result["created"]))
     if used > cap:
-        used = cache.trim_to(store, cap)
+        used = cache.trim_to(store, cap, recency=recency)
     warm.cache_bytes[cache_dir] = used
     return {"version": EVENT_VERSION, "results": results}
 
@@ -252,16 +257,25 @@ async def _failed(ident: str, status: str, error: str | None, stderr_tail: str =
 
 def _store_inline_blobs(items, store) -> int:
     """Input blobs the client sent in the event (small ones): verified, then stored, so
-    they need no GET. A bad one is skipped; the input is then fetched from S3 as usual."""
+    they need no GET. A bad one is skipped; the input is then fetched from S3 as usual.
+    A cached copy is verified too (an earlier thunk may have rewritten it), and replaced
+    by the client's when it is corrupt."""
     from ir.ids import MAGIC, InvalidId, Kind, id_of_bytes
+    from ir.store import CorruptBlob
 
     added = 0
     for item in items if isinstance(items, list) else []:
         try:
             ident = str(item["id"])
             data = base64.b64decode(item["data"], validate=True)
-            if store.has(ident) or id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE) != ident:
+            if id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE) != ident:
                 continue
+            if store.has(ident):
+                try:
+                    store.verify_for_use(ident)
+                    continue
+                except CorruptBlob:
+                    pass  # dropped: the client's copy replaces it
             store.put_bytes(data)
             added += len(data)
         except (KeyError, TypeError, ValueError, InvalidId):
@@ -278,6 +292,7 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline
 
     inputs = sorted({i.id for i in (*thunk.values, *thunk.executables)})
     try:
+        _drop_corrupt(store, inputs)
         fetched = await asyncio.gather(*(storage.download(store, i) for i in inputs), return_exceptions=True)
         # Missing or corrupt in storage: the client has a good copy and uploads it again.
         missing = [i for i, r in zip(inputs, fetched, strict=True) if isinstance(r, MissingBlob | CorruptBlob)]
@@ -313,6 +328,24 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline
         "stderr_tail": "",
         "duration": round(result.duration, 6),
     }
+
+
+def _drop_corrupt(store, inputs: list[str]) -> None:
+    """Verify the cached inputs before use (cheap for a blob verified and unchanged since).
+
+    The cache outlives invocations, and every thunk runs as the same user as this
+    handler: an earlier thunk may have rewritten a cached blob (through
+    ``$GG_DIR/../../../blobs/ID``, say). A corrupt one is dropped here, so it is
+    fetched again below; execute() verifies every input once more before the run.
+    """
+    import contextlib
+
+    from ir.store import CorruptBlob
+
+    for ident in inputs:
+        if store.has(ident):
+            with contextlib.suppress(CorruptBlob):
+                store.verify_for_use(ident)
 
 
 async def _send_blobs(results: list[dict], store, storage, inline_values: int = 0) -> None:

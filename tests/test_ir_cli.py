@@ -137,7 +137,7 @@ def test_create_thunk_and_describe_show_exactly_what_was_put_in(work):
         "--executable", "helper", "-x", "helper=bin/helper2",
         "--output", "out", "-o", "lib/out.o",
         "--timeout", "90000",
-        "--link", "lib/link.so=out", "-l", "l2=lib/out.o",
+        "--link", "lib/link.so=../in.txt", "-l", "l2=copy/in.txt",
         "--memory", "3008", "--cpus", "2", "--disk", "10240",
         "--placeholder", "result",
         str(sh), "--", "sh", "-c", "do-it --flag", "arg with spaces",
@@ -179,7 +179,7 @@ def test_create_thunk_and_describe_show_exactly_what_was_put_in(work):
         ),
         "outputs": ["out", "lib/out.o"],
         "timeout_ms": 90000,
-        "links": [{"name": "l2", "target": "lib/out.o"}, {"name": "lib/link.so", "target": "out"}],
+        "links": [{"name": "l2", "target": "copy/in.txt"}, {"name": "lib/link.so", "target": "../in.txt"}],
         "resources": {"memory_mib": 3008, "cpus": 2, "disk_mib": 10240},
         "reduces_to": None,
     }

@@ -67,6 +67,9 @@ def thunks(draw) -> Thunk:
     thunk_refs = draw(st.lists(st.tuples(thunk_ids, st.none() | tags), max_size=3))
     thunk_inputs = [Input(r if t is None else f"{r}#{t}", next(pool)) for r, t in thunk_refs]
     executables = [Input(function, next(pool))] + [Input(r) for r in draw(st.lists(value_ids, max_size=2))]
+    # A link may only name an input (see validate_links); "@" is in no input name or output tag.
+    named = sorted({i.name for i in (*values, *thunk_inputs, *executables) if i.name})
+    links = [Link(f"link@{n}", draw(st.sampled_from(named))) for n in range(draw(st.integers(0, 2)))]
     return Thunk(
         function_hash=function,
         args=tuple(draw(st.lists(text, min_size=1, max_size=4))),
@@ -76,7 +79,7 @@ def thunks(draw) -> Thunk:
         thunks=tuple(thunk_inputs),
         executables=tuple(executables),
         timeout_ms=draw(st.integers(0, 2**64 - 1)),
-        links=tuple(Link(next(pool), draw(text)) for _ in range(draw(st.integers(0, 2)))),
+        links=tuple(links),
         resources=Resources(draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 64)), draw(st.integers(0, 2**50))),
     )
 
@@ -173,6 +176,16 @@ REJECTIONS = [
     (dict(values=(Input(vid(2), "sh"),)), f"input name 'sh' is given to both {vid(2)} and {SH}"),
     (dict(links=(Link("/abs", "x"),)), "input name '/abs' is absolute"),
     (dict(links=(Link("../l", "x"),)), "input name '../l' escapes the work directory"),
+    (dict(links=(Link("d", "/some/dir"),)), "link 'd' -> '/some/dir': absolute target"),
+    (dict(links=(Link("d", "../x"),)), "link 'd' -> '../x': target leaves the work directory"),
+    (dict(links=(Link("a/d", "../../in"),)), "target leaves the work directory"),
+    (dict(links=(Link("d", "."),)), "target is the work directory itself"),
+    (dict(links=(Link("d", "nothing"),)), "link 'd' -> 'nothing' names no input"),
+    (dict(links=(Link("d", "in"),), outputs=("d/secret.txt",)), "output 'd/secret.txt' lies behind link 'd'"),
+    (dict(links=(Link("a", "in"), Link("a/planted", "../in"))), "link 'a/planted' lies behind link 'a'"),
+    (dict(links=(Link("d", "in"),), values=(Input(vid(2), "d/x"),)), "input 'd/x' lies behind link 'd'"),
+    (dict(links=(Link("d", "in"),), outputs=("d",)), "output 'd' is also a link"),
+    (dict(links=(Link("d", "sh"), Link("e", "d/../in"))), "link 'e' -> 'd/../in': target goes through link 'd'"),
     (dict(timeout_ms=-1), "timeout -1 is out of range"),
     (dict(timeout_ms=2**64), "is out of range"),
     (dict(resources=Resources(memory_mib=2**32)), "memory hint 4294967296 is out of range"),
@@ -207,7 +220,7 @@ def test_truncated_files_rejected_at_every_cut():
     full = base(
         envars=("A=1",),
         timeout_ms=5000,
-        links=(Link("l", "t"),),
+        links=(Link("l", "in"),),
         resources=Resources(memory_mib=512),
     )
     data, ident = full.serialize(), full.id
