@@ -10,6 +10,7 @@ with botocore's own retries off (the callers own retrying), and closed cleanly.
 from __future__ import annotations
 
 import asyncio
+import errno
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,8 @@ class AwsFault:
 
     ``kind``: ``config`` (a setting is wrong: stop, name ``setting`` or the caller's
     own), ``transient`` (worth another attempt: throttling, 5xx, the network),
-    ``not_found`` (a key or object that is not there: the caller decides) or
+    ``not_found`` (a key or object that is not there: the caller decides), ``local``
+    (this machine's disk, e.g. full: re-raised as it is, the caller's host decides) or
     ``failed`` (anything else: not retried, not a setting either).
     """
 
@@ -162,6 +164,8 @@ def classify(exc: BaseException) -> AwsFault:
         return AwsFault("transient", "request timed out", "TimeoutError")
     if isinstance(exc, BotoCoreError):
         return AwsFault("failed", first_line(exc), type(exc).__name__)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return AwsFault("local", first_line(exc), type(exc).__name__)
     if isinstance(exc, OSError | ConnectionError):
         return AwsFault("transient", f"connection error: {first_line(exc)}", type(exc).__name__)
     try:

@@ -53,6 +53,7 @@ PUT_WITHOUT_HEAD = 1 << 20  # smaller uploads skip the HEAD: a PUT costs about t
 PARTS_IN_FLIGHT = 4  # per multipart upload, on top of the global semaphore
 ENCODING = "gg-encoding"
 EXECUTABLE = "gg-executable"  # "1": some producer had the execute bit on it
+PROBE_DATA = b"gg storage probe\n"  # the blob S3Storage.probe() writes and reads back
 
 
 
@@ -167,7 +168,7 @@ class S3Storage:
                 raise
             except Exception as exc:
                 fault = classify(exc)
-                if fault.kind == "not_found":
+                if fault.kind in ("not_found", "local"):
                     raise
                 if fault.kind == "config":
                     raise self.config_error(fault) from None
@@ -203,7 +204,7 @@ class S3Storage:
         """
         from .ids import Kind
 
-        data = b"gg storage probe\n"
+        data = PROBE_DATA
         ident = id_of_bytes(data, Kind.VALUE)
         key = self.config.key(ident)
         body, encoding = _maybe_compress(data)

@@ -17,7 +17,10 @@ Lambda when things go wrong —
 * all workers busy and more than ``queue_limit`` invocations waiting: HTTP 429
   ``TooManyRequestsException``, as when Lambda's concurrency is exhausted;
 * a request over 6 MB: 413 ``RequestTooLargeException``; an answer over 6 MB:
-  ``Function.ResponseSizeTooLarge``.
+  ``Function.ResponseSizeTooLarge``;
+* ``InvocationType: DryRun``: 204 once the function name checks out, nothing runs;
+* ``tmp_mib``: each worker's ``/tmp`` stand-in is a tmpfs of that size in a mount
+  namespace of its own, so a thunk that writes more gets ENOSPC, as on Lambda.
 
 Workers start only once their socket listens (else awslambdaric exits at once), and
 are terminated explicitly on shutdown (aiohttp's graceful shutdown would wait on
@@ -63,6 +66,9 @@ class EndpointConfig:
     sandbox_command: tuple[str, ...] = ()
     function_env: Mapping[str, str] = field(default_factory=dict)
     cache_root: Path | None = None  # per-worker GG_CACHE_DIR = cache_root/worker-N
+    # Each worker's GG_CACHE_DIR on a tmpfs of this many MiB (0: no cap), like Lambda's
+    # ephemeral storage: a thunk that fills it gets ENOSPC, as it would on Lambda.
+    tmp_mib: int = 0
 
 
 def kill_leftovers(sandbox_dir: Path) -> int:
@@ -219,7 +225,8 @@ class LocalLambda:
             f"127.0.0.1:{worker.port}", cfg.function_name, cfg.handler, cfg.memory_mib, cfg.timeout,
             cfg.code_dir, cache_dir, cfg.function_env, self.host_env,
         )
-        argv = worker_argv(cfg.handler, cfg.code_dir, self._runtime_dir, tuple(cfg.sandbox_command))
+        argv = worker_argv(cfg.handler, cfg.code_dir, self._runtime_dir, tuple(cfg.sandbox_command),
+                           cache_dir if cfg.tmp_mib else None, cfg.tmp_mib)
         worker.init_error = None
         worker.process = await asyncio.create_subprocess_exec(
             *argv, cwd=str(cfg.code_dir or REPO), env=env, stdin=asyncio.subprocess.DEVNULL,
