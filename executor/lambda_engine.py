@@ -83,7 +83,8 @@ class LambdaConfig:
     # An invocation may take what its thunks may take, plus this (transfers, cold start).
     deadline_margin: float = 15.0
     # Liveness: while an invocation has been out this long, a DryRun invoke (answered
-    # at once by a live endpoint) must come back within probe_timeout, every probe_after.
+    # at once by a live endpoint) must come back within probe_timeout (connecting
+    # included), every probe_after; the pre-flight DryRun has the same deadline.
     probe_after: float = 2.0
     probe_timeout: float = 3.0
 
@@ -201,7 +202,7 @@ class LambdaEngine:
     async def _dry_run(self) -> None:
         """A DryRun invoke: checks the function exists and may be invoked, runs nothing."""
         client = await self._probe_client.get()
-        async with asyncio.timeout(self.config.probe_timeout + self.config.connect_timeout):
+        async with asyncio.timeout(self.config.probe_timeout):
             await client.invoke(FunctionName=self.config.function_name, InvocationType="DryRun")
 
     async def preflight(self) -> None:
@@ -225,7 +226,7 @@ class LambdaEngine:
             await self._dry_run()
         except TimeoutError:
             raise _Unreachable(f"the Lambda endpoint {self.where} does not answer (no answer to a DryRun invoke "
-                               f"within {cfg.probe_timeout + cfg.connect_timeout:g} s; {hint})") from None
+                               f"within {cfg.probe_timeout:g} s; {hint})") from None
         except Exception as exc:
             fault = classify(exc)
             if fault.kind == "config":
@@ -261,7 +262,7 @@ class LambdaEngine:
             await self._dry_run()
         except TimeoutError:
             return (f"lambda: the endpoint {self.where} stopped answering (no answer to a DryRun invoke "
-                    f"within {cfg.probe_timeout + cfg.connect_timeout:g} s)")
+                    f"within {cfg.probe_timeout:g} s)")
         except Exception as exc:
             fault = classify(exc)
             if fault.kind == "transient":

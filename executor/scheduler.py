@@ -151,6 +151,9 @@ class Scheduler:
         # value ID -> (node ID, the thunk ID it ran or hit as, that thunk): to regenerate
         # a value that a cached reduction promises but no store holds any more.
         self._producers: dict[str, tuple[str, str, Thunk]] = {}
+        # Values found gone from every store: a reduction naming one is no hit (whichever
+        # of the original or rewritten ID it is recorded under) until it is made again.
+        self._lost: set[str] = set()
         self.executed = 0  # attempts that ran to completion
         self.ran_on: dict[str, int] = {}  # engine name -> thunks it ran
         self.config_error: ConfigError | None = None  # set: the run stopped for a setting
@@ -229,7 +232,7 @@ class Scheduler:
         for tag in thunk.outputs:
             outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
         for result in outputs.values():
-            if result is None:
+            if result is None or result in self._lost:
                 return None
             ident = result.partition("#")[0]
             if (ident[0] == "T" or not self.results_may_be_remote) and not self.store.has(ident):
@@ -276,6 +279,7 @@ class Scheduler:
             result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
             outputs = {o.tag: o.id for o in result.outputs}
             cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
+            self._lost.difference_update(cached.values())
             self._remember_producer(thunk_id, run_id, runnable, cached)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
@@ -351,6 +355,7 @@ class Scheduler:
         if producer is None:
             return False
         node_id, run_id, thunk = producer
+        self._lost.add(ident)
         self.observer.event("regenerate", thunk=node_id, missing=ident)
         for thunk_id in {node_id, run_id}:
             for tag in thunk.outputs:
@@ -384,11 +389,12 @@ class Scheduler:
         timeout = thunk.timeout_ms / 1000 if thunk.timeout_ms else self.config.default_timeout
         return Job(run_id, thunk, attempt, timeout)
 
-    def _move(self, node_id: str, cause: str, engine: Engine, reason: str) -> None:
+    def _move(self, node_id: str, cause: str, engine: Engine, reason: str, output: str = "") -> None:
         self._moved[node_id] = (cause, engine.name, reason)
         assert self.fallback is not None
+        extra = {"output": output[-1000:]} if output.strip() else {}
         self.observer.event("fallback", thunk=node_id, **{"from": engine.name}, to=self.fallback.name,
-                            reason=reason)
+                            reason=reason, **extra)
 
     def _abandon(self, engine: Engine, attempts: int, reason: str) -> None:
         """Stop sending work to ``engine`` for the rest of the run: one thunk failed on it
@@ -431,7 +437,7 @@ class Scheduler:
                 tail = exc.output_tail if isinstance(exc, ResourceExhausted) else ""
                 if isinstance(exc, ResourceExhausted) and can_move:
                     # The same kind of worker would run out again: straight to the fallback.
-                    self._move(node_id, "resources", engine, str(exc))
+                    self._move(node_id, "resources", engine, str(exc), tail)
                     engine, attempt = fallback, 0
                     continue
                 abandoned = self._abandoned.get(id(engine))
@@ -447,6 +453,8 @@ class Scheduler:
                     self._move(node_id, "unavailable", engine, str(exc))
                     engine, attempt = fallback, 0
                     continue
+                if abandoned is not None:  # another node already reported the lost engine
+                    raise DependencyFailed(node_id, f"{engine.name} {abandoned}") from None
                 message = f"thunk {run_id}: gave up after {attempt} attempts on {engine.name}: {exc}"
                 report = message + ("\n  output (tail of stdout and stderr):\n" + "\n".join(
                     "    " + line for line in tail.rstrip().splitlines()[-20:]) if tail.strip() else "")

@@ -66,6 +66,13 @@ class S3ConfigError(S3Error, ConfigError):
     never retried; the run stops with this line."""
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a shared operation's exception as seen: its waiters may all have been
+    cancelled (the run stopped), and asyncio would print a traceback for it."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _is_not_found(exc: Exception) -> bool:
     return classify(exc).kind == "not_found"
 
@@ -286,6 +293,7 @@ class S3Storage:
             pending = asyncio.ensure_future(self._upload(store, ident, overwrite))
             self._uploading[ident] = pending
             pending.add_done_callback(lambda _f: self._uploading.pop(ident, None))
+            pending.add_done_callback(_retrieve)
         await asyncio.shield(pending)
 
     async def _upload(self, store: LocalStore, ident: str, overwrite: bool) -> None:
@@ -296,7 +304,11 @@ class S3Storage:
             return
         path = store.blob_path(ident)
         if not path.exists():
-            raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {where})")
+            # Not here: fine if the bucket has it (e.g. a value an earlier run's function
+            # made, which never came back here), whatever its size.
+            if not (trust_head and size <= PUT_WITHOUT_HEAD and await self.has(ident)):
+                raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {where})")
+            return
         executable = bool(os.stat(path).st_mode & stat.S_IXUSR)
         if size > self.config.multipart_threshold:
             await self._with_deadline("upload", where, self._upload_large(store, ident, path, executable))
@@ -412,6 +424,7 @@ class S3Storage:
             pending = asyncio.ensure_future(self._download(store, ident))
             self._downloading[key] = pending
             pending.add_done_callback(lambda _f: self._downloading.pop(key, None))
+            pending.add_done_callback(_retrieve)
         await asyncio.shield(pending)
 
     async def _download(self, store: LocalStore, ident: str) -> None:
