@@ -372,14 +372,15 @@ def _disk_full(path: Path) -> bool:
 
 
 def _oom_kills() -> int:
-    """The cgroup's count of out-of-memory kills (cgroup v2), 0 where unknown."""
-    try:
-        with open("/sys/fs/cgroup/memory.events", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
+    """The cgroup's count of out-of-memory kills (cgroup v2, else v1), 0 where unknown."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
     return 0
 
 

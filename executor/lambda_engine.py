@@ -264,6 +264,10 @@ class LambdaEngine:
             return (f"lambda: the endpoint {self.where} stopped answering (no answer to a DryRun invoke "
                     f"within {cfg.probe_timeout:g} s)")
         except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            if isinstance(exc, ClientError):  # it answered (if only to throttle): alive
+                return None
             fault = classify(exc)
             if fault.kind == "transient":
                 return f"lambda: cannot reach {self.where}: {fault.reason}"
