@@ -85,7 +85,7 @@ class S3Config:
             if f.name not in ("bucket", "prefix") and getattr(self, f.name) != getattr(defaults, f.name)
         }
         path = f"/{self.prefix}" if self.prefix else ""
-        return f"s3://{self.bucket}{path}" + (f"?{urlencode(query)}" if query else "")
+        return f"s3://{self.bucket}{path}" + (f"?{urlencode(query, safe=':/')}" if query else "")
 
 
 _NUMERIC = {
