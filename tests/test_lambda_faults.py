@@ -322,6 +322,25 @@ def test_output_too_large_for_the_workers_tmp_runs_locally(tmp_path, s3_uri, lam
     assert len(lines) == 1 and "after running out of resources on lambda" in lines[0], forced.stderr
 
 
+def test_out_of_memory_on_a_worker_runs_locally(tmp_path, s3_uri, lambda_endpoint_factory):
+    """A thunk that needs more memory than the function has: the sandbox is killed
+    (Runtime.OutOfMemory, emulated by lambda-local --enforce-memory); the thunk runs
+    locally, at once, and the summary says why."""
+    endpoint = lambda_endpoint_factory(workers=1, extra=["--memory", "300", "--enforce-memory"])
+    client = make_client(tmp_path, s3_uri, endpoint.url, GG_LAMBDA_MEMORY_MIB="300")
+    sh = ShellThunks(client.store)
+    hungry = sh.thunk('"$GG_PYTHON" -c "import time; x = b\'x\' * (400 << 20); time.sleep(3)"; echo fed > out')
+    trace = tmp_path / "trace.jsonl"
+    forced = client.force("--print", hungry, trace=trace)
+    assert forced.returncode == 0, forced.stderr + endpoint.log()[-2000:]
+    assert client.value(forced, hungry) == b"fed\n"
+    assert [e["engine"] for e in of_kind(trace, "started")] == ["lambda", "local"]
+    assert not of_kind(trace, "retried")
+    moved = of_kind(trace, "fallback")
+    assert len(moved) == 1 and "Runtime.OutOfMemory" in moved[0]["reason"], moved
+    assert "after running out of resources on lambda" in forced.stderr, forced.stderr
+
+
 # -- 6. lost values regenerate ----------------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
         sandbox_command=tuple(shlex.split(args.sandbox_command)) if args.sandbox_command else (),
         function_env=_parse_env(args.env),
         cache_root=Path(args.cache_root).absolute() if args.cache_root else None,
-        tmp_mib=args.tmp_mib,
+        tmp_mib=args.tmp_mib, enforce_memory=args.enforce_memory,
     )
     try:
         asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None, args.quiet))
@@ -77,6 +77,9 @@ def add(sub) -> None:
                         help="function environment variable (repeatable); GG_STORAGE_URI, "
                              "GG_CACHE_MAX_MIB and GG_THUNK_PARALLELISM are forwarded when set")
     parser.add_argument("--cache-root", help="parent of each worker's GG_CACHE_DIR (default: a temp dir)")
+    parser.add_argument("--enforce-memory", action="store_true",
+                        help="kill a worker using more than --memory MiB (with its functions) and answer "
+                             "Runtime.OutOfMemory, as Lambda does")
     parser.add_argument("--tmp-mib", type=int, default=0, metavar="MIB",
                         help="cap each worker's GG_CACHE_DIR (its /tmp) with a tmpfs of MIB MiB, like "
                              "Lambda's ephemeral storage (needs root; default: no cap)")
