@@ -331,7 +331,7 @@ async def _run(
     _kill_group(process)  # nothing the function started may outlive it
     await _drain(reader)
     if code != 0:
-        if _disk_full(workdir):
+        if _disk_full(workdir) or b"No space left on device" in tail:
             raise ResourceExhausted(f"thunk {thunk_id}: {_describe_status(code)} with the worker's disk full "
                                     "(no space left on device)", _text(tail))
         if code == -signal.SIGKILL and _oom_kills() > oom_before:
@@ -362,13 +362,14 @@ def _text(tail: bytearray) -> str:
 
 def _disk_full(path: Path) -> bool:
     """True when the file system under ``path`` has (almost) no room left: a function
-    that failed then most likely failed for want of space, not through its own fault."""
+    that failed then most likely failed for want of space, not through its own fault.
+    (A tool that deletes its partial output on error frees the space again; its
+    message, "No space left on device", is the other sign _run looks for.)"""
     try:
         st = os.statvfs(path)
     except OSError:
         return False
-    free = st.f_bavail * st.f_frsize
-    return free < max(1 << 20, st.f_blocks * st.f_frsize // 200)
+    return st.f_bavail * st.f_frsize < 4 << 20
 
 
 def _oom_kills() -> int:
