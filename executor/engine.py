@@ -22,12 +22,21 @@ from ir.thunk import Thunk
 
 from .execution import ExecutionResult
 
+# The time limit of a thunk that sets none (seconds), the same on every engine: a thunk
+# that hangs is then an execution failure after this long, never a run that does not end.
+# On Lambda the function's own timeout caps it (the thunk then moves to the fallback
+# engine, which applies the full limit). ``gg-force --default-timeout`` overrides it.
+DEFAULT_THUNK_TIMEOUT = 600.0
+
 
 @dataclass(frozen=True)
 class Job:
     thunk_id: str
     thunk: Thunk
     attempt: int = 1
+    # Seconds the thunk may run: its own timeout, else the run's default. None only for
+    # callers outside the scheduler (then the thunk's own timeout, if any, applies).
+    timeout: float | None = None
 
 
 class Engine(Protocol):
@@ -39,7 +48,9 @@ class Engine(Protocol):
         ...
 
     async def run(self, job: Job) -> ExecutionResult:
-        """Run ``job`` once. Raise ExecutionFailed or InfrastructureError on failure."""
+        """Run ``job`` once, within ``job.timeout``. Raise ExecutionFailed (final),
+        InfrastructureError (retried; ResourceExhausted: moved to the fallback at once)
+        or ConfigError (the run stops) on failure."""
         ...
 
     async def close(self) -> None:

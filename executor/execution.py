@@ -29,6 +29,7 @@ It writes no reductions: recording what a thunk reduced to is the caller's decis
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import re
@@ -74,6 +75,18 @@ class ExecutionFailed(Exception):
 
 class InfrastructureError(Exception):
     """Something around the function failed (missing blob, disk, ...): worth a retry."""
+
+
+class ResourceExhausted(InfrastructureError):
+    """The worker ran out of disk or memory (or an invocation out of time) under the
+    function: not the thunk's fault, and another attempt on the same kind of worker
+    would run out again, so the scheduler moves it to the fallback engine at once.
+    ``output_tail`` is what the function printed last (kept in memory: the disk the
+    log would be on may be the one that is full)."""
+
+    def __init__(self, message: str, output_tail: str = ""):
+        super().__init__(message)
+        self.output_tail = output_tail
 
 
 @dataclass(frozen=True)
@@ -238,17 +251,6 @@ def _unlink_inputs(store: LocalStore, work_fd: int, linked: list[tuple[str, str]
         tree.close()
 
 
-def _tail(path: Path) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - STDERR_TAIL))
-        return handle.read().decode(errors="replace")
-
-
 _GROUP_XATTR = "user.gg.group"
 
 
@@ -364,6 +366,11 @@ async def execute(
         outputs = _collect_outputs(thunk_id, thunk, work_fd, store)
         created = _collect_created(thunk_id, lock, store)
         return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(f"thunk {thunk_id}: no space left on the worker's disk "
+                                    f"({exc.strerror}: {exc.filename or scratch})") from None
+        raise
     finally:
         if work_fd >= 0:
             _unlink_inputs(store, work_fd, linked)
@@ -411,31 +418,88 @@ async def _run(
     thunk_id: str, argv: list[str], program: str, env: dict[str, str], workdir: Path, rundir: Path,
     rundir_fd: int, timeout: float | None,
 ) -> None:
-    # stdout and stderr share one file: a failure report shows them interleaved, as a
-    # terminal would, and it costs one file creation instead of two.
-    output_path = rundir / "output"
-    with open(output_path, "wb") as log:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )
-        except OSError as exc:
-            raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
-        _record_group(rundir_fd, process.pid)
-        try:
-            code = await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            _kill_group(process)
-            await process.wait()
-            raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _tail(output_path)) from None
-        except BaseException:
-            _kill_group(process)
-            await asyncio.shield(process.wait())
-            raise
-        _kill_group(process)  # nothing the function started may outlive it
+    # stdout and stderr share one pipe: a failure report shows them interleaved, as a
+    # terminal would. Only the tail is kept, in memory: a log file would need a file
+    # creation per thunk, and on a full disk it would lose exactly the lines that say so.
+    oom_before = _oom_kills()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
+    _record_group(rundir_fd, process.pid)
+    tail = bytearray()
+    reader = asyncio.ensure_future(_keep_tail(process.stdout, tail))
+    try:
+        code = await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        _kill_group(process)
+        await process.wait()
+        await _drain(reader)
+        raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _text(tail)) from None
+    except BaseException:
+        _kill_group(process)
+        await asyncio.shield(process.wait())
+        reader.cancel()
+        raise
+    _kill_group(process)  # nothing the function started may outlive it
+    await _drain(reader)
     if code != 0:
-        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _tail(output_path))
+        if _disk_full(workdir) or b"No space left on device" in tail:
+            raise ResourceExhausted(f"thunk {thunk_id}: {_describe_status(code)} with the worker's disk full "
+                                    "(no space left on device)", _text(tail))
+        if code == -signal.SIGKILL and _oom_kills() > oom_before:
+            raise ResourceExhausted(f"thunk {thunk_id}: killed by the out-of-memory killer", _text(tail))
+        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _text(tail))
+
+
+async def _keep_tail(stream: asyncio.StreamReader | None, tail: bytearray) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(65536):
+        tail += chunk
+        del tail[:-STDERR_TAIL]
+
+
+async def _drain(reader: asyncio.Future) -> None:
+    """The group is dead, so EOF comes at once, unless something escaped the group
+    still holds the pipe: then stop reading after a moment."""
+    try:
+        await asyncio.wait_for(reader, 1.0)
+    except TimeoutError:
+        pass
+
+
+def _text(tail: bytearray) -> str:
+    return bytes(tail).decode(errors="replace")
+
+
+def _disk_full(path: Path) -> bool:
+    """True when the file system under ``path`` has (almost) no room left: a function
+    that failed then most likely failed for want of space, not through its own fault.
+    (A tool that deletes its partial output on error frees the space again; its
+    message, "No space left on device", is the other sign _run looks for.)"""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 4 << 20
+
+
+def _oom_kills() -> int:
+    """The cgroup's count of out-of-memory kills (cgroup v2, else v1), 0 where unknown."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _check_inputs_intact(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:

@@ -1,8 +1,10 @@
 """``gg-force`` (and ``gg force``, ``gg-force-and-run``): force targets to real files.
 
-Exit status: 0 when every target was produced, 1 when a thunk failed or the run was
-stopped, 2 for a usage error. Errors are one paragraph on stderr, never a traceback;
-``GG_DEBUG=1`` re-raises unexpected errors for developers.
+Exit status (the one mapping, see :data:`EXIT`): 0 when every target was produced, 1
+when a thunk failed, a setting is wrong (one line naming it) or the run was stopped,
+2 for a usage error, 130 when interrupted. Errors are one paragraph on stderr, never a
+traceback; ``GG_DEBUG=1`` re-raises unexpected errors for developers. Work that ran on
+the fallback engine instead of the one asked for is said in one line per reason.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ir.cli import USER_ERRORS, CliError
-from ir.store import LocalStore
+from ir.errors import ConfigError
+from ir.store import LocalStore, MissingBlob
 
-from .engine import Engine
+from .engine import DEFAULT_THUNK_TIMEOUT, Engine
 from .local_engine import LocalEngine
 from .observe import RunObserver
 from .progress import ProgressDisplay
 from .scheduler import ForceConfig, ForceFailed, Scheduler
 from .targets import Target, TargetError, materialize, parse_target, thin_archive_placeholders
 from .trace import TraceWriter
+
+ENGINES = ("local", "lambda")
+EXIT = {"ok": 0, "failed": 1, "usage": 2, "interrupted": 130}
 
 
 @dataclass
@@ -34,14 +40,33 @@ class Summary:
     written: int
     executed: int
     elapsed: float
+    fallback: list[str]
+
+
+class UsageError(Exception):
+    """A bad option or environment variable: one line, exit status 2."""
+
+
+def resolve_engine(args) -> str:
+    """``--engine``, else ``$GG_ENGINE``, else local; both validated the same way."""
+    if args.engine is not None:
+        return args.engine
+    name = os.environ.get("GG_ENGINE") or "local"
+    if name not in ENGINES:
+        raise UsageError(f"GG_ENGINE={name!r} is not an engine (choose from {', '.join(ENGINES)})")
+    return name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="+", metavar="TARGET", help="placeholder file, thunk ID, or THUNK#tag")
     parser.add_argument("-j", "--jobs", type=int, default=None,
                         help="concurrent thunks per engine (default: cores for local, 64 for lambda)")
-    parser.add_argument("--engine", choices=("local", "lambda"), default=os.environ.get("GG_ENGINE", "local"),
+    parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="where thunks run (default: $GG_ENGINE or local); lambda falls back to local")
+    parser.add_argument("--no-fallback", action="store_true",
+                        help="never run on the local engine what was meant for lambda: fail instead")
+    parser.add_argument("--default-timeout", type=float, default=DEFAULT_THUNK_TIMEOUT, metavar="SECONDS",
+                        help=f"time limit of a thunk that sets none (default {DEFAULT_THUNK_TIMEOUT:g})")
     parser.add_argument("-k", "--keep-going", action="store_true",
                         help="after a failure, finish every branch that does not depend on it")
     parser.add_argument("--trace", type=Path, metavar="FILE", help="append one JSON line per event to FILE")
@@ -56,15 +81,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print 'TARGET VALUE_ID' for every target")
 
 
-def _build_engines(args, store: LocalStore) -> tuple[list[Engine], Engine | None, object | None]:
-    """(engines in order of preference, fallback engine, remote storage or None)."""
+async def _build_engines(args, store: LocalStore) -> tuple[list[Engine], Engine | None, object | None]:
+    """(engines in order of preference, fallback engine, remote storage or None).
+
+    The Lambda engine is checked before anything runs (:meth:`LambdaEngine.preflight`):
+    a wrong setting stops the run here with one line, never as a quiet local build.
+    """
     local_slots = args.jobs or os.cpu_count() or 1
     if args.engine == "local":
         return [LocalEngine(store, local_slots)], None, None
     from .lambda_engine import build_lambda_engine
 
     engine, remote = build_lambda_engine(store, args.jobs, os.environ)
-    return [engine], LocalEngine(store, os.cpu_count() or 1, remote=remote), remote
+    try:
+        await engine.preflight()
+    except BaseException:
+        await engine.close()
+        await remote.close()
+        raise
+    fallback = None if args.no_fallback else LocalEngine(store, os.cpu_count() or 1, remote=remote)
+    return [engine], fallback, remote
+
+
+async def _materialize_or_rebuild(store: LocalStore, scheduler: Scheduler, target: Target, value_id: str,
+                                  remote) -> bool:
+    """Write a target; a value gone from every store is rebuilt by its producer first
+    (a bucket's expiry rule makes that normal), as the scheduler does for inputs."""
+    try:
+        return await materialize(store, target, value_id, remote)
+    except MissingBlob as missing:
+        if not await scheduler.rebuild(missing.ident):
+            raise
+    return await materialize(store, target, value_id, remote)
 
 
 async def force_targets(args, store: LocalStore) -> Summary:
@@ -82,11 +130,12 @@ async def force_targets(args, store: LocalStore) -> Summary:
         else:
             print(f"gg-force: {target.text} is already a real file", file=sys.stderr)
     refs = sorted({t.ref for t in targets if t.ref is not None})
-    engines, fallback, remote = _build_engines(args, store)
+    engines, fallback, remote = await _build_engines(args, store)
     progress = None if args.quiet or not refs else ProgressDisplay(args.progress)
     observer = RunObserver(TraceWriter(args.trace), progress)
     config = ForceConfig(keep_going=args.keep_going, max_attempts=max(1, args.max_attempts),
-                         speculate=not args.no_speculate, speculate_min=args.speculate_after)
+                         speculate=not args.no_speculate, speculate_min=args.speculate_after,
+                         default_timeout=args.default_timeout)
     scheduler = Scheduler(store, engines, fallback, config, observer, results_may_be_remote=remote is not None)
     written = 0
     status = "failed"
@@ -97,23 +146,26 @@ async def force_targets(args, store: LocalStore) -> Summary:
             # Targets that did reduce are still written: nothing done is thrown away.
             for target in targets:
                 if target.ref in failed.results:
-                    await materialize(store, target, failed.results[target.ref], remote)
+                    await _materialize_or_rebuild(store, scheduler, target, failed.results[target.ref], remote)
             raise
         for target in targets:
             if target.ref is not None:
-                written += await materialize(store, target, results[target.ref], remote)
+                written += await _materialize_or_rebuild(store, scheduler, target, results[target.ref], remote)
                 if args.print_ids:
                     print(f"{target.text} {results[target.ref]}")
         status = "ok"
     finally:
+        fallback_lines = scheduler.fallback_summary()
+        for line in fallback_lines:  # said even with --quiet: the result came by another path
+            print(f"{args.prog}: {line}", file=sys.stderr)
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
-                       executed=scheduler.executed)
+                       executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
         observer.close()
         for engine in {id(e): e for e in [*engines, *([fallback] if fallback else [])]}.values():
             await engine.close()
         if remote is not None:
             await remote.close()
-    return Summary(len(targets), written, scheduler.executed, time.monotonic() - started)
+    return Summary(len(targets), written, scheduler.executed, time.monotonic() - started, fallback_lines)
 
 
 async def _run_cancellable(coro):
@@ -130,29 +182,39 @@ async def _run_cancellable(coro):
 
 
 def run_force(args, prog: str = "gg-force") -> int:
+    args.prog = prog
     try:
+        if not args.default_timeout > 0:
+            raise UsageError(f"--default-timeout {args.default_timeout:g} must be a positive number of seconds")
+        args.engine = resolve_engine(args)
         store = LocalStore.locate()
         summary = asyncio.run(_run_cancellable(force_targets(args, store)))
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT["usage"]
+    except ConfigError as exc:  # before USER_ERRORS: some are StoreErrors too
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT["failed"]
     except ForceFailed as failed:
         for failure in failed.failures:
             print(f"{prog}: error: {failure.report}", file=sys.stderr)
-        return 1
+        return EXIT["failed"]
     except asyncio.CancelledError:
         print(f"{prog}: interrupted; finished reductions are kept, run again to resume", file=sys.stderr)
-        return 130
+        return EXIT["interrupted"]
     except (TargetError, CliError, *USER_ERRORS) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT["failed"]
     except Exception as exc:  # an internal error: one line, not a traceback
         if os.environ.get("GG_DEBUG"):
             raise
         print(f"{prog}: internal error: {type(exc).__name__}: {exc} (set GG_DEBUG=1 for details)",
               file=sys.stderr)
-        return 1
+        return EXIT["failed"]
     if not args.quiet:
         print(f"{prog}: {summary.targets} target(s), {summary.written} written, "
               f"{summary.executed} thunk(s) run, {summary.elapsed:.2f}s", file=sys.stderr)
-    return 0
+    return EXIT["ok"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +241,7 @@ def force_and_run_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         print("usage: gg-force-and-run PLACEHOLDER [ARGS...]", file=sys.stderr)
-        return 2
+        return EXIT["usage"]
     path = argv[0]
     parser = argparse.ArgumentParser(prog="gg-force-and-run")
     add_arguments(parser)

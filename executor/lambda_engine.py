@@ -10,16 +10,26 @@ For each job, :meth:`LambdaEngine.run`
    thunks do not each pay an invocation;
 3. invokes the function (aiobotocore, botocore retries off; throttling is retried here
    with capped exponential back-off and full jitter, a bounded number of times);
-4. maps the handler's answer: ``execution_failed`` -> :class:`ExecutionFailed`,
-   everything else (function timeout, crashed worker, throttling that does not stop,
-   unreachable endpoint, missing inputs) -> :class:`InfrastructureError`, raised
-   quickly: the scheduler owns retries and the fallback engine;
+4. maps the handler's answer: ``execution_failed`` -> :class:`ExecutionFailed` (final:
+   it includes the thunk's own timeout, or the default one), ``resource_exhausted``
+   and the function's own timeout -> :class:`ResourceExhausted` (the scheduler moves
+   the thunk to the fallback engine at once), ``config_error`` and configuration
+   faults of the Invoke API (unknown function, access denied, credentials, TLS) ->
+   :class:`~ir.errors.ConfigError` (the run stops), everything else (crashed worker,
+   throttling that does not stop, unreachable endpoint, missing inputs) ->
+   :class:`InfrastructureError`, raised quickly: the scheduler owns retries;
 5. stores thunk outputs and created thunks (inline in the answer) in the local store,
    because the scheduler reads them there, and records value outputs as present in S3.
 
+Nothing waits without a deadline: each invocation gets the time its thunks may take
+(their timeouts, capped by the function's) plus ``deadline_margin``; while invocations
+are out, a DryRun invoke every ``probe_after`` seconds checks that the endpoint still
+answers at all, so a stopped endpoint is given up within seconds, not at the deadline.
+
 It refuses what a Lambda cannot take (payload over 6 MB, inputs larger than the
-function's ephemeral storage, more memory than configured) so the scheduler sends
-those to the fallback engine up front.
+function's ephemeral storage, more memory or disk than configured) so the scheduler
+sends those to the fallback engine up front; :meth:`LambdaEngine.preflight` checks the
+function and the bucket before the first thunk.
 """
 
 from __future__ import annotations
@@ -27,22 +37,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import random
-import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from ir.aws_client import LazyClient
-from ir.cli import CliError
+from ir.aws_client import AwsFault, LazyClient, classify, first_line
+from ir.errors import ConfigError
 from ir.ids import MAGIC, Kind, id_of_bytes, parse_id
+from ir.retry import backoff_delay
 from ir.s3store import S3Error, S3Storage
-from ir.storage_uri import S3Config
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
 from .engine import Job
-from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, Output
+from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, Output, ResourceExhausted
 
 EVENT_VERSION = 1
 MAX_PAYLOAD = 6_291_456  # Lambda's synchronous request limit
@@ -72,6 +80,24 @@ class LambdaConfig:
     backoff_base: float = 0.05
     backoff_cap: float = 2.0
     inline_max: int = INLINE_MAX  # 0: every blob goes through S3
+    # An invocation may take what its thunks may take, plus this (transfers, cold start).
+    deadline_margin: float = 15.0
+    # Liveness: while an invocation has been out this long, a DryRun invoke (answered
+    # at once by a live endpoint) must come back within probe_timeout (connecting
+    # included), every probe_after; the pre-flight DryRun has the same deadline.
+    probe_after: float = 2.0
+    probe_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name, setting in (("function_timeout", "GG_LAMBDA_TIMEOUT"), ("memory_mib", "GG_LAMBDA_MEMORY_MIB"),
+                              ("ephemeral_mib", "GG_LAMBDA_EPHEMERAL_MIB"), ("concurrency", "GG_LAMBDA_CONCURRENCY"),
+                              ("batch_max", "GG_LAMBDA_BATCH"), ("connect_timeout", ""),
+                              ("deadline_margin", ""), ("probe_after", ""), ("probe_timeout", "")):
+            value = getattr(self, name)
+            if not value > 0 or value == float("inf"):
+                raise LambdaSetupError(f"{setting or name}={value!r} must be a positive number")
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise LambdaSetupError(f"GG_LAMBDA_ENDPOINT={self.endpoint_url!r} is not an http(s) URL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], jobs: int | None = None) -> LambdaConfig:
@@ -84,7 +110,7 @@ class LambdaConfig:
             try:
                 return kind(text)
             except ValueError:
-                raise ValueError(f"{name}={text!r} is not a number") from None
+                raise LambdaSetupError(f"{name}={text!r} is not a number") from None
 
         return cls(
             function_name=environ.get("GG_LAMBDA_FUNCTION") or "gg",
@@ -116,6 +142,10 @@ def _first_line(text: object) -> str:
     return lines[0] if lines else ""
 
 
+_THROTTLED = frozenset({"TooManyRequestsException", "ThrottlingException", "429"})
+_UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"})
+
+
 def _payload_size(data: bytes | int) -> int:
     """Bytes ``data`` (or that many bytes) take in a JSON event: base64 plus its entry."""
     size = data if isinstance(data, int) else len(data)
@@ -135,12 +165,142 @@ class LambdaEngine:
         self._inflight: set[asyncio.Task] = set()
         self._client = LazyClient(
             "lambda", region=config.region, endpoint_url=config.endpoint_url,
-            connect_timeout=config.connect_timeout, read_timeout=config.function_timeout + 30,
+            connect_timeout=config.connect_timeout, read_timeout=config.function_timeout + config.deadline_margin,
             max_pool_connections=max(10, config.concurrency),
+        )
+        # Probes get connections of their own: the invocation pool may be all in use.
+        self._probe_client = LazyClient(
+            "lambda", region=config.region, endpoint_url=config.endpoint_url,
+            connect_timeout=config.probe_timeout, read_timeout=config.probe_timeout, max_pool_connections=2,
         )
         # Inputs a function reported missing although sent: from now on they go via S3.
         self._sent_to_s3: set[str] = set()
         self.invocations = 0
+        self._started: dict[asyncio.Task, float] = {}  # invocation tasks out -> when sent
+        self._watchdog: asyncio.Task | None = None
+        self._down: str | None = None  # why the endpoint is believed dead (a probe failed)
+        self._down_at = 0.0
+        self._probing: asyncio.Future | None = None
+
+    @property
+    def where(self) -> str:
+        return self.config.endpoint_url or f"region {self.config.region}"
+
+    # -- configuration problems, liveness --------------------------------------------------
+
+    def config_error(self, fault: AwsFault) -> ConfigError:
+        """One line naming the setting to fix, for a configuration fault of the Invoke API."""
+        name = self.config.function_name
+        if fault.code == "ResourceNotFoundException":
+            return LambdaSetupError(f"Lambda function {name!r} does not exist at {self.where} "
+                                    f"(GG_LAMBDA_FUNCTION={name})")
+        hint = fault.setting or (f"GG_LAMBDA_ENDPOINT={self.config.endpoint_url}" if fault.code == "SSLError"
+                                 else f"GG_LAMBDA_FUNCTION={name} and the credentials' lambda:InvokeFunction "
+                                      "permission")
+        return LambdaSetupError(f"Lambda function {name!r} at {self.where}: {fault.reason} (check {hint})")
+
+    async def _dry_run(self) -> None:
+        """A DryRun invoke: checks the function exists and may be invoked, runs nothing."""
+        client = await self._probe_client.get()
+        async with asyncio.timeout(self.config.probe_timeout):
+            await client.invoke(FunctionName=self.config.function_name, InvocationType="DryRun")
+
+    async def preflight(self) -> None:
+        """Before the first thunk: the function answers a DryRun invoke, and the bucket
+        takes a PUT and a GET (S3Storage.probe). Any problem is a :class:`ConfigError`
+        with one line naming the setting: a wrong setting must not turn into a quiet
+        local build. Transient trouble of the service itself (5xx) is left to the run.
+        """
+        outcomes = await asyncio.gather(self._preflight_lambda(), self._preflight_s3(), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for error in errors:  # a setting named by the service first, then reachability
+            if isinstance(error, ConfigError) and not isinstance(error, _Unreachable):
+                raise error
+        if errors:
+            raise errors[0]
+
+    async def _preflight_lambda(self) -> None:
+        cfg = self.config
+        hint = "check GG_LAMBDA_ENDPOINT / GG_LAMBDA_REGION, or use --engine local"
+        try:
+            await self._dry_run()
+        except TimeoutError:
+            raise _Unreachable(f"the Lambda endpoint {self.where} does not answer (no answer to a DryRun invoke "
+                               f"within {cfg.probe_timeout:g} s; {hint})") from None
+        except Exception as exc:
+            fault = classify(exc)
+            if fault.kind == "config":
+                raise self.config_error(fault) from None
+            if fault.code in _UNREACHABLE or fault.kind != "transient":
+                raise _Unreachable(f"cannot reach the Lambda endpoint {self.where}: {fault.reason} ({hint})") from None
+
+    async def _preflight_s3(self) -> None:
+        cfg = self.storage.config
+        where = cfg.endpoint or f"region {cfg.region}"
+        hint = f"check GG_STORAGE_URI={cfg.uri}, or use --engine local"
+        try:
+            async with asyncio.timeout(2 * self.config.connect_timeout + self.config.probe_timeout):
+                await self.storage.probe()
+        except TimeoutError:
+            raise _Unreachable(f"the S3 endpoint {where} does not answer ({hint})") from None
+        except ConfigError:
+            raise
+        except S3Error as exc:
+            raise _Unreachable(f"cannot use the S3 endpoint {where}: {exc} ({hint})") from None
+
+    async def _alive(self) -> str | None:
+        """None if the endpoint answers a DryRun now; else why not. Concurrent callers
+        share one probe."""
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(self._probe())
+            self._probing.add_done_callback(lambda _f: setattr(self, "_probing", None))
+        return await asyncio.shield(self._probing)
+
+    async def _probe(self) -> str | None:
+        cfg = self.config
+        try:
+            await self._dry_run()
+        except TimeoutError:
+            return (f"lambda: the endpoint {self.where} stopped answering (no answer to a DryRun invoke "
+                    f"within {cfg.probe_timeout:g} s)")
+        except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            if isinstance(exc, ClientError):  # it answered (if only to throttle): alive
+                return None
+            fault = classify(exc)
+            if fault.kind == "transient":
+                return f"lambda: cannot reach {self.where}: {fault.reason}"
+        return None
+
+    async def _watch(self) -> None:
+        """While invocations are out, check now and then that the endpoint is alive; if
+        it is not, fail what waits on it instead of waiting for the deadlines."""
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.probe_after / 2)
+            now = time.monotonic()
+            if not any(now - sent >= cfg.probe_after for sent in self._started.values()):
+                continue
+            reason = await self._alive()
+            if reason is None:
+                continue
+            self._down, self._down_at = reason, time.monotonic()
+            for task in list(self._started):
+                task.cancel()
+            await asyncio.sleep(cfg.probe_after)
+
+    async def _check_not_down(self) -> None:
+        """Fail fast while the endpoint is known dead; re-probe now and then."""
+        if self._down is None:
+            return
+        if time.monotonic() - self._down_at < self.config.probe_after:
+            raise InfrastructureError(self._down)
+        reason = await self._alive()
+        if reason is not None:
+            self._down, self._down_at = reason, time.monotonic()
+            raise InfrastructureError(reason)
+        self._down = None
 
     # -- what Lambda cannot take --------------------------------------------------------
 
@@ -164,6 +324,7 @@ class LambdaEngine:
     # -- running ---------------------------------------------------------------------------
 
     async def run(self, job: Job) -> ExecutionResult:
+        await self._check_not_down()
         blobs = await self._upload_inputs(job)
         loop = asyncio.get_running_loop()
         pending = _Pending(job, job.thunk.serialize(), loop.create_future(), blobs)
@@ -208,6 +369,8 @@ class LambdaEngine:
                 # Not an infrastructure failure: retrying cannot help, but the scheduler
                 # can rebuild the value from the thunk that produced it.
                 raise MissingBlob(ident, "the local store nor in S3") from None
+            if isinstance(result, ConfigError):
+                raise result
             if isinstance(result, CorruptBlob):
                 self.store.remove_corrupt(ident)
                 raise InfrastructureError(f"lambda: cannot upload input: {result}") from None
@@ -234,19 +397,27 @@ class LambdaEngine:
             return
         task = asyncio.ensure_future(self._invoke_batch(batch))
         self._inflight.add(task)
+        self._started[task] = time.monotonic()
         task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(lambda t: self._started.pop(t, None))
+        if self._watchdog is None:
+            self._watchdog = asyncio.ensure_future(self._watch())
 
     async def _invoke_batch(self, batch: list[_Pending]) -> None:
         blobs = {ident: data for p in batch for ident, data in p.blobs.items()}
         event = {
             "version": EVENT_VERSION,
             "storage": self.storage.config.uri,
-            "thunks": [{"id": p.job.thunk_id, "data": base64.b64encode(p.data).decode()} for p in batch],
+            "thunks": [{"id": p.job.thunk_id, "data": base64.b64encode(p.data).decode(),
+                        **({"timeout": p.job.timeout} if p.job.timeout else {})} for p in batch],
             "blobs": [{"id": i, "data": base64.b64encode(d).decode()} for i, d in blobs.items()],
             "inline_values": self.config.inline_max,
         }
+        # What the thunks may take (serially, at worst), capped by the function's timeout.
+        need = sum(p.job.timeout or self.config.function_timeout for p in batch)
+        deadline = min(need, self.config.function_timeout) + self.config.deadline_margin
         try:
-            answer = await self._invoke(json.dumps(event).encode())
+            answer = await self._invoke(json.dumps(event).encode(), deadline)
             if not isinstance(answer, dict) or answer.get("version") != EVENT_VERSION:
                 raise InfrastructureError(f"lambda {self.config.function_name}: answer is not a version "
                                           f"{EVENT_VERSION} answer")
@@ -258,11 +429,15 @@ class LambdaEngine:
                     _fail(pending, InfrastructureError(f"lambda: thunk {pending.job.thunk_id}: {why}"))
                 elif not pending.future.done():
                     pending.future.set_result(result)
-        except InfrastructureError as exc:
+        except (InfrastructureError, ConfigError) as exc:
             for pending in batch:
                 _fail(pending, exc)
         except BaseException as exc:
-            error = InfrastructureError(f"lambda {self.config.function_name}: {_first_line(exc) or type(exc).__name__}")
+            if isinstance(exc, asyncio.CancelledError) and self._down is not None:
+                error = InfrastructureError(self._down)
+            else:
+                error = InfrastructureError(f"lambda {self.config.function_name}: "
+                                            f"{_first_line(exc) or type(exc).__name__}")
             for pending in batch:
                 _fail(pending, error)
             if isinstance(exc, asyncio.CancelledError):
@@ -271,49 +446,44 @@ class LambdaEngine:
     async def _get_client(self) -> Any:
         return await self._client.get()
 
-    async def _invoke(self, payload: bytes) -> Any:
-        """One synchronous invocation; throttling retried here, all else raised."""
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionClosedError,
-            ConnectTimeoutError,
-            EndpointConnectionError,
-            ReadTimeoutError,
-        )
-
+    async def _invoke(self, payload: bytes, deadline: float) -> Any:
+        """One synchronous invocation within ``deadline`` seconds; throttling retried here,
+        configuration faults raised as ConfigError, all else as InfrastructureError."""
         cfg = self.config
         client = await self._get_client()
-        where = cfg.endpoint_url or f"region {cfg.region}"
+        where = self.where
         for attempt in range(1, cfg.throttle_attempts + 1):
             try:
-                async with asyncio.timeout(cfg.function_timeout + cfg.connect_timeout + 60):
+                async with asyncio.timeout(deadline):
                     self.invocations += 1
                     response = await client.invoke(FunctionName=cfg.function_name, Payload=payload)
                     body = await response["Payload"].read()
-            except ClientError as exc:
-                error = exc.response.get("Error", {})
-                code = str(error.get("Code", ""))
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if (code in ("TooManyRequestsException", "ThrottlingException") or status == 429) \
-                        and attempt < cfg.throttle_attempts:
-                    await asyncio.sleep(random.uniform(0, min(cfg.backoff_cap, cfg.backoff_base * 2**attempt)))
+            except TimeoutError:
+                raise InfrastructureError(
+                    f"lambda {cfg.function_name}: no answer from {where} within {deadline:g} s") from None
+            except Exception as exc:
+                fault = classify(exc)
+                if fault.kind == "config":
+                    raise self.config_error(fault) from None
+                if fault.code in _THROTTLED and attempt < cfg.throttle_attempts:
+                    await asyncio.sleep(backoff_delay(attempt, 2 * cfg.backoff_base, cfg.backoff_cap))
                     continue
+                if fault.code in _UNREACHABLE:
+                    raise InfrastructureError(f"lambda: cannot reach {where}: {first_line(exc)}") from None
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise InfrastructureError(
-                    f"lambda {cfg.function_name}: {code or status}{tries}: {_first_line(error.get('Message', ''))}"
-                ) from None
-            except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as exc:
-                raise InfrastructureError(f"lambda: cannot reach {where}: {_first_line(exc)}") from None
-            except (ReadTimeoutError, TimeoutError):
-                raise InfrastructureError(
-                    f"lambda {cfg.function_name}: no answer from {where} within "
-                    f"{cfg.function_timeout + 30:g} s") from None
+                raise InfrastructureError(f"lambda {cfg.function_name}: {fault.code or 'error'}{tries}: "
+                                          f"{fault.reason}") from None
             if response.get("FunctionError"):
                 try:
                     detail = json.loads(body)
-                    why = f"{detail.get('errorType', 'Error')}: {_first_line(detail.get('errorMessage', ''))}"
+                    kind = str(detail.get("errorType", "Error"))
+                    why = f"{kind}: {_first_line(detail.get('errorMessage', ''))}"
                 except (ValueError, AttributeError):
-                    why = _first_line(body.decode(errors="replace"))
+                    kind, why = "", _first_line(body.decode(errors="replace"))
+                if kind in ("Sandbox.Timedout", "Runtime.OutOfMemory"):
+                    # The function's own limits, not the endpoint's health: the same
+                    # function would hit them again; a bigger engine may not.
+                    raise ResourceExhausted(f"lambda {cfg.function_name}: {why}")
                 raise InfrastructureError(f"lambda {cfg.function_name}: {why}")
             try:
                 return json.loads(body)
@@ -329,6 +499,10 @@ class LambdaEngine:
         if status == "execution_failed":
             raise ExecutionFailed(job.thunk_id, error or "failed on Lambda", list(job.thunk.args),
                                   str(answer.get("stderr_tail", "")))
+        if status == "resource_exhausted":
+            raise ResourceExhausted(f"lambda: {error or status}", str(answer.get("stderr_tail", "")))
+        if status == "config_error":
+            raise LambdaSetupError(f"in the Lambda function {self.config.function_name!r}: {error}")
         if status != "ok":
             for ident in answer.get("missing") or []:
                 self.storage.forget(ident)  # the next attempt uploads it again
@@ -382,11 +556,15 @@ class LambdaEngine:
         for pending in self._pending:
             _fail(pending, InfrastructureError("lambda engine closed"))
         self._pending = []
-        for task in list(self._inflight):
+        for task in [*self._inflight, *([self._watchdog] if self._watchdog else [])]:
             task.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._watchdog is not None:
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         await self._client.close()
+        await self._probe_client.close()
 
 
 def _fail(pending: _Pending, error: BaseException) -> None:
@@ -394,50 +572,21 @@ def _fail(pending: _Pending, error: BaseException) -> None:
         pending.future.set_exception(error)
 
 
-class LambdaSetupError(CliError, OSError):
-    """A configuration problem found before anything runs: one line, exit status 1.
-
-    Also an ``OSError`` so that every CLI's user-error handling prints it as one line.
-    """
+class LambdaSetupError(ConfigError):
+    """A setting of the Lambda engine is wrong: one line naming it; the run stops."""
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    parsed = urlsplit(url)
-    if not parsed.hostname:
-        raise LambdaSetupError(f"{url!r} is not an http(s) URL")
-    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+class _Unreachable(LambdaSetupError):
+    """Pre-flight: an endpoint that cannot be reached or does not answer."""
 
 
-def preflight(config: LambdaConfig, storage: S3Config) -> None:
-    """Refuse to start when the Lambda or S3 endpoint cannot even be connected to.
-
-    A wrong ``GG_LAMBDA_ENDPOINT`` would otherwise make every thunk retry, back off and
-    then quietly run on this machine instead: a user who asked for Lambda wants to be
-    told at once. One TCP connect each, bounded by the connect timeout; an outage in
-    the middle of a run is still retried and falls back as usual.
-    """
-    checks = [
-        ("Lambda", config.endpoint_url or f"https://lambda.{config.region}.amazonaws.com",
-         "GG_LAMBDA_ENDPOINT / GG_LAMBDA_REGION"),
-        ("S3", storage.endpoint or f"https://s3.{storage.region}.amazonaws.com", "GG_STORAGE_URI"),
-    ]
-    for what, url, variable in checks:
-        host, port = _host_port(url)
-        try:
-            socket.create_connection((host, port), timeout=config.connect_timeout).close()
-        except OSError as exc:
-            why = exc.strerror or str(exc) or type(exc).__name__
-            raise LambdaSetupError(f"cannot reach the {what} endpoint {url}: {why} "
-                                   f"(check {variable}, or use --engine local)") from None
-
-
-def build_lambda_engine(store: LocalStore, jobs: int | None, environ: Mapping[str, str],
-                        check: bool = True) -> tuple[LambdaEngine, S3Storage]:
+def build_lambda_engine(store: LocalStore, jobs: int | None,
+                        environ: Mapping[str, str]) -> tuple[LambdaEngine, S3Storage]:
     """The engine and its S3 storage from the environment (GG_STORAGE_URI, GG_LAMBDA_*).
 
     The caller owns the storage (closes it after the engine) and passes it to the
-    fallback engine, so work produced on Lambda can be fetched locally. With ``check``,
-    both endpoints must accept a connection first (:func:`preflight`).
+    fallback engine, so work produced on Lambda can be fetched locally; it should
+    ``await engine.preflight()`` before the first thunk.
     """
     from ir.storage_uri import StorageUriError, parse_storage_uri
 
@@ -446,10 +595,8 @@ def build_lambda_engine(store: LocalStore, jobs: int | None, environ: Mapping[st
         raise LambdaSetupError("--engine lambda needs GG_STORAGE_URI (e.g. s3://BUCKET/PREFIX?region=us-east-1)")
     try:
         s3_config = parse_storage_uri(uri)
-        config = LambdaConfig.from_env(environ, jobs)
-    except (StorageUriError, ValueError) as exc:
+    except StorageUriError as exc:
         raise LambdaSetupError(str(exc)) from None
-    if check:
-        preflight(config, s3_config)
+    config = LambdaConfig.from_env(environ, jobs)
     storage = S3Storage(s3_config)
     return LambdaEngine(config, store, storage), storage

@@ -69,7 +69,7 @@ class LocalEngine:
         async with self.gate.claim(hint.cpus or 1, hint.memory_mib):
             try:
                 return await execute(job.thunk_id, job.thunk, self.store, self.scratch,
-                                     runtime_env=self.runtime_env)
+                                     default_timeout=job.timeout, runtime_env=self.runtime_env)
             except OSError as exc:
                 raise InfrastructureError(f"local engine: {exc}") from exc
 

@@ -24,19 +24,20 @@ not depend on the failure still finishes.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from ir.errors import ConfigError
 from ir.ids import InvalidId, parse_id, parse_ref
+from ir.retry import backoff_delay
 from ir.store import LocalStore, MissingBlob, StoreError
 from ir.thunk import Input, MalformedThunk, Thunk
 
-from .engine import Engine, Job
-from .execution import ExecutionFailed, ExecutionResult, InfrastructureError
+from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
+from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
 from .observe import RunObserver
 
 # Key of a node's result map that stands for its first output (what a bare thunk ID
@@ -52,6 +53,9 @@ class ForceConfig:
     max_attempts: int = 4  # per engine, for infrastructure failures
     backoff_initial: float = 0.2
     backoff_max: float = 8.0
+    # The time limit of a thunk that sets none, on every engine (docs/force.md): a thunk
+    # that hangs fails after this long instead of holding the run forever.
+    default_timeout: float = DEFAULT_THUNK_TIMEOUT
     speculate: bool = True
     speculate_factor: float = 4.0  # duplicate an attempt running this many times the median
     speculate_min: float = 5.0  # ... but never earlier than this many seconds
@@ -147,7 +151,16 @@ class Scheduler:
         # value ID -> (node ID, the thunk ID it ran or hit as, that thunk): to regenerate
         # a value that a cached reduction promises but no store holds any more.
         self._producers: dict[str, tuple[str, str, Thunk]] = {}
+        # Values found gone from every store: a reduction naming one is no hit (whichever
+        # of the original or rewritten ID it is recorded under) until it is made again.
+        self._lost: set[str] = set()
         self.executed = 0  # attempts that ran to completion
+        self.ran_on: dict[str, int] = {}  # engine name -> thunks it ran
+        self.config_error: ConfigError | None = None  # set: the run stopped for a setting
+        self.lost_engines: dict[str, tuple[int, str]] = {}  # engine abandoned -> (attempts, why)
+        self._abandoned: dict[int, str] = {}  # id(engine) -> why it gets no more work
+        self._moved: dict[str, tuple[str, str, str]] = {}  # node -> (cause, from engine, reason)
+        self._ran_on_fallback: list[str] = []
 
     # -- public -------------------------------------------------------------------
 
@@ -174,6 +187,8 @@ class Scheduler:
                 self._failures.append(NodeFailed(parsed[ref].id, f"thunk {parsed[ref].id} has no output {tag!r}"))
                 continue
             results[ref] = outputs[tag or FIRST]
+        if self.config_error is not None:
+            raise self.config_error
         if self._failures or len(results) < len(refs):
             failures = self._failures or [NodeFailed("", "the run stopped before every target was reduced")]
             raise ForceFailed(failures, results)
@@ -217,7 +232,7 @@ class Scheduler:
         for tag in thunk.outputs:
             outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
         for result in outputs.values():
-            if result is None:
+            if result is None or result in self._lost:
                 return None
             ident = result.partition("#")[0]
             if (ident[0] == "T" or not self.results_may_be_remote) and not self.store.has(ident):
@@ -264,6 +279,7 @@ class Scheduler:
             result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
             outputs = {o.tag: o.id for o in result.outputs}
             cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
+            self._lost.difference_update(cached.values())
             self._remember_producer(thunk_id, run_id, runnable, cached)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
@@ -326,11 +342,20 @@ class Scheduler:
         except MissingBlob as missing:
             raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
 
+    async def rebuild(self, value_id: str) -> bool:
+        """Rebuild ``value_id`` (a target's value gone from every store) by running the
+        thunk that produced it in this run again; False if that is not possible."""
+        try:
+            return await self._regenerate(value_id)
+        except NodeFailed:
+            return False
+
     async def _regenerate(self, ident: str) -> bool:
         producer = self._producers.pop(ident, None)
         if producer is None:
             return False
         node_id, run_id, thunk = producer
+        self._lost.add(ident)
         self.observer.event("regenerate", thunk=node_id, missing=ident)
         for thunk_id in {node_id, run_id}:
             for tag in thunk.outputs:
@@ -351,7 +376,7 @@ class Scheduler:
     def _choose_engine(self, job: Job) -> tuple[Engine, list[str]]:
         reasons = []
         for engine in self.engines:
-            reason = engine.refuses(job)
+            reason = self._abandoned.get(id(engine)) or engine.refuses(job)
             if reason is None:
                 return engine, reasons
             reasons.append(f"{engine.name}: {reason}")
@@ -359,20 +384,47 @@ class Scheduler:
             return self.fallback, reasons
         raise NodeFailed(job.thunk_id, "no engine can run it: " + "; ".join(reasons))
 
+    def _job(self, run_id: str, thunk: Thunk, attempt: int = 1) -> Job:
+        """Every job carries its time limit: the thunk's own, else the run's default."""
+        timeout = thunk.timeout_ms / 1000 if thunk.timeout_ms else self.config.default_timeout
+        return Job(run_id, thunk, attempt, timeout)
+
+    def _move(self, node_id: str, cause: str, engine: Engine, reason: str, output: str = "") -> None:
+        self._moved[node_id] = (cause, engine.name, reason)
+        assert self.fallback is not None
+        extra = {"output": output[-1000:]} if output.strip() else {}
+        self.observer.event("fallback", thunk=node_id, **{"from": engine.name}, to=self.fallback.name,
+                            reason=reason, **extra)
+
+    def _abandon(self, engine: Engine, attempts: int, reason: str) -> None:
+        """Stop sending work to ``engine`` for the rest of the run: one thunk failed on it
+        for infrastructure reasons ``attempts`` times in a row (with back-off), which says
+        the engine, not the thunk, is the problem; every other thunk would pay the same."""
+        if id(engine) in self._abandoned:
+            return
+        self._abandoned[id(engine)] = f"unavailable after {attempts} attempts ({reason})"
+        self.lost_engines[engine.name] = (attempts, reason)
+        self.observer.event("abandoned", engine=engine.name, attempts=attempts, reason=reason,
+                            to=self.fallback.name if self.fallback else None)
+
     async def _dispatch(self, node_id: str, run_id: str, thunk: Thunk) -> ExecutionResult:
-        job = Job(run_id, thunk)
+        job = self._job(run_id, thunk)
         try:
             engine, reasons = self._choose_engine(job)
         except NodeFailed as failure:
             raise self._fail(NodeFailed(node_id, str(failure))) from None
         if reasons:
+            cause = "unavailable" if any(id(e) in self._abandoned for e in self.engines) else "refused"
+            self._moved[node_id] = (cause, self.engines[0].name, "; ".join(reasons))
             self.observer.event("fallback", thunk=node_id, to=engine.name, reason="; ".join(reasons))
         attempt = 0
         while True:
             attempt += 1
-            job = Job(run_id, thunk, attempt)
+            job = self._job(run_id, thunk, attempt)
             try:
                 result = await self._attempt(node_id, engine, job)
+            except ConfigError as exc:
+                raise self._fatal(node_id, exc) from None
             except ExecutionFailed as exc:
                 raise self._fail(NodeFailed(node_id, str(exc), exc.describe())) from None
             except MissingBlob:
@@ -380,26 +432,69 @@ class Scheduler:
             except StoreError as exc:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {exc}")) from None
             except InfrastructureError as exc:
-                if attempt < self.config.max_attempts:
-                    delay = self._backoff(attempt)
+                fallback = self.fallback
+                can_move = fallback is not None and engine is not fallback and fallback.refuses(job) is None
+                tail = exc.output_tail if isinstance(exc, ResourceExhausted) else ""
+                if isinstance(exc, ResourceExhausted) and can_move:
+                    # The same kind of worker would run out again: straight to the fallback.
+                    self._move(node_id, "resources", engine, str(exc), tail)
+                    engine, attempt = fallback, 0
+                    continue
+                abandoned = self._abandoned.get(id(engine))
+                if attempt < self.config.max_attempts and abandoned is None:
+                    delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_max)
                     self.observer.event("retried", thunk=node_id, engine=engine.name, attempt=attempt,
                                         error=str(exc), delay=round(delay, 3))
                     await asyncio.sleep(delay)
                     continue
-                fallback = self.fallback
-                if fallback is not None and engine is not fallback and fallback.refuses(job) is None:
-                    self.observer.event("fallback", thunk=node_id, **{"from": engine.name},
-                                        to=fallback.name, reason=str(exc))
+                if abandoned is None and engine is not fallback and not isinstance(exc, ResourceExhausted):
+                    self._abandon(engine, attempt, str(exc))
+                if can_move:
+                    self._move(node_id, "unavailable", engine, str(exc))
                     engine, attempt = fallback, 0
                     continue
-                raise self._fail(NodeFailed(
-                    node_id, f"thunk {run_id}: gave up after {attempt} attempts on {engine.name}: {exc}"
-                )) from None
+                if abandoned is not None:  # another node already reported the lost engine
+                    raise DependencyFailed(node_id, f"{engine.name} {abandoned}") from None
+                message = f"thunk {run_id}: gave up after {attempt} attempts on {engine.name}: {exc}"
+                report = message + ("\n  output (tail of stdout and stderr):\n" + "\n".join(
+                    "    " + line for line in tail.rstrip().splitlines()[-20:]) if tail.strip() else "")
+                raise self._fail(NodeFailed(node_id, message, report)) from None
             return result
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+    def _fatal(self, node_id: str, error: ConfigError) -> NodeFailed:
+        """A setting is wrong: the whole run stops (even with keep_going) with its line."""
+        if self.config_error is None:
+            self.config_error = error
+        self._stop.set()
+        failure = NodeFailed(node_id, str(error))
+        self.observer.event("failed", thunk=node_id, error=str(error))
+        return failure
+
+    def fallback_summary(self) -> list[str]:
+        """One line per reason work ran on the fallback engine instead (empty if none):
+        a result by a slower path is said out loud."""
+        if self.fallback is None:
+            return []
+        where = "locally" if self.fallback.name == "local" else f"on {self.fallback.name}"
+        total = self.executed
+        by_cause: dict[str, list[tuple[str, str]]] = {}
+        for node_id in self._ran_on_fallback:
+            cause, engine, reason = self._moved.get(node_id, ("unavailable", "", ""))
+            by_cause.setdefault(cause, []).append((engine, reason))
+        lines = []
+        for name, (attempts, reason) in self.lost_engines.items():
+            count = len(by_cause.pop("unavailable", []))
+            lines.append(f"{name.capitalize()} unavailable after {attempts} attempts ({reason}); "
+                         f"{count} of {total} thunks ran {where}")
+        if moved := by_cause.pop("refused", []):
+            lines.append(f"{len(moved)} of {total} thunks ran {where}: {moved[0][1]}"
+                         + (" (and others)" if len(moved) > 1 else ""))
+        if moved := by_cause.pop("resources", []):
+            lines.append(f"{len(moved)} of {total} thunks ran {where} after running out of resources on "
+                         f"{moved[0][0]}: {moved[0][1]}")
+        for moved in by_cause.values():  # moved for a reason no longer current
+            lines.append(f"{len(moved)} of {total} thunks ran {where}: {moved[0][1]}")
+        return lines
 
     def _speculation_delay(self) -> float | None:
         config = self.config
@@ -469,6 +564,9 @@ class Scheduler:
     def _finished(self, node_id: str, engine: Engine, job: Job, result: ExecutionResult, duration: float) -> None:
         self._durations.append(duration)
         self.executed += 1
+        self.ran_on[engine.name] = self.ran_on.get(engine.name, 0) + 1
+        if engine is self.fallback and engine not in self.engines:
+            self._ran_on_fallback.append(node_id)
         self.observer.counts.done += 1
         self.observer.event(
             "finished", thunk=node_id, ran=job.thunk_id, engine=engine.name, attempt=job.attempt,

@@ -248,6 +248,7 @@ def summarize(trace: Trace, top: int = 10) -> dict[str, Any]:
         "failures": pick("failed", "engine", "error"),
         "retries": pick("retried", "engine", "attempt", "error", "delay"),
         "fallbacks": pick("fallback", "from", "to", "reason"),
+        "abandoned": pick("abandoned", "engine", "attempts", "reason", "to"),
         "speculations": pick("speculated", "engine"),
         "unfinished": unfinished,
     }
@@ -312,6 +313,9 @@ def render(summary: dict[str, Any], name: str) -> str:
         out.append(f"retries: {len(summary['retries'])}")
         for reason, count in reasons.most_common(5):
             out.append(f"  {count} x {reason}")
+    for item in summary.get("abandoned", []):
+        out.append(f"abandoned: {item.get('engine')} at {float(item.get('t') or 0):.3f} s after "
+                   f"{item.get('attempts')} attempts ({item.get('reason')}); the rest went to {item.get('to')}")
     for item in summary["fallbacks"]:
         source = f"from {item['from']} " if item.get("from") else ""
         out.append(f"fallback: {item.get('thunk')} {source}to {item.get('to')}: {item.get('reason')}")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,8 +35,10 @@ from typing import Any, TypeVar
 
 import zstandard
 
-from .aws_client import LazyClient
+from .aws_client import AwsFault, LazyClient, classify
+from .errors import ConfigError
 from .ids import MAGIC, Kind, id_of_bytes, make_id, new_hasher, parse_id
+from .retry import backoff_delay
 from .storage_uri import S3Config, parse_storage_uri
 from .store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
@@ -52,74 +53,28 @@ PUT_WITHOUT_HEAD = 1 << 20  # smaller uploads skip the HEAD: a PUT costs about t
 PARTS_IN_FLIGHT = 4  # per multipart upload, on top of the global semaphore
 ENCODING = "gg-encoding"
 EXECUTABLE = "gg-executable"  # "1": some producer had the execute bit on it
+PROBE_DATA = b"gg storage probe\n"  # the blob S3Storage.probe() writes and reads back
 
-RETRYABLE_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "TooManyRequestsException",
-    "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503", "500", "502",
-    "504", "429",
-}
 
 
 class S3Error(StoreError):
     """An S3 operation that failed for good; the message is one line: what, where, why."""
 
 
-class _Retryable(Exception):
-    def __init__(self, why: str):
-        super().__init__(why)
-        self.why = why
+class S3ConfigError(S3Error, ConfigError):
+    """S3 refused because a setting is wrong (bucket, credentials, permissions, TLS):
+    never retried; the run stops with this line."""
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a shared operation's exception as seen: its waiters may all have been
+    cancelled (the run stopped), and asyncio would print a traceback for it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _is_not_found(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
-    if not isinstance(exc, ClientError):
-        return False
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
-
-
-def _classify(exc: Exception) -> tuple[bool, str]:
-    """(retryable?, one-line reason) for an exception raised by a request."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-    )
-
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        code = str(error.get("Code", status))
-        message = str(error.get("Message", "")).splitlines()[0] if error.get("Message") else ""
-        retry = code in RETRYABLE_CODES or status in (429, 500, 502, 503, 504)
-        return retry, f"{code} (HTTP {status})" + (f": {message}" if message else "")
-    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
-        return True, f"cannot connect: {_first_line(exc)}"
-    if isinstance(exc, ReadTimeoutError):
-        return True, f"read timed out: {_first_line(exc)}"
-    if isinstance(exc, TimeoutError):
-        return True, "request timed out"
-    if isinstance(exc, BotoCoreError):
-        return False, _first_line(exc)
-    if isinstance(exc, OSError | ConnectionError):
-        return True, f"connection error: {_first_line(exc)}"
-    try:
-        import aiohttp
-
-        if isinstance(exc, aiohttp.ClientError):
-            return True, f"connection error: {_first_line(exc)}"
-    except ImportError:  # pragma: no cover - aiohttp comes with aiobotocore
-        pass
-    return False, f"{type(exc).__name__}: {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return classify(exc).kind == "not_found"
 
 
 def _maybe_compress(data: bytes) -> tuple[bytes, str]:
@@ -219,13 +174,15 @@ class S3Storage:
             except (StoreError, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                if _is_not_found(exc):
+                fault = classify(exc)
+                if fault.kind in ("not_found", "local"):
                     raise
-                retry, why = _classify(exc)
-                if not retry or attempt == cfg.attempts:
+                if fault.kind == "config":
+                    raise self.config_error(fault) from None
+                if fault.kind != "transient" or attempt == cfg.attempts:
                     tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    raise S3Error(f"S3 {what} {where} failed{tries}: {why}") from None
-            await asyncio.sleep(random.uniform(0, min(cfg.backoff_cap, cfg.backoff_base * 2**attempt)))
+                    raise S3Error(f"S3 {what} {where} failed{tries}: {fault.reason}") from None
+            await asyncio.sleep(backoff_delay(attempt, 2 * cfg.backoff_base, cfg.backoff_cap))
         raise AssertionError("unreachable")
 
     async def _with_deadline(self, what: str, where: str, operation: Awaitable[T]) -> T:
@@ -236,6 +193,45 @@ class S3Storage:
             raise S3Error(
                 f"S3 {what} {where} failed: did not finish within {self.config.deadline:g} s"
             ) from None
+
+    def config_error(self, fault: AwsFault) -> S3ConfigError:
+        """One line naming the setting to fix (the bucket, the credentials, TLS)."""
+        cfg = self.config
+        setting = f"GG_STORAGE_URI={cfg.uri}"
+        if fault.code == "NoSuchBucket":
+            return S3ConfigError(f"S3 bucket {cfg.bucket!r} does not exist ({setting})")
+        return S3ConfigError(f"S3 s3://{cfg.bucket}/{cfg.prefix}: {fault.reason} (check {fault.setting or setting})")
+
+    async def probe(self) -> None:
+        """Pre-flight: PUT and GET one tiny blob, as a run does (the same permissions).
+
+        The probe object is an ordinary content-addressed blob, so writing it twice or
+        from many clients is harmless and nothing needs deleting. Raises
+        :class:`S3ConfigError` for a setting to fix and :class:`S3Error` otherwise.
+        """
+        from .ids import Kind
+
+        data = PROBE_DATA
+        ident = id_of_bytes(data, Kind.VALUE)
+        key = self.config.key(ident)
+        body, encoding = _maybe_compress(data)
+
+        async def put(client: Any) -> None:
+            await client.put_object(Bucket=self.config.bucket, Key=key, Body=body,
+                                    Metadata=self._metadata(encoding, ident, False))
+
+        async def get(client: Any) -> None:
+            answer = await client.get_object(Bucket=self.config.bucket, Key=key)
+            answer["Body"].close()
+
+        where = self.config.where(ident)
+        await self._with_deadline("PUT", where, self._request("PUT", where, put))
+        try:
+            await self._with_deadline("GET", where, self._request("GET", where, get))
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise S3Error(f"S3 GET {where} failed: the object just written is not there") from None
+            raise
 
     # -- has / forget ------------------------------------------------------------------
 
@@ -297,6 +293,7 @@ class S3Storage:
             pending = asyncio.ensure_future(self._upload(store, ident, overwrite))
             self._uploading[ident] = pending
             pending.add_done_callback(lambda _f: self._uploading.pop(ident, None))
+            pending.add_done_callback(_retrieve)
         await asyncio.shield(pending)
 
     async def _upload(self, store: LocalStore, ident: str, overwrite: bool) -> None:
@@ -307,7 +304,11 @@ class S3Storage:
             return
         path = store.blob_path(ident)
         if not path.exists():
-            raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {where})")
+            # Not here: fine if the bucket has it (e.g. a value an earlier run's function
+            # made, which never came back here), whatever its size.
+            if not (trust_head and size <= PUT_WITHOUT_HEAD and await self.has(ident)):
+                raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {where})")
+            return
         executable = bool(os.stat(path).st_mode & stat.S_IXUSR)
         if size > self.config.multipart_threshold:
             await self._with_deadline("upload", where, self._upload_large(store, ident, path, executable))
@@ -423,6 +424,7 @@ class S3Storage:
             pending = asyncio.ensure_future(self._download(store, ident))
             self._downloading[key] = pending
             pending.add_done_callback(lambda _f: self._downloading.pop(key, None))
+            pending.add_done_callback(_retrieve)
         await asyncio.shield(pending)
 
     async def _download(self, store: LocalStore, ident: str) -> None:

@@ -13,13 +13,18 @@ used. Credentials are never part of the URI: they come from the standard AWS cha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from .errors import ConfigError
+
 MIB = 1 << 20
+# S3's bucket naming rules (the subset that matters: length, characters, no IP form).
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class StorageUriError(ValueError):
+class StorageUriError(ConfigError, ValueError):
     """A GG_STORAGE_URI that cannot be used; the message is one line."""
 
 
@@ -46,11 +51,23 @@ class S3Config:
 
     def __post_init__(self) -> None:
         if len(self.bucket) < 3:
-            raise StorageUriError(f"bucket name {self.bucket!r} is too short (S3 needs 3 or more characters)")
+            raise StorageUriError(f"GG_STORAGE_URI: bucket name {self.bucket!r} is too short "
+                                  "(S3 needs 3 or more characters)")
+        if not _BUCKET_NAME.match(self.bucket) or ".." in self.bucket:
+            raise StorageUriError(f"GG_STORAGE_URI: {self.bucket!r} is not a valid S3 bucket name "
+                                  "(3-63 characters: lower-case letters, digits, '.' and '-')")
         if self.concurrency < 1 or self.attempts < 1:
-            raise StorageUriError("concurrency and attempts must be at least 1")
+            raise StorageUriError("GG_STORAGE_URI: concurrency and attempts must be at least 1")
+        for name in ("connect_timeout", "read_timeout", "deadline"):
+            value = getattr(self, name)
+            if not value > 0 or value != value or value == float("inf"):
+                raise StorageUriError(f"GG_STORAGE_URI option {name}={value:g} must be a positive number of seconds")
+        if self.backoff_base < 0 or self.backoff_cap < 0:
+            raise StorageUriError("GG_STORAGE_URI: backoff_base and backoff_cap must not be negative")
         if self.part_size < 5 * MIB or self.multipart_threshold < self.part_size:
-            raise StorageUriError("part_size must be >= 5 MiB and multipart_threshold >= part_size")
+            raise StorageUriError("GG_STORAGE_URI: part_size must be >= 5 MiB and multipart_threshold >= part_size")
+        if self.endpoint is not None and not re.match(r"^https?://[^/\s]+", self.endpoint):
+            raise StorageUriError(f"GG_STORAGE_URI option endpoint={self.endpoint!r} is not an http(s) URL")
 
     def key(self, ident: str) -> str:
         return f"{self.prefix}/{ident}" if self.prefix else ident
@@ -68,7 +85,7 @@ class S3Config:
             if f.name not in ("bucket", "prefix") and getattr(self, f.name) != getattr(defaults, f.name)
         }
         path = f"/{self.prefix}" if self.prefix else ""
-        return f"s3://{self.bucket}{path}" + (f"?{urlencode(query)}" if query else "")
+        return f"s3://{self.bucket}{path}" + (f"?{urlencode(query, safe=':/')}" if query else "")
 
 
 _NUMERIC = {

@@ -17,9 +17,14 @@ inline in the answer, so the client stores them without a GET and nobody pays a
 PUT. Only what does not fit the answer's budget is uploaded. (S3 requests cost tens
 of milliseconds each; a few KiB more of payload cost nothing measurable.)
 
-The handler never raises: every problem becomes a per-thunk ``infrastructure_error``
-(or ``execution_failed`` when the function itself failed), so the client always
-gets an answer it can act on instead of a Lambda traceback.
+The handler never raises: every problem becomes a per-thunk status the client can act
+on instead of a Lambda traceback, classified here, where the cause is known:
+``execution_failed`` (the function failed, including its own timeout or the default
+one the client sent: final everywhere), ``resource_exhausted`` (the sandbox ran out of
+disk or memory, or of the invocation's time: a bigger engine may succeed; the answer
+keeps the tail of the output, which was held in memory), ``config_error`` (the
+function's own settings or role are wrong: the run stops) and
+``infrastructure_error`` (anything else: worth a retry).
 
 The heavy imports (aiobotocore, the execution core) and the event loop are set up at
 module import, i.e. in Lambda's init phase, not in the first invocation (AWS's advice:
@@ -36,6 +41,10 @@ import sys
 EVENT_VERSION = 1
 DEFAULT_CACHE_DIR = "/tmp/gg"
 DEFAULT_CACHE_MAX_MIB = 400  # of Lambda's default 512 MiB of /tmp
+# Seconds kept back from the invocation's remaining time (at most a quarter of it) for
+# uploading results: a thunk still running then is stopped and reported as resource_exhausted, so the
+# client gets an answer instead of Sandbox.Timedout.
+RESULT_HEADROOM = 3.0
 INLINE_LIMIT = 4 << 20  # total inline thunk bytes per answer (Lambda answers are <= 6 MB)
 
 # State kept across warm invocations of one sandbox: the event loop (the S3 client is
@@ -153,11 +162,20 @@ def _all_failed(event, error: str) -> dict:
 
 def handle(event, context=None) -> dict:
     """The Lambda entry point. Never raises."""
+    import time
+
     global _WARM
+    # When thunks must be done, on the monotonic clock: the invocation's end less the
+    # time kept for uploading results (None: no limit, e.g. called in-process).
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    deadline = None
+    if callable(remaining):
+        left = remaining() / 1000
+        deadline = time.monotonic() + left - min(RESULT_HEADROOM, left / 4)
     try:
         if _WARM is None:
             _WARM = _Warm(os.environ)
-        return _WARM.loop.run_until_complete(_handle(event, context, _WARM, os.environ))
+        return _WARM.loop.run_until_complete(_handle(event, deadline, _WARM, os.environ))
     except Exception as exc:  # noqa: BLE001 - the contract is: always answer
         return _all_failed(event, f"handler: {_one_line(exc)}")
 
@@ -177,7 +195,7 @@ def _runtime_env() -> dict[str, str]:
     return {"GG_PYTHON": sys.executable, "GG_PYTHONPATH": package_parent}
 
 
-async def _handle(event, context, warm: _Warm, environ) -> dict:
+async def _handle(event, deadline: float | None, warm: _Warm, environ) -> dict:
     from ir.ids import InvalidId, Kind, id_of_bytes, parse_id
     from ir.thunk import MalformedThunk, parse_thunk
 
@@ -198,6 +216,7 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
     store = warm.store(cache_dir)
 
     jobs: list[tuple[str, object | None, str | None]] = []  # (id, thunk, error)
+    timeouts: dict[str, float] = {}  # the client's time limit per thunk (its own, or the default)
     added = 0  # bytes this invocation puts into the cache
     for item in event.get("thunks") or []:
         ident = str(item.get("id", "")) if isinstance(item, dict) else ""
@@ -209,6 +228,10 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
             if actual != ident:
                 raise InvalidId(f"thunk data hashes to {actual}, not {ident}")
             thunk = parse_thunk(data, where=f"thunk {ident}")
+            if item.get("timeout") is not None:
+                timeouts[ident] = float(item["timeout"])
+                if not timeouts[ident] > 0:
+                    raise ValueError(f"timeout {item['timeout']!r} is not positive")
             if not store.has(ident):
                 store.put_bytes(data)
                 added += len(data)
@@ -237,7 +260,8 @@ async def _handle(event, context, warm: _Warm, environ) -> dict:
 
     slots = asyncio.Semaphore(parallel)
     results = await asyncio.gather(*(
-        _run_one(ident, thunk, store, storage, slots, warm.runtime_env, inline_values) if thunk is not None
+        _run_one(ident, thunk, store, storage, slots, warm.runtime_env, inline_values,
+                 timeouts.get(ident), deadline) if thunk is not None
         else _failed(ident, "infrastructure_error", error)
         for ident, thunk, error in jobs
     ))
@@ -283,10 +307,20 @@ def _store_inline_blobs(items, store) -> int:
     return added
 
 
-async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline_values: int = 0) -> dict:
-    import asyncio
+def _out_of_space(exc: BaseException) -> bool:
+    import errno
 
-    from executor.execution import ExecutionFailed, execute
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline_values: int = 0,
+                   timeout: float | None = None, deadline: float | None = None) -> dict:
+    import asyncio
+    import time
+    from dataclasses import replace
+
+    from executor.execution import ExecutionFailed, ResourceExhausted, execute
+    from ir.errors import ConfigError
     from ir.ids import parse_id
     from ir.store import CorruptBlob, MissingBlob
 
@@ -305,7 +339,23 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline
             if isinstance(result, BaseException):
                 raise result
         async with slots:
-            result = await execute(ident, thunk, store, runtime_env=runtime_env)
+            budget = None if deadline is None else deadline - time.monotonic()
+            if budget is not None and budget <= 0:
+                return await _failed(ident, "resource_exhausted", "no time left in the invocation to start it")
+            # The thunk's own limit (or the client's default) kills it as an execution
+            # failure; if the invocation ends first, it is stopped at that point instead
+            # and reported as resource_exhausted (a bigger engine may finish it).
+            limit = thunk.timeout_ms / 1000 if thunk.timeout_ms else timeout
+            capped = budget is not None and (limit is None or budget < limit)
+            runnable = replace(thunk, timeout_ms=max(1, int(budget * 1000))) if capped else thunk
+            try:
+                result = await execute(ident, runnable, store, default_timeout=timeout, runtime_env=runtime_env)
+            except ExecutionFailed as exc:
+                if not (capped and exc.reason.startswith("timed out")):
+                    raise
+                return await _failed(ident, "resource_exhausted",
+                                     f"stopped after {budget:.1f} s: the function's timeout leaves no more time "
+                                     "(it needs longer than this Lambda function allows)", exc.stderr_tail)
         # Values go to S3 now (overwriting: a corrupt copy there must not be trusted);
         # thunk blobs and values up to ``inline_values`` bytes travel in the answer and
         # are uploaded only if it has no room for them (see _send_blobs).
@@ -315,9 +365,16 @@ async def _run_one(ident: str, thunk, store, storage, slots, runtime_env, inline
         await asyncio.gather(*(storage.upload(store, i, overwrite=True) for i in values))
     except ExecutionFailed as exc:
         return await _failed(ident, "execution_failed", exc.reason, exc.stderr_tail)
+    except ResourceExhausted as exc:
+        return await _failed(ident, "resource_exhausted", str(exc), exc.output_tail)
+    except ConfigError as exc:  # e.g. the function's role may not read the bucket
+        return await _failed(ident, "config_error", str(exc))
     except MissingBlob as exc:
         return await _failed(ident, "infrastructure_error", str(exc), missing=[exc.ident])
     except Exception as exc:  # noqa: BLE001 - S3, disk, anything: the client retries elsewhere
+        if _out_of_space(exc):
+            return await _failed(ident, "resource_exhausted", f"no space left on the function's /tmp: "
+                                 f"{_one_line(exc)}")
         return await _failed(ident, "infrastructure_error", _one_line(exc))
     return {
         "id": ident,

@@ -213,3 +213,58 @@ def test_lost_intermediate_value_is_rebuilt_by_its_producer(store, sh, tmp_path)
     # The producer's reduction names a blob that is gone: not a hit, so it ran again.
     # (With a remote store the miss shows only at dispatch: tests/test_lambda_force.py.)
     assert scheduler.executed == 2
+
+
+class RaisingEngine(LocalEngine):
+    """A real local engine that raises ``error`` instead of running the thunk named ``victim``."""
+
+    name = "raising"
+
+    def __init__(self, store, victim: str, error: Exception):
+        super().__init__(store, 2)
+        self.victim, self.error, self.calls = victim, error, 0
+
+    async def run(self, job):
+        if job.thunk_id == self.victim:
+            self.calls += 1
+            raise self.error
+        return await super().run(job)
+
+
+def test_a_wrong_setting_stops_the_run_even_with_keep_going(store, sh, tmp_path):
+    """ConfigError is not retried, never falls back, and stops every branch."""
+    from ir.errors import ConfigError
+
+    bad = sh.thunk("echo bad > out")
+    slow = sh.thunk("sleep 30; echo slow > out")
+    engine = RaisingEngine(store, bad, ConfigError("S3 bucket 'x' does not exist (GG_STORAGE_URI=s3://x)"))
+    trace = tmp_path / "t.jsonl"
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="GG_STORAGE_URI"):
+        force(store, [bad, slow], engines=[engine], fallback=LocalEngine(store, 1), trace=trace, keep_going=True)
+    assert time.monotonic() - started < 20 and engine.calls == 1
+    assert '"fallback"' not in trace.read_text() and '"retried"' not in trace.read_text()
+
+
+def test_resource_exhaustion_goes_to_the_fallback_at_once(store, sh, tmp_path):
+    from executor.execution import ResourceExhausted
+
+    ident = sh.thunk("echo rescued > out")
+    engine = RaisingEngine(store, ident, ResourceExhausted("no space left", "last words\n"))
+    trace = tmp_path / "t.jsonl"
+    results, scheduler = force(store, [ident], engines=[engine], fallback=LocalEngine(store, 1), trace=trace)
+    assert store.read_bytes(results[ident]) == b"rescued\n" and engine.calls == 1
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    moved = [e for e in events if e["event"] == "fallback"]
+    assert len(moved) == 1 and moved[0]["output"] == "last words\n" and not [
+        e for e in events if e["event"] == "retried"]
+    assert scheduler.fallback_summary() == [
+        "1 of 1 thunks ran locally after running out of resources on raising: no space left"]
+
+
+def test_default_timeout_applies_on_the_local_engine(store, sh):
+    hangs = sh.thunk("sleep 60; echo x > out")
+    started = time.monotonic()
+    with pytest.raises(ForceFailed, match="timed out after 0.5 s"):
+        force(store, [hangs], default_timeout=0.5)
+    assert time.monotonic() - started < 10

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from executor.engine import Job
-from executor.execution import ExecutionFailed, InfrastructureError
+from executor.execution import ExecutionFailed, InfrastructureError, ResourceExhausted
 from executor.lambda_engine import LambdaConfig, LambdaEngine
 from ir.s3store import S3Storage
 from ir.storage_uri import parse_storage_uri
@@ -125,13 +125,15 @@ async def test_worker_killed_mid_thunk(store, s3_uri, lambda_endpoint, tmp_path)
 
 
 async def test_function_timeout(store, s3_uri, lambda_endpoint_factory):
+    """A thunk allowed longer than the function's timeout: the handler stops it before the
+    sandbox is killed and says so (resource_exhausted, a bigger engine may finish it)."""
     endpoint = lambda_endpoint_factory(workers=1, function_timeout=2)
     sh = ShellThunks(store)
-    forever = sh.thunk("sleep 120; echo x > out")
+    forever = sh.thunk("echo started; sleep 120; echo x > out")
     async with Harness(store, s3_uri, endpoint.url, function_timeout=2) as h:
-        with pytest.raises(InfrastructureError) as caught:
-            await asyncio.wait_for(h.engine.run(job(store, forever)), 60)
-        assert "Timedout" in str(caught.value)
+        with pytest.raises(ResourceExhausted) as caught:
+            await asyncio.wait_for(h.engine.run(replace(job(store, forever), timeout=600)), 60)
+        assert "function's timeout" in str(caught.value) and "started" in caught.value.output_tail
         result = await h.engine.run(job(store, sh.thunk("echo ok > out")))
         assert await h.value_of(result.outputs[0].id) == b"ok\n"
 

@@ -123,3 +123,21 @@ def test_cache_trim_evicts_lru_but_never_protected(tmp_path):
     freed = cache.trim(store, cap_bytes=2500, protect=frozenset({ids[0]}))
     assert freed == 3000
     assert [store.has(i) for i in ids] == [True, False, False, False, True]
+
+
+def test_errors_are_classified_where_the_cause_is_known(s3_uri, moto_endpoint, client_store, lambda_env):
+    """The event's timeout is the thunk's limit (execution_failed, final); a bucket the
+    function cannot use is config_error (the run stops), not a retryable error."""
+    sh = ShellThunks(client_store)
+    hangs = sh.thunk("echo started; sleep 60; echo x > out")
+    upload_inputs(s3_uri, client_store, [hangs])
+    event = event_for(s3_uri, client_store, [hangs])
+    event["thunks"][0]["timeout"] = 0.5
+    result = handle(event, None)["results"][0]
+    assert result["status"] == "execution_failed" and "timed out after 0.5 s" in result["error"]
+    assert "started" in result["stderr_tail"]
+
+    nowhere = f"s3://gg-no-such-bucket-h/p?endpoint={moto_endpoint}"
+    result = handle(event_for(nowhere, client_store, [sh.thunk("cat a > out", values={"a": "x"})]), None)
+    assert result["results"][0]["status"] == "config_error", result
+    assert "does not exist" in result["results"][0]["error"]

@@ -31,6 +31,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    if args.tmp_mib < 0:
+        raise CliError("--tmp-mib must not be negative")
+    if args.tmp_mib and os.geteuid() != 0:
+        raise CliError("--tmp-mib mounts a tmpfs per worker and needs root (and unshare -m)")
     if args.code_dir and not Path(args.code_dir, *args.function_handler.split(".")[:-1]).with_suffix(".py").exists():
         raise CliError(f"--code-dir {args.code_dir} has no module for handler {args.function_handler}")
     config = EndpointConfig(
@@ -40,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
         sandbox_command=tuple(shlex.split(args.sandbox_command)) if args.sandbox_command else (),
         function_env=_parse_env(args.env),
         cache_root=Path(args.cache_root).absolute() if args.cache_root else None,
+        tmp_mib=args.tmp_mib, enforce_memory=args.enforce_memory,
     )
     try:
         asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None, args.quiet))
@@ -72,6 +77,12 @@ def add(sub) -> None:
                         help="function environment variable (repeatable); GG_STORAGE_URI, "
                              "GG_CACHE_MAX_MIB and GG_THUNK_PARALLELISM are forwarded when set")
     parser.add_argument("--cache-root", help="parent of each worker's GG_CACHE_DIR (default: a temp dir)")
+    parser.add_argument("--enforce-memory", action="store_true",
+                        help="kill a worker using more than --memory MiB (with its functions) and answer "
+                             "Runtime.OutOfMemory, as Lambda does")
+    parser.add_argument("--tmp-mib", type=int, default=0, metavar="MIB",
+                        help="cap each worker's GG_CACHE_DIR (its /tmp) with a tmpfs of MIB MiB, like "
+                             "Lambda's ephemeral storage (needs root; default: no cap)")
     parser.add_argument("--ready-file", help="write the endpoint URL here once every worker is polling")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=_run)

@@ -17,7 +17,12 @@ Lambda when things go wrong —
 * all workers busy and more than ``queue_limit`` invocations waiting: HTTP 429
   ``TooManyRequestsException``, as when Lambda's concurrency is exhausted;
 * a request over 6 MB: 413 ``RequestTooLargeException``; an answer over 6 MB:
-  ``Function.ResponseSizeTooLarge``.
+  ``Function.ResponseSizeTooLarge``;
+* ``InvocationType: DryRun``: 204 once the function name checks out, nothing runs;
+* ``enforce_memory``: a worker whose processes use more than ``memory_mib`` is killed
+  and the invocation gets ``Runtime.OutOfMemory``;
+* ``tmp_mib``: each worker's ``/tmp`` stand-in is a tmpfs of that size in a mount
+  namespace of its own, so a thunk that writes more gets ENOSPC, as on Lambda.
 
 Workers start only once their socket listens (else awslambdaric exits at once), and
 are terminated explicitly on shutdown (aiohttp's graceful shutdown would wait on
@@ -63,6 +68,28 @@ class EndpointConfig:
     sandbox_command: tuple[str, ...] = ()
     function_env: Mapping[str, str] = field(default_factory=dict)
     cache_root: Path | None = None  # per-worker GG_CACHE_DIR = cache_root/worker-N
+    # Each worker's GG_CACHE_DIR on a tmpfs of this many MiB (0: no cap), like Lambda's
+    # ephemeral storage: a thunk that fills it gets ENOSPC, as it would on Lambda.
+    tmp_mib: int = 0
+    # Kill a worker whose memory (its own and its functions' resident set) exceeds
+    # memory_mib, answering Runtime.OutOfMemory, as Lambda does (polled every 0.1 s).
+    enforce_memory: bool = False
+
+
+def _working_in(sandbox_dir: Path) -> list[int]:
+    """PIDs of the processes whose cwd is inside ``sandbox_dir`` (a worker's functions)."""
+    root = str(sandbox_dir.resolve())
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            pids.append(int(entry.name))
+    return pids
 
 
 def kill_leftovers(sandbox_dir: Path) -> int:
@@ -73,20 +100,20 @@ def kill_leftovers(sandbox_dir: Path) -> int:
     timeout or a crash does not take its function's processes along; found by cwd
     because, once orphaned, they no longer have the worker as parent. Returns how many.
     """
-    root = str(sandbox_dir.resolve())
     killed = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry.name}/cwd")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + os.sep):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
+    for pid in _working_in(sandbox_dir):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
     return killed
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass
@@ -115,6 +142,8 @@ class Worker:
     init_error: bytes | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task | None = None
+    police: asyncio.Task | None = None
+    out_of_memory: bool = False
 
 
 def _error_body(error_type: str, message: str) -> bytes:
@@ -183,6 +212,8 @@ class LocalLambda:
                 worker.polling.cancel()
             if worker.watcher:
                 worker.watcher.cancel()
+            if worker.police:
+                worker.police.cancel()
             kill_leftovers(self._cache_dir(worker))
         for invocation in list(self.invocations.values()):
             invocation.finish(_error_body("ServiceException", "the local Lambda endpoint is shutting down"),
@@ -219,13 +250,32 @@ class LocalLambda:
             f"127.0.0.1:{worker.port}", cfg.function_name, cfg.handler, cfg.memory_mib, cfg.timeout,
             cfg.code_dir, cache_dir, cfg.function_env, self.host_env,
         )
-        argv = worker_argv(cfg.handler, cfg.code_dir, self._runtime_dir, tuple(cfg.sandbox_command))
+        argv = worker_argv(cfg.handler, cfg.code_dir, self._runtime_dir, tuple(cfg.sandbox_command),
+                           cache_dir if cfg.tmp_mib else None, cfg.tmp_mib)
         worker.init_error = None
         worker.process = await asyncio.create_subprocess_exec(
             *argv, cwd=str(cfg.code_dir or REPO), env=env, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
         worker.watcher = asyncio.ensure_future(self._watch(worker, worker.process))
+        worker.out_of_memory = False
+        if cfg.enforce_memory:
+            worker.police = asyncio.ensure_future(self._police_memory(worker, worker.process))
+
+    async def _police_memory(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
+        """Lambda's memory limit: the sandbox dies when it uses more than its memory size."""
+        limit = self.config.memory_mib << 20
+        cache_dir = self._cache_dir(worker)
+        while process.returncode is None:
+            await asyncio.sleep(0.1)
+            if worker.current is None:
+                continue
+            used = _rss(process.pid) + sum(_rss(pid) for pid in _working_in(cache_dir) if pid != process.pid)
+            if used > limit:
+                worker.out_of_memory = True
+                self._kill(worker, signal.SIGKILL)
+                kill_leftovers(cache_dir)
+                return
 
     def _kill(self, worker: Worker, signum: int) -> None:
         if worker.process is not None and worker.process.returncode is None:
@@ -247,8 +297,8 @@ class LocalLambda:
         held, worker.current = worker.current, None
         status = f"signal: {signal.Signals(-code).name.lower()[3:]}" if code < 0 else f"exit status {code}"
         if held is not None:
-            held.finish(_error_body("Runtime.ExitError",
-                                    f"RequestId: {held.request_id} Error: Runtime exited with error: {status}"),
+            kind = "Runtime.OutOfMemory" if worker.out_of_memory else "Runtime.ExitError"
+            held.finish(_error_body(kind, f"RequestId: {held.request_id} Error: Runtime exited with error: {status}"),
                         "Unhandled")
         elif worker.init_error is not None and not self.queue.empty():
             waiting = self.queue.get_nowait()

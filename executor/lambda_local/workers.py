@@ -51,12 +51,21 @@ def make_runtime_dir() -> Path:
     return directory
 
 
+# Mounts a size-capped tmpfs over the worker's cache directory in a mount namespace of
+# its own, then runs the worker: Lambda's limited /tmp, for real (needs root).
+CAPPED_TMP = 'mount -t tmpfs -o "size=${0}m,mode=0700" gg-lambda-tmp "$1" && shift && exec "$@"'
+
+
 def worker_argv(handler: str, code_dir: Path | None, runtime_dir: Path | None,
-                sandbox_command: tuple[str, ...] = ()) -> list[str]:
+                sandbox_command: tuple[str, ...] = (), tmp_dir: Path | None = None, tmp_mib: int = 0) -> list[str]:
+    prefix = list(sandbox_command)
+    if tmp_dir is not None and tmp_mib > 0:
+        prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c", CAPPED_TMP, str(tmp_mib), str(tmp_dir),
+                  *prefix]
     if code_dir is None:
-        return [*sandbox_command, sys.executable, "-m", "awslambdaric", handler]
+        return [*prefix, sys.executable, "-m", "awslambdaric", handler]
     assert runtime_dir is not None
-    return [*sandbox_command, sys.executable, "-I", "-S", "-c", BOOT, str(code_dir), str(runtime_dir), handler]
+    return [*prefix, sys.executable, "-I", "-S", "-c", BOOT, str(code_dir), str(runtime_dir), handler]
 
 
 def worker_env(
