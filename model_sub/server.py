@@ -80,7 +80,20 @@ def decode_request(data: bytes, pid: int = 0) -> Request:
     for entry in text[5 + argc : 5 + argc + envc]:
         name, _, value = entry.partition("=")
         env[name] = value
-    return Request(cwd, argv, env, program=program, pid=pid)
+    return Request(cwd, argv, without_preload(env), program=program, pid=pid)
+
+
+def without_preload(env: dict[str, str]) -> dict[str, str]:
+    """``env`` as the tool would have it without gg-infer: our library out of LD_PRELOAD
+    (the models run the real preprocessor and driver with this environment)."""
+    ours = env.get("GG_INFER_PRELOAD")
+    if not ours or "LD_PRELOAD" not in env:
+        return env
+    rest = [entry for entry in env["LD_PRELOAD"].replace(" ", ":").split(":") if entry and entry != ours]
+    cleaned = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+    if rest:
+        cleaned["LD_PRELOAD"] = ":".join(rest)
+    return cleaned
 
 
 class RunNotes:
