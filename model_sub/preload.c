@@ -299,11 +299,6 @@ static char *const *copy_env(char *const envp[], char **out, char *path_entry, c
     return out;
 }
 
-static int same_file(const char *a, const char *b) {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
 /* ---- the decision ------------------------------------------------------------------ */
 
 typedef struct {
@@ -320,9 +315,11 @@ static plan_t decide(const char *path, char *const argv[], char *const envp[], c
     const char *sock = env_get(envp, "GG_INFER_SOCKET");
     const char *shim = env_get(envp, "GG_INFER_SHIM");
     const char *shim_dir = env_get(envp, "GG_INFER_SHIM_DIR");
-    struct stat st;
+    struct stat st, shim_st;
     if (!sock || !shim || !shim_dir || !path || stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return plan;
-    if (same_file(path, shim)) return plan;  /* a PATH shim, run by name from a shell */
+    /* a process outliving gg-infer (a daemon) with a deleted .gg: run everything as asked */
+    if (stat(shim, &shim_st) != 0) return plan;
+    if (st.st_dev == shim_st.st_dev && st.st_ino == shim_st.st_ino) return plan;  /* a PATH shim, by name */
     const char *name = base_name(path);
     const char *kind = NULL;
     if (is_tool(name))
