@@ -155,6 +155,67 @@ def test_shim_called_by_path_gives_gcc_its_own_path(tmp_path):
     assert read_placeholder(tmp_path / "x.o") is not None
 
 
+EXEC_FAMILY = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+static int wait_for(pid_t pid) {
+    int status;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0) return 1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+static int run(int variant) {
+    char out[16];
+    strcpy(out, "v0.o");
+    out[1] = (char)('0' + variant);
+    char *argv[] = {"cc", "-c", "x.c", "-o", out, NULL};
+    if (variant == 7 || variant == 8) {  /* posix_spawn, posix_spawnp */
+        pid_t pid;
+        int err = variant == 7 ? posix_spawn(&pid, "/usr/bin/cc", NULL, NULL, argv, environ)
+                               : posix_spawnp(&pid, "cc", NULL, NULL, argv, environ);
+        return err ? 1 : wait_for(pid);
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        switch (variant) {
+        case 0: execve("/usr/bin/cc", argv, environ); break;
+        case 1: execv("/usr/bin/cc", argv); break;
+        case 2: execvp("cc", argv); break;
+        case 3: execvpe("cc", argv, environ); break;
+        case 4: execl("/usr/bin/cc", "cc", "-c", "x.c", "-o", out, (char *)0); break;
+        case 5: execlp("cc", "cc", "-c", "x.c", "-o", out, (char *)0); break;
+        case 6: execle("/usr/bin/cc", "cc", "-c", "x.c", "-o", out, (char *)0, environ); break;
+        case 9: fexecve(open("/usr/bin/cc", O_RDONLY), argv, environ); break;
+        }
+        _exit(127);
+    }
+    return wait_for(pid);
+}
+int main(void) {
+    int failed = 0;
+    for (int variant = 0; variant <= 9; variant++) failed |= run(variant);
+    return failed;
+}
+"""
+
+
+def test_every_exec_function_is_intercepted(tmp_path):
+    _sources(tmp_path)
+    (tmp_path / "family.c").write_text(EXEC_FAMILY)
+    built = subprocess.run([CC, "-o", "family", "family.c"], cwd=tmp_path, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    result = gg_infer(tmp_path, "./family")
+    assert (result.returncode, result.stderr) == (0, "")
+    for variant in range(10):
+        assert read_placeholder(tmp_path / f"v{variant}.o") is not None, variant
+    assert [fields[0] for fields in _log(tmp_path)] == ["model"] * 10
+
+
 STATIC_DRIVER = r"""
 #include <sys/wait.h>
 #include <unistd.h>
