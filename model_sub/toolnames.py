@@ -26,7 +26,7 @@ _TRIPLE = re.compile(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)+")
 # Names the PATH shims answer to (static build drivers calling tools by name).
 SHIM_NAMES = ("gcc", "cc", "c89", "c99", "x86_64-linux-gnu-gcc", "gcc-12", "x86_64-linux-gnu-gcc-12",
               "g++", "c++", "x86_64-linux-gnu-g++", "g++-12", "x86_64-linux-gnu-g++-12",
-              "cpp", "as", "ld", "ar", "ranlib", "strip")
+              "cpp", "as", "ld", "ar", "ranlib", "strip", "objcopy", "nm", "objdump", "size", "readelf")
 
 
 def tool_kind(program: str) -> str | None:
