@@ -155,6 +155,18 @@ def test_shim_called_by_path_gives_gcc_its_own_path(tmp_path):
     assert read_placeholder(tmp_path / "x.o") is not None
 
 
+def test_shim_never_runs_itself_as_the_real_tool(tmp_path):
+    """The shim directory on PATH under another name (a symlinked directory): the shim
+    skips itself when it looks for the real tool, instead of exec'ing itself forever."""
+    _sources(tmp_path)
+    assert gg_infer(tmp_path, "true").returncode == 0  # creates .gg/infer/bin
+    (tmp_path / "alias").symlink_to(tmp_path / ".gg" / "infer" / "bin")
+    script = f'PATH="{tmp_path / "alias"}:$PATH" exec cc -fsyntax-only x.c'
+    result = gg_infer(tmp_path, "sh", "-c", script)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert _log(tmp_path)[-1][:3] == ["real", "cc", "option -fsyntax-only"]
+
+
 EXEC_FAMILY = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
