@@ -148,3 +148,22 @@ def test_cmake_ninja_configure_real_build_modelled(tmp_path):
     built = gg_infer(tmp_path, "cmake", "--build", "gg")
     assert built.returncode == 0, built.stdout + built.stderr
     _check_build(tmp_path, log_start)
+
+
+def test_cmake_with_the_shims_as_compilers(tmp_path):
+    """CC and CXX pointing at the shims themselves: configure identifies GNU (the real
+    gcc gets its own path as argv[0], so it finds cc1), and the build is modelled."""
+    _project(tmp_path)
+    _run(["cmake", "-S", "src", "-B", "plain", "-DCMAKE_BUILD_TYPE=Release"], tmp_path)
+    _run(["make", "-C", "plain"], tmp_path)
+    assert gg_infer(tmp_path, "true").returncode == 0  # makes .gg/infer/bin
+    shims = tmp_path / ".gg" / "infer" / "bin"
+    configure = subprocess.run(["cmake", "-S", "src", "-B", "gg", "-DCMAKE_BUILD_TYPE=Release"], cwd=tmp_path,
+                               env={**tool_env(), "CC": str(shims / "cc"), "CXX": str(shims / "c++")},
+                               capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    assert "The C compiler identification is GNU" in configure.stdout
+    assert "The CXX compiler identification is GNU" in configure.stdout
+    built = gg_infer(tmp_path, "make", "-C", "gg")
+    assert built.returncode == 0, built.stdout + built.stderr
+    _check_build(tmp_path, 0)
