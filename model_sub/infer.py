@@ -44,7 +44,10 @@ def build_environment(environ: dict[str, str], real_path: str, socket_path: str,
 
     PATH is the real PATH: dynamic programs are seen by the preload library, which
     puts the shim directory first on PATH only for static programs."""
-    user_preload = environ.get("LD_PRELOAD", "").strip()
+    # the user's own entries; an outer gg-infer's library is dropped (its variables are replaced)
+    outer = environ.get("GG_INFER_PRELOAD")
+    user_preload = ":".join(entry for entry in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+                            if entry and entry != outer)
     return {**environ, "PATH": real_path, "GG_INFER_SOCKET": socket_path, "GG_INFER_REAL_PATH": real_path,
             "GG_INFER_SHIM": str(shim), "GG_INFER_SHIM_DIR": str(shim_dir), "GG_INFER_PRELOAD": str(preload),
             "LD_PRELOAD": f"{preload}:{user_preload}" if user_preload else str(preload)}

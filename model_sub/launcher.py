@@ -46,11 +46,16 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
         raise ShimBuildError(f"gg-infer needs a host C compiler (cc) to build {source.name}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     temp = cache_dir / f".build-{target_stem}-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GG_INFER_EXEC")}
+    # a real compile even under an outer gg-infer: without its variables, its library is inert
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GG_INFER") and k != "LD_PRELOAD"}
     result = subprocess.run([compiler, "-O2", *flags, "-o", str(temp), str(source), "-ldl"],
                             capture_output=True, text=True, env={**env, "PATH": real_path})
     if result.returncode != 0:
         raise ShimBuildError(f"cannot compile {source.name}: {result.stderr.strip().splitlines()[-1:]}")
+    with open(temp, "rb") as handle:
+        if handle.read(4) != b"\x7fELF":
+            temp.unlink()
+            raise ShimBuildError(f"compiling {source.name} did not produce a program (an outer gg-infer?)")
     os.replace(temp, target)
     return target
 

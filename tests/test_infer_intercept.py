@@ -167,6 +167,23 @@ def test_shim_never_runs_itself_as_the_real_tool(tmp_path):
     assert _log(tmp_path)[-1][:3] == ["real", "cc", "option -fsyntax-only"]
 
 
+def test_gg_infer_inside_gg_infer(tmp_path):
+    """An inner gg-infer builds its helpers for real (not modelled by the outer one) and
+    drops the outer library from LD_PRELOAD: its calls are modelled once, by itself."""
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    outer.mkdir()
+    _sources(inner)
+    script = f'cd "{inner}" && "{sys.executable}" -m model_sub.infer sh -c "echo \\$LD_PRELOAD; {CC} -c x.c -o x.o"'
+    result = gg_infer(outer, "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    preloads = result.stdout.strip().split(":")
+    assert len(preloads) == 1 and preloads[0].startswith(str(inner / ".gg"))
+    assert Path(preloads[0]).read_bytes()[:4] == b"\x7fELF"
+    assert read_placeholder(inner / "x.o") is not None
+    assert [f[:2] for f in _log(inner)] == [["model", "cc"]]
+    assert _log(outer) == []
+
+
 EXEC_FAMILY = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
