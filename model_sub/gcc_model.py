@@ -35,8 +35,13 @@ def _is_cxx_lang(lang: str | None) -> bool:
 
 
 class GccModel:
-    def __init__(self, ctx: ModelContext, argv: list[str], cwd: str, env: dict[str, str]):
+    def __init__(self, ctx: ModelContext, argv: list[str], cwd: str, env: dict[str, str],
+                 program: str | None = None):
+        """``program``: the absolute path of the driver the build executed (``/usr/bin/c++``),
+        when the preload library named it; else the driver is ``argv[0]``'s name on the
+        real PATH (a PATH shim was called)."""
         self.ctx = ctx
+        self.program = program
         self.argv = argv
         self.cwd = cwd
         self.env = env
@@ -56,7 +61,7 @@ class GccModel:
         for item in call.items:
             if item.kind == "input" and not os.path.isfile(os.path.join(self.cwd, item.path or "")):
                 raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
-        self.driver = self.ctx.toolchain.which(os.path.basename(self.argv[0]))
+        self.driver = self.ctx.toolchain.which(self.program or os.path.basename(self.argv[0]))
         if call.mode == "link":
             self._link(call)
         else:

@@ -1,16 +1,20 @@
 """``gg-infer CMD...`` (and ``gg infer``): run a build with models in place of the tools.
 
-It finds or creates the ``.gg`` store, builds (once, cached) the C shim, fills a shim
-directory with gcc/g++/cc/c++/cpp/as/ld/ar/ranlib/strip links to it, starts the model
-server on a unix socket, runs CMD with the shim directory first on PATH, and exits
-with CMD's status. The build directory (for checkout-independent thunk names) is the
-directory gg-infer starts in, or ``--root``.
+It finds or creates the ``.gg`` store, builds (once, cached) the C shim and the exec
+interposition library (``preload.c``), fills a shim directory with gcc/g++/cc/c++/
+cpp/as/ld/ar/ranlib/strip links to the shim, starts the model server on a unix
+socket, runs CMD with the library in ``LD_PRELOAD``, and exits with CMD's status.
+CMD is started through ``sh -c 'exec "$@"'`` so that its own exec goes through the
+library like every later one (a tool given as CMD is modelled; a static CMD gets the
+shim directory on PATH and a warning). The build directory (for checkout-independent
+thunk names) is the directory gg-infer starts in, or ``--root``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,8 +24,11 @@ from pathlib import Path
 from ir.store import LocalStore, StoreError
 
 from .context import ModelContext
-from .launcher import ShimBuildError, make_shim_dir, shim_binary
+from .launcher import ShimBuildError, make_shim_dir, preload_library, shim_binary
 from .server import ModelServer
+
+# CMD's own exec happens in a (dynamic, preloaded) shell, so the library decides it too.
+EXEC_THROUGH_SHELL = ("/bin/sh", "-c", 'exec "$@"', "gg-infer")
 
 
 def real_path_of(environ: dict[str, str]) -> str:
@@ -31,27 +38,53 @@ def real_path_of(environ: dict[str, str]) -> str:
     return environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
 
 
+def build_environment(environ: dict[str, str], real_path: str, socket_path: str, shim: Path, shim_dir: Path,
+                      preload: Path) -> dict[str, str]:
+    """The environment CMD runs in (the variables are read by preload.c and shim.c).
+
+    PATH is the real PATH: dynamic programs are seen by the preload library, which
+    puts the shim directory first on PATH only for static programs."""
+    # the user's own entries; an outer gg-infer's library is dropped (its variables are replaced)
+    outer = environ.get("GG_INFER_PRELOAD")
+    user_preload = ":".join(entry for entry in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+                            if entry and entry != outer)
+    return {**environ, "PATH": real_path, "GG_INFER_SOCKET": socket_path, "GG_INFER_REAL_PATH": real_path,
+            "GG_INFER_SHIM": str(shim), "GG_INFER_SHIM_DIR": str(shim_dir), "GG_INFER_PRELOAD": str(preload),
+            "LD_PRELOAD": f"{preload}:{user_preload}" if user_preload else str(preload)}
+
+
+def _found(program: str, path: str) -> bool:
+    if "/" in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return shutil.which(program, path=path) is not None
+
+
 def run_infer(command: list[str], root: Path | None = None) -> int:
     store = LocalStore.locate(create=True)
-    environ = dict(os.environ)
+    environ = {k: v for k, v in os.environ.items() if k != "GG_INFER_EXEC"}
     real_path = real_path_of(environ)
     infer_dir = store.root / "infer"
-    shim_dir = make_shim_dir(infer_dir / "bin", shim_binary(infer_dir, real_path))
+    shim = shim_binary(infer_dir, real_path)
+    shim_dir = make_shim_dir(infer_dir / "bin", shim, real_path)
+    preload = preload_library(infer_dir, real_path)
+    if not _found(command[0], real_path):
+        print(f"gg-infer: {command[0]}: command not found", file=sys.stderr)
+        return 127
     ctx = ModelContext.create(store, str(root or os.getcwd()), real_path)
     with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir, closing(ctx):
         socket_path = os.path.join(sock_dir, "models.sock")
-        with ModelServer(ctx, socket_path):
-            env = {**environ, "PATH": f"{shim_dir}:{real_path}", "GG_INFER_SOCKET": socket_path,
-                   "GG_INFER_REAL_PATH": real_path}
+        with ModelServer(ctx, socket_path) as server:
+            env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
             try:
-                return subprocess.run(command, env=env).returncode
-            except FileNotFoundError:
-                print(f"gg-infer: {command[0]}: command not found", file=sys.stderr)
-                return 127
+                status = subprocess.run([*EXEC_THROUGH_SHELL, *command], env=env).returncode
             except KeyboardInterrupt:
                 return 130
             finally:
                 _print_local_runs(ctx)
+            for program in server.notes.static_programs:
+                print(f"gg-infer: warning: static program {program} ran; tools it runs by absolute path are "
+                      f"not seen (see .gg/infer/log)", file=sys.stderr)
+            return status
 
 
 def _print_local_runs(ctx: ModelContext) -> None:

@@ -1,7 +1,9 @@
-"""The shim directory gg-infer puts first on PATH.
+"""The native helpers of gg-infer: the model shim, its PATH directory, the preload library.
 
-Every tool name is a symlink to one small C program (``shim.c``), compiled with the
-host compiler the first time and cached by the hash of its source, so the cost of a
+Every tool name in the shim directory is a symlink to one small C program
+(``shim.c``); ``preload.c`` is the exec interposition library gg-infer puts in
+``LD_PRELOAD``. Both are compiled with the host compiler the first time and cached
+under ``.gg/infer/`` by the hash of their source and compile flags, so the cost of a
 model call is one connect + write + read on a unix socket, not a Python start.
 """
 
@@ -15,54 +17,106 @@ from pathlib import Path
 import xxhash
 
 from ir.atomic import atomic_write_bytes
+from ir.placeholder import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
-# Tool names the shims answer to. cpp and the binutils without a model still get a shim
-# so that a placeholder met by them can be reported clearly; they exec the real tool.
-GCC_NAMES = ("gcc", "cc", "c89", "c99", "x86_64-linux-gnu-gcc", "gcc-12", "x86_64-linux-gnu-gcc-12")
-GXX_NAMES = ("g++", "c++", "x86_64-linux-gnu-g++", "g++-12", "x86_64-linux-gnu-g++-12")
-OTHER_NAMES = ("cpp", "as", "ld", "ar", "ranlib", "strip", "objcopy", "nm", "objdump", "size", "readelf")
-SHIM_NAMES = GCC_NAMES + GXX_NAMES + OTHER_NAMES
+from .toolnames import SHIM_NAMES
 
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
+PRELOAD_SOURCE = Path(__file__).with_name("preload.c")
 
 
 class ShimBuildError(Exception):
-    """The shim could not be compiled (no host C compiler?)."""
+    """A helper could not be compiled (no host C compiler?)."""
 
 
-def shim_binary(cache_dir: Path, real_path: str) -> Path:
-    """The compiled shim for the current ``shim.c``, built once into ``cache_dir``."""
-    source = SHIM_SOURCE.read_bytes()
-    target = cache_dir / f"gg-shim-{xxhash.xxh3_64_hexdigest(source)}"
+def _c_string(data: bytes) -> str:
+    """``data`` as a C string literal (for -D on the compiler's command line)."""
+    return '"' + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\{b:03o}" for b in data) + '"'
+
+
+def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, real_path: str) -> Path:
+    """Compile ``source`` once into ``cache_dir`` (named by the hash of source + flags)."""
+    digest = xxhash.xxh3_64_hexdigest(source.read_bytes() + "\0".join(flags).encode())
+    suffix = ".so" if "-shared" in flags else ""
+    target = cache_dir / f"{target_stem}-{digest}{suffix}"
     if target.exists():
         return target
     compiler = shutil.which("cc", path=real_path) or shutil.which("gcc", path=real_path)
     if compiler is None:
-        raise ShimBuildError("gg-infer needs a host C compiler (cc) to build its model shim")
+        raise ShimBuildError(f"gg-infer needs a host C compiler (cc) to build {source.name}")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    temp = cache_dir / f".build-{os.getpid()}"
-    result = subprocess.run(
-        [compiler, "-O2", "-o", str(temp), str(SHIM_SOURCE)],
-        capture_output=True, text=True, env={**os.environ, "PATH": real_path},
-    )
+    temp = cache_dir / f".build-{target_stem}-{os.getpid()}"
+    # a real compile even under an outer gg-infer: without its variables, its library is inert
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GG_INFER") and k != "LD_PRELOAD"}
+    result = subprocess.run([compiler, "-O2", *flags, "-o", str(temp), str(source), "-ldl"],
+                            capture_output=True, text=True, env={**env, "PATH": real_path})
     if result.returncode != 0:
-        raise ShimBuildError(f"cannot compile the model shim: {result.stderr.strip().splitlines()[-1:]}")
+        raise ShimBuildError(f"cannot compile {source.name}: {result.stderr.strip().splitlines()[-1:]}")
+    with open(temp, "rb") as handle:
+        if handle.read(4) != b"\x7fELF":
+            temp.unlink()
+            raise ShimBuildError(f"compiling {source.name} did not produce a program (an outer gg-infer?)")
     os.replace(temp, target)
     return target
 
 
-def make_shim_dir(directory: Path, binary: Path) -> Path:
-    """Fill ``directory`` with one symlink per tool name, all pointing at ``binary``."""
+def shim_binary(cache_dir: Path, real_path: str) -> Path:
+    """The compiled shim for the current ``shim.c``, built once into ``cache_dir``."""
+    return _build(SHIM_SOURCE, "gg-shim", [], cache_dir, real_path)
+
+
+def preload_library(cache_dir: Path, real_path: str) -> Path:
+    """The exec interposition library, built once into ``cache_dir``.
+
+    The placeholder headers come from ``ir.placeholder`` at compile time, so the C
+    check for "is this argument a placeholder" cannot drift from the Python one."""
+    flags = ["-shared", "-fPIC", f"-DGG_MAX_PLACEHOLDER={MAX_PLACEHOLDER_SIZE}",
+             f"-DGG_SHEBANG_PREFIX={_c_string(SHEBANG_PREFIX)}", f"-DGG_LINKER_PREFIX={_c_string(LINKER_PREFIX)}"]
+    return _build(PRELOAD_SOURCE, "gg-preload", flags, cache_dir, real_path)
+
+
+def make_shim_dir(directory: Path, binary: Path, real_path: str) -> Path:
+    """Fill ``directory`` with one hard link to ``binary`` per tool name.
+
+    Why hard links and the ``lib/gcc`` links next to the directory: a program that
+    runs the real gcc by absolute path with a bare ``argv[0]`` (``execl("/usr/bin/cc",
+    "cc", ...)``) while the shim directory is on PATH (only static programs get it)
+    makes gcc look for itself on PATH, find the shim, and search for cc1 relative to
+    the directory it found (following symlinks). With hard links that directory is
+    ``.gg/infer/bin``, and ``.gg/infer/lib/gcc`` (and ``libexec/gcc``) point at the
+    real gcc's, so gcc still finds its programs."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in SHIM_NAMES:
         link = directory / name
-        if link.is_symlink() and os.readlink(link) == str(binary):
+        if not link.is_symlink() and link.exists() and os.path.samefile(link, binary):
             continue
         temp = directory / f".{name}.tmp"
         if temp.is_symlink() or temp.exists():
             temp.unlink()
-        os.symlink(binary, temp)
+        try:
+            os.link(binary, temp)
+        except OSError:
+            shutil.copy2(binary, temp)
         os.replace(temp, link)
     if not (directory / "README").exists():
         atomic_write_bytes(directory / "README", b"gg-infer model shims; safe to delete.\n", 0o644)
+    _link_gcc_dirs(directory.parent, real_path)
     return directory
+
+
+def _link_gcc_dirs(prefix: Path, real_path: str) -> None:
+    """``prefix/lib/gcc`` -> the real gcc's ``lib/gcc`` (and ``libexec/gcc``), see above."""
+    gcc = shutil.which("gcc", path=real_path)
+    if gcc is None:
+        return
+    real_prefix = Path(os.path.realpath(gcc)).parent.parent
+    for sub in ("lib/gcc", "libexec/gcc"):
+        target, link = real_prefix / sub, prefix / sub
+        if not target.is_dir() or (link.is_symlink() and os.readlink(link) == str(target)):
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        temp = link.parent / ".gcc.tmp"
+        if temp.is_symlink():
+            temp.unlink()
+        os.symlink(target, temp)
+        os.replace(temp, link)

@@ -1,8 +1,16 @@
 """The long-lived model server that the C shims talk to (one per gg-infer run).
 
-A request is the shim's cwd, argv and environment (see ``shim.c``). The server picks
-the model by tool name; a model either writes thunks and placeholders (reply ``R0``)
-or decides the call is not for it (reply ``X``: the shim execs the real tool).
+A request is the shim's cwd, the program the build executed, argv and environment
+(see ``shim.c``); the shim's pid comes from the socket (``SO_PEERCRED``). A call that
+is part of a configure step runs the real tool at once (``configure.py``). Otherwise
+the server picks the model by tool name (``toolnames.py``); a model either writes
+thunks and placeholders (reply ``R0``) or decides the call is not for it (reply
+``X``: the shim execs the real program). Any unexpected error in a model also falls
+back to the real tool, with a line in ``.gg/infer/log``: a build must never break
+because a model did not understand it.
+
+The preload library also sends notes (``GGN1``): a static program ran, whose execs
+it cannot see; gg-infer warns about those at the end of the run (:class:`RunNotes`).
 
 Two kinds of "not for it" (``reasons.py``): a configure probe or a query
 (:class:`RunReal`) runs as it is; any other unmodelled call (:class:`Unmodelled`, a
@@ -15,7 +23,9 @@ breaks because a model did not understand it, and is never silently wrong either
 from __future__ import annotations
 
 import os
+import socket
 import socketserver
+import struct
 import threading
 import time
 import traceback
@@ -23,14 +33,15 @@ from dataclasses import dataclass
 
 from . import binutils_model
 from .binutils_args import binutils_name
+from .configure import configure_step
 from .context import ModelContext
 from .deps import ScanFailed
 from .driver import DriverError
 from .fallback import ForceError, candidate_inputs, placeholders_among, probe_reason
 from .gcc_model import GccModel
-from .launcher import GCC_NAMES, GXX_NAMES
 from .reasons import RunReal, Unmodelled
 from .toolchain import ToolchainError
+from .toolnames import GCC_KINDS, tool_kind
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,18 @@ class Request:
     cwd: str
     argv: list[str]
     env: dict[str, str]
+    program: str = ""  # the program the build executed (from the preload library); "" if the shim ran by name
+    pid: int = 0  # the shim's pid (0: unknown)
+
+    @property
+    def tool(self) -> str:
+        """The tool's basename: of the program the build named, else of argv[0]."""
+        return os.path.basename(self.program or (self.argv[0] if self.argv else ""))
+
+    @property
+    def program_path(self) -> str | None:
+        """The absolute path of the program the build executed, if the preload named it."""
+        return os.path.join(self.cwd, self.program) if self.program else None
 
 
 @dataclass(frozen=True)
@@ -52,33 +75,81 @@ class Reply:
         return b"R" + str(self.status).encode() + b"\n" + self.stderr
 
 
-def decode_request(data: bytes) -> Request:
+def decode_request(data: bytes, pid: int = 0) -> Request:
+    """Decode a shim's ``GGI2`` request (format in ``shim.c``)."""
     fields = data.split(b"\0")
-    if fields[0] != b"GGI1":
+    if fields[0] != b"GGI2":
         raise ValueError("not a gg-infer shim request")
     text = [f.decode("utf-8", "surrogateescape") for f in fields]
-    cwd = text[1]
-    argc = int(text[2])
-    argv = text[3 : 3 + argc]
-    envc = int(text[3 + argc])
+    cwd, program = text[1], text[2]
+    argc = int(text[3])
+    argv = text[4 : 4 + argc]
+    envc = int(text[4 + argc])
     env = {}
-    for entry in text[4 + argc : 4 + argc + envc]:
+    for entry in text[5 + argc : 5 + argc + envc]:
         name, _, value = entry.partition("=")
         env[name] = value
-    return Request(cwd, argv, env)
+    return Request(cwd, argv, without_preload(env), program=program, pid=pid)
 
 
-def handle(ctx: ModelContext, request: Request) -> Reply:
-    """Run the model for one tool call; never raises."""
-    tool = os.path.basename(request.argv[0]) if request.argv else ""
+def without_preload(env: dict[str, str]) -> dict[str, str]:
+    """``env`` as the tool would have it without gg-infer: our library out of LD_PRELOAD
+    (the models run the real preprocessor and driver with this environment)."""
+    ours = env.get("GG_INFER_PRELOAD")
+    if not ours or "LD_PRELOAD" not in env:
+        return env
+    rest = [entry for entry in env["LD_PRELOAD"].replace(" ", ":").split(":") if entry and entry != ours]
+    cleaned = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+    if rest:
+        cleaned["LD_PRELOAD"] = ":".join(rest)
+    return cleaned
+
+
+class RunNotes:
+    """What the preload library reported during the run (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._static: dict[str, None] = {}
+
+    def note(self, data: bytes, ctx: ModelContext) -> None:
+        """Record a ``GGN1`` note: ``"GGN1\0static\0" cwd "\0" path "\0"``."""
+        fields = [f.decode("utf-8", "surrogateescape") for f in data.split(b"\0")]
+        if len(fields) < 4 or fields[1] != "static":
+            return
+        path = os.path.normpath(os.path.join(fields[2], fields[3]))
+        with self._lock:
+            new = path not in self._static
+            self._static[path] = None
+        if new:
+            ctx.log(f"static\t{path}\tstatically linked: the tools it runs by absolute path are not seen")
+
+    @property
+    def static_programs(self) -> list[str]:
+        with self._lock:
+            return list(self._static)
+
+
+def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> Reply:
+    """Run the model for one tool call; never raises.
+
+    ``stop_pid`` ends the walk up the caller's processes (default: this process, the
+    gg-infer that started the build)."""
+    tool = request.tool
+    kind = tool_kind(tool)
     started = time.monotonic()
+    configure = configure_step(request.pid, request.cwd, request.argv,
+                               os.getpid() if stop_pid is None else stop_pid)
+    if configure:
+        ctx.log(f"real\t{tool}\t{configure}\t{' '.join(request.argv)}")
+        return Reply(exec_real=True)
     try:
         stderr = b""
         probe = probe_reason(request.argv, request.cwd)
         if probe:
             raise RunReal(probe)
-        if tool in GCC_NAMES or tool in GXX_NAMES:
-            GccModel(ctx, request.argv, request.cwd, request.env).run()
+        if kind in GCC_KINDS:
+            GccModel(ctx, request.argv, request.cwd, request.env, program=request.program_path).run()
         elif binutils_name(tool) == "ar":
             stderr = binutils_model.run_ar(ctx, request.argv, request.cwd)
         elif binutils_name(tool) == "ranlib":
@@ -130,6 +201,15 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
     return Reply(exec_real=True)
 
 
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of a unix socket (0 if unknown)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0]
+    except OSError:
+        return 0
+
+
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         chunks = []
@@ -138,8 +218,13 @@ class _Handler(socketserver.BaseRequestHandler):
             if not chunk:
                 break
             chunks.append(chunk)
+        data = b"".join(chunks)
+        if data.startswith(b"GGN1\0"):
+            self.server.notes.note(data, self.server.ctx)
+            self.request.sendall(b"K")
+            return
         try:
-            request = decode_request(b"".join(chunks))
+            request = decode_request(data, _peer_pid(self.request))
         except (ValueError, IndexError):
             self.request.sendall(b"X")
             return
@@ -160,6 +245,7 @@ class ModelServer:
             os.unlink(socket_path)
         self._server = _Server(socket_path, _Handler)
         self._server.ctx = ctx
+        self._server.notes = self.notes = RunNotes()
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,),
                                         name="gg-infer-models", daemon=True)
 
