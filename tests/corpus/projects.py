@@ -51,6 +51,7 @@ class Project:
     prepare: tuple[Command, ...] = ()  # run once, plainly, on the unpacked tree
     extra_files: dict[str, str] = field(default_factory=dict)  # written into the tree before prepare
     check: Callable[[Path], str] | None = None  # runs the project's own check; returns its output
+    clean: tuple[Command, ...] = (("make", "clean"),)  # the build's own clean (bench: warm rebuilds)
 
 
 def _run(command: list[str], cwd: Path, **env: str) -> str:
@@ -119,6 +120,7 @@ PROJECTS = {
         extra_files={"win32/zlib1.rc": ""},
         configure=(("cmake", "-S", ".", "-B", "build", "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"),),
         build=(("ninja", "-C", "build", "-j2"),),
+        clean=(("ninja", "-C", "build", "clean"),),
         configured=("build/zconf.h", "build/zlib.pc"),
         cmake_cache="build/CMakeCache.txt",
         check=_zlib_cmake_check,
@@ -143,6 +145,7 @@ PROJECTS = {
         configure=(("cmake", "-S", ".", "-B", "build", "-DFMT_TEST=OFF", "-DFMT_DOC=OFF"),),
         build=(("cmake", "--build", "build", "-j", "2"),
                ("g++", "-std=c++11", "-O2", "-Iinclude", "gg-check.cc", "build/libfmt.a", "-o", "build/gg-check")),
+        clean=(("cmake", "--build", "build", "--target", "clean"), ("rm", "-f", "build/gg-check")),
         cmake_cache="build/CMakeCache.txt",
         check=_fmt_check,
     ),
