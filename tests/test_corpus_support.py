@@ -56,10 +56,13 @@ def test_share_counts_build_commands_after_configure(tmp_path):
     configure = "real\tgcc\tconfigure probe\tgcc -c conftest.c\n"
     log.write_text(configure + "model\tgcc\t3.0ms\tgcc -c a.c\nreal\tar\tar operation cr\tar cr l.a a.o\n"
                    "real\tgcc\tconfigure: re-run\tgcc -c conftest.c\nreal\tgcc\toption -v\tgcc -v\n"
-                   "error\tranlib\tranlib l.a\nTraceback (most recent call last):\n  boom\n")
+                   "error\tranlib\tranlib l.a\nTraceback (most recent call last):\n  boom\n"
+                   "fail\tnm\tno model\tforcing inputs failed: x\tnm l.a\nfail\tobjcopy\tno model\tforcing inputs "
+                   "failed: y\tobjcopy a.o b.o\n")
     share = thunk_share(Build(tmp_path, log_mark=len(configure)))
-    assert (share.modelled, share.total) == (1, 3)
-    assert share.real == ["real\tar\tar operation cr\tar cr l.a a.o", "error\tranlib\tmodel error\tranlib l.a"]
+    assert (share.modelled, share.total) == (1, 4)
+    assert share.real == ["real\tar\tar operation cr\tar cr l.a a.o", "error\tranlib\tmodel error\tranlib l.a",
+                          "fail\tobjcopy\tno model forcing inputs failed: y\tobjcopy a.o b.o"]
 
 
 def test_file_kinds(tmp_path):

@@ -235,7 +235,11 @@ def force(build: Build, targets: list[str], trace: Path) -> subprocess.Completed
 
 
 def log_entries(tree: Path, start: int = 0) -> list[tuple[str, str, str, list[str]]]:
-    """(kind, tool, detail, argv words) of each call logged from byte ``start`` on."""
+    """(kind, tool, detail, argv words) of each call logged from byte ``start`` on.
+
+    Kinds: ``model`` (a thunk), ``real`` (the real tool ran, with the reason), ``error``
+    (a model bug; the real tool ran), ``fail`` (a local run whose inputs could not be forced).
+    """
     log = infer_log(tree)
     if not log.exists():
         return []
@@ -251,6 +255,8 @@ def log_entries(tree: Path, start: int = 0) -> list[tuple[str, str, str, list[st
             entries.append(("real", fields[1], fields[2], fields[3].split()))
         elif fields[0] == "error" and len(fields) >= 3:
             entries.append(("error", fields[1], "model error", fields[2].split()))
+        elif fields[0] == "fail" and len(fields) >= 4:  # the inputs of a local run could not be forced
+            entries.append(("fail", fields[1], " ".join(fields[2:-1]), fields[-1].split()))
     return entries
 
 
@@ -280,7 +286,7 @@ def configure_calls(build: Build) -> tuple[int, int]:
         with open(log, "rb") as handle:
             head = handle.read(build.log_mark).decode(errors="replace")
         entries = [line.split("\t", 1)[0] for line in head.splitlines()]
-    return entries.count("model"), entries.count("real") + entries.count("error")
+    return entries.count("model"), entries.count("real") + entries.count("error") + entries.count("fail")
 
 
 def thunk_share(build: Build) -> Share:
