@@ -17,6 +17,8 @@ source packages, cached under ``$GG_TEST_CACHE/corpus``; a fetch failure is an e
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.corpus.harness import (
@@ -43,7 +45,9 @@ MIN_SHARE = 90.0
 @pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_corpus_project_through_gg_equals_plain_build(name, tmp_path, corpus_report):
     project = PROJECTS[name]
+    started = time.perf_counter()
     source = prepared_source(project, tmp_path)
+    prepare_seconds = time.perf_counter() - started
     work, keep = tmp_path / name, tmp_path / "plain-outputs"
 
     plain = build_plain(project, source, work, keep)
@@ -84,7 +88,7 @@ def test_corpus_project_through_gg_equals_plain_build(name, tmp_path, corpus_rep
     corpus_report.append(
         f"{name}: {share.percent:.1f}% thunks ({share.modelled}/{share.total} compile/link/archive commands, "
         f"{placeholders:.0f}% of {len(plain.outputs)} outputs placeholders), "
-        f"{len(started_thunks(trace))} thunks forced; "
+        f"{len(started_thunks(trace))} thunks forced; unpack+prepare {prepare_seconds:.1f}s, "
         f"plain configure {plain.seconds['configure']:.1f}s build {plain.seconds['build']:.1f}s; "
         f"gg configure {gg.seconds['configure']:.1f}s infer {gg.seconds['infer']:.1f}s "
         f"force {gg.seconds['force']:.1f}s; configure-time tool calls: {configure_modelled} modelled, "
