@@ -7,6 +7,22 @@ from tests.forcing import ShellThunks
 
 pytest_plugins = ["tests.aws_fixtures"]
 
+CORPUS_REPORT = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def corpus_report(request) -> list[str]:
+    """Lines for the session summary (tests/test_corpus.py: thunk shares and timings)."""
+    return request.config.stash.setdefault(CORPUS_REPORT, [])
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    lines = config.stash.get(CORPUS_REPORT, [])
+    if lines:
+        terminalreporter.section("gg-infer on the corpus")
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture
 def store(tmp_path):

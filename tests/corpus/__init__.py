@@ -1,0 +1,1 @@
+"""The corpus of real public projects built through gg-infer (tests/test_corpus.py, bench/bench_corpus.py)."""
