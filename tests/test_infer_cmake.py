@@ -16,12 +16,20 @@ from pathlib import Path
 import pytest
 
 from ir.placeholder import read_placeholder
+from tests.corpus.fetch import ensure_tools
 from tests.test_infer_support import gg_force, gg_infer, hidden_ok, tool_env
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not hidden_ok(), reason="needs root and unshare -m for the hidden toolchain"),
 ]
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cmake_installed():
+    ensure_tools(["cmake"])  # on the machine image today; apt-get install when missing (as root)
+
 
 CMAKELISTS = """\
 cmake_minimum_required(VERSION 3.13)

@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from ir.placeholder import read_placeholder
+from tests.corpus.fetch import ensure_tools
 from tests.test_infer_support import gg_force, gg_infer, hidden_ok, tool_env
 
 pytestmark = pytest.mark.skipif(not hidden_ok(), reason="needs root and unshare -m for the hidden toolchain")
@@ -58,8 +59,7 @@ def _run(cwd, *command):
 
 
 def test_libtool_project_through_gg_matches_plain(tmp_path):
-    for tool in ("autoreconf", "libtoolize", "automake"):
-        assert shutil.which(tool), f"{tool} is missing: apt-get install autoconf automake libtool"
+    ensure_tools(["autoreconf", "libtoolize", "automake"])  # apt-get install when missing (as root)
     source = tmp_path / "source"
     for rel, text in FILES.items():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
