@@ -7,10 +7,11 @@ import base64
 
 import pytest
 
+from executor import worker_cache as cache
 from ir.s3store import S3Storage
 from ir.storage_uri import parse_storage_uri
 from ir.store import LocalStore
-from lambda_handler import cache, handler
+from lambda_handler import handler
 from lambda_handler.handler import handle
 from tests.forcing import ShellThunks
 
@@ -80,7 +81,7 @@ def test_missing_input_is_reported_with_its_id(s3_uri, client_store, lambda_env)
     tid = sh.thunk("cat a > out", values={"a": "never uploaded"})
     answer = handle(event_for(s3_uri, client_store, [tid]), None)
     result = answer["results"][0]
-    assert result["status"] == "infrastructure_error"
+    assert result["status"] == "missing_input"
     assert client_store.put_bytes(b"never uploaded") in result["missing"]
 
 
@@ -92,15 +93,24 @@ def test_storage_from_environment(s3_uri, client_store, lambda_env, monkeypatch)
     assert handle(event_for(None, client_store, [tid]), None)["results"][0]["status"] == "ok"
 
 
-@pytest.mark.parametrize("event", [
-    None, {}, {"version": 2, "thunks": [{"id": "x"}]}, {"version": 1, "thunks": [{"id": "Tnope", "data": "!"}]},
+@pytest.mark.parametrize("event, status, error", [
+    (None, "", "a JSON object expected"),
+    ({}, "", "protocol version None"),
+    ({"version": 2, "thunks": [{"id": "x"}]}, "config_error", "protocol version 2; this side speaks 1"),
+    ({"version": 1, "thunks": [{"id": "Tnope", "data": "!"}]}, "infrastructure_error", "bad thunk in request"),
+    ({"version": 1, "thunks": [{"id": "Tnope"}], "colour": "red"}, "infrastructure_error",
+     'no field named "colour"'),
+    ({"version": 1, "thunks": [{"id": "Tnope", "timeout": "soon"}]}, "infrastructure_error",
+     "thunks[0].timeout"),
 ])
-def test_bad_events_get_an_answer(event, lambda_env, monkeypatch):
+def test_bad_events_get_an_answer(event, status, error, lambda_env, monkeypatch):
     monkeypatch.setenv("GG_STORAGE_URI", "s3://some-bucket")
     answer = handle(event, None)
     assert answer["version"] == 1
+    assert len(answer["results"]) == len((event or {}).get("thunks", []))
+    assert error in answer["error"] or all(error in r["error"] for r in answer["results"]), answer
     for result in answer["results"]:
-        assert result["status"] == "infrastructure_error" and "\n" not in result["error"]
+        assert result["status"] == status and "\n" not in result["error"]
 
 
 def test_thunk_data_must_match_its_id(s3_uri, client_store, lambda_env):
