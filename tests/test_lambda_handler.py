@@ -151,3 +151,30 @@ def test_errors_are_classified_where_the_cause_is_known(s3_uri, moto_endpoint, c
     result = handle(event_for(nowhere, client_store, [sh.thunk("cat a > out", values={"a": "x"})]), None)
     assert result["results"][0]["status"] == "config_error", result
     assert "does not exist" in result["results"][0]["error"]
+
+
+def test_the_worker_core_serves_a_request_without_the_handler(s3_uri, client_store, tmp_path):
+    """What another remote engine's worker would do: decode a request, serve it with
+    executor.worker, encode the answer; no lambda_handler involved."""
+    from executor import protocol
+    from executor.worker import Worker, WorkerConfig
+
+    sh = ShellThunks(client_store)
+    ok = sh.thunk("cat a a > out", values={"a": "twice "})
+    upload_inputs(s3_uri, client_store, [ok])
+    request = protocol.decode_request(protocol.encode(protocol.ExecutionRequest(
+        version=protocol.EVENT_VERSION, storage=s3_uri, inline_values=1024,
+        thunks=[protocol.ExecutionRequest.Thunk(id=ok, data=client_store.read_bytes(ok))])))
+    config = WorkerConfig(cache_dir=tmp_path / "worker", parallelism=2)
+
+    async def serve():
+        storage = S3Storage(parse_storage_uri(s3_uri))
+        try:
+            return await Worker(config.cache_dir).serve(request, storage, config)
+        finally:
+            await storage.close()
+
+    answer = protocol.decode_response(protocol.encode(asyncio.run(serve())))
+    (result,) = answer.results
+    assert result.status == protocol.OK, result
+    assert result.outputs[0].data == b"twice twice "  # small value: inline, not uploaded
