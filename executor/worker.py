@@ -64,8 +64,7 @@ class WorkerConfig:
     def from_env(cls, environ: Mapping[str, str]) -> WorkerConfig:
         """From GG_CACHE_DIR, GG_CACHE_MAX_MIB and GG_THUNK_PARALLELISM (docs/lambda.md)."""
 
-        def number(name: str, default: int, least: int) -> int:
-            text = environ.get(name)
+        def number(name: str, text: str | None, default: int, least: int) -> int:
             try:
                 value = int(text) if text else default
             except ValueError:
@@ -77,8 +76,8 @@ class WorkerConfig:
         return cls(
             cache_dir=Path(environ.get("GG_CACHE_DIR") or DEFAULT_CACHE_DIR),
             # 0: keep nothing between requests beyond what the running batch needs.
-            cache_max_bytes=number("GG_CACHE_MAX_MIB", DEFAULT_CACHE_MAX_MIB, 0) << 20,
-            parallelism=number("GG_THUNK_PARALLELISM", os.cpu_count() or 1, 1),
+            cache_max_bytes=number("GG_CACHE_MAX_MIB", environ.get("GG_CACHE_MAX_MIB"), DEFAULT_CACHE_MAX_MIB, 0) << 20,
+            parallelism=number("GG_THUNK_PARALLELISM", environ.get("GG_THUNK_PARALLELISM"), os.cpu_count() or 1, 1),
         )
 
 

@@ -178,3 +178,13 @@ def test_the_worker_core_serves_a_request_without_the_handler(s3_uri, client_sto
     (result,) = answer.results
     assert result.status == protocol.OK, result
     assert result.outputs[0].data == b"twice twice "  # small value: inline, not uploaded
+
+
+@pytest.mark.parametrize("variable, value", [("GG_CACHE_MAX_MIB", "lots"), ("GG_THUNK_PARALLELISM", "0")])
+def test_a_bad_worker_setting_is_a_config_error_naming_it(variable, value, s3_uri, client_store, lambda_env,
+                                                          monkeypatch):
+    monkeypatch.setenv(variable, value)
+    tid = ShellThunks(client_store).thunk("echo x > out")
+    answer = handle(event_for(s3_uri, client_store, [tid]), None)
+    (result,) = answer["results"]
+    assert result["status"] == "config_error" and f"{variable}={value!r}" in result["error"], answer
