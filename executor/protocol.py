@@ -131,7 +131,7 @@ def _decode(payload: bytes | str | dict, message, what: str):
     try:
         json_format.ParseDict(payload, message)
     except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
-        raise ProtocolError(f"malformed {what}: {one_line(exc)}") from None
+        raise ProtocolError(f"malformed {what}: {one_line(exc).rstrip('.')}") from None
     return message
 
 
