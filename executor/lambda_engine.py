@@ -35,7 +35,6 @@ function and the bucket before the first thunk.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import Mapping
@@ -49,12 +48,11 @@ from ir.retry import backoff_delay
 from ir.s3store import S3Error, S3Storage
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
+from . import protocol
 from .engine import Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, Output, ResourceExhausted
+from .protocol import MAX_PAYLOAD, REQUEST_BUDGET, ExecutionRequest, ExecutionResponse, inline_size
 
-EVENT_VERSION = 1
-MAX_PAYLOAD = 6_291_456  # Lambda's synchronous request limit
-PAYLOAD_BUDGET = 5_500_000  # what one batch may use (JSON overhead stays below the limit)
 EPHEMERAL_HEADROOM = 0.8  # inputs may fill this much of /tmp; outputs need the rest
 # Small blobs travel inside the invocation instead of through S3: a PUT and a GET on
 # S3 cost tens of milliseconds each, far more than a few KiB more of payload.
@@ -134,7 +132,7 @@ class _Pending:
     blobs: dict[str, bytes] = field(default_factory=dict, repr=False)  # inputs sent inline
 
     def size(self) -> int:
-        return _payload_size(self.data) + sum(_payload_size(b) for b in self.blobs.values())
+        return inline_size(self.data) + sum(inline_size(b) for b in self.blobs.values())
 
 
 def _first_line(text: object) -> str:
@@ -144,12 +142,6 @@ def _first_line(text: object) -> str:
 
 _THROTTLED = frozenset({"TooManyRequestsException", "ThrottlingException", "429"})
 _UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"})
-
-
-def _payload_size(data: bytes | int) -> int:
-    """Bytes ``data`` (or that many bytes) take in a JSON event: base64 plus its entry."""
-    size = data if isinstance(data, int) else len(data)
-    return 4 * ((size + 2) // 3) + 200
 
 
 class LambdaEngine:
@@ -306,8 +298,8 @@ class LambdaEngine:
 
     def refuses(self, job: Job) -> str | None:
         cfg = self.config
-        size = _payload_size(job.thunk.serialize())
-        if size > PAYLOAD_BUDGET:
+        size = inline_size(job.thunk.serialize())
+        if size > REQUEST_BUDGET:
             return f"request payload {size} bytes is over Lambda's {MAX_PAYLOAD}-byte limit"
         inputs = {i.id for i in (*job.thunk.values, *job.thunk.executables)}
         total = sum(parse_id(i).size for i in inputs)
@@ -343,16 +335,16 @@ class LambdaEngine:
         """Small local inputs to send in the event (read now: the event needs the bytes),
         within what the thunk itself leaves of the payload budget."""
         blobs: dict[str, bytes] = {}
-        room = min(INLINE_INPUTS_PER_THUNK, PAYLOAD_BUDGET - _payload_size(job.thunk.serialize()))
+        room = min(INLINE_INPUTS_PER_THUNK, REQUEST_BUDGET - inline_size(job.thunk.serialize()))
         for ident in inputs:
             size = parse_id(ident).size
-            if size > self.config.inline_max or _payload_size(size) > room or ident in self._sent_to_s3:
+            if size > self.config.inline_max or inline_size(size) > room or ident in self._sent_to_s3:
                 continue
             try:
                 blobs[ident] = self.store.read_bytes(ident)
             except MissingBlob:
                 continue
-            room -= _payload_size(blobs[ident])
+            room -= inline_size(blobs[ident])
         return blobs
 
     async def _upload_inputs(self, job: Job) -> dict[str, bytes]:
@@ -380,7 +372,7 @@ class LambdaEngine:
 
     def _enqueue(self, pending: _Pending) -> None:
         batch_bytes = sum(p.size() for p in self._pending)
-        if self._pending and batch_bytes + pending.size() > PAYLOAD_BUDGET:
+        if self._pending and batch_bytes + pending.size() > REQUEST_BUDGET:
             self._flush()
         self._pending.append(pending)
         if len(self._pending) >= self.config.batch_max:
@@ -405,27 +397,36 @@ class LambdaEngine:
 
     async def _invoke_batch(self, batch: list[_Pending]) -> None:
         blobs = {ident: data for p in batch for ident, data in p.blobs.items()}
-        event = {
-            "version": EVENT_VERSION,
-            "storage": self.storage.config.uri,
-            "thunks": [{"id": p.job.thunk_id, "data": base64.b64encode(p.data).decode(),
-                        **({"timeout": p.job.timeout} if p.job.timeout else {})} for p in batch],
-            "blobs": [{"id": i, "data": base64.b64encode(d).decode()} for i, d in blobs.items()],
-            "inline_values": self.config.inline_max,
-        }
+        request = ExecutionRequest(
+            version=protocol.EVENT_VERSION,
+            storage=self.storage.config.uri,
+            thunks=[ExecutionRequest.Thunk(id=p.job.thunk_id, data=p.data, timeout=p.job.timeout or None)
+                    for p in batch],
+            blobs=[protocol.Blob(id=i, data=d) for i, d in blobs.items()],
+            inline_values=self.config.inline_max,
+        )
         # What the thunks may take (serially, at worst), capped by the function's timeout.
         need = sum(p.job.timeout or self.config.function_timeout for p in batch)
         deadline = min(need, self.config.function_timeout) + self.config.deadline_margin
+        name = self.config.function_name
         try:
-            answer = await self._invoke(json.dumps(event).encode(), deadline)
-            if not isinstance(answer, dict) or answer.get("version") != EVENT_VERSION:
-                raise InfrastructureError(f"lambda {self.config.function_name}: answer is not a version "
-                                          f"{EVENT_VERSION} answer")
-            by_id = {r.get("id"): r for r in answer.get("results", []) if isinstance(r, dict)}
+            try:
+                payload = protocol.encode(request)
+            except protocol.ProtocolError as exc:  # the budgets should make this impossible
+                raise InfrastructureError(f"lambda {name}: {exc}") from None
+            body = await self._invoke(payload, deadline)
+            try:
+                answer = protocol.decode_response(body)
+            except protocol.VersionMismatch as exc:
+                raise LambdaSetupError(f"the Lambda function {name!r} {exc} (redeploy it: gg lambda package, "
+                                       "then terraform apply)") from None
+            except protocol.ProtocolError as exc:
+                raise InfrastructureError(f"lambda {name}: {exc}") from None
+            by_id = {r.id: r for r in answer.results}
             for pending in batch:
                 result = by_id.get(pending.job.thunk_id)
                 if result is None:
-                    why = answer.get("error") or "no result for it in the answer"
+                    why = answer.error or "no result for it in the answer"
                     _fail(pending, InfrastructureError(f"lambda: thunk {pending.job.thunk_id}: {why}"))
                 elif not pending.future.done():
                     pending.future.set_result(result)
@@ -446,9 +447,10 @@ class LambdaEngine:
     async def _get_client(self) -> Any:
         return await self._client.get()
 
-    async def _invoke(self, payload: bytes, deadline: float) -> Any:
-        """One synchronous invocation within ``deadline`` seconds; throttling retried here,
-        configuration faults raised as ConfigError, all else as InfrastructureError."""
+    async def _invoke(self, payload: bytes, deadline: float) -> bytes:
+        """One synchronous invocation within ``deadline`` seconds, returning the answer's
+        bytes; throttling retried here, configuration faults raised as ConfigError, all
+        else as InfrastructureError."""
         cfg = self.config
         client = await self._get_client()
         where = self.where
@@ -485,55 +487,50 @@ class LambdaEngine:
                     # function would hit them again; a bigger engine may not.
                     raise ResourceExhausted(f"lambda {cfg.function_name}: {why}")
                 raise InfrastructureError(f"lambda {cfg.function_name}: {why}")
-            try:
-                return json.loads(body)
-            except ValueError:
-                raise InfrastructureError(f"lambda {cfg.function_name}: answer is not JSON") from None
+            return body
         raise AssertionError("unreachable")
 
     # -- answers -----------------------------------------------------------------------------
 
-    async def _result(self, job: Job, answer: dict) -> ExecutionResult:
-        status = answer.get("status")
-        error = _first_line(answer.get("error", ""))
-        if status == "execution_failed":
-            raise ExecutionFailed(job.thunk_id, error or "failed on Lambda", list(job.thunk.args),
-                                  str(answer.get("stderr_tail", "")))
-        if status == "resource_exhausted":
-            raise ResourceExhausted(f"lambda: {error or status}", str(answer.get("stderr_tail", "")))
-        if status == "config_error":
+    async def _result(self, job: Job, answer: ExecutionResponse.Result) -> ExecutionResult:
+        status = answer.status
+        error = _first_line(answer.error)
+        if status == protocol.EXECUTION_FAILED:
+            raise ExecutionFailed(job.thunk_id, error or "failed on Lambda", list(job.thunk.args), answer.stderr_tail)
+        if status == protocol.RESOURCE_EXHAUSTED:
+            raise ResourceExhausted(f"lambda: {error or 'resource_exhausted'}", answer.stderr_tail)
+        if status == protocol.CONFIG_ERROR:
             raise LambdaSetupError(f"in the Lambda function {self.config.function_name!r}: {error}")
-        if status != "ok":
-            for ident in answer.get("missing") or []:
+        if status != protocol.OK:
+            for ident in answer.missing:
                 self.storage.forget(ident)  # the next attempt uploads it again
                 self._sent_to_s3.add(ident)
-            raise InfrastructureError(f"lambda: thunk {job.thunk_id}: {error or status}")
-        try:
-            entries = [*answer.get("outputs", []), *answer.get("created", [])]
-            kept = await asyncio.gather(*(self._keep(entry) for entry in entries),  # GETs, if any, at once
-                                        return_exceptions=True)
-            for outcome in kept:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            outputs = [Output(str(e["tag"]), str(e["id"]), bool(e.get("executable")))
-                       for e in answer.get("outputs", [])]
-            created = [str(e["id"]) for e in answer.get("created", [])]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InfrastructureError(f"lambda: thunk {job.thunk_id}: malformed answer ({exc})") from None
+            raise InfrastructureError(f"lambda: thunk {job.thunk_id}: {error or protocol.status_name(status)}")
+        entries = [*answer.outputs, *answer.created]
+        kept = await asyncio.gather(*(self._keep(entry) for entry in entries),  # GETs, if any, at once
+                                    return_exceptions=True)
+        for outcome in kept:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        outputs = [Output(e.tag, e.id, e.executable) for e in answer.outputs]
+        created = [e.id for e in answer.created]
         if [o.tag for o in outputs] != list(job.thunk.outputs):
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: answer has outputs "
                                       f"{[o.tag for o in outputs]}, expected {list(job.thunk.outputs)}")
-        return ExecutionResult(job.thunk_id, outputs, created, float(answer.get("duration") or 0.0))
+        return ExecutionResult(job.thunk_id, outputs, created, answer.duration)
 
-    async def _keep(self, entry: dict) -> None:
+    async def _keep(self, entry: ExecutionResponse.Output | ExecutionResponse.Created) -> None:
         """Blobs that came inline (thunks, small values) into the local store; the
         function did not upload those, so they are not believed to be in S3. Thunk blobs
         that did not fit the answer are fetched from S3; larger values stay there."""
-        ident = str(entry["id"])
-        parsed = parse_id(ident)
-        executable = bool(entry.get("executable"))
-        if "data" in entry:
-            data = base64.b64decode(entry["data"], validate=True)
+        ident = entry.id
+        try:
+            parsed = parse_id(ident)
+        except ValueError as exc:
+            raise InfrastructureError(f"lambda: malformed answer: {_first_line(exc)}") from None
+        executable = isinstance(entry, ExecutionResponse.Output) and entry.executable
+        if entry.HasField("data"):
+            data = entry.data
             actual = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
             if actual != ident:  # checked before storing: never cache a corrupt blob
                 raise InfrastructureError(f"lambda: inline blob {ident} hashes to {actual}")

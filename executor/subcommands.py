@@ -3,10 +3,9 @@
 Each entry is a function ``add(subparsers)``; keep heavy imports inside handlers.
 """
 
-from lambda_handler import package as lambda_package
 from model_sub import infer
 
-from . import force_cli, trace_summary
+from . import force_cli, lambda_package, trace_summary
 from .lambda_local import cli as lambda_local_cli
 
 SUBCOMMANDS: tuple = (force_cli.add, trace_summary.add, infer.add, lambda_local_cli.add, lambda_package.add)

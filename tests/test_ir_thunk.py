@@ -269,16 +269,17 @@ def test_input_parse():
 
 # -- generated protobuf freshness ---------------------------------------------------------
 
-def test_generated_protobuf_is_fresh(tmp_path: Path):
-    """The committed ir/thunk_pb2.py must be what grpc_tools makes of ir/thunk.proto."""
+@pytest.mark.parametrize("name", ["thunk", "execution"])
+def test_generated_protobuf_is_fresh(tmp_path: Path, name: str):
+    """The committed ir/NAME_pb2.py must be what grpc_tools makes of ir/NAME.proto."""
     package = Path(ir.__file__).parent
-    (tmp_path / "thunk.proto").write_bytes((package / "thunk.proto").read_bytes())
+    (tmp_path / f"{name}.proto").write_bytes((package / f"{name}.proto").read_bytes())
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", "thunk.proto"],
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"{name}.proto"],
         check=True,
         cwd=tmp_path,
     )
-    assert filecmp.cmp(tmp_path / "thunk_pb2.py", package / "thunk_pb2.py", shallow=False), (
-        "ir/thunk_pb2.py is stale: regenerate with "
-        "(cd ir && python -m grpc_tools.protoc -I. --python_out=. thunk.proto)"
+    assert filecmp.cmp(tmp_path / f"{name}_pb2.py", package / f"{name}_pb2.py", shallow=False), (
+        f"ir/{name}_pb2.py is stale: regenerate with "
+        f"(cd ir && python -m grpc_tools.protoc -I. --python_out=. {name}.proto)"
     )

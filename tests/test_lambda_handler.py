@@ -7,10 +7,11 @@ import base64
 
 import pytest
 
+from executor import worker_cache as cache
 from ir.s3store import S3Storage
 from ir.storage_uri import parse_storage_uri
 from ir.store import LocalStore
-from lambda_handler import cache, handler
+from lambda_handler import handler
 from lambda_handler.handler import handle
 from tests.forcing import ShellThunks
 
@@ -80,7 +81,7 @@ def test_missing_input_is_reported_with_its_id(s3_uri, client_store, lambda_env)
     tid = sh.thunk("cat a > out", values={"a": "never uploaded"})
     answer = handle(event_for(s3_uri, client_store, [tid]), None)
     result = answer["results"][0]
-    assert result["status"] == "infrastructure_error"
+    assert result["status"] == "missing_input"
     assert client_store.put_bytes(b"never uploaded") in result["missing"]
 
 
@@ -92,15 +93,24 @@ def test_storage_from_environment(s3_uri, client_store, lambda_env, monkeypatch)
     assert handle(event_for(None, client_store, [tid]), None)["results"][0]["status"] == "ok"
 
 
-@pytest.mark.parametrize("event", [
-    None, {}, {"version": 2, "thunks": [{"id": "x"}]}, {"version": 1, "thunks": [{"id": "Tnope", "data": "!"}]},
+@pytest.mark.parametrize("event, status, error", [
+    (None, "", "a JSON object expected"),
+    ({}, "", "protocol version None"),
+    ({"version": 2, "thunks": [{"id": "x"}]}, "config_error", "protocol version 2; this side speaks 1"),
+    ({"version": 1, "thunks": [{"id": "Tnope", "data": "!"}]}, "infrastructure_error", "bad thunk in request"),
+    ({"version": 1, "thunks": [{"id": "Tnope"}], "colour": "red"}, "infrastructure_error",
+     'no field named "colour"'),
+    ({"version": 1, "thunks": [{"id": "Tnope", "timeout": "soon"}]}, "infrastructure_error",
+     "thunks[0].timeout"),
 ])
-def test_bad_events_get_an_answer(event, lambda_env, monkeypatch):
+def test_bad_events_get_an_answer(event, status, error, lambda_env, monkeypatch):
     monkeypatch.setenv("GG_STORAGE_URI", "s3://some-bucket")
     answer = handle(event, None)
     assert answer["version"] == 1
+    assert len(answer["results"]) == len((event or {}).get("thunks", []))
+    assert error in answer["error"] or all(error in r["error"] for r in answer["results"]), answer
     for result in answer["results"]:
-        assert result["status"] == "infrastructure_error" and "\n" not in result["error"]
+        assert result["status"] == status and "\n" not in result["error"]
 
 
 def test_thunk_data_must_match_its_id(s3_uri, client_store, lambda_env):
@@ -141,3 +151,40 @@ def test_errors_are_classified_where_the_cause_is_known(s3_uri, moto_endpoint, c
     result = handle(event_for(nowhere, client_store, [sh.thunk("cat a > out", values={"a": "x"})]), None)
     assert result["results"][0]["status"] == "config_error", result
     assert "does not exist" in result["results"][0]["error"]
+
+
+def test_the_worker_core_serves_a_request_without_the_handler(s3_uri, client_store, tmp_path):
+    """What another remote engine's worker would do: decode a request, serve it with
+    executor.worker, encode the answer; no lambda_handler involved."""
+    from executor import protocol
+    from executor.worker import Worker, WorkerConfig
+
+    sh = ShellThunks(client_store)
+    ok = sh.thunk("cat a a > out", values={"a": "twice "})
+    upload_inputs(s3_uri, client_store, [ok])
+    request = protocol.decode_request(protocol.encode(protocol.ExecutionRequest(
+        version=protocol.EVENT_VERSION, storage=s3_uri, inline_values=1024,
+        thunks=[protocol.ExecutionRequest.Thunk(id=ok, data=client_store.read_bytes(ok))])))
+    config = WorkerConfig(cache_dir=tmp_path / "worker", parallelism=2)
+
+    async def serve():
+        storage = S3Storage(parse_storage_uri(s3_uri))
+        try:
+            return await Worker(config.cache_dir).serve(request, storage, config)
+        finally:
+            await storage.close()
+
+    answer = protocol.decode_response(protocol.encode(asyncio.run(serve())))
+    (result,) = answer.results
+    assert result.status == protocol.OK, result
+    assert result.outputs[0].data == b"twice twice "  # small value: inline, not uploaded
+
+
+@pytest.mark.parametrize("variable, value", [("GG_CACHE_MAX_MIB", "lots"), ("GG_THUNK_PARALLELISM", "0")])
+def test_a_bad_worker_setting_is_a_config_error_naming_it(variable, value, s3_uri, client_store, lambda_env,
+                                                          monkeypatch):
+    monkeypatch.setenv(variable, value)
+    tid = ShellThunks(client_store).thunk("echo x > out")
+    answer = handle(event_for(s3_uri, client_store, [tid]), None)
+    (result,) = answer["results"]
+    assert result["status"] == "config_error" and f"{variable}={value!r}" in result["error"], answer

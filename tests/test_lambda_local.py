@@ -22,7 +22,7 @@ def test_invoke_api_shapes(lambda_endpoint):
     answer = client.invoke(FunctionName="gg", Payload=json.dumps({"version": 1, "thunks": [],
                                                                   "storage": "s3://abc"}))
     assert answer["StatusCode"] == 200 and "FunctionError" not in answer
-    assert json.loads(answer["Payload"].read()) == {"version": 1, "results": []}
+    assert json.loads(answer["Payload"].read()) == {"version": 1, "error": "", "results": []}
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.invoke(FunctionName="other", Payload=b"{}")
     with pytest.raises(client.exceptions.RequestTooLargeException):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from executor import lambda_package as package
 from ir.store import LocalStore
-from lambda_handler import package
 from tests.aws_fixtures import FAKE_AWS_ENV
 from tests.forcing import ShellThunks
 
@@ -69,9 +69,11 @@ def test_contents_are_for_lambda_not_this_machine(built):
     assert manifest["handler"] == package.HANDLER
     assert (manifest["runtime"], manifest["architecture"]) == ("python3.11", "x86_64")
     # Handler, IR and the execution core; not the scheduler, the CLI or this packager.
-    for name in ("lambda_handler/handler.py", "ir/s3store.py", "ir/sdk.py", "executor/execution.py"):
+    for name in ("lambda_handler/handler.py", "ir/s3store.py", "ir/sdk.py", "executor/execution.py",
+                 "executor/protocol.py", "executor/worker.py", "executor/worker_cache.py", "ir/execution_pb2.py",
+                 "ir/execution.proto"):
         assert name in names
-    for name in ("executor/scheduler.py", "executor/force_cli.py", "lambda_handler/package.py"):
+    for name in ("executor/scheduler.py", "executor/force_cli.py", "executor/lambda_package.py"):
         assert name not in names
     # Native code comes from manylinux wheels for CPython 3.11, not from site-packages.
     native = [w for w in manifest["wheels"] if "-none-any" not in w and "py3-none" not in w]
@@ -115,7 +117,7 @@ def test_handler_imports_from_the_unpacked_zip_alone(unpacked):
         code = sys.argv[1]
         sys.path.insert(0, code)
         import lambda_handler.handler as h
-        import executor.execution, ir.s3store, ir.sdk
+        import executor.execution, executor.protocol, executor.worker, ir.s3store, ir.sdk
         import aiobotocore.session, aiohttp, botocore, zstandard, xxhash, google.protobuf
         stdlib = sysconfig.get_paths()["stdlib"]
         outside = sorted(

@@ -59,7 +59,7 @@ def test_case_11_a_poisoned_cache_blob_is_never_used(s3_uri, client_store, lambd
     # 1. A thunk brings the blob into the warm cache (and the worker verifies it).
     answer = handle(event_for(s3_uri, client_store, [first]), None)
     assert output_of(answer, boto3_s3, config, first) == GENUINE
-    cache_store = handler._WARM.stores[str(lambda_env.root)]
+    cache_store = handler._WARM.workers[str(lambda_env.root)].store
     cached = cache_store.blob_path(victim)
     assert cached.read_bytes() == GENUINE
     # Make the worker trust what it verified at once (no racy window), so this test

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
-RUNTIME_FILES = ("model_sub/shim.c", "ir/thunk.proto", "executor/lambda_local/server.py",
+RUNTIME_FILES = ("model_sub/shim.c", "ir/thunk.proto", "ir/execution.proto", "executor/lambda_local/server.py",
                  "executor/lambda_local/__main__.py", "lambda_handler/handler.py")
 
 MAKEFILE = """\

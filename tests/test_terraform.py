@@ -19,7 +19,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from lambda_handler import package
+from executor import lambda_package as package
 
 REPO = Path(__file__).resolve().parent.parent
 TERRAFORM = REPO / "terraform"
@@ -27,7 +27,8 @@ TERRAFORM = REPO / "terraform"
 # The code that runs inside the function and reads its configuration. The S3 scan
 # covers every module the package ships (anything the function may execute).
 CONFIG_SOURCES = [
-    *sorted(p for p in (REPO / "lambda_handler").glob("*.py") if p.name != "package.py"),
+    *sorted((REPO / "lambda_handler").glob("*.py")),
+    REPO / "executor" / "worker.py",
     REPO / "ir" / "s3store.py",
     REPO / "ir" / "storage_uri.py",
 ]

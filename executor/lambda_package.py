@@ -3,10 +3,11 @@
 The zip holds exactly what the function imports, built for Lambda rather than for
 the machine that builds it:
 
-* first-party code: ``lambda_handler`` (minus this build tool), the whole ``ir``
-  package (thunk functions import ``ir.sdk`` through ``GG_PYTHON``) and the modules
-  of ``executor`` that the handler reaches through its imports (the execution core,
-  not the scheduler or the CLI) — found by following ``import`` statements;
+* first-party code: ``lambda_handler``, the whole ``ir`` package (thunk functions
+  import ``ir.sdk`` through ``GG_PYTHON``) and the modules of ``executor`` that the
+  handler reaches through its imports (the protocol, the worker core and the execution
+  core; not the scheduler, the CLI or this build tool) — found by following ``import``
+  statements;
 * third-party code: the distributions that code imports, pinned to the versions
   installed here (what the tests ran against), plus their dependencies, as **wheels
   for Lambda's Python version and architecture** (``pip download --only-binary=:all: --platform
@@ -50,8 +51,9 @@ HANDLER = f"{HANDLER_MODULE}.handle"
 FIRST_PARTY = ("lambda_handler", "ir", "executor")
 # Packages shipped whole, whatever the handler imports: thunk functions use them too.
 WHOLE_PACKAGES = ("ir", "lambda_handler")
-# Build-time only: never imported at run time.
-EXCLUDED_MODULES = frozenset({"lambda_handler.package"})
+# Build-time only: never imported at run time. (This tool lives in executor/, not in
+# lambda_handler/: it is client-side, and executor must not import lambda_handler.)
+EXCLUDED_MODULES = frozenset({"executor.lambda_package"})
 
 ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}
 # Lambda's python3.11+ runtimes run on Amazon Linux 2023 (glibc 2.34); any of these
@@ -133,7 +135,7 @@ def default_output(source_root: Path, target: Target) -> Path:
 
 
 def project_root() -> Path:
-    """The directory holding the first-party packages (this file is lambda_handler/package.py)."""
+    """The directory holding the first-party packages (this file is executor/lambda_package.py)."""
     return Path(__file__).resolve().parent.parent
 
 
@@ -176,11 +178,10 @@ def first_party_modules(root: Path, entry: str = HANDLER_MODULE) -> list[str]:
     if _module_file(root, entry) is None:
         raise PackageError(f"{entry} not found under {root} (is the handler written?)")
     pending = [entry]
-    for package in WHOLE_PACKAGES:
-        pending.extend(
-            f"{package}.{p.stem}" if p.name != "__init__.py" else package
-            for p in sorted((root / package).glob("*.py"))
-        )
+    for package in WHOLE_PACKAGES:  # subpackages too (e.g. storage backends loaded by name)
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            pending.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     seen: set[str] = set()
     while pending:
         module = pending.pop()
@@ -202,10 +203,10 @@ def first_party_files(root: Path, modules: Iterable[str]) -> dict[str, bytes]:
         path = _module_file(root, module)
         assert path is not None
         files[path.relative_to(root).as_posix()] = path.read_bytes()
-    # Data files the code opens next to itself.
-    proto = root / "ir" / "thunk.proto"
-    if proto.is_file():
-        files["ir/thunk.proto"] = proto.read_bytes()
+    # Data files shipped next to the code (the package data of the wheel).
+    for name in ("ir/thunk.proto", "ir/execution.proto"):
+        if (root / name).is_file():
+            files[name] = (root / name).read_bytes()
     return files
 
 

@@ -1,4 +1,4 @@
-"""The size-capped blob cache in ``/tmp`` that survives warm invocations.
+"""A remote worker's size-capped blob cache (``/tmp`` on Lambda), kept across requests.
 
 Lambda's ``/tmp`` is small (512 MiB by default) and shared by every invocation a warm
 sandbox serves; gg filled it and failed (#25). Before a batch runs, the cache makes
