@@ -176,11 +176,10 @@ def first_party_modules(root: Path, entry: str = HANDLER_MODULE) -> list[str]:
     if _module_file(root, entry) is None:
         raise PackageError(f"{entry} not found under {root} (is the handler written?)")
     pending = [entry]
-    for package in WHOLE_PACKAGES:
-        pending.extend(
-            f"{package}.{p.stem}" if p.name != "__init__.py" else package
-            for p in sorted((root / package).glob("*.py"))
-        )
+    for package in WHOLE_PACKAGES:  # subpackages too (e.g. storage backends loaded by name)
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            pending.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     seen: set[str] = set()
     while pending:
         module = pending.pop()

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from ir.ids import Kind, id_of_bytes, parse_id
-from ir.s3store import PROBE_DATA
-from ir.storage_uri import parse_storage_uri
+from ir.storage.s3 import PROBE_DATA
+from ir.storage.uri import parse_s3_uri
 from ir.store import LocalStore
 from ir.thunk import Resources
 from tests.aws_fixtures import FAKE_AWS_ENV, FaultProxy, LocalLambda
@@ -141,7 +141,7 @@ def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, bot
     assert started and {e["engine"] for e in started} == {"lambda"}
     assert not of_kind(trace, "fallback") and not of_kind(trace, "failed")
     # Small blobs travel inside invocations: none of them went through the bucket.
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     probe = config.key(id_of_bytes(PROBE_DATA, Kind.VALUE))  # the pre-flight check's blob
     keys = [o["Key"] for o in boto3_s3.list_objects_v2(Bucket=config.bucket).get("Contents", [])]
     assert all(parse_id(key.rsplit("/", 1)[-1]).size > 64 << 10 for key in keys if key != probe), keys
@@ -278,7 +278,7 @@ def test_corrupt_objects_in_s3_between_runs(tmp_path, s3_uri, lambda_endpoint_fa
     expected = first.value(one, consume)
     assert expected.split()[0] == str(2 * len(big)).encode()
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     output = first.store.get_reduction(produce)
     for ident in (big_id, output):
         boto3_s3.put_object(Bucket=config.bucket, Key=config.key(ident), Body=b"not what the ID says" * 100)
@@ -312,7 +312,7 @@ def test_bucket_emptied_between_runs(tmp_path, s3_uri, lambda_endpoint, boto3_s3
     assert one.returncode == 0, one.stderr
     assert client.value(one, first) == b"emptied bucket"
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     listed = boto3_s3.list_objects_v2(Bucket=config.bucket)
     assert listed.get("KeyCount", 0) > 0
     for item in listed["Contents"]:
@@ -386,7 +386,7 @@ def test_emptied_bucket_loses_a_large_intermediate_value(tmp_path, s3_uri, lambd
     produce = sh.thunk("head -c 200000 /dev/zero > out")
     one = client.force(sh.thunk("wc -c < p > out", thunks={"p": produce}))
     assert one.returncode == 0, one.stderr
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     for item in boto3_s3.list_objects_v2(Bucket=config.bucket).get("Contents", []):
         boto3_s3.delete_object(Bucket=config.bucket, Key=item["Key"])
     other = sh.thunk("cksum < p > out", thunks={"p": produce})
