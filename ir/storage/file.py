@@ -183,12 +183,12 @@ class FileStorage:
             raise MissingBlob(ident, f"{store.blobs} (needed to upload it to {self.config.where(ident)})") from None
         with source:
             executable = bool(os.fstat(source.fileno()).st_mode & stat.S_IXUSR)
-            if trust:
-                with contextlib.suppress(FileNotFoundError):
-                    present = os.stat(target)
-                    if stat.S_ISREG(present.st_mode) and (present.st_mode & stat.S_IXUSR or not executable):
-                        return
             try:
+                if trust:
+                    with contextlib.suppress(FileNotFoundError):
+                        present = os.stat(target)
+                        if stat.S_ISREG(present.st_mode) and (present.st_mode & stat.S_IXUSR or not executable):
+                            return
                 actual = self._write(ident, lambda sink: hash_stream(source, parse_id(ident).algorithm, sink),
                                      executable)
             except OSError as exc:
