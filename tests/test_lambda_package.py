@@ -69,7 +69,8 @@ def test_contents_are_for_lambda_not_this_machine(built):
     assert manifest["handler"] == package.HANDLER
     assert (manifest["runtime"], manifest["architecture"]) == ("python3.11", "x86_64")
     # Handler, IR and the execution core; not the scheduler, the CLI or this packager.
-    for name in ("lambda_handler/handler.py", "ir/storage/s3.py", "ir/sdk.py", "executor/execution.py"):
+    for name in ("lambda_handler/handler.py", "ir/storage/s3.py", "ir/storage/file.py", "ir/storage/registry.py",
+                 "ir/sdk.py", "executor/execution.py"):
         assert name in names
     for name in ("executor/scheduler.py", "executor/force_cli.py", "lambda_handler/package.py"):
         assert name not in names
