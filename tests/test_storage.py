@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,3 +310,20 @@ async def test_file_storage_that_is_not_a_directory(tmp_path, store):
     ident = store.put_bytes(b"z")
     with pytest.raises(StorageError, match="GG_STORAGE_URI"):
         await storage.upload(store, ident)
+
+
+def test_a_read_only_file_storage_is_a_setting_to_fix(tmp_path):
+    """A real read-only mount (a bind mount remounted ro, in a mount namespace of its own):
+    root may write anywhere else, so only the file system can say no."""
+    shared = tmp_path / "ro"
+    shared.mkdir()
+    script = (f"mount --bind {shared} {shared} && mount -o remount,bind,ro {shared} && "
+              f"exec {sys.executable} -c \"$0\"")
+    probe = ("import asyncio\nfrom ir.storage import open_storage\n"
+             f"asyncio.run(open_storage('file://{shared}').probe())\n")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, probe],
+                          cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ir.storage.file.FileStorageConfigError: ") and "not writable" in last, done.stderr
+    assert f"GG_STORAGE_URI=file://{shared}" in last

@@ -33,7 +33,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ..hashing import hash_stream
 from ..ids import Kind, id_of_bytes, parse_id
@@ -44,6 +44,7 @@ from .uri import FileConfig, parse_file_uri
 OBJECT_MODE = 0o444
 EXECUTABLE_OBJECT_MODE = 0o555
 PROBE_DATA = b"gg storage probe\n"  # the same blob the S3 probe writes
+T = TypeVar("T")
 _SETTING_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
@@ -107,7 +108,7 @@ class FileStorage:
         return FileStorageConfigError(f"file storage directory {self.root}: {reason or 'not usable'} "
                                       f"(check its permissions, or {setting})")
 
-    async def _run(self, call, *args):
+    async def _run(self, call: Callable[..., T], *args: object) -> T:
         async with self._slots:
             return await asyncio.to_thread(call, *args)
 
