@@ -146,7 +146,7 @@ class S3Storage:
         self._suspect: set[str] = set()
         self._executable: set[str] = set()  # produced with the execute bit in this run
         self._uploading: dict[str, asyncio.Future[None]] = {}
-        self._downloading: dict[str, asyncio.Future[None]] = {}
+        self._downloading: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     @classmethod
     def from_uri(cls, uri: str, session: Any = None) -> S3Storage:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
@@ -112,7 +113,7 @@ def parse_s3_uri(uri: str) -> S3Config:
         raise StorageUriError(f"GG_STORAGE_URI {uri!r} is not an s3:// URI")
     if not parts.netloc:
         raise StorageUriError(f"GG_STORAGE_URI {uri!r} names no bucket")
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("region", "endpoint"):
             options[name] = value or None if name == "endpoint" else value
