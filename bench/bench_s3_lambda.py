@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from executor.engine import Job  # noqa: E402
 from executor.lambda_engine import LambdaConfig, LambdaEngine  # noqa: E402
 from ir.ids import Kind, id_of_bytes
-from ir.s3store import S3Storage  # noqa: E402
-from ir.storage_uri import MIB, parse_storage_uri  # noqa: E402
+from ir.storage.s3 import S3Storage  # noqa: E402
+from ir.storage.uri import MIB, parse_s3_uri  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from ir.thunk import Input, Thunk  # noqa: E402
 from tests.aws_fixtures import FAKE_AWS_ENV, start_lambda_local, start_moto, stop_process  # noqa: E402
@@ -75,7 +75,7 @@ async def engine_thunks(url: str, uri: str, store: LocalStore, count: int, concu
         thunk = Thunk(shell, ("sh", "-c", f"echo {salt} {batch} {n} > out"), ("out",),
                       executables=(Input(shell),))
         thunks.append(Job(store.put_thunk(thunk), thunk))
-    storage = S3Storage(parse_storage_uri(uri))
+    storage = S3Storage(parse_s3_uri(uri))
     engine = LambdaEngine(LambdaConfig(endpoint_url=url, concurrency=concurrency, batch_max=batch,
                                        batch_window=0.002), store, storage)
     try:
@@ -89,7 +89,7 @@ async def engine_thunks(url: str, uri: str, store: LocalStore, count: int, concu
 
 
 async def s3_ours(uri: str, store: LocalStore, ids: list[str], concurrency: int) -> tuple[float, float]:
-    storage = S3Storage(parse_storage_uri(uri))
+    storage = S3Storage(parse_s3_uri(uri))
     other = LocalStore.init(Path(tempfile.mkdtemp(prefix="gg-bench-dl-")))
     try:
         # Create the client before the clock starts, as the raw side does.

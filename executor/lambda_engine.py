@@ -3,7 +3,7 @@
 For each job, :meth:`LambdaEngine.run`
 
 1. uploads the thunk's missing inputs to S3 — per job, as it is dispatched, so uploads
-   overlap with invocations instead of all happening up front (S3Storage shares one
+   overlap with invocations instead of all happening up front (the storage shares one
    upload between jobs that need the same blob);
 2. joins a small batch: jobs that become ready within ``batch_window`` seconds travel
    in one invocation (up to ``batch_max`` thunks and a payload budget), so that short
@@ -41,11 +41,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir.aws_client import AwsFault, LazyClient, classify, first_line
 from ir.errors import ConfigError
 from ir.ids import MAGIC, Kind, id_of_bytes, parse_id
 from ir.retry import backoff_delay
-from ir.s3store import S3Error, S3Storage
+from ir.storage import RemoteStorage, StorageError, StorageUriError, open_storage
+from ir.storage.aws_client import AwsFault, LazyClient, classify, first_line
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
 from . import protocol
@@ -147,7 +147,7 @@ _UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "Con
 class LambdaEngine:
     name = "lambda"
 
-    def __init__(self, config: LambdaConfig, store: LocalStore, storage: S3Storage):
+    def __init__(self, config: LambdaConfig, store: LocalStore, storage: RemoteStorage):
         self.config = config
         self.store = store
         self.storage = storage
@@ -199,11 +199,11 @@ class LambdaEngine:
 
     async def preflight(self) -> None:
         """Before the first thunk: the function answers a DryRun invoke, and the bucket
-        takes a PUT and a GET (S3Storage.probe). Any problem is a :class:`ConfigError`
+        takes a write and a read (RemoteStorage.probe). Any problem is a :class:`ConfigError`
         with one line naming the setting: a wrong setting must not turn into a quiet
         local build. Transient trouble of the service itself (5xx) is left to the run.
         """
-        outcomes = await asyncio.gather(self._preflight_lambda(), self._preflight_s3(), return_exceptions=True)
+        outcomes = await asyncio.gather(self._preflight_lambda(), self._preflight_storage(), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         for error in errors:  # a setting named by the service first, then reachability
             if isinstance(error, ConfigError) and not isinstance(error, _Unreachable):
@@ -226,19 +226,17 @@ class LambdaEngine:
             if fault.code in _UNREACHABLE or fault.kind != "transient":
                 raise _Unreachable(f"cannot reach the Lambda endpoint {self.where}: {fault.reason} ({hint})") from None
 
-    async def _preflight_s3(self) -> None:
-        cfg = self.storage.config
-        where = cfg.endpoint or f"region {cfg.region}"
-        hint = f"check GG_STORAGE_URI={cfg.uri}, or use --engine local"
+    async def _preflight_storage(self) -> None:
+        hint = f"check GG_STORAGE_URI={self.storage.uri}, or use --engine local"
         try:
             async with asyncio.timeout(2 * self.config.connect_timeout + self.config.probe_timeout):
                 await self.storage.probe()
         except TimeoutError:
-            raise _Unreachable(f"the S3 endpoint {where} does not answer ({hint})") from None
+            raise _Unreachable(f"the storage does not answer ({hint})") from None
         except ConfigError:
             raise
-        except S3Error as exc:
-            raise _Unreachable(f"cannot use the S3 endpoint {where}: {exc} ({hint})") from None
+        except StorageError as exc:
+            raise _Unreachable(f"cannot use the storage: {exc} ({hint})") from None
 
     async def _alive(self) -> str | None:
         """None if the endpoint answers a DryRun now; else why not. Concurrent callers
@@ -399,7 +397,7 @@ class LambdaEngine:
         blobs = {ident: data for p in batch for ident, data in p.blobs.items()}
         request = ExecutionRequest(
             version=protocol.EVENT_VERSION,
-            storage=self.storage.config.uri,
+            storage=self.storage.uri,
             thunks=[ExecutionRequest.Thunk(id=p.job.thunk_id, data=p.data, timeout=p.job.timeout or None)
                     for p in batch],
             blobs=[protocol.Blob(id=i, data=d) for i, d in blobs.items()],
@@ -543,7 +541,7 @@ class LambdaEngine:
             return
         try:
             await self.storage.download(self.store, ident)
-        except (StoreError, S3Error) as exc:
+        except StoreError as exc:
             raise InfrastructureError(f"lambda: fetching created thunk: {exc}") from None
 
     async def close(self) -> None:
@@ -578,22 +576,19 @@ class _Unreachable(LambdaSetupError):
 
 
 def build_lambda_engine(store: LocalStore, jobs: int | None,
-                        environ: Mapping[str, str]) -> tuple[LambdaEngine, S3Storage]:
-    """The engine and its S3 storage from the environment (GG_STORAGE_URI, GG_LAMBDA_*).
+                        environ: Mapping[str, str]) -> tuple[LambdaEngine, RemoteStorage]:
+    """The engine and its storage from the environment (GG_STORAGE_URI, GG_LAMBDA_*).
 
     The caller owns the storage (closes it after the engine) and passes it to the
     fallback engine, so work produced on Lambda can be fetched locally; it should
     ``await engine.preflight()`` before the first thunk.
     """
-    from ir.storage_uri import StorageUriError, parse_storage_uri
-
     uri = environ.get("GG_STORAGE_URI")
     if not uri:
         raise LambdaSetupError("--engine lambda needs GG_STORAGE_URI (e.g. s3://BUCKET/PREFIX?region=us-east-1)")
     try:
-        s3_config = parse_storage_uri(uri)
+        storage = open_storage(uri)
     except StorageUriError as exc:
         raise LambdaSetupError(str(exc)) from None
     config = LambdaConfig.from_env(environ, jobs)
-    storage = S3Storage(s3_config)
     return LambdaEngine(config, store, storage), storage

@@ -50,7 +50,7 @@ class _Warm:
         from aiobotocore.session import get_session
 
         import executor.execution  # noqa: F401 - imported now so no invocation pays for it
-        import ir.s3store  # noqa: F401
+        import ir.storage.s3  # noqa: F401
 
         self.loop = asyncio.new_event_loop()
         self.session = get_session()
@@ -59,14 +59,14 @@ class _Warm:
         self.workers: dict[str, Worker] = {}  # cache dir -> its worker
         uri = environ.get("GG_STORAGE_URI")
         if uri:  # the usual deployment: connect the client before the first event
-            self.loop.run_until_complete(self.storage(uri)._get_client())
+            self.loop.run_until_complete(self.storage(uri).connect())
 
     def storage(self, uri: str):
-        from ir.s3store import S3Storage
+        from ir.storage import StorageContext, open_storage
 
         storage = self.storages.get(uri)
         if storage is None:
-            storage = self.storages[uri] = S3Storage.from_uri(uri, self.session)
+            storage = self.storages[uri] = open_storage(uri, StorageContext(aws_session=self.session))
         storage.forget_all()  # the bucket may have changed since the last invocation
         return storage
 

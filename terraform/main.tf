@@ -14,7 +14,7 @@ locals {
   log_group_name = "/aws/lambda/${local.function_name}"
   package_path   = coalesce(var.package_path, "${path.module}/../build/gg-lambda-${var.architecture}.zip")
 
-  # What the handler reads (lambda_handler/handler.py, executor/worker.py, ir/s3store.py); keep in sync
+  # What the handler reads (lambda_handler/handler.py, executor/worker.py, ir/storage/s3.py); keep in sync
   # with docs/lambda.md. tests/test_terraform.py checks this against the code.
   storage_uri   = "s3://${local.bucket_name}/${var.storage_prefix}?region=${var.region}"
   cache_dir     = "/tmp/gg"

@@ -31,6 +31,16 @@ def store(tmp_path):
 
 
 @pytest.fixture
+def file_storage_uri(tmp_path) -> str:
+    """A GG_STORAGE_URI for a fresh shared directory: remote storage without S3, for
+    tests of remote execution that are not about S3 (the local Lambda endpoint's
+    workers see the same directory)."""
+    shared = tmp_path / "shared-storage"
+    shared.mkdir()
+    return f"file://{shared}"
+
+
+@pytest.fixture
 def sh(store):
     """Builds /bin/sh thunks in ``store``."""
     return ShellThunks(store)

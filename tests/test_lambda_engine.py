@@ -15,8 +15,8 @@ import pytest
 from executor.engine import Job
 from executor.execution import ExecutionFailed, InfrastructureError, ResourceExhausted
 from executor.lambda_engine import LambdaConfig, LambdaEngine
-from ir.s3store import S3Storage
-from ir.storage_uri import parse_storage_uri
+from ir.storage.s3 import S3Storage
+from ir.storage.uri import parse_s3_uri
 from ir.store import LocalStore
 from ir.thunk import Resources
 from tests.forcing import ShellThunks
@@ -36,7 +36,7 @@ def job(store: LocalStore, thunk_id: str) -> Job:
 class Harness:
     def __init__(self, store: LocalStore, s3_uri: str, url: str, **options):
         self.store = store
-        self.storage = S3Storage(parse_storage_uri(s3_uri))
+        self.storage = S3Storage(parse_s3_uri(s3_uri))
         self.engine = LambdaEngine(LambdaConfig(endpoint_url=url, **options), store, self.storage)
 
     async def __aenter__(self) -> Harness:
@@ -172,7 +172,7 @@ async def test_emptied_bucket_and_corrupt_object_are_uploaded_again(store, s3_ur
     lambda_endpoint = lambda_endpoint_factory(workers=1, env={"GG_CACHE_MAX_MIB": "0"})
     sh = ShellThunks(store)
     value = store.put_bytes(b"input that disappears")
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     first = sh.thunk("cat a > out", values={"a": "input that disappears"})
     async with Harness(store, s3_uri, lambda_endpoint.url, inline_max=0) as h:  # inputs via S3
         await h.engine.run(job(store, first))

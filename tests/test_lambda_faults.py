@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import pytest
 
-from ir.storage_uri import parse_storage_uri
+from ir.storage.uri import parse_s3_uri
 from ir.thunk import Resources
 from tests.aws_fixtures import FaultProxy, stop_process
 from tests.forcing import ShellThunks
@@ -47,7 +47,7 @@ def no_tracebacks(output: str) -> None:
 
 def _bad_settings(client: Client, s3_uri: str, moto: str, lambda_url: str) -> dict[str, tuple[dict, str]]:
     """Setting name -> (environment changes, what the one line must name)."""
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     port = lambda_url.rsplit(":", 1)[1]
     return {
         "no such bucket": ({"GG_STORAGE_URI": s3_uri.replace(config.bucket, "gg-no-such-bucket-x")},
@@ -356,7 +356,7 @@ def test_lost_final_value_is_rebuilt_on_lambda(tmp_path, s3_uri, lambda_endpoint
     value = one.stdout.split()[1]
     expected = client.store.read_bytes(value)
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     client.store.blob_path(value).unlink()
     boto3_s3.delete_object(Bucket=config.bucket, Key=config.key(value))
     trace = tmp_path / "trace.jsonl"

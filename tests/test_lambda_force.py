@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from ir.ids import Kind, id_of_bytes, parse_id
-from ir.s3store import PROBE_DATA
-from ir.storage_uri import parse_storage_uri
+from ir.storage.s3 import PROBE_DATA
+from ir.storage.uri import parse_s3_uri
 from ir.store import LocalStore
 from ir.thunk import Resources
 from tests.aws_fixtures import FAKE_AWS_ENV, FaultProxy, LocalLambda
@@ -141,7 +141,7 @@ def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, bot
     assert started and {e["engine"] for e in started} == {"lambda"}
     assert not of_kind(trace, "fallback") and not of_kind(trace, "failed")
     # Small blobs travel inside invocations: none of them went through the bucket.
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     probe = config.key(id_of_bytes(PROBE_DATA, Kind.VALUE))  # the pre-flight check's blob
     keys = [o["Key"] for o in boto3_s3.list_objects_v2(Bucket=config.bucket).get("Contents", [])]
     assert all(parse_id(key.rsplit("/", 1)[-1]).size > 64 << 10 for key in keys if key != probe), keys
@@ -167,10 +167,10 @@ def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, bot
 # -- what Lambda cannot take, and what cannot reach Lambda -----------------------------------------
 
 
-def test_thunks_too_large_for_lambda_run_locally(tmp_path, s3_uri, lambda_endpoint):
+def test_thunks_too_large_for_lambda_run_locally(tmp_path, file_storage_uri, lambda_endpoint):
     """A memory hint above the function's memory, and inputs over its /tmp, go to the
     local fallback up front; the rest of the graph still runs on Lambda."""
-    client = make_client(tmp_path, s3_uri, lambda_endpoint.url,
+    client = make_client(tmp_path, file_storage_uri, lambda_endpoint.url,
                          GG_LAMBDA_MEMORY_MIB="512", GG_LAMBDA_EPHEMERAL_MIB="2")
     sh = ShellThunks(client.store)
     big = os.urandom(3 << 20)
@@ -223,11 +223,11 @@ def test_missing_storage_uri_is_one_clear_error(tmp_path, lambda_endpoint):
 # -- faults ------------------------------------------------------------------------------------
 
 
-def test_worker_killed_mid_thunk(tmp_path, s3_uri, lambda_endpoint_factory):
+def test_worker_killed_mid_thunk(tmp_path, file_storage_uri, lambda_endpoint_factory):
     """SIGKILL the worker running a thunk: the run retries it and ends with the right value,
     and the function's processes die with their sandbox instead of lingering."""
     endpoint = lambda_endpoint_factory(workers=2)
-    client = make_client(tmp_path, s3_uri, endpoint.url)
+    client = make_client(tmp_path, file_storage_uri, endpoint.url)
     sh = ShellThunks(client.store)
     marker, pid_file = tmp_path / "first-attempt", tmp_path / "worker.pid"
     victim = sh.thunk(f"if mkdir {marker} 2>/dev/null; then echo $PPID $$ > {pid_file}.tmp; "
@@ -278,7 +278,7 @@ def test_corrupt_objects_in_s3_between_runs(tmp_path, s3_uri, lambda_endpoint_fa
     expected = first.value(one, consume)
     assert expected.split()[0] == str(2 * len(big)).encode()
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     output = first.store.get_reduction(produce)
     for ident in (big_id, output):
         boto3_s3.put_object(Bucket=config.bucket, Key=config.key(ident), Body=b"not what the ID says" * 100)
@@ -312,7 +312,7 @@ def test_bucket_emptied_between_runs(tmp_path, s3_uri, lambda_endpoint, boto3_s3
     assert one.returncode == 0, one.stderr
     assert client.value(one, first) == b"emptied bucket"
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     listed = boto3_s3.list_objects_v2(Bucket=config.bucket)
     assert listed.get("KeyCount", 0) > 0
     for item in listed["Contents"]:
@@ -345,11 +345,11 @@ async def test_throttling_is_retried(tmp_path, s3_uri, lambda_endpoint):
     assert not of_kind(trace, "fallback") and not of_kind(trace, "failed")
 
 
-def test_straggler_is_run_again(tmp_path, s3_uri, lambda_endpoint_factory):
+def test_straggler_is_run_again(tmp_path, file_storage_uri, lambda_endpoint_factory):
     """One invocation hangs (its first attempt sleeps for minutes); with --speculate-after 1
     a duplicate runs on another worker and its result is used."""
     endpoint = lambda_endpoint_factory(workers=3)
-    client = make_client(tmp_path, s3_uri, endpoint.url)
+    client = make_client(tmp_path, file_storage_uri, endpoint.url)
     sh = ShellThunks(client.store)
     quick = {f"q{n}": sh.thunk(f"echo {n} > out") for n in range(6)}  # durations to compare with
     marker = tmp_path / "first-attempt"
@@ -363,10 +363,10 @@ def test_straggler_is_run_again(tmp_path, s3_uri, lambda_endpoint_factory):
     assert not of_kind(trace, "failed")
 
 
-def test_executable_output_comes_back_executable(tmp_path, s3_uri, lambda_endpoint):
-    """A program built on Lambda stays a program: value outputs stay in S3 until forced,
+def test_executable_output_comes_back_executable(tmp_path, file_storage_uri, lambda_endpoint):
+    """A program built on Lambda stays a program: value outputs stay in storage until forced,
     and the download must not lose the execute bit the ID cannot carry."""
-    client = make_client(tmp_path, s3_uri, lambda_endpoint.url)
+    client = make_client(tmp_path, file_storage_uri, lambda_endpoint.url)
     sh = ShellThunks(client.store)
     tool = sh.thunk("printf '#!/bin/sh\\necho built remotely\\n' > out; chmod +x out")
     user = sh.thunk("cat t > out", thunks={"t": tool})  # makes `tool` an intermediate
@@ -386,7 +386,7 @@ def test_emptied_bucket_loses_a_large_intermediate_value(tmp_path, s3_uri, lambd
     produce = sh.thunk("head -c 200000 /dev/zero > out")
     one = client.force(sh.thunk("wc -c < p > out", thunks={"p": produce}))
     assert one.returncode == 0, one.stderr
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     for item in boto3_s3.list_objects_v2(Bucket=config.bucket).get("Contents", []):
         boto3_s3.delete_object(Bucket=config.bucket, Key=item["Key"])
     other = sh.thunk("cksum < p > out", thunks={"p": produce})

@@ -8,8 +8,8 @@ import base64
 import pytest
 
 from executor import worker_cache as cache
-from ir.s3store import S3Storage
-from ir.storage_uri import parse_storage_uri
+from ir.storage.s3 import S3Storage
+from ir.storage.uri import parse_s3_uri
 from ir.store import LocalStore
 from lambda_handler import handler
 from lambda_handler.handler import handle
@@ -33,7 +33,7 @@ def lambda_env(tmp_path, monkeypatch):
 
 def upload_inputs(uri: str, store: LocalStore, thunk_ids: list[str]) -> None:
     async def run():
-        storage = S3Storage(parse_storage_uri(uri))
+        storage = S3Storage(parse_s3_uri(uri))
         try:
             for tid in thunk_ids:
                 thunk = store.load_thunk(tid)
@@ -67,7 +67,7 @@ def test_batch_of_thunks_ok_failed_and_tail_call(s3_uri, client_store, lambda_en
     assert results[ok]["status"] == "ok"
     out = results[ok]["outputs"][0]
     assert out["tag"] == "out" and "data" not in out  # values are not inline
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     body = boto3_s3.get_object(Bucket=config.bucket, Key=config.key(out["id"]))["Body"].read()
     assert body == b"hello world"
     assert results[failing]["status"] == "execution_failed"
@@ -168,7 +168,7 @@ def test_the_worker_core_serves_a_request_without_the_handler(s3_uri, client_sto
     config = WorkerConfig(cache_dir=tmp_path / "worker", parallelism=2)
 
     async def serve():
-        storage = S3Storage(parse_storage_uri(s3_uri))
+        storage = S3Storage(parse_s3_uri(s3_uri))
         try:
             return await Worker(config.cache_dir).serve(request, storage, config)
         finally:

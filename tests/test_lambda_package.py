@@ -69,9 +69,9 @@ def test_contents_are_for_lambda_not_this_machine(built):
     assert manifest["handler"] == package.HANDLER
     assert (manifest["runtime"], manifest["architecture"]) == ("python3.11", "x86_64")
     # Handler, IR and the execution core; not the scheduler, the CLI or this packager.
-    for name in ("lambda_handler/handler.py", "ir/s3store.py", "ir/sdk.py", "executor/execution.py",
-                 "executor/protocol.py", "executor/worker.py", "executor/worker_cache.py", "ir/execution_pb2.py",
-                 "ir/execution.proto"):
+    for name in ("lambda_handler/handler.py", "ir/storage/s3.py", "ir/storage/file.py", "ir/storage/registry.py",
+                 "ir/sdk.py", "executor/execution.py", "executor/protocol.py", "executor/worker.py",
+                 "executor/worker_cache.py", "ir/execution_pb2.py", "ir/execution.proto"):
         assert name in names
     for name in ("executor/scheduler.py", "executor/force_cli.py", "executor/lambda_package.py"):
         assert name not in names
@@ -117,7 +117,7 @@ def test_handler_imports_from_the_unpacked_zip_alone(unpacked):
         code = sys.argv[1]
         sys.path.insert(0, code)
         import lambda_handler.handler as h
-        import executor.execution, executor.protocol, executor.worker, ir.s3store, ir.sdk
+        import executor.execution, executor.protocol, executor.worker, ir.storage.s3, ir.sdk
         import aiobotocore.session, aiohttp, botocore, zstandard, xxhash, google.protobuf
         stdlib = sysconfig.get_paths()["stdlib"]
         outside = sorted(
@@ -137,11 +137,11 @@ def test_handler_imports_from_the_unpacked_zip_alone(unpacked):
 
 
 def _upload(uri: str, store: LocalStore, ids: list[str]) -> None:
-    from ir.s3store import S3Storage
-    from ir.storage_uri import parse_storage_uri
+    from ir.storage.s3 import S3Storage
+    from ir.storage.uri import parse_s3_uri
 
     async def run() -> None:
-        storage = S3Storage(parse_storage_uri(uri))
+        storage = S3Storage(parse_s3_uri(uri))
         try:
             for ident in ids:
                 await storage.upload(store, ident)
@@ -162,7 +162,7 @@ def test_local_lambda_workers_run_the_unpacked_zip(unpacked, lambda_endpoint_fac
 
     from examples.fib.fib import fib
     from ir import sdk
-    from ir.storage_uri import parse_storage_uri
+    from ir.storage.uri import parse_s3_uri
 
     store = LocalStore.init(tmp_path / ".gg")
     sh = ShellThunks(store)
@@ -189,7 +189,7 @@ def test_local_lambda_workers_run_the_unpacked_zip(unpacked, lambda_endpoint_fac
     assert results[fib_id]["status"] == "ok", results[fib_id]
     assert results[where]["status"] == "ok", results[where]
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     out = results[cat]["outputs"][0]
     data = boto3_s3.get_object(Bucket=config.bucket, Key=config.key(out["id"]))["Body"].read()
     assert data == b"from the zip"

@@ -46,9 +46,9 @@ def output_of(answer: dict, s3, uri_config, ident: str) -> bytes:
 @pytest.mark.parametrize("keep_mtime", [False, True], ids=["plain-rewrite", "mtime-restored"])
 def test_case_11_a_poisoned_cache_blob_is_never_used(s3_uri, client_store, lambda_env, boto3_s3,  # noqa: F811
                                                       keep_mtime):
-    from ir.storage_uri import parse_storage_uri
+    from ir.storage.uri import parse_s3_uri
 
-    config = parse_storage_uri(s3_uri)
+    config = parse_s3_uri(s3_uri)
     sh = ShellThunks(client_store)
     victim = client_store.put_bytes(GENUINE)
     first = sh.thunk("cat in > out", values={"in": GENUINE.decode()})

@@ -29,8 +29,8 @@ TERRAFORM = REPO / "terraform"
 CONFIG_SOURCES = [
     *sorted((REPO / "lambda_handler").glob("*.py")),
     REPO / "executor" / "worker.py",
-    REPO / "ir" / "s3store.py",
-    REPO / "ir" / "storage_uri.py",
+    REPO / "ir" / "storage" / "s3.py",
+    REPO / "ir" / "storage" / "uri.py",
 ]
 
 # S3 API operation (botocore method name) -> the IAM actions it needs. From AWS's
@@ -207,7 +207,7 @@ def test_every_environment_variable_the_handler_reads_is_set(module):
 
 
 def test_storage_uri_is_one_the_code_parses(module):
-    from ir.storage_uri import parse_storage_uri
+    from ir.storage.uri import parse_s3_uri
 
     main = _load(TERRAFORM / "main.tf")
     locals_ = {k: v for block in main["locals"] for k, v in block.items()}
@@ -215,7 +215,7 @@ def test_storage_uri_is_one_the_code_parses(module):
     concrete = (template.replace("${local.bucket_name}", "gg-py-123456789012-eu-west-1")
                 .replace("${var.storage_prefix}", "gg").replace("${var.region}", "eu-west-1"))
     assert "${" not in concrete, concrete
-    config = parse_storage_uri(concrete)
+    config = parse_s3_uri(concrete)
     assert (config.bucket, config.prefix, config.region) == ("gg-py-123456789012-eu-west-1", "gg", "eu-west-1")
     assert config.key("V123") == "gg/V123"  # what the IAM resource "<bucket>/<prefix>/*" covers
     assert _block(_function(module), "environment")["variables"]["GG_STORAGE_URI"] == "${local.storage_uri}"

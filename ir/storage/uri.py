@@ -2,10 +2,13 @@
 
     s3://BUCKET[/PREFIX][?region=R&endpoint=URL&concurrency=N&connect_timeout=S
                           &read_timeout=S&deadline=S&attempts=N]
+    file:///ABSOLUTE/DIRECTORY[?concurrency=N]
 
-It is parsed once into an explicit, immutable :class:`S3Config` that flows into the
-storage backend, the Lambda engine and (inside the event) the Lambda handler, so that
-switching from moto on 127.0.0.1 to real AWS is configuration only. ``endpoint`` is
+The scheme picks the backend (``ir.storage.open_storage``); each built-in backend's
+part is parsed once into an explicit, immutable config (:class:`S3Config`,
+:class:`FileConfig`). The URI itself travels in the remote worker's request, so that
+switching from moto on 127.0.0.1 to real AWS, or to a shared directory, is
+configuration only. ``endpoint`` is
 for S3-compatible servers (moto, MinIO); without it the AWS endpoint of ``region`` is
 used. Credentials are never part of the URI: they come from the standard AWS chain
 (environment, profile, the Lambda role).
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MIB = 1 << 20
 # S3's bucket naming rules (the subset that matters: length, characters, no IP form).
@@ -93,14 +98,22 @@ _NUMERIC = {
 }
 
 
-def parse_storage_uri(uri: str) -> S3Config:
-    """Parse a GG_STORAGE_URI; raise :class:`StorageUriError` saying what is wrong."""
+def scheme_of(uri: str) -> str:
+    """The URI's scheme, lower case; a URI without one is a :class:`StorageUriError`."""
+    scheme = urlsplit(uri.strip()).scheme.lower()
+    if not scheme:
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r} has no scheme (e.g. s3://BUCKET/PREFIX or file:///DIR)")
+    return scheme
+
+
+def parse_s3_uri(uri: str) -> S3Config:
+    """Parse an s3:// GG_STORAGE_URI; raise :class:`StorageUriError` saying what is wrong."""
     parts = urlsplit(uri.strip())
     if parts.scheme != "s3":
-        raise StorageUriError(f"GG_STORAGE_URI {uri!r}: only s3:// is supported")
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r} is not an s3:// URI")
     if not parts.netloc:
         raise StorageUriError(f"GG_STORAGE_URI {uri!r} names no bucket")
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("region", "endpoint"):
             options[name] = value or None if name == "endpoint" else value
@@ -112,3 +125,53 @@ def parse_storage_uri(uri: str) -> S3Config:
         else:
             raise StorageUriError(f"GG_STORAGE_URI has unknown option {name!r}")
     return S3Config(bucket=parts.netloc, prefix=parts.path.strip("/"), **options)
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """A shared directory (local, or NFS and the like) that holds one file per blob."""
+
+    root: str  # absolute, normalised
+    # Blocking file operations in flight at once (each runs in a worker thread).
+    concurrency: int = 16
+
+    def __post_init__(self) -> None:
+        if not PurePosixPath(self.root).is_absolute():
+            raise StorageUriError(f"GG_STORAGE_URI: file storage needs an absolute directory, not {self.root!r}")
+        if self.concurrency < 1:
+            raise StorageUriError("GG_STORAGE_URI: concurrency must be at least 1")
+
+    def where(self, ident: str) -> str:
+        return f"{self.uri_path}/{ident}"
+
+    @property
+    def uri_path(self) -> str:
+        return "file://" + quote(self.root.rstrip("/") or "/")
+
+    @property
+    def uri(self) -> str:
+        default = FileConfig(root="/").concurrency
+        return self.uri_path + (f"?concurrency={self.concurrency}" if self.concurrency != default else "")
+
+
+def parse_file_uri(uri: str) -> FileConfig:
+    """Parse a file:///DIR GG_STORAGE_URI (``file://localhost/DIR`` too)."""
+    parts = urlsplit(uri.strip())
+    if parts.scheme != "file":
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r} is not a file:// URI")
+    if parts.netloc not in ("", "localhost"):
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r}: a file:// URI names no host (file:///DIR); "
+                              "mount a shared directory and name its path")
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise StorageUriError(f"GG_STORAGE_URI {uri!r}: file storage needs an absolute directory (file:///DIR)")
+    options: dict[str, int] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "concurrency":
+            raise StorageUriError(f"GG_STORAGE_URI has unknown option {name!r}")
+        try:
+            options[name] = int(value)
+        except ValueError:
+            raise StorageUriError(f"GG_STORAGE_URI option {name}={value!r} is not a number") from None
+    root = str(PurePosixPath(path))  # drops a trailing slash and '//' runs
+    return FileConfig(root=root, **options)

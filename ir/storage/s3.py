@@ -1,4 +1,4 @@
-"""S3 (and S3-compatible) remote storage for blobs, over aiobotocore.
+"""S3 (and S3-compatible) remote storage for blobs, over aiobotocore (scheme ``s3``).
 
 What it guarantees, and why (each point is a way gg hurt its users):
 
@@ -35,12 +35,12 @@ from typing import Any, TypeVar
 
 import zstandard
 
+from ..ids import MAGIC, Kind, id_of_bytes, make_id, new_hasher, parse_id
+from ..retry import backoff_delay
+from ..store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from .aws_client import AwsFault, LazyClient, classify
-from .errors import ConfigError
-from .ids import MAGIC, Kind, id_of_bytes, make_id, new_hasher, parse_id
-from .retry import backoff_delay
-from .storage_uri import S3Config, parse_storage_uri
-from .store import CorruptBlob, LocalStore, MissingBlob, StoreError
+from .protocol import StorageConfigError, StorageContext, StorageError
+from .uri import S3Config, parse_s3_uri
 
 T = TypeVar("T")
 
@@ -57,11 +57,11 @@ PROBE_DATA = b"gg storage probe\n"  # the blob S3Storage.probe() writes and read
 
 
 
-class S3Error(StoreError):
+class S3Error(StorageError):
     """An S3 operation that failed for good; the message is one line: what, where, why."""
 
 
-class S3ConfigError(S3Error, ConfigError):
+class S3ConfigError(S3Error, StorageConfigError):
     """S3 refused because a setting is wrong (bucket, credentials, permissions, TLS):
     never retried; the run stops with this line."""
 
@@ -122,6 +122,11 @@ def _read_range(path: Path, offset: int, size: int) -> bytes:
         return os.pread(handle.fileno(), size, offset)
 
 
+def open_s3(uri: str, context: StorageContext) -> S3Storage:
+    """The ``s3`` entry of the storage registry."""
+    return S3Storage(parse_s3_uri(uri), context.aws_session)
+
+
 class S3Storage:
     """:class:`ir.storage.RemoteStorage` on S3. Create, use from one event loop, close."""
 
@@ -141,19 +146,27 @@ class S3Storage:
         self._suspect: set[str] = set()
         self._executable: set[str] = set()  # produced with the execute bit in this run
         self._uploading: dict[str, asyncio.Future[None]] = {}
-        self._downloading: dict[str, asyncio.Future[None]] = {}
+        self._downloading: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     @classmethod
     def from_uri(cls, uri: str, session: Any = None) -> S3Storage:
-        return cls(parse_storage_uri(uri), session)
+        return cls(parse_s3_uri(uri), session)
 
     def __repr__(self) -> str:
         return f"S3Storage({self.config.uri!r})"
+
+    @property
+    def uri(self) -> str:
+        return self.config.uri
 
     # -- the client ------------------------------------------------------------------
 
     async def _get_client(self) -> Any:
         return await self._client.get()
+
+    async def connect(self) -> None:
+        """Create the client now (it connects on first use; this is the costly part)."""
+        await self._get_client()
 
     async def close(self) -> None:
         await self._client.close()
@@ -209,8 +222,6 @@ class S3Storage:
         from many clients is harmless and nothing needs deleting. Raises
         :class:`S3ConfigError` for a setting to fix and :class:`S3Error` otherwise.
         """
-        from .ids import Kind
-
         data = PROBE_DATA
         ident = id_of_bytes(data, Kind.VALUE)
         key = self.config.key(ident)
@@ -342,7 +353,7 @@ class S3Storage:
         await self._request("PUT", self.config.where(ident), put)
 
     async def _upload_large(self, store: LocalStore, ident: str, path: Path, executable: bool) -> None:
-        from ir.hashing import hash_file
+        from ..hashing import hash_file
 
         actual = await asyncio.to_thread(hash_file, path)
         if actual != ident:
