@@ -155,6 +155,11 @@ def _payload_size(data: bytes | int) -> int:
 class LambdaEngine:
     name = "lambda"
 
+    @property
+    def remote(self) -> S3Storage:
+        """Results stay in S3 (the Engine interface's ``remote``); the run closes it."""
+        return self.storage
+
     def __init__(self, config: LambdaConfig, store: LocalStore, storage: S3Storage):
         self.config = config
         self.store = store
