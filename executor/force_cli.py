@@ -92,10 +92,14 @@ def run_force(args: argparse.Namespace, prog: str = "gg-force") -> int:
     return run_command(prog, lambda: _force(args, prog), args, INTERRUPTED_HINT)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gg-force", description=DESCRIPTION)
     add_arguments(parser)
-    return run_force(parser.parse_intermixed_args(argv))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_force(build_parser().parse_intermixed_args(argv))
 
 
 def add(sub) -> None:
@@ -105,13 +109,9 @@ def add(sub) -> None:
     parser.set_defaults(handler=lambda args: run_force(args, "gg force"))
 
 
-def force_and_run_main(argv: list[str] | None = None) -> int:
-    """``gg-force-and-run PLACEHOLDER [ARGS...]``: what executing a placeholder does.
-
-    The shebang line of a placeholder runs this with the placeholder's path first: the
-    placeholder is forced in place (quietly, with gg-force's settings from the
-    environment), then the real program replaces this process.
-    """
+def build_force_and_run_parser() -> argparse.ArgumentParser:
+    """Only for ``--help`` and usage: the arguments are taken as they come (ARGS may
+    start with ``-``), see :func:`force_and_run_main`."""
     parser = argparse.ArgumentParser(
         prog="gg-force-and-run", usage="gg-force-and-run PLACEHOLDER [ARGS...]",
         description=("Force PLACEHOLDER in place, then run it with ARGS. A placeholder's "
@@ -119,6 +119,17 @@ def force_and_run_main(argv: list[str] | None = None) -> int:
                      "The engine comes from $GG_ENGINE (default local)."))
     parser.add_argument("placeholder", metavar="PLACEHOLDER", help="the placeholder to force, then run")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to the program")
+    return parser
+
+
+def force_and_run_main(argv: list[str] | None = None) -> int:
+    """``gg-force-and-run PLACEHOLDER [ARGS...]``: what executing a placeholder does.
+
+    The shebang line of a placeholder runs this with the placeholder's path first: the
+    placeholder is forced in place (quietly, with gg-force's settings from the
+    environment), then the real program replaces this process.
+    """
+    parser = build_force_and_run_parser()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]):
         parser.print_help()
