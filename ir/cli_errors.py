@@ -33,7 +33,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 
-from .errors import ConfigError, UsageError, UserError
+from .errors import ConfigError, UsageError, UserError, first_line
 from .ids import InvalidId
 from .store import StoreError
 from .thunk import MalformedThunk
@@ -87,7 +87,7 @@ def report(prog: str, exc: BaseException, debug: bool = False, interrupted_hint:
             print(f"{prog}: error: {line}", file=sys.stderr)
         return EXIT_FAILED
     hint = "" if debug else " (run with --debug or GG_DEBUG=1 for the traceback)"
-    print(f"{prog}: internal error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+    print(f"{prog}: internal error: {type(exc).__name__}: {first_line(exc)}{hint}", file=sys.stderr)
     return EXIT_FAILED
 
 

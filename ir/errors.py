@@ -14,6 +14,13 @@ class ConfigError(Exception):
     """A configuration or permission problem; the message is one line naming the setting."""
 
 
+def first_line(text: object) -> str:
+    """The first non-blank line of ``text`` (an exception, a service's message): what an
+    error line quotes, so a multi-line message never breaks the one-line rule."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else (type(text).__name__ if isinstance(text, BaseException) else "")
+
+
 class UsageError(Exception):
     """A bad option, argument or environment variable: one line, exit status 2.
 

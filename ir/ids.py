@@ -155,6 +155,17 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def kind_of(head: bytes) -> Kind:
+    """The kind of a blob from its first bytes (at least ``len(MAGIC)`` of them, or all):
+    a thunk file starts with the magic, anything else is a value."""
+    return Kind.THUNK if head.startswith(MAGIC) else Kind.VALUE
+
+
+def id_of_blob(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
+    """The ID of ``data`` as a blob: its kind comes from its content."""
+    return id_of_bytes(data, kind_of(data), algorithm)
+
+
 def id_of_bytes(data: bytes, kind: Kind, algorithm: str = DEFAULT_ALGORITHM) -> str:
     hasher = new_hasher(algorithm)
     hasher.update(data)
