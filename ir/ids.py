@@ -102,14 +102,6 @@ def _explain_malformed(text: str) -> NoReturn:
     raise InvalidId(f"malformed ID {text!r}: size has leading zeros")
 
 
-def is_id(text: str) -> bool:
-    try:
-        parse_id(text)
-    except InvalidId:
-        return False
-    return True
-
-
 def make_id(kind: Kind, digest: str, size: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
     return str(ObjectId(kind, algorithm, digest, size))
 
