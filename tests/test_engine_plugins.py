@@ -93,6 +93,12 @@ def test_work_the_toy_engine_refuses_goes_to_the_fallback_engine(store, sh, toy,
     assert store.read_bytes(summary.results[big]) == b"small\nbig\n"
     assert len(toy[0].ran) == 1  # the small one; the big one was refused and ran locally
     assert "1 of 2 thunks ran locally: toy: toy engines do not run thunks" in capsys.readouterr().err
+    # Engines in order of preference: what toy refuses goes to the next one, not to a fallback.
+    capsys.readouterr()
+    bigger = sh.thunk("echo bigger > out", resources=Resources(cpus=3))
+    summary = force([bigger], ("toy", "local"), store=store, fallback=None)
+    assert store.read_bytes(summary.results[bigger]) == b"bigger\n" and len(toy[1].ran) == 0
+    assert capsys.readouterr().err == ""
     with pytest.raises(Exception, match="no engine can run it"):
         force([sh.thunk("echo other > out", resources=Resources(cpus=3))], ("toy",), store=store, fallback=None)
 
