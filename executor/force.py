@@ -13,10 +13,11 @@ engine is said in one line per reason on stderr, even when ``quiet``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,8 @@ class ForceOptions:
     speculate: bool = True
     speculate_after: float = 5.0
     prog: str = "gg-force"  # names the lines said on stderr
+    # The settings engines read (GG_STORAGE_URI, GG_LAMBDA_*); None: this process's.
+    environ: Mapping[str, str] | None = field(default=None, compare=False)
     registry: EngineRegistry = field(default=ENGINES, compare=False)
 
     def checked(self) -> ForceOptions:
@@ -82,13 +85,14 @@ class Summary:
 async def _open_engines(options: ForceOptions, store: LocalStore) -> tuple[list[Engine], Engine | None]:
     """(engines in order of preference, fallback engine). On failure, closes what opened."""
     opened: list[Engine] = []
+    environ = dict(os.environ if options.environ is None else options.environ)
     try:
         for name in options.engines:
-            opened.append(await options.registry.open(name, EngineOptions(store, options.jobs)))
+            opened.append(await options.registry.open(name, EngineOptions(store, options.jobs, environ)))
         fallback = None
         if options.fallback is not None and options.fallback not in options.engines:
-            fallback = await options.registry.open(options.fallback,
-                                                   EngineOptions(store, None, remote=_first_remote(opened)))
+            fallback = await options.registry.open(
+                options.fallback, EngineOptions(store, None, environ, remote=_first_remote(opened)))
     except BaseException:
         await _close(opened)
         raise
