@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for add in _optional_subcommands():
         add(sub)
+    for child in sub.choices.values():  # `gg --debug SUB` and `gg SUB --debug` alike
+        if "--debug" not in child._option_string_actions:
+            add_debug_option(child)
     return parser
 
 

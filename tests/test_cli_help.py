@@ -78,10 +78,11 @@ def test_one_error_rule_for_every_command(tmp_path):
     for argv in (["gg", "hash", missing], ["gg", "collect", missing]):
         result = subprocess.run([str(VENV_BIN / argv[0]), *argv[1:]], env=env, capture_output=True, text=True)
         assert (result.returncode, result.stderr) == (1, f"gg: error: No such file or directory: {missing}\n")
-        loud = subprocess.run([str(VENV_BIN / argv[0]), "--debug", *argv[1:]], env=env, capture_output=True,
-                              text=True)
-        assert loud.returncode == 1 and "Traceback" in loud.stderr
-        assert loud.stderr.endswith(f"gg: error: No such file or directory: {missing}\n")
+        for loud_argv in ([argv[0], "--debug", *argv[1:]], [*argv[:2], "--debug", *argv[2:]]):
+            loud = subprocess.run([str(VENV_BIN / loud_argv[0]), *loud_argv[1:]], env=env, capture_output=True,
+                                  text=True)
+            assert loud.returncode == 1 and "Traceback" in loud.stderr, loud_argv
+            assert loud.stderr.endswith(f"gg: error: No such file or directory: {missing}\n")
     for argv, prog in ((["gg-force", missing], "gg-force"), (["gg", "force", missing], "gg force")):
         result = subprocess.run([str(VENV_BIN / argv[0]), *argv[1:]], env=env, capture_output=True, text=True)
         assert result.returncode == 1 and result.stderr.startswith(f"{prog}: error: "), result.stderr
