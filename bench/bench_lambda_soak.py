@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_lambda_soak.py [--quick] [--thunks N] [--workers W]
 
 Starts a moto_server and ``gg lambda-local`` (W workers) as real processes, then runs
-``gg-force --engine lambda --keep-going`` twice, each on a fresh store and fresh thunks:
+``force(..., engines=("lambda",), keep_going=True)`` (the library call behind
+``gg-force --engine lambda --keep-going``) twice, each on a fresh store and fresh thunks:
 
 * **baseline**: N thunks of 50 ms (``sleep 0.05``), none hanging — the ideal run on
   this machine (invocation, handler, fork/exec, S3 and scheduler costs included);
@@ -22,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from executor.force import ForceFailed  # noqa: E402
+from executor.force import force as force_targets  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from tests.aws_fixtures import FAKE_AWS_ENV, start_lambda_local, start_moto, stop_process  # noqa: E402
 from tests.forcing import ShellThunks  # noqa: E402
@@ -55,22 +57,26 @@ def make_thunks(store: LocalStore, count: int, hanging: int, salt: str) -> tuple
     return tids, hung
 
 
-def force(root: Path, tids: list[str], env: dict[str, str], jobs: int) -> tuple[float, list[dict], int]:
+def force(store: LocalStore, root: Path, tids: list[str], env: dict[str, str],
+          jobs: int) -> tuple[float, list[dict], int]:
     trace = root / "trace.jsonl"
     started = time.monotonic()
-    done = subprocess.run([str(BIN / "gg-force"), "--engine", "lambda", "--keep-going", "--quiet", "-j", str(jobs),
-                           "--trace", str(trace), *tids], cwd=root, env={**env, "GG_DIR": str(root / ".gg")},
-                          capture_output=True, text=True)
+    try:  # what gg-force --engine lambda --keep-going does, as a library call
+        force_targets(tids, ("lambda",), store=store, jobs=jobs, keep_going=True, trace=trace,
+                      environ=env)
+        status = 0
+    except ForceFailed:  # the hanging thunks: expected in the soak run
+        status = 1
     elapsed = time.monotonic() - started
     events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
-    return elapsed, events, done.returncode
+    return elapsed, events, status
 
 
 def one_run(label: str, count: int, hanging: int, env: dict[str, str], jobs: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"gg-soak-{label}-"))
     store = LocalStore.init(root / ".gg")
     tids, hung = make_thunks(store, count, hanging, uuid.uuid4().hex[:8])
-    elapsed, events, status = force(root, tids, env, jobs)
+    elapsed, events, status = force(store, root, tids, env, jobs)
     reduced = {t for t in tids if store.get_reduction(t) is not None}
     kinds = [e["event"] for e in events]
     return {

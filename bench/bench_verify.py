@@ -13,8 +13,6 @@ Run: .venv/bin/python bench/bench_verify.py [ROUNDS]
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import resource
 import shutil
 import subprocess
@@ -25,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor.force_cli import add_arguments, force_targets  # noqa: E402
+from executor.force import force  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from tests.test_infer_support import VENV_BIN, extract_lua54, tool_env  # noqa: E402
 
@@ -72,12 +70,9 @@ def force_once(root: Path, targets: list[str]) -> tuple[float, float, int]:
     store = LocalStore.locate(root)
     shutil.rmtree(store.reductions)
     store.reductions.mkdir()
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["-q", "-j2", *[str(root / t) for t in targets]])
     before = _cpu()
     started = time.perf_counter()
-    summary = asyncio.run(force_targets(args, store))
+    summary = force([str(root / t) for t in targets], ("local",), store=store, jobs=2, quiet=True)
     wall = time.perf_counter() - started
     return wall, _cpu() - before, summary.executed
 

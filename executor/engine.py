@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ir.storage import RemoteStorage
 from ir.thunk import Thunk
 
 from .execution import ExecutionResult
@@ -42,6 +43,11 @@ class Job:
 class Engine(Protocol):
     name: str
     slots: int
+    # The remote storage this engine reads inputs from and may leave results in (the
+    # Lambda engine: its S3 bucket), or None if results are always in the local store.
+    # A run with such an engine counts a reduction as cached even when its value is
+    # only remote, and its fallback engine is opened with this storage to fetch from.
+    remote: RemoteStorage | None
 
     def refuses(self, job: Job) -> str | None:
         """None if this engine can take ``job``; otherwise why not (one line)."""

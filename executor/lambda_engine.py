@@ -147,6 +147,11 @@ _UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "Con
 class LambdaEngine:
     name = "lambda"
 
+    @property
+    def remote(self) -> RemoteStorage:
+        """Results stay in the remote store (the Engine interface's ``remote``); the run closes it."""
+        return self.storage
+
     def __init__(self, config: LambdaConfig, store: LocalStore, storage: RemoteStorage):
         self.config = config
         self.store = store

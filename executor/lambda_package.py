@@ -409,7 +409,10 @@ def _package(args: argparse.Namespace) -> int:
 
 def add(sub) -> None:
     """Register ``gg lambda package`` (``gg lambda`` groups the Lambda deployment commands)."""
-    parser = sub.add_parser("lambda", help="deploy to AWS Lambda")
+    parser = sub.add_parser(
+        "lambda", help="deploy to AWS Lambda",
+        description="Commands for running thunks on AWS Lambda: 'gg lambda package' builds the function's zip "
+                    "(terraform/ deploys it; docs/deploy.md).")
     commands = parser.add_subparsers(dest="lambda_command", metavar="SUBCOMMAND", required=True)
     package = commands.add_parser(
         "package",

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ir.errors import ConfigError
+from ir.errors import ConfigError, UserError
 from ir.ids import InvalidId, parse_id, parse_ref
 from ir.retry import backoff_delay
 from ir.store import LocalStore, MissingBlob, StoreError
@@ -76,7 +76,7 @@ class DependencyFailed(NodeFailed):
     pass
 
 
-class ForceFailed(Exception):
+class ForceFailed(UserError):
     """The run did not reduce every target; ``failures`` are the root causes."""
 
     def __init__(self, failures: list[NodeFailed], results: dict[str, str]):
@@ -85,6 +85,10 @@ class ForceFailed(Exception):
         first = failures[0]
         extra = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         super().__init__(f"{first}{extra}")
+
+    def messages(self) -> list[str]:
+        """One full report per root cause (what the command line prints)."""
+        return [failure.report for failure in self.failures]
 
 
 def _input_bytes(thunk: Thunk) -> int:
@@ -133,7 +137,6 @@ class Scheduler:
         fallback: Engine | None = None,
         config: ForceConfig | None = None,
         observer: RunObserver | None = None,
-        results_may_be_remote: bool = False,
     ):
         if not engines:
             raise ValueError("at least one engine is needed")
@@ -142,9 +145,12 @@ class Scheduler:
         self.fallback = fallback
         self.config = config or ForceConfig()
         self.observer = observer or RunObserver()
-        self.results_may_be_remote = results_may_be_remote
+        # A property of the engines: one that leaves results in remote storage (Lambda:
+        # S3) makes a reduction whose value is not local still a cache hit.
+        every = [*self.engines, *([fallback] if fallback else [])]
+        self.results_may_be_remote = any(e.remote is not None for e in every)
         self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
-        self._slots = {id(e): asyncio.Semaphore(e.slots) for e in [*self.engines, *([fallback] if fallback else [])]}
+        self._slots = {id(e): asyncio.Semaphore(e.slots) for e in every}
         self._durations: list[float] = []
         self._failures: list[NodeFailed] = []
         self._stop = asyncio.Event()  # set on the first failure unless keep_going

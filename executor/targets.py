@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ir.archives import is_thin_archive, thin_members
 from ir.atomic import atomic_write
+from ir.errors import UserError
 from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
 from ir.placeholder import find_embedded_placeholder, read_placeholder
@@ -25,8 +26,8 @@ from ir.storage import RemoteStorage
 from ir.store import CorruptBlob, LocalStore
 
 
-class TargetError(Exception):
-    pass
+class TargetError(UserError):
+    """A target that is neither a placeholder, an ID nor a real file (one line, exit 1)."""
 
 
 @dataclass(frozen=True)

@@ -340,7 +340,7 @@ def add(sub) -> None:
     parser = sub.add_parser("trace", help="summarise a gg-force --trace file", description=(
         "Summarise a trace written by gg-force --trace: totals, cache-hit ratio, time per engine, "
         "slowest thunks, the critical path, failures and retries."))
-    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("file", metavar="FILE", help="a trace written by gg-force --trace FILE")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="slowest thunks to list (default 10)")
     parser.set_defaults(handler=_handle)

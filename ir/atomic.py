@@ -35,7 +35,7 @@ def atomic_write(
             os.utime(temp, ns=times_ns)
         os.replace(temp, path)
     except BaseException:
-        _remove_quietly(temp)
+        unlink_quietly(temp)
         raise
 
 
@@ -43,7 +43,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     atomic_write(path, lambda handle: handle.write(data), mode)
 
 
-def _remove_quietly(path: str) -> None:
+def unlink_quietly(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` if it is there: for clean-up, where "already gone" is success."""
     try:
         os.unlink(path)
     except FileNotFoundError:

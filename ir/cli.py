@@ -2,7 +2,8 @@
 
 Each ``add_*`` function registers one subcommand on the ``gg`` parser; the handler
 returns an exit code. Errors the user can act on are raised as :class:`CliError` (or
-one of the IR's own error types) and printed as one line by :func:`run_handler`.
+one of the IR's own error types) and printed as one line by :func:`run_handler`, which
+is the one mapping of :mod:`ir.cli_errors`.
 """
 
 from __future__ import annotations
@@ -10,38 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
+from .cli_errors import USER_ERRORS, CliError, run_command
 from .hashing import hash_file
 from .ids import InvalidId, parse_id, parse_ref
 from .placeholder import read_placeholder, write_placeholder
-from .store import LocalStore, StoreError
-from .thunk import Input, Link, MalformedThunk, Resources, Thunk
+from .store import LocalStore
+from .thunk import Input, Link, Resources, Thunk
 
-USER_ERRORS = (StoreError, MalformedThunk, InvalidId, OSError)
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+__all__ = ["USER_ERRORS", "CliError", "SUBCOMMANDS", "run_handler"]
 
 
 def run_handler(handler, args: argparse.Namespace, prog: str = "gg") -> int:
-    """Run a subcommand handler; turn known errors into one line on stderr and exit 1."""
-    try:
-        return handler(args)
-    except BrokenPipeError:  # e.g. `gg describe ID | head`: the reader has seen enough
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except CliError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-    except USER_ERRORS as exc:
-        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
-        print(f"{prog}: error: {message}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    return 1
+    """Run a subcommand handler; its errors become one line and an exit status."""
+    return run_command(prog, lambda: handler(args), args)
 
 
 def _store(create: bool = False) -> LocalStore:
@@ -75,7 +59,7 @@ def add_hash(sub) -> None:
     parser = sub.add_parser("hash", help="print content IDs of files", description=(
         "Print the content ID of each FILE (V for a value, T for a thunk file). "
         "Does not need or touch a store."))
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="files to hash")
     parser.set_defaults(handler=_hash)
 
 
@@ -91,7 +75,7 @@ def add_collect(sub) -> None:
     parser = sub.add_parser("collect", help="store files and print their IDs", description=(
         "Copy each FILE into the store (streamed, hashed on the way) and print its ID. "
         "Executable files are stored executable."))
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="files to store")
     parser.set_defaults(handler=_collect)
 
 
@@ -172,19 +156,33 @@ def add_create_thunk(sub) -> None:
         epilog=("example: gg create-thunk --value in.txt --output out.txt /bin/sh -- "
                 "sh -c 'wc -l in.txt > out.txt'"),
     )
-    parser.add_argument("--envar", "-e", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--value", "-v", action="append", default=[], metavar="ID|FILE[=NAME]")
-    parser.add_argument("--thunk", "-t", action="append", default=[], metavar="THUNK[#TAG]|PLACEHOLDER[=NAME]")
-    parser.add_argument("--executable", "-x", action="append", default=[], metavar="ID|FILE[=NAME]")
-    parser.add_argument("--output", "-o", action="append", default=[], required=True, metavar="TAG")
-    parser.add_argument("--timeout", "-T", type=int, default=0, metavar="MS", help="0 = no limit")
-    parser.add_argument("--link", "-l", action="append", default=[], metavar="NAME=TARGET")
-    parser.add_argument("--memory", type=int, default=0, metavar="MIB", help="resource hint")
-    parser.add_argument("--cpus", type=int, default=0, help="resource hint")
-    parser.add_argument("--disk", type=int, default=0, metavar="MIB", help="resource hint: scratch space")
+    parser.add_argument("--envar", "-e", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable of the function (repeatable; nothing else is set)")
+    parser.add_argument("--value", "-v", action="append", default=[], metavar="ID|FILE[=NAME]",
+                        help="a value input, placed in the working directory as NAME (repeatable)")
+    parser.add_argument("--thunk", "-t", action="append", default=[], metavar="THUNK[#TAG]|PLACEHOLDER[=NAME]",
+                        help="a thunk input: forced first, its output (or output TAG) placed as NAME "
+                             "(repeatable)")
+    parser.add_argument("--executable", "-x", action="append", default=[], metavar="ID|FILE[=NAME]",
+                        help="an input placed executable, e.g. a program the function runs (repeatable); "
+                             "FUNCTION is added here if missing")
+    parser.add_argument("--output", "-o", action="append", default=[], required=True, metavar="TAG",
+                        help="a file the function writes, by its path in the working directory; the first "
+                             "is the thunk's value (repeatable, at least one)")
+    parser.add_argument("--timeout", "-T", type=int, default=0, metavar="MS",
+                        help="time limit in milliseconds (0: the engine's default timeout; part of the ID)")
+    parser.add_argument("--link", "-l", action="append", default=[], metavar="NAME=TARGET",
+                        help="a symlink NAME -> TARGET in the working directory; TARGET must name an input "
+                             "(repeatable)")
+    parser.add_argument("--memory", type=int, default=0, metavar="MIB",
+                        help="resource hint: memory in MiB (part of the ID)")
+    parser.add_argument("--cpus", type=int, default=0, help="resource hint: CPUs (part of the ID)")
+    parser.add_argument("--disk", type=int, default=0, metavar="MIB",
+                        help="resource hint: scratch space in MiB (part of the ID)")
     parser.add_argument("--placeholder", "-C", metavar="PATH", help="also write a placeholder here")
-    parser.add_argument("function", metavar="FUNCTION")
-    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    parser.add_argument("function", metavar="FUNCTION", help="the program to run: an ID or a file")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="its argv, argv[0] first (default: FUNCTION's base name)")
     parser.set_defaults(handler=_create_thunk)
 
 
@@ -242,7 +240,7 @@ def _describe(args: argparse.Namespace) -> int:
 def add_describe(sub) -> None:
     parser = sub.add_parser("describe", help="show a thunk or value as JSON", description=(
         "Print what an ID (or the ID in a placeholder file) stands for, as JSON."))
-    parser.add_argument("target", metavar="ID|PLACEHOLDER")
+    parser.add_argument("target", metavar="ID|PLACEHOLDER", help="an ID, THUNK#TAG or placeholder file")
     parser.set_defaults(handler=_describe)
 
 

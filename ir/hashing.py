@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .ids import DEFAULT_ALGORITHM, MAGIC, Kind, make_id, new_hasher
+from .ids import DEFAULT_ALGORITHM, MAGIC, kind_of, make_id, new_hasher
 
 CHUNK = 1 << 20
 # Timestamps closer than this to the time an entry was made are not trusted.
@@ -46,8 +46,7 @@ def hash_stream(stream, algorithm: str = DEFAULT_ALGORITHM, sink=None) -> str:
         size += len(chunk)
         if sink is not None:
             sink.write(chunk)
-    kind = Kind.THUNK if head.startswith(MAGIC) else Kind.VALUE
-    return make_id(kind, hasher.hexdigest(), size, algorithm)
+    return make_id(kind_of(head), hasher.hexdigest(), size, algorithm)
 
 
 def _chunks(stream) -> Iterator[memoryview | bytes]:

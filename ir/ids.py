@@ -102,14 +102,6 @@ def _explain_malformed(text: str) -> NoReturn:
     raise InvalidId(f"malformed ID {text!r}: size has leading zeros")
 
 
-def is_id(text: str) -> bool:
-    try:
-        parse_id(text)
-    except InvalidId:
-        return False
-    return True
-
-
 def make_id(kind: Kind, digest: str, size: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
     return str(ObjectId(kind, algorithm, digest, size))
 
@@ -153,6 +145,17 @@ def validate_tag(tag: str) -> str:
     if tag.startswith("/") or any(part in ("", ".", "..") for part in tag.split("/")):
         raise InvalidId(f"output tag {tag!r} must be a plain relative path")
     return tag
+
+
+def kind_of(head: bytes) -> Kind:
+    """The kind of a blob from its first bytes (at least ``len(MAGIC)`` of them, or all):
+    a thunk file starts with the magic, anything else is a value."""
+    return Kind.THUNK if head.startswith(MAGIC) else Kind.VALUE
+
+
+def id_of_blob(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
+    """The ID of ``data`` as a blob: its kind comes from its content."""
+    return id_of_bytes(data, kind_of(data), algorithm)
 
 
 def id_of_bytes(data: bytes, kind: Kind, algorithm: str = DEFAULT_ALGORITHM) -> str:

@@ -30,9 +30,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
-from .ids import MAGIC, InvalidId, Kind, id_of_bytes, parse_id, parse_ref
+from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref
 from .thunk import Thunk, parse_thunk
 
 GG_DIR_NAME = ".gg"
@@ -231,7 +231,7 @@ class LocalStore:
             return tempfile.mkstemp(dir=self.tmp, prefix="in-")
 
     def put_bytes(self, data: bytes, executable: bool = False) -> str:
-        ident = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
+        ident = id_of_blob(data)
         if self.has(ident):
             if executable:
                 self.mark_executable(ident)
@@ -242,7 +242,7 @@ class LocalStore:
                 handle.write(data)
             return self._install(temp, ident, executable)
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
 
     def put_file(self, path: Path, executable: bool | None = None) -> str:
@@ -266,7 +266,7 @@ class LocalStore:
             self.hash_cache.remember(st, ident, observed)
             return self._install(temp, ident, executable)
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
 
     def adopt(self, path: Path, executable: bool = False) -> str:
@@ -291,7 +291,7 @@ class LocalStore:
                 os.unlink(path)
             return self._install(temp, ident, executable)
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
 
     def adopt_at(self, dir_fd: int, name: str) -> tuple[str, bool]:
@@ -346,7 +346,7 @@ class LocalStore:
                             raise NotRegularFile("changed while it was collected")
                     return self._install(temp, ident, executable), executable
                 except BaseException:
-                    _unlink_quietly(temp)
+                    unlink_quietly(temp)
                     raise
         finally:
             os.close(fd)
@@ -385,7 +385,7 @@ class LocalStore:
     def remove_corrupt(self, ident: str) -> None:
         """Drop a blob that failed verification, so it is fetched or rebuilt again."""
         self.verified.forget(ident)
-        _unlink_quietly(str(self.blobs / ident))
+        unlink_quietly(str(self.blobs / ident))
 
     def verify_for_use(self, ident: str) -> os.stat_result:
         """Check blob ``ident`` against its ID before something uses it; return its stat.
@@ -503,10 +503,7 @@ class LocalStore:
 
     def forget_reduction(self, ref: str) -> None:
         """Drop the record for ``ref`` (its result was lost), so it is reduced again."""
-        try:
-            self._reduction_path(ref).unlink()
-        except FileNotFoundError:
-            pass
+        unlink_quietly(self._reduction_path(ref))
 
     def resolve(self, ref: str) -> str | None:
         """Follow reductions (tail calls included) from ``ref`` to a value ID, or None."""
@@ -520,10 +517,3 @@ class LocalStore:
                 return None
             ref = result
         return ref
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import xxhash
 
-from ir.atomic import atomic_write_bytes
+from ir.atomic import atomic_write_bytes, unlink_quietly
 
 from .driver import Driver
 from .fileids import FileIds
@@ -231,10 +231,7 @@ class DepScanner:
         with self._lock:
             paths, self._free_scratch = self._free_scratch, []
         for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            unlink_quietly(path)
 
     def _run(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
         result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)

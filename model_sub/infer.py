@@ -21,10 +21,12 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-from ir.store import LocalStore, StoreError
+from ir.cli_errors import add_debug_option, run_command
+from ir.errors import UsageError
+from ir.store import LocalStore
 
 from .context import ModelContext
-from .launcher import ShimBuildError, make_shim_dir, preload_library, shim_binary
+from .launcher import make_shim_dir, preload_library, shim_binary
 from .server import ModelServer
 
 # CMD's own exec happens in a (dynamic, preloaded) shell, so the library decides it too.
@@ -98,36 +100,39 @@ def _print_local_runs(ctx: ModelContext) -> None:
         print(line, file=sys.stderr)
 
 
+DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
+               "strip and friends: they write thunks into .gg/ and placeholders where the outputs "
+               "would be; then run gg-force on the targets.")
+EPILOG = "example: gg-infer make -j8 && gg-force my-program"
+
+
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, help="build root for checkout-independent names (default: cwd)")
+    add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD...", help="the build command, e.g. make")
     return parser
 
 
-def _handler(args: argparse.Namespace) -> int:
+def _infer(args: argparse.Namespace) -> int:
     if not args.command:
-        print("gg-infer: no command given (e.g. gg-infer make)", file=sys.stderr)
-        return 2
-    try:
-        return run_infer(args.command, args.root)
-    except (StoreError, ShimBuildError, OSError) as exc:
-        print(f"gg-infer: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError("no command given (e.g. gg-infer make)")
+    return run_infer(args.command, args.root)
 
 
 def add(subparsers) -> None:
     """The ``gg infer`` subcommand."""
-    parser = subparsers.add_parser("infer", help="run a build with models writing thunks and placeholders")
-    _parser(parser).set_defaults(handler=_handler)
+    parser = subparsers.add_parser("infer", help="run a build with models writing thunks and placeholders",
+                                   description=DESCRIPTION, epilog=EPILOG)
+    _parser(parser).set_defaults(handler=_infer)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _parser(argparse.ArgumentParser(prog="gg-infer", description=DESCRIPTION, epilog=EPILOG))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser(argparse.ArgumentParser(prog="gg-infer", description=(
-        "Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
-        "strip and friends: they write thunks into .gg/ and placeholders where the outputs "
-        "would be; then run gg-force on the targets."),
-        epilog="example: gg-infer make -j8 && gg-force my-program"))
-    return _handler(parser.parse_args(argv))
+    args = build_parser().parse_args(argv)
+    return run_command("gg-infer", lambda: _infer(args), args)
 
 
 if __name__ == "__main__":

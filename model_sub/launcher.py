@@ -17,6 +17,7 @@ from pathlib import Path
 import xxhash
 
 from ir.atomic import atomic_write_bytes
+from ir.errors import UserError
 from ir.placeholder import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
 from .toolnames import SHIM_NAMES
@@ -25,7 +26,7 @@ SHIM_SOURCE = Path(__file__).with_name("shim.c")
 PRELOAD_SOURCE = Path(__file__).with_name("preload.c")
 
 
-class ShimBuildError(Exception):
+class ShimBuildError(UserError):
     """A helper could not be compiled (no host C compiler?)."""
 
 

@@ -31,6 +31,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from ir.atomic import unlink_quietly
+
 from . import binutils_model
 from .binutils_args import binutils_name
 from .configure import configure_step
@@ -256,7 +258,4 @@ class ModelServer:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
-        try:
-            os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
+        unlink_quietly(self.socket_path)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force:
         print(ref)
         return 0
-    status = force(ref, args)
+    status = force(ref, args, parser.prog)
     if status == 0:
         print(f"fib({args.n}) = {sdk.read_result(store, ref, int)}")
     return status

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force:
         print(ref)
         return 0
-    status = force(ref, args)
+    status = force(ref, args, parser.prog)
     if status == 0:
         sys.stdout.write(sdk.read_result(store, ref, str))
     return status

@@ -61,10 +61,10 @@ def add(sub) -> None:
             "'python -m awslambdaric HANDLER' processes, so that 'gg-force --engine lambda' (with "
             "GG_LAMBDA_ENDPOINT=http://HOST:PORT) runs against real Lambda code paths on this machine."),
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9001, help="0 = any free port (default 9001)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="concurrent executions")
-    parser.add_argument("--function-name", default="gg")
+    parser.add_argument("--function-name", default="gg", help="the function name Invoke calls (default gg)")
     parser.add_argument("--timeout", type=float, default=300.0, help="function timeout in seconds")
     parser.add_argument("--memory", type=int, default=3008, help="memory size reported to the function (MiB)")
     parser.add_argument("--queue-limit", type=int, default=1000,
@@ -84,5 +84,5 @@ def add(sub) -> None:
                         help="cap each worker's GG_CACHE_DIR (its /tmp) with a tmpfs of MIB MiB, like "
                              "Lambda's ephemeral storage (needs root; default: no cap)")
     parser.add_argument("--ready-file", help="write the endpoint URL here once every worker is polling")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.set_defaults(handler=_run)

@@ -1,0 +1,214 @@
+"""``force(targets, engines=...)``: the library call behind ``gg-force``.
+
+The CLI, the examples and the benches all call this instead of building an argv. It
+opens the engines by name through the registry (:mod:`executor.engines`), runs the
+scheduler, writes every target that reduced, and closes what it opened. Errors are
+raised, never printed as exit codes: :class:`~ir.errors.UsageError` (a bad option or
+engine name), :class:`~ir.errors.ConfigError` (a wrong setting), :class:`ForceFailed`
+(a thunk failed), :class:`~executor.targets.TargetError`, store errors;
+``asyncio.CancelledError`` when a signal stopped the run. Work that ran on the fallback
+engine is said in one line per reason on stderr, even when ``quiet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ir.errors import UsageError
+from ir.store import LocalStore, MissingBlob
+
+from .engine import DEFAULT_THUNK_TIMEOUT, Engine
+from .engines import ENGINES, EngineOptions, EngineRegistry
+from .observe import RunObserver
+from .progress import ProgressDisplay
+from .scheduler import ForceConfig, ForceFailed, Scheduler
+from .targets import Target, materialize, parse_target, thin_archive_placeholders
+from .trace import TraceWriter
+
+__all__ = ["ForceFailed", "ForceOptions", "Summary", "force", "force_async", "run"]
+
+
+@dataclass(frozen=True)
+class ForceOptions:
+    """Everything a run can be told; the defaults are gg-force's."""
+
+    # Engines in order of preference (a thunk goes to the first that does not refuse it).
+    engines: tuple[str, ...] = ("local",)
+    # Where work goes that every engine refused or that an engine could not run
+    # (unavailable, out of resources). None: fail instead. Ignored when it is one of
+    # ``engines`` (there is nothing to fall back to).
+    fallback: str | None = "local"
+    jobs: int | None = None
+    default_timeout: float = DEFAULT_THUNK_TIMEOUT
+    keep_going: bool = False
+    trace: Path | None = None
+    quiet: bool = True
+    progress: str = "auto"
+    max_attempts: int = 4
+    speculate: bool = True
+    speculate_after: float = 5.0
+    prog: str = "gg-force"  # names the lines said on stderr
+    # The settings engines read (GG_STORAGE_URI, GG_LAMBDA_*); None: this process's.
+    environ: Mapping[str, str] | None = field(default=None, compare=False)
+    registry: EngineRegistry = field(default=ENGINES, compare=False)
+
+    def checked(self) -> ForceOptions:
+        """Raise :class:`UsageError` for a value no run can use."""
+        if not self.engines:
+            raise UsageError("at least one engine is needed")
+        if not self.default_timeout > 0:
+            raise UsageError(f"--default-timeout {self.default_timeout:g} must be a positive number of seconds")
+        for name in self.engines:
+            self.registry.check(name, "--engine ")
+        if self.fallback is not None:
+            self.registry.check(self.fallback, "--fallback-engine ")
+        return self
+
+
+@dataclass
+class Summary:
+    targets: int
+    written: int
+    executed: int
+    elapsed: float
+    fallback: list[str]
+    results: dict[str, str] = field(default_factory=dict)  # target text -> value ID
+
+
+async def _open_engines(options: ForceOptions, store: LocalStore) -> tuple[list[Engine], Engine | None]:
+    """(engines in order of preference, fallback engine). On failure, closes what opened."""
+    opened: list[Engine] = []
+    environ = dict(os.environ if options.environ is None else options.environ)
+    try:
+        for name in options.engines:
+            opened.append(await options.registry.open(name, EngineOptions(store, options.jobs, environ)))
+        fallback = None
+        if options.fallback is not None and options.fallback not in options.engines:
+            fallback = await options.registry.open(
+                options.fallback, EngineOptions(store, None, environ, remote=_first_remote(opened)))
+    except BaseException:
+        await _close(opened)
+        raise
+    return opened, fallback
+
+
+async def _close(engines: Sequence[Engine]) -> None:
+    """Close every engine once, then every remote storage they left results in."""
+    unique = list({id(e): e for e in engines}.values())
+    for engine in unique:
+        await engine.close()
+    for remote in {id(e.remote): e.remote for e in unique if e.remote is not None}.values():
+        await remote.close()
+
+
+def _first_remote(engines: Sequence[Engine]):
+    return next((e.remote for e in engines if e.remote is not None), None)
+
+
+async def _materialize_or_rebuild(store: LocalStore, scheduler: Scheduler, target: Target, value_id: str,
+                                  remote) -> bool:
+    """Write a target; a value gone from every store is rebuilt by its producer first
+    (a bucket's expiry rule makes that normal), as the scheduler does for inputs."""
+    try:
+        return await materialize(store, target, value_id, remote)
+    except MissingBlob as missing:
+        if not await scheduler.rebuild(missing.ident):
+            raise
+    return await materialize(store, target, value_id, remote)
+
+
+def _expand(texts: Sequence[str], options: ForceOptions) -> list[Target]:
+    """Targets as given, plus the placeholder members of thin archives among them."""
+    targets: list[Target] = [parse_target(text) for text in texts]
+    for target in [t for t in targets if t.ref is None]:
+        members = thin_archive_placeholders(target)
+        targets += members
+        if options.quiet:
+            continue
+        if members:
+            print(f"{options.prog}: {target.text} is a thin archive; forcing its {len(members)} placeholder "
+                  "member(s)", file=sys.stderr)
+        else:
+            print(f"{options.prog}: {target.text} is already a real file", file=sys.stderr)
+    return targets
+
+
+async def force_async(targets: Sequence[str], options: ForceOptions, store: LocalStore) -> Summary:
+    """Force ``targets`` (placeholder paths, thunk IDs, ``THUNK#tag``) with ``options``."""
+    started = time.monotonic()
+    options.checked()
+    expanded = _expand(targets, options)
+    refs = sorted({t.ref for t in expanded if t.ref is not None})
+    engines, fallback = await _open_engines(options, store)
+    every = [*engines, *([fallback] if fallback else [])]
+    remote = _first_remote(every)
+    progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
+    observer = RunObserver(TraceWriter(options.trace), progress)
+    config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
+                         speculate=options.speculate, speculate_min=options.speculate_after,
+                         default_timeout=options.default_timeout)
+    scheduler = Scheduler(store, engines, fallback, config, observer)
+    written = 0
+    status = "failed"
+    values: dict[str, str] = {}
+    try:
+        try:
+            results = await scheduler.force(refs)
+        except ForceFailed as failed:
+            # Targets that did reduce are still written: nothing done is thrown away.
+            for target in expanded:
+                if target.ref in failed.results:
+                    await _materialize_or_rebuild(store, scheduler, target, failed.results[target.ref], remote)
+            raise
+        for target in expanded:
+            if target.ref is not None:
+                written += await _materialize_or_rebuild(store, scheduler, target, results[target.ref], remote)
+                values[target.text] = results[target.ref]
+        status = "ok"
+    finally:
+        fallback_lines = scheduler.fallback_summary()
+        for line in fallback_lines:  # said even when quiet: the result came by another path
+            print(f"{options.prog}: {line}", file=sys.stderr)
+        observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
+                       executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
+        observer.close()
+        await _close(every)
+    return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values)
+
+
+async def _run_cancellable(coro):
+    """Run ``coro``; SIGINT/SIGTERM cancel it, which kills every running thunk."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await task
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def force(targets: Sequence[str], engines: Sequence[str] = ("local",), *, store: LocalStore | None = None,
+          **options) -> Summary:
+    """Force ``targets`` on ``engines`` (names in the registry) and write them.
+
+    ``options`` are the fields of :class:`ForceOptions` (``jobs``, ``fallback``,
+    ``trace``, ``quiet`` ...); ``store`` defaults to the one ``gg`` would use
+    ($GG_DIR, or .gg/ here or above). SIGINT/SIGTERM stop the run (finished
+    reductions are kept) and raise ``asyncio.CancelledError``.
+    """
+    return run(targets, ForceOptions(engines=tuple(engines), **options), store)
+
+
+def run(targets: Sequence[str], options: ForceOptions, store: LocalStore | None = None) -> Summary:
+    """:func:`force` with the options as one object (what gg-force builds from its argv)."""
+    options.checked()
+    return asyncio.run(_run_cancellable(force_async(targets, options, store or LocalStore.locate())))
