@@ -127,7 +127,7 @@ def test_a_registered_backend_feeds_a_forced_graph(tmp_path, mem_scheme):
         for thunk_id in (count, top):  # the graph itself travels as thunks
             b.put_bytes(a.read_bytes(thunk_id))
         scheduler = Scheduler(b, [LocalEngine(b, 2, remote=storage)], None, ForceConfig(),
-                              RunObserver(TraceWriter(None)), results_may_be_remote=True)
+                              RunObserver(TraceWriter(None)))
         try:
             return await scheduler.force([top])
         finally:
