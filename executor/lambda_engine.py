@@ -41,11 +41,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir.errors import ConfigError
-from ir.ids import MAGIC, Kind, id_of_bytes, parse_id
+from ir.errors import ConfigError, first_line
+from ir.ids import id_of_blob, parse_id
 from ir.retry import backoff_delay
 from ir.storage import RemoteStorage, StorageError, StorageUriError, open_storage
-from ir.storage.aws_client import AwsFault, LazyClient, classify, first_line
+from ir.storage.aws_client import AwsFault, LazyClient, classify
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
 from . import protocol
@@ -133,11 +133,6 @@ class _Pending:
 
     def size(self) -> int:
         return inline_size(self.data) + sum(inline_size(b) for b in self.blobs.values())
-
-
-def _first_line(text: object) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 _THROTTLED = frozenset({"TooManyRequestsException", "ThrottlingException", "429"})
@@ -370,7 +365,7 @@ class LambdaEngine:
                 self.store.remove_corrupt(ident)
                 raise InfrastructureError(f"lambda: cannot upload input: {result}") from None
             if isinstance(result, BaseException):
-                raise InfrastructureError(f"lambda: uploading input {ident}: {_first_line(result)}") from None
+                raise InfrastructureError(f"lambda: uploading input {ident}: {first_line(result)}") from None
         return blobs
 
     def _enqueue(self, pending: _Pending) -> None:
@@ -441,7 +436,7 @@ class LambdaEngine:
                 error = InfrastructureError(self._down)
             else:
                 error = InfrastructureError(f"lambda {self.config.function_name}: "
-                                            f"{_first_line(exc) or type(exc).__name__}")
+                                            f"{first_line(exc)}")
             for pending in batch:
                 _fail(pending, error)
             if isinstance(exc, asyncio.CancelledError):
@@ -482,9 +477,9 @@ class LambdaEngine:
                 try:
                     detail = json.loads(body)
                     kind = str(detail.get("errorType", "Error"))
-                    why = f"{kind}: {_first_line(detail.get('errorMessage', ''))}"
+                    why = f"{kind}: {first_line(detail.get('errorMessage', ''))}"
                 except (ValueError, AttributeError):
-                    kind, why = "", _first_line(body.decode(errors="replace"))
+                    kind, why = "", first_line(body.decode(errors="replace"))
                 if kind in ("Sandbox.Timedout", "Runtime.OutOfMemory"):
                     # The function's own limits, not the endpoint's health: the same
                     # function would hit them again; a bigger engine may not.
@@ -497,7 +492,7 @@ class LambdaEngine:
 
     async def _result(self, job: Job, answer: ExecutionResponse.Result) -> ExecutionResult:
         status = answer.status
-        error = _first_line(answer.error)
+        error = first_line(answer.error)
         if status == protocol.EXECUTION_FAILED:
             raise ExecutionFailed(job.thunk_id, error or "failed on Lambda", list(job.thunk.args), answer.stderr_tail)
         if status == protocol.RESOURCE_EXHAUSTED:
@@ -530,11 +525,11 @@ class LambdaEngine:
         try:
             parsed = parse_id(ident)
         except ValueError as exc:
-            raise InfrastructureError(f"lambda: malformed answer: {_first_line(exc)}") from None
+            raise InfrastructureError(f"lambda: malformed answer: {first_line(exc)}") from None
         executable = isinstance(entry, ExecutionResponse.Output) and entry.executable
         if entry.HasField("data"):
             data = entry.data
-            actual = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
+            actual = id_of_blob(data)
             if actual != ident:  # checked before storing: never cache a corrupt blob
                 raise InfrastructureError(f"lambda: inline blob {ident} hashes to {actual}")
             self.store.put_bytes(data, executable)

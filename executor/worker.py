@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ir.errors import ConfigError
-from ir.ids import MAGIC, InvalidId, Kind, id_of_bytes, parse_id
+from ir.ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id
 from ir.store import CorruptBlob, LocalStore, MissingBlob
 from ir.thunk import MalformedThunk, Thunk, parse_thunk
 
@@ -256,7 +256,7 @@ def _store_inline_blobs(blobs, store: LocalStore) -> int:
     for blob in blobs:
         try:
             data = blob.data
-            if id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE) != blob.id:
+            if id_of_blob(data) != blob.id:
                 continue
             if store.has(blob.id):
                 try:

@@ -15,6 +15,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from ir.errors import first_line
+
 from ..errors import ConfigError
 
 
@@ -107,11 +109,6 @@ class AwsFault:
     reason: str
     code: str = ""
     setting: str = ""  # set when the fix is not the caller's own setting (credentials, TLS)
-
-
-def first_line(exc: object) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def classify(exc: BaseException) -> AwsFault:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from ..atomic import unlink_quietly
 from ..hashing import hash_stream
 from ..ids import Kind, id_of_bytes, parse_id
 from ..store import CorruptBlob, LocalStore, MissingBlob
@@ -67,8 +68,7 @@ def _retrieve(future: asyncio.Future) -> None:
 
 
 def _unlink_quietly(path: str | Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    unlink_quietly(path)
 
 
 class FileStorage:

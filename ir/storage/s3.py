@@ -26,7 +26,6 @@ What it guarantees, and why (each point is a way gg hurt its users):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -35,7 +34,8 @@ from typing import Any, TypeVar
 
 import zstandard
 
-from ..ids import MAGIC, Kind, id_of_bytes, make_id, new_hasher, parse_id
+from ..atomic import unlink_quietly
+from ..ids import MAGIC, Kind, id_of_blob, id_of_bytes, kind_of, make_id, new_hasher, parse_id
 from ..retry import backoff_delay
 from ..store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from .aws_client import AwsFault, LazyClient, classify
@@ -105,8 +105,7 @@ def _compress_file_if_worth_it(path: Path, tmpdir: Path) -> Path | None:
             return None
         return Path(temp)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        unlink_quietly(temp)
         raise
 
 
@@ -336,7 +335,7 @@ class S3Storage:
 
     async def _upload_small(self, ident: str, path: Path, executable: bool) -> None:
         data = await asyncio.to_thread(path.read_bytes) if os.path.getsize(path) > CHUNK else path.read_bytes()
-        actual = id_of_bytes(data, Kind.THUNK if data.startswith(MAGIC) else Kind.VALUE)
+        actual = id_of_blob(data)
         if actual != ident:
             raise CorruptBlob(ident, actual, str(path.parent))
         body, encoding = await asyncio.to_thread(_maybe_compress, data) if len(data) > CHUNK else \
@@ -370,8 +369,7 @@ class S3Storage:
                 await self._multipart(ident, source, total, encoding, executable)
         finally:
             if compressed:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(compressed)
+                unlink_quietly(compressed)
 
     async def _multipart(self, ident: str, source: Path, total: int, encoding: str, executable: bool) -> None:
         cfg = self.config
@@ -447,12 +445,10 @@ class S3Storage:
                 try:
                     store.adopt(temp, executable or ident in self._executable)
                 finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(temp)
+                    unlink_quietly(temp)
                 self._present.add(ident)
                 return
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            unlink_quietly(temp)
         self._present.discard(ident)
         self._suspect.add(ident)
         raise CorruptBlob(ident, actual, where)
@@ -507,7 +503,7 @@ class S3Storage:
                 raise
             if corrupt:
                 return Path(temp), f"(undecodable or oversized object, {size}+ bytes)", False
-            kind = Kind.THUNK if head.startswith(MAGIC) else Kind.VALUE
+            kind = kind_of(head)
             return Path(temp), make_id(kind, hasher.hexdigest(), size, algorithm), executable
 
         return await self._request("GET", where, get)
