@@ -2,7 +2,8 @@
 
 A request is the shim's cwd, the program the build executed, argv and environment
 (see ``shim.c``); the shim's pid comes from the socket (``SO_PEERCRED``). A call that
-is part of a configure step runs the real tool at once (``configure.py``). Otherwise
+is part of a configure step runs the real tool at once (``configure.py``), and so does
+one whose output an ancestor reads at once (``$(shell ...)``, ``consumed.py``). Otherwise
 the server picks the model by tool name (``toolnames.py``); a model either writes
 thunks and placeholders (reply ``R0``) or decides the call is not for it (reply
 ``X``: the shim execs the real program). Any unexpected error in a model also falls
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from . import binutils_model
 from .binutils_args import binutils_name
 from .configure import configure_step
+from .consumed import consumed_output
 from .context import ModelContext
 from .deps import ScanFailed
 from .driver import DriverError
@@ -138,8 +140,8 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
     tool = request.tool
     kind = tool_kind(tool)
     started = time.monotonic()
-    configure = configure_step(request.pid, request.cwd, request.argv,
-                               os.getpid() if stop_pid is None else stop_pid)
+    stop = os.getpid() if stop_pid is None else stop_pid
+    configure = configure_step(request.pid, request.cwd, request.argv, stop)
     if configure:
         ctx.log(f"real\t{tool}\t{configure}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
@@ -148,6 +150,9 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
         probe = probe_reason(request.argv, request.cwd)
         if probe:
             raise RunReal(probe)
+        consumed = consumed_output(request.pid, stop)
+        if consumed:
+            raise RunReal(consumed)
         if kind in GCC_KINDS:
             GccModel(ctx, request.argv, request.cwd, request.env, program=request.program_path).run()
         elif binutils_name(tool) == "ar":
