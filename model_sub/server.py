@@ -3,7 +3,8 @@
 A request is the shim's cwd, the program the build executed, argv and environment
 (see ``shim.c``); the shim's pid comes from the socket (``SO_PEERCRED``). A call that
 is part of a configure step runs the real tool at once (``configure.py``), and so does
-one whose output an ancestor reads at once (``$(shell ...)``, ``consumed.py``). Otherwise
+one whose output an ancestor reads at once (``$(shell ...)``, ``consumed.py``; its
+placeholder inputs are forced first, as for a fallback). Otherwise
 the server picks the model by tool name (``toolnames.py``); a model either writes
 thunks and placeholders (reply ``R0``) or decides the call is not for it (reply
 ``X``: the shim execs the real program). Any unexpected error in a model also falls
@@ -145,14 +146,16 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
     if configure:
         ctx.log(f"real\t{tool}\t{configure}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
+    consumed = consumed_output(request.pid, stop)
+    if consumed:
+        # a RunReal whose inputs may be placeholders (`ar t libx.a` in a recipe's $(...)):
+        # forced first like a fallback's, but not counted
+        return run_locally(ctx, request, tool, "", consumed, count=False)
     try:
         stderr = b""
         probe = probe_reason(request.argv, request.cwd)
         if probe:
             raise RunReal(probe)
-        consumed = consumed_output(request.pid, stop)
-        if consumed:
-            raise RunReal(consumed)
         if kind in GCC_KINDS:
             GccModel(ctx, request.argv, request.cwd, request.env, program=request.program_path).run()
         elif binutils_name(tool) == "ar":
@@ -185,10 +188,12 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
     return Reply(exec_real=False, status=0, stderr=stderr)
 
 
-def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, detail: str) -> Reply:
+def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, detail: str,
+                count: bool = True) -> Reply:
     """The fallback for an unmodelled call: force its placeholder inputs, then let the
-    shim exec the real tool (counted under ``tool label`` for the summary line). If a
-    placeholder cannot be forced, the call fails with one line: the real tool never
+    shim exec the real tool (counted under ``tool label`` for the summary line unless
+    ``count`` is false: a result the build reads at once is a RunReal, not a fallback).
+    If a placeholder cannot be forced, the call fails with one line: the real tool never
     runs on placeholder text."""
     command = " ".join(request.argv)
     try:
@@ -198,7 +203,8 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
         ctx.log(f"fail\t{tool}\t{detail}\tforcing inputs failed: {exc}\t{command}")
         message = f"gg-infer: cannot run {tool} for real: forcing its inputs failed: {exc}\n"
         return Reply(exec_real=False, status=1, stderr=message.encode("utf-8", "replace"))
-    ctx.local_runs.record(f"{tool} {label}".strip())
+    if count:
+        ctx.local_runs.record(f"{tool} {label}".strip())
     note = f" (forced {forced} input{'s' if forced != 1 else ''})" if forced else ""
     if len(placeholders) > forced:
         note += f" (waited for {len(placeholders) - forced} forced by another call)"

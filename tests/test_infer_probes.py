@@ -152,3 +152,25 @@ def test_python_capture_under_make_runs_real(tmp_path):
     assert (root / "py_result.txt").read_text() == "True"
     _, real = _modelled_and_real(root)
     assert any("probe_py.o" in r for r in real), real
+
+
+def test_consumed_call_on_a_placeholder_forces_it_first(tmp_path):
+    """`ar t libx.a` in a recipe's backticks, on an archive the model wrote as a
+    placeholder: the archive is forced, then the real ar lists the real members (run for
+    real, not counted as a fallback)."""
+    root = tmp_path / "ar"
+    root.mkdir()
+    (root / "x.c").write_text("int x(void) { return 1; }\n")
+    (root / "y.c").write_text("int y(void) { return 2; }\n")
+    (root / "Makefile").write_text(
+        "members.txt: libx.a\n\tM=`ar t libx.a`; echo \"$$M\" > members.txt\n"
+        "libx.a: x.o y.o\n\tar rcs libx.a x.o y.o\n"
+        "%.o: %.c\n\tcc -c $< -o $@\n")
+    result = gg_infer(root, "make")
+    assert result.returncode == 0, result.stderr
+    assert (root / "members.txt").read_text() == "x.o\ny.o\n"
+    real = [f for f in _log(root) if f[0] == "real"]
+    assert [f[1] for f in real] == ["ar"] and "read at once" in real[0][2] and "forced" in real[0][2], real
+    assert "ran locally" not in result.stderr
+    modelled, _ = _modelled_and_real(root)
+    assert len(modelled) == 3, modelled  # x.o, y.o, libx.a
