@@ -114,17 +114,21 @@ def _write_only(pid: int) -> set[str]:
 
 def _ancestors(pid: int, stop_pid: int) -> list[int]:
     """``pid``'s parent, grandparent... up to the nearest build driver (inclusive), or
-    up to ``stop_pid`` (exclusive) when there is none."""
+    up to ``stop_pid`` (exclusive) when there is none. Empty when the walk reaches
+    neither (an orphan reparented to init or a subreaper): unrelated processes up there
+    may hold pipes that are no part of this build, so nothing is concluded."""
     chain: list[int] = []
     current = _parent(pid)
     for _ in range(MAX_DEPTH):
-        if current <= 1 or current == stop_pid:
-            break
+        if current == stop_pid:
+            return chain
+        if current <= 1:
+            return []
         chain.append(current)
         if program_name(_cmdline(current)) in BUILD_DRIVERS:
-            break
+            return chain
         current = _parent(current)
-    return chain
+    return []
 
 
 def consumed_output(pid: int, stop_pid: int) -> str | None:

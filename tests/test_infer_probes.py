@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from model_sub.consumed import program_name
+from tests.corpus.fetch import ensure_tools
 from tests.test_infer_support import gg_force, gg_infer, hidden_ok, tool_env
 
 # -Wall -Werror fails on an unused variable: a compile-stage (cc1) warning, so a
@@ -174,3 +175,31 @@ def test_consumed_call_on_a_placeholder_forces_it_first(tmp_path):
     assert "ran locally" not in result.stderr
     modelled, _ = _modelled_and_real(root)
     assert len(modelled) == 3, modelled  # x.o, y.o, libx.a
+
+
+NINJA = """
+rule cc
+  command = cc -c $in -o $out
+rule probe_then_cc
+  command = D=`cc -Wall -Werror -c probe_bad.c -o probe_bad_ninja.o 2>/dev/null && echo -DBAD_PASSED`; $
+      cc $$D -c $in -o $out
+rule link
+  command = cc -o $out $in
+build main.o: probe_then_cc main.c
+build flag.o: cc flag_yes.c
+build prog: link main.o flag.o
+"""
+
+
+def test_ninja_capture_is_not_consumption(tmp_path):
+    """Ninja holds a pipe to every command's output only to print it: the compiles are
+    modelled; a probe in a command's backticks still runs for real."""
+    ensure_tools(["ninja"])  # apt-get install when missing (as root)
+    root = _project(tmp_path / "n")
+    (root / "build.ninja").write_text(NINJA)
+    result = gg_infer(root, "ninja")
+    assert result.returncode == 0, result.stderr
+    modelled, real = _modelled_and_real(root)
+    assert real == ["cc -Wall -Werror -c probe_bad.c -o probe_bad_ninja.o"], real
+    assert sorted(modelled) == ["cc -c flag_yes.c -o flag.o", "cc -c main.c -o main.o", "cc -o prog main.o flag.o"]
+    assert not any("PASSED" in m for m in modelled), modelled
