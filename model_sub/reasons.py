@@ -8,6 +8,11 @@
   ``gcc --version``, ``-print-search-dirs``): they must behave exactly as without gg and
   their result is consumed at once, so they run as they are, not forced, not counted.
 
+A call whose output an ancestor reads at once (``$(shell ...)``, ``$(...)``; see
+``consumed.py``) is decided in the server before any model and runs for real the same
+way — not counted — except that its placeholder inputs are forced first (``ar t
+libx.a`` in a recipe's backticks must list the real archive).
+
 ``label`` is the short text the summary line groups calls by (``(thin archive)``,
 ``t``, ``--add-section``); the message is the detail written to ``.gg/infer/log``.
 """

@@ -2,7 +2,9 @@
 
 A request is the shim's cwd, the program the build executed, argv and environment
 (see ``shim.c``); the shim's pid comes from the socket (``SO_PEERCRED``). A call that
-is part of a configure step runs the real tool at once (``configure.py``). Otherwise
+is part of a configure step runs the real tool at once (``configure.py``), and so does
+one whose output an ancestor reads at once (``$(shell ...)``, ``consumed.py``; its
+placeholder inputs are forced first, as for a fallback). Otherwise
 the server picks the model by tool name (``toolnames.py``); a model either writes
 thunks and placeholders (reply ``R0``) or decides the call is not for it (reply
 ``X``: the shim execs the real program). Any unexpected error in a model also falls
@@ -36,6 +38,7 @@ from ir.atomic import unlink_quietly
 from . import binutils_model
 from .binutils_args import binutils_name
 from .configure import configure_step
+from .consumed import consumed_output
 from .context import ModelContext
 from .deps import ScanFailed
 from .driver import DriverError
@@ -140,11 +143,16 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
     tool = request.tool
     kind = tool_kind(tool)
     started = time.monotonic()
-    configure = configure_step(request.pid, request.cwd, request.argv,
-                               os.getpid() if stop_pid is None else stop_pid)
+    stop = os.getpid() if stop_pid is None else stop_pid
+    configure = configure_step(request.pid, request.cwd, request.argv, stop)
     if configure:
         ctx.log(f"real\t{tool}\t{configure}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
+    consumed = consumed_output(request.pid, stop)
+    if consumed:
+        # a RunReal whose inputs may be placeholders (`ar t libx.a` in a recipe's $(...)):
+        # forced first like a fallback's, but not counted
+        return run_locally(ctx, request, tool, "", consumed, count=False)
     try:
         stderr = b""
         probe = probe_reason(request.argv, request.cwd)
@@ -182,10 +190,12 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
     return Reply(exec_real=False, status=0, stderr=stderr)
 
 
-def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, detail: str) -> Reply:
+def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, detail: str,
+                count: bool = True) -> Reply:
     """The fallback for an unmodelled call: force its placeholder inputs, then let the
-    shim exec the real tool (counted under ``tool label`` for the summary line). If a
-    placeholder cannot be forced, the call fails with one line: the real tool never
+    shim exec the real tool (counted under ``tool label`` for the summary line unless
+    ``count`` is false: a result the build reads at once is a RunReal, not a fallback).
+    If a placeholder cannot be forced, the call fails with one line: the real tool never
     runs on placeholder text."""
     command = " ".join(request.argv)
     try:
@@ -195,7 +205,8 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
         ctx.log(f"fail\t{tool}\t{detail}\tforcing inputs failed: {exc}\t{command}")
         message = f"gg-infer: cannot run {tool} for real: forcing its inputs failed: {exc}\n"
         return Reply(exec_real=False, status=1, stderr=message.encode("utf-8", "replace"))
-    ctx.local_runs.record(f"{tool} {label}".strip())
+    if count:
+        ctx.local_runs.record(f"{tool} {label}".strip())
     note = f" (forced {forced} input{'s' if forced != 1 else ''})" if forced else ""
     if len(placeholders) > forced:
         note += f" (waited for {len(placeholders) - forced} forced by another call)"
