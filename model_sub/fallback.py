@@ -45,11 +45,31 @@ class LocalRuns:
     Shared by the server's threads (one per call), hence the lock."""
 
     counts: Counter = field(default_factory=Counter)
+    # Calls whose output or status the build read at once ($(shell cc ...), backticks):
+    # they must run for real, so they are not fallbacks, but a build whose driver reads
+    # every command's output would then run wholly for real: said out loud too.
+    read_at_once: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, reason: str) -> None:
         with self._lock:
             self.counts[reason] += 1
+
+    def record_read_at_once(self, tool: str) -> None:
+        with self._lock:
+            self.read_at_once[tool] += 1
+
+    def read_at_once_summary(self, log_hint: str) -> str | None:
+        """``gg-infer: N tool calls ran for real, their output read at once by the build: cc xN (see LOG)``."""
+        with self._lock:
+            items = sorted(self.read_at_once.items(), key=lambda kv: (-kv[1], kv[0]))
+        total = sum(n for _, n in items)
+        if not total:
+            return None
+        noun = "tool call" if total == 1 else "tool calls"
+        tools = ", ".join(f"{tool} x{n}" for tool, n in items)
+        return (f"gg-infer: {total} {noun} ran for real, their output read at once by the build "
+                f"(probes, not thunks): {tools} (see {log_hint})")
 
     def summary(self, log_hint: str) -> str | None:
         """``gg-infer: N commands ran locally, not as thunks: R1 xA, R2 xB (see LOG)``."""

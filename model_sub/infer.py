@@ -90,14 +90,16 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
 
 
 def _print_local_runs(ctx: ModelContext) -> None:
-    """One line saying which calls ran the real tool instead of becoming thunks."""
+    """One line saying which calls ran the real tool instead of becoming thunks, and one
+    for the calls whose output the build read at once (run for real by design)."""
     try:
         hint = os.path.relpath(ctx.log_path)
     except ValueError:
         hint = str(ctx.log_path)
-    line = ctx.local_runs.summary(hint if not hint.startswith("../..") else str(ctx.log_path))
-    if line:
-        print(line, file=sys.stderr)
+    hint = hint if not hint.startswith("../..") else str(ctx.log_path)
+    for line in (ctx.local_runs.summary(hint), ctx.local_runs.read_at_once_summary(hint)):
+        if line:
+            print(line, file=sys.stderr)
 
 
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "

@@ -207,6 +207,8 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
         return Reply(exec_real=False, status=1, stderr=message.encode("utf-8", "replace"))
     if count:
         ctx.local_runs.record(f"{tool} {label}".strip())
+    else:
+        ctx.local_runs.record_read_at_once(tool)
     note = f" (forced {forced} input{'s' if forced != 1 else ''})" if forced else ""
     if len(placeholders) > forced:
         note += f" (waited for {len(placeholders) - forced} forced by another call)"

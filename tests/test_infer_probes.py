@@ -130,6 +130,7 @@ def test_build_probes_run_real_ordinary_compiles_modelled(tmp_path, command):
     reasons = [f[2] for f in _log(root) if f[0] == "real"]
     assert all("read at once" in r for r in reasons), reasons
     assert "ran locally" not in result.stderr  # run for real, not a counted fallback
+    assert "ran for real, their output read at once by the build" in result.stderr  # but said out loud
     assert not (root / "probe_bad.o").exists() and (root / "probe_ok.o").exists()
     assert not (root / "prog").read_bytes().startswith(b"\x7fELF")  # a placeholder until forced
     forced = gg_force(root, ["prog"], tmp_path / "trace", hidden=hidden_ok())
