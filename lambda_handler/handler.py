@@ -159,6 +159,8 @@ async def _serve(request: protocol.ExecutionRequest, deadline: float | None, war
                                "no storage: the event has no 'storage' and GG_STORAGE_URI is not set")
     try:
         storage = warm.storage(uri)
+    except (ConfigError, ValueError) as exc:  # unknown scheme, backend not in the zip, bad URI: fix, not retry
+        return failed_response(ids, protocol.CONFIG_ERROR, f"storage {uri!r}: {one_line(exc)}")
     except Exception as exc:  # noqa: BLE001
         return failed_response(ids, protocol.INFRASTRUCTURE_ERROR, f"storage {uri!r}: {one_line(exc)}")
     config = WorkerConfig.from_env(environ)

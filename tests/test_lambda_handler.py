@@ -152,6 +152,12 @@ def test_errors_are_classified_where_the_cause_is_known(s3_uri, moto_endpoint, c
     assert result["results"][0]["status"] == "config_error", result
     assert "does not exist" in result["results"][0]["error"]
 
+    # a backend the function does not have (a plug-in missing from the zip) is a setting to fix
+    unknown = event_for(s3_uri, client_store, [sh.thunk("cat a > out", values={"a": "y"})])
+    unknown["storage"] = "nosuch://team/cache"
+    result = handle(unknown, None)["results"][0]
+    assert result["status"] == "config_error" and "unknown storage scheme" in result["error"], result
+
 
 def test_the_worker_core_serves_a_request_without_the_handler(s3_uri, client_store, tmp_path):
     """What another remote engine's worker would do: decode a request, serve it with
