@@ -82,13 +82,16 @@ def driver_kind(words: list[str]) -> str | None:
     return None
 
 
-def _parent(pid: int) -> int:
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid``, from /proc (the command name in ``stat`` may hold spaces
+    and parentheses, so the fields are read after its last ``)``)."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
         stat = handle.read()
     return int(stat[stat.rindex(b")") + 2:].split()[1])
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
+    """The argv of ``pid``, from /proc."""
     with open(f"/proc/{pid}/cmdline", "rb") as handle:
         return [w.decode("utf-8", "surrogateescape") for w in handle.read().split(b"\0")[:-1]]
 
@@ -96,14 +99,14 @@ def _cmdline(pid: int) -> list[str]:
 def ancestor_driver(pid: int, stop_pid: int) -> str | None:
     """The configure driver among ``pid``'s ancestors (below ``stop_pid``), if any."""
     try:
-        current = _parent(pid)
+        current = parent_pid(pid)
         for _ in range(MAX_DEPTH):
             if current <= 1 or current == stop_pid:
                 return None
-            kind = driver_kind(_cmdline(current))
+            kind = driver_kind(cmdline(current))
             if kind:
                 return kind
-            current = _parent(current)
+            current = parent_pid(current)
     except (OSError, ValueError, IndexError):
         return None  # the process went away: the probe-path rule still applies
     return None

@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import re
 
-from .configure import INTERPRETERS, MAX_DEPTH
+from .configure import INTERPRETERS, MAX_DEPTH, cmdline, parent_pid
 
 BUILD_DRIVERS = {"make", "gmake", "bmake", "pmake", "remake", "mingw32-make", "ninja", "samu"}
 CAPTURING_DRIVERS = {"ninja", "samu"}
@@ -71,17 +71,6 @@ def program_name(words: list[str]) -> str:
         while i < len(words) - 1 and words[i].startswith("-"):
             i += 1
     return os.path.basename(words[i]) if i < len(words) else ""
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        stat = handle.read()
-    return int(stat[stat.rindex(b")") + 2:].split()[1])
-
-
-def _cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-        return [w.decode("utf-8", "surrogateescape") for w in handle.read().split(b"\0")[:-1]]
 
 
 def _pipes(pid: int) -> tuple[set[str], set[str]]:
@@ -118,16 +107,16 @@ def _ancestors(pid: int, stop_pid: int) -> list[int]:
     neither (an orphan reparented to init or a subreaper): unrelated processes up there
     may hold pipes that are no part of this build, so nothing is concluded."""
     chain: list[int] = []
-    current = _parent(pid)
+    current = parent_pid(pid)
     for _ in range(MAX_DEPTH):
         if current == stop_pid:
             return chain
         if current <= 1:
             return []
         chain.append(current)
-        if program_name(_cmdline(current)) in BUILD_DRIVERS:
+        if program_name(cmdline(current)) in BUILD_DRIVERS:
             return chain
-        current = _parent(current)
+        current = parent_pid(current)
     return []
 
 
@@ -160,6 +149,6 @@ def consumed_output(pid: int, stop_pid: int) -> str | None:
 
 def _cmdline_or_empty(pid: int) -> list[str]:
     try:
-        return _cmdline(pid)
+        return cmdline(pid)
     except OSError:
         return []

@@ -40,6 +40,7 @@ from ..hashing import hash_stream
 from ..ids import Kind, id_of_bytes, parse_id
 from ..store import CorruptBlob, LocalStore, MissingBlob
 from .protocol import StorageConfigError, StorageContext, StorageError
+from .shared import SharedTransfers
 from .uri import FileConfig, parse_file_uri
 
 OBJECT_MODE = 0o444
@@ -62,15 +63,6 @@ def open_file(uri: str, context: StorageContext) -> FileStorage:
     return FileStorage(parse_file_uri(uri))
 
 
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _unlink_quietly(path: str | Path) -> None:
-    unlink_quietly(path)
-
-
 class FileStorage:
     """:class:`ir.storage.RemoteStorage` on a directory. Create, use from one loop, close."""
 
@@ -80,8 +72,8 @@ class FileStorage:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._suspect: set[str] = set()  # reported missing or corrupt: the next upload writes
         self._executable: set[str] = set()  # a remote worker said it stored a program
-        self._uploading: dict[str, asyncio.Future[None]] = {}
-        self._downloading: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._uploading = SharedTransfers()
+        self._downloading = SharedTransfers()
 
     def __repr__(self) -> str:
         return f"FileStorage({self.config.uri!r})"
@@ -164,13 +156,7 @@ class FileStorage:
 
     async def upload(self, store: LocalStore, ident: str, overwrite: bool = False) -> None:
         parse_id(ident)
-        pending = self._uploading.get(ident)
-        if pending is None:
-            pending = asyncio.ensure_future(self._run(self._upload, store, ident, overwrite))
-            self._uploading[ident] = pending
-            pending.add_done_callback(lambda _f: self._uploading.pop(ident, None))
-            pending.add_done_callback(_retrieve)
-        await asyncio.shield(pending)
+        await self._uploading.run(ident, lambda: self._run(self._upload, store, ident, overwrite))
 
     def _upload(self, store: LocalStore, ident: str, overwrite: bool) -> None:
         target = self.root / ident
@@ -209,12 +195,12 @@ class FileStorage:
                 sink.flush()
                 os.fsync(sink.fileno())
             if result != ident:
-                _unlink_quietly(temp)
+                unlink_quietly(temp)
                 return result
             os.chmod(temp, EXECUTABLE_OBJECT_MODE if executable else OBJECT_MODE)
             os.replace(temp, self.root / ident)
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
         self._sync_directory()
         return result
@@ -239,13 +225,7 @@ class FileStorage:
         if store.has(ident):
             return
         key = (str(store.root), ident)
-        pending = self._downloading.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._run(self._download, store, ident))
-            self._downloading[key] = pending
-            pending.add_done_callback(lambda _f: self._downloading.pop(key, None))
-            pending.add_done_callback(_retrieve)
-        await asyncio.shield(pending)
+        await self._downloading.run(key, lambda: self._run(self._download, store, ident))
 
     def _download(self, store: LocalStore, ident: str) -> None:
         where = self.config.where(ident)
@@ -258,7 +238,7 @@ class FileStorage:
                     self._suspect.discard(ident)
                     return
             finally:
-                _unlink_quietly(temp)
+                unlink_quietly(temp)
         self._suspect.add(ident)
         raise CorruptBlob(ident, actual, where)
 
@@ -281,9 +261,9 @@ class FileStorage:
                     return Path(temp), f"(a {info.st_size}-byte object, not {parsed.size})", False
                 actual = hash_stream(source, parsed.algorithm, sink)
         except OSError as exc:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise self._error("reading", self.root / ident, exc) from None
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
         return Path(temp), actual, bool(info.st_mode & stat.S_IXUSR)

@@ -40,6 +40,7 @@ from ..retry import backoff_delay
 from ..store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from .aws_client import AwsFault, LazyClient, classify
 from .protocol import StorageConfigError, StorageContext, StorageError
+from .shared import SharedTransfers
 from .uri import S3Config, parse_s3_uri
 
 T = TypeVar("T")
@@ -64,13 +65,6 @@ class S3Error(StorageError):
 class S3ConfigError(S3Error, StorageConfigError):
     """S3 refused because a setting is wrong (bucket, credentials, permissions, TLS):
     never retried; the run stops with this line."""
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    """Mark a shared operation's exception as seen: its waiters may all have been
-    cancelled (the run stopped), and asyncio would print a traceback for it."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _is_not_found(exc: Exception) -> bool:
@@ -144,8 +138,8 @@ class S3Storage:
         # which would call a corrupt object "present" forever.
         self._suspect: set[str] = set()
         self._executable: set[str] = set()  # produced with the execute bit in this run
-        self._uploading: dict[str, asyncio.Future[None]] = {}
-        self._downloading: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._uploading = SharedTransfers()
+        self._downloading = SharedTransfers()
 
     @classmethod
     def from_uri(cls, uri: str, session: Any = None) -> S3Storage:
@@ -298,13 +292,7 @@ class S3Storage:
         parse_id(ident)
         if ident in self._present:
             return
-        pending = self._uploading.get(ident)
-        if pending is None:
-            pending = asyncio.ensure_future(self._upload(store, ident, overwrite))
-            self._uploading[ident] = pending
-            pending.add_done_callback(lambda _f: self._uploading.pop(ident, None))
-            pending.add_done_callback(_retrieve)
-        await asyncio.shield(pending)
+        await self._uploading.run(ident, lambda: self._upload(store, ident, overwrite))
 
     async def _upload(self, store: LocalStore, ident: str, overwrite: bool) -> None:
         where = self.config.where(ident)
@@ -428,13 +416,7 @@ class S3Storage:
         if store.has(ident):
             return
         key = (str(store.root), ident)
-        pending = self._downloading.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._download(store, ident))
-            self._downloading[key] = pending
-            pending.add_done_callback(lambda _f: self._downloading.pop(key, None))
-            pending.add_done_callback(_retrieve)
-        await asyncio.shield(pending)
+        await self._downloading.run(key, lambda: self._download(store, ident))
 
     async def _download(self, store: LocalStore, ident: str) -> None:
         where = self.config.where(ident)
