@@ -56,7 +56,9 @@ def lupa_sdist() -> Path:
     LUPA_CACHE.mkdir(parents=True, exist_ok=True)
     found = sorted(LUPA_CACHE.glob("lupa-*.tar.gz"))
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "lupa",
+        # --no-binary lupa, not :all:, so lupa's build requirements (Cython) come as wheels:
+        # pip prepares the sdist's metadata, and Cython built from source takes minutes
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "lupa", "lupa",
                         "-d", str(LUPA_CACHE)], check=True, capture_output=True)
         found = sorted(LUPA_CACHE.glob("lupa-*.tar.gz"))
     return found[-1]
