@@ -27,6 +27,7 @@ added to each of its thunks. Both bounds are printed beside the prediction.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import statistics
 from collections import defaultdict
@@ -179,18 +180,20 @@ def _list_schedule(order, needs, users, costly, work, remaining, config: Simulat
 def measured_coordinator(trace: Trace, nodes: dict[str, Node]) -> float | None:
     """Median coordinator time per run thunk, from the trace's own gaps, in seconds.
 
-    Per node that ran: (``started.t`` minus the moment it became ready — its ``queued``
-    event or the latest ``finished``/``cached`` event of its dependencies) plus
-    (``finished.t`` minus ``started.t`` minus the engine's ``duration``): the time the
-    coordinator spent on it outside the engine. Nodes reached by tail calls are left
-    out (their readiness is not in the trace). A run that was short of slots inflates
-    the first part (waiting for a slot looks like coordinator work); the median damps
-    that, a run with enough slots avoids it.
+    Per node that ran: ``started.t`` minus the moment it could have started — the latest
+    of its ``queued`` event, the moment each dependency's engine returned (its
+    ``started.t + duration``; a cached one's ``cached`` event) and the last moment
+    before it that an attempt on the same engine returned (a slot came free). That gap
+    is the coordinator's work between one thunk's end and the next one's start
+    (recording results, rewriting, loading, cache checks). Nodes reached by tail calls
+    are left out (their readiness is not in the trace); the median damps the odd gap
+    where something else held the coordinator.
     """
-    settled: dict[str, float] = {}
     queued: dict[str, float] = {}
-    started: dict[str, float] = {}
-    gaps: list[float] = []
+    first_start: dict[str, tuple[float, str]] = {}
+    last_start: dict[str, float] = {}
+    returned: dict[str, float] = {}  # node -> when its engine returned (or it was found cached)
+    engine_returns: dict[str, list[float]] = defaultdict(list)
     for event in trace.events:
         kind, ident, t = event.get("event"), event.get("thunk"), _number(event.get("t"))
         if not isinstance(ident, str):
@@ -198,20 +201,27 @@ def measured_coordinator(trace: Trace, nodes: dict[str, Node]) -> float | None:
         if kind == "queued":
             queued.setdefault(ident, t)
         elif kind == "started":
-            started[ident] = t
+            first_start.setdefault(ident, (t, str(event.get("engine"))))
+            last_start[ident] = t
         elif kind == "cached":
-            settled[ident] = t
-        elif kind == "finished":
-            settled[ident] = t
-            item = nodes.get(ident)
-            if item is None or item.creator is not None or ident not in started or ident not in queued:
-                continue
-            if any(d not in settled or nodes[d].tails for d in item.deps if d in nodes):
-                continue
-            became_ready = max([queued[ident], *(settled[d] for d in item.deps if d in settled)])
-            before = started[ident] - became_ready
-            after = t - started[ident] - _number(event.get("duration"))
-            gaps.append(max(0.0, before) + max(0.0, after))
+            returned.setdefault(ident, t)
+        elif kind == "finished" and ident in last_start:
+            end = last_start[ident] + _number(event.get("duration"))
+            returned[ident] = end
+            engine_returns[str(event.get("engine"))].append(end)
+    for ends in engine_returns.values():
+        ends.sort()
+    gaps: list[float] = []
+    for ident, (start, engine) in first_start.items():
+        item = nodes.get(ident)
+        if item is None or item.creator is not None or ident not in queued:
+            continue
+        if any(d not in returned or nodes[d].tails for d in item.deps if d in nodes):
+            continue
+        ends = engine_returns[engine]
+        freed = ends[bisect.bisect_right(ends, start) - 1] if ends and ends[0] <= start else 0.0
+        ready = max([queued[ident], freed, *(returned[d] for d in item.deps if d in nodes)])
+        gaps.append(max(0.0, start - ready))
     return statistics.median(gaps) if gaps else None
 
 
