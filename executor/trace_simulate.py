@@ -15,10 +15,12 @@ The model (docs/trace.md, "gg trace simulate"):
 * Every node that ran costs the **coordinator** ``coordinator`` seconds of serial work
   (one event loop prepares thunks one at a time, and may prepare ahead while workers
   are busy), then occupies one **worker** for ``invoke_latency + duration``.
-* Policy: *list scheduling, longest remaining path first*. Whenever the coordinator or
-  a worker is free, it takes the ready thunk whose remaining path to the end of the
-  build (its own cost plus the costliest chain after it) is longest — the ideal
-  critical-path-first dispatch, not necessarily what a given gg-force version did.
+* Policy: *list scheduling, longest remaining path first* (``critical-path``, the
+  default). Whenever the coordinator or a worker is free, it takes the ready thunk
+  whose remaining path to the end of the build (its own cost plus the costliest chain
+  after it) is longest — the ideal critical-path-first dispatch. ``fifo`` takes them
+  in the order they became ready (ties: the order the trace first saw them), which is
+  what a scheduler without duration estimates does.
 
 With one worker and no coordinator cost the prediction is the serial sum of
 ``latency + duration``; with unlimited workers it is the critical path with the latency
@@ -38,6 +40,9 @@ from ir.cli_errors import CliError
 
 from .trace_summary import Node, Trace, _nodes, _number
 
+POLICIES = ("critical-path", "fifo")
+POLICY_TEXT = {"critical-path": "list scheduling, longest remaining path first",
+               "fifo": "list scheduling, first ready first (gg-force's dispatch order before critical-path-first)"}
 DEFAULT_COORDINATOR_MS = 2.0  # per thunk, when the trace has no gaps to measure it from
 
 Vertex = tuple[str, str]  # ("run" | "final", node ID)
@@ -50,6 +55,7 @@ class SimulationConfig:
     workers: int | None
     invoke_latency: float
     coordinator: float
+    policy: str = "critical-path"  # or "fifo"
 
 
 @dataclass(frozen=True)
@@ -116,12 +122,24 @@ def simulate(nodes: dict[str, Node], config: SimulationConfig) -> Prediction:
         earliest[vertex] = work(vertex) + max((earliest[n] for n in needs[vertex]), default=0.0)
     critical = max(earliest.values(), default=0.0)
     serial = sum(work(v) for v in runs)
-    wall = _list_schedule(order, needs, users, costly, work, remaining, config)
+    if config.policy not in POLICIES:
+        raise CliError(f"unknown policy {config.policy!r} (one of {', '.join(POLICIES)})")
+    first_seen = {v: nodes[v[1]].first_seen for v in order}
+    wall = _list_schedule(order, needs, users, costly, work, remaining, config, first_seen)
     return Prediction(wall=wall, serial=serial, critical_path=critical, runs=len(runs))
 
 
-def _list_schedule(order, needs, users, costly, work, remaining, config: SimulationConfig) -> float:
+def _list_schedule(order, needs, users, costly, work, remaining, config: SimulationConfig,
+                   first_seen: dict[Vertex, int] | None = None) -> float:
     """The discrete-event simulation: a serial coordinator feeding ``workers`` workers."""
+    fifo = config.policy == "fifo"
+    became_ready: dict[Vertex, float] = {}
+
+    def key(vertex: Vertex) -> tuple:
+        if fifo:  # the order thunks became ready, then the order the trace first saw them
+            return (became_ready[vertex], (first_seen or {}).get(vertex, 0), vertex[1], vertex)
+        return (-remaining[vertex], vertex[1], vertex)
+
     waiting = {v: len(set(needs[v])) for v in order}
     events: list[tuple[float, int, str, Vertex]] = []  # (time, sequence, kind, vertex)
     prepare: list[tuple[float, str, Vertex]] = []  # ready for the coordinator, by priority
@@ -138,7 +156,8 @@ def _list_schedule(order, needs, users, costly, work, remaining, config: Simulat
 
     def ready(vertex: Vertex) -> None:
         if vertex in costly:
-            heapq.heappush(prepare, (-remaining[vertex], vertex[1], vertex))
+            became_ready[vertex] = now
+            heapq.heappush(prepare, key(vertex))
         else:
             push(now, "done", vertex)
 
@@ -152,7 +171,7 @@ def _list_schedule(order, needs, users, costly, work, remaining, config: Simulat
             _, _, kind, vertex = heapq.heappop(events)
             if kind == "prepared":
                 coordinator_busy = False
-                heapq.heappush(dispatch, (-remaining[vertex], vertex[1], vertex))
+                heapq.heappush(dispatch, key(vertex))
                 continue
             if kind == "done" and vertex in costly:
                 free += 1
@@ -162,13 +181,13 @@ def _list_schedule(order, needs, users, costly, work, remaining, config: Simulat
                 if waiting[user] == 0:
                     ready(user)
         if not coordinator_busy and prepare:
-            _, _, vertex = heapq.heappop(prepare)
+            vertex = heapq.heappop(prepare)[-1]
             coordinator_busy = True
             push(now + config.coordinator, "prepared", vertex)
             if config.coordinator == 0:
                 continue  # prepare everything ready now before any of it takes a worker
         while free > 0 and dispatch:
-            _, _, vertex = heapq.heappop(dispatch)
+            vertex = heapq.heappop(dispatch)[-1]
             free -= 1
             push(now + work(vertex), "done", vertex)
         if not events:
@@ -226,7 +245,7 @@ def measured_coordinator(trace: Trace, nodes: dict[str, Node]) -> float | None:
 
 
 def report(trace: Trace, workers: list[int], invoke_latency_ms: float,
-           coordinator_ms: float | None) -> dict[str, Any]:
+           coordinator_ms: float | None, policy: str = "critical-path") -> dict[str, Any]:
     """Predictions for each worker count, as a JSON-ready dict."""
     nodes = _nodes(trace.events)
     measured = measured_coordinator(trace, nodes)
@@ -241,13 +260,13 @@ def report(trace: Trace, workers: list[int], invoke_latency_ms: float,
         raise CliError("--invoke-latency and --coordinator-ms must not be negative")
     rows = []
     for count in workers:
-        prediction = simulate(nodes, SimulationConfig(count, latency, coordinator))
+        prediction = simulate(nodes, SimulationConfig(count, latency, coordinator, policy))
         rows.append({"workers": count, "predicted": round(prediction.wall, 6)})
     bounds = simulate(nodes, SimulationConfig(None, latency, 0.0))
     done = next((e for e in reversed(trace.events) if e.get("event") == "done"), None)
     engines = sorted({str(n.finished.get("engine")) for n in nodes.values() if n.finished})
     return {
-        "policy": "list scheduling, longest remaining path first; one serial coordinator",
+        "policy": POLICY_TEXT[policy] + "; one serial coordinator",
         "thunks_run": bounds.runs,
         "invoke_latency_ms": invoke_latency_ms,
         "coordinator_ms": round(coordinator * 1000, 3),

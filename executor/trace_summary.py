@@ -385,7 +385,7 @@ def _handle_simulate(args: argparse.Namespace) -> int:
     if args.workers is None or args.invoke_latency is None:
         raise UsageError("gg trace simulate needs --workers N and --invoke-latency MS")
     path = Path(args.simulated)
-    result = report(read_trace(path), args.workers, args.invoke_latency, args.coordinator_ms)
+    result = report(read_trace(path), args.workers, args.invoke_latency, args.coordinator_ms, args.policy)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -413,6 +413,8 @@ def add(sub) -> None:
                         help="simulate: remote worker counts to predict for")
     parser.add_argument("--invoke-latency", type=float, default=None, metavar="MS",
                         help="simulate: what one remote invocation adds to a thunk's run time, in ms")
+    parser.add_argument("--policy", choices=("critical-path", "fifo"), default="critical-path",
+                        help="simulate: dispatch order, longest remaining path first (default) or first ready first")
     parser.add_argument("--coordinator-ms", type=float, default=None, metavar="MS",
                         help="simulate: coordinator time per thunk (default: measured from the trace's gaps)")
     parser.set_defaults(handler=_handle)

@@ -61,6 +61,9 @@ def test_longest_remaining_path_first(tmp_path):
     durations = {name: 1.0 for name in ("P1", "P2", "P3", "Q1", "Q2", "Q3")}
     nodes = nodes_of(graph(durations, {"P2": ["P1"], "P3": ["P2"]}), tmp_path)
     assert wall(nodes, 2) == pytest.approx(3.0)
+    # First ready first: P1 and Q1 at 0, then Q2 and Q3 (ready since 0) before P2.
+    fifo = simulate(nodes, SimulationConfig(2, 0.0, 0.0, "fifo"))
+    assert fifo.wall == pytest.approx(4.0)
 
 
 def test_bounds_on_a_random_dag(tmp_path):
@@ -165,6 +168,8 @@ def test_cli(tmp_path, capsys):
     status, out, _ = run(["simulate", path, "--workers", "4", "--invoke-latency", "0", "--json"], capsys)
     data = json.loads(out)
     assert status == 0 and data["predictions"][0]["workers"] == 4 and data["thunks_run"] == 5
+    status, out, _ = run(["simulate", path, "--workers", "1", "--invoke-latency", "0", "--policy", "fifo"], capsys)
+    assert status == 0 and "first ready first" in out
 
 
 @pytest.mark.parametrize("argv, message", [
