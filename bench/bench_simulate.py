@@ -14,7 +14,8 @@ then:
 3. measures the per-invocation latency the way a user would: a calibration run of
    trivial thunks on the Lambda engine, one at a time; the latency is the median
    ``duration`` there minus the median local ``duration`` of the same thunks;
-4. for each worker count N: ``gg trace simulate`` on the local trace (with that latency,
+4. for each worker count N: ``gg trace simulate --policy fifo`` (gg-force's dispatch order
+   today; ``critical-path`` beside it) on the local trace (with that latency,
    and with a latency calibrated the same way at concurrency N), and a real run of a
    fresh copy of the graph (a salt in every script, so nothing is cached) on the Lambda
    engine with ``-j N`` and ``GG_LAMBDA_BATCH=1`` (one thunk per invocation, as the
@@ -122,7 +123,7 @@ def main() -> None:
         gg_force(env, trivial(store, "calib-lambda", 16), calib_lambda, "lambda", 1)
         latency_ms = 1000 * (statistics.median(durations(calib_lambda)) - statistics.median(durations(calib_local)))
 
-        predicted = report(read_trace(local_trace), counts, latency_ms, None)
+        predicted = report(read_trace(local_trace), counts, latency_ms, None, "fifo")
         rows = []
         for count, prediction in zip(counts, predicted["predictions"], strict=True):
             # The emulated workers share this machine's cores with the coordinator and moto,
@@ -130,10 +131,11 @@ def main() -> None:
             calib = root / f"calib-lambda-{count}.jsonl"
             gg_force(env, trivial(store, f"calib-lambda-{count}", 3 * count), calib, "lambda", count)
             latency_at_n = 1000 * (statistics.median(durations(calib)) - statistics.median(durations(calib_local)))
-            at_n = report(read_trace(local_trace), [count], latency_at_n, None)["predictions"][0]["predicted"]
+            fifo, ideal = (report(read_trace(local_trace), [count], latency_at_n, None, policy)["predictions"][0]
+                           ["predicted"] for policy in ("fifo", "critical-path"))
             trace = root / f"lambda-{count}.jsonl"
             gg_force(env, [build_graph(store, f"lambda-{count}", leaves)], trace, "lambda", count)
-            rows.append((count, prediction["predicted"], latency_at_n, at_n, *elapsed(trace)))
+            rows.append((count, prediction["predicted"], latency_at_n, fifo, ideal, *elapsed(trace)))
 
         thunks = predicted["thunks_run"]
         print(f"graph: {thunks} sh thunks ({leaves} sleeping leaves, {len(range(0, leaves, 4))} joins, 1 top); "
@@ -144,12 +146,12 @@ def main() -> None:
         print(f"serial sum {predicted['serial_sum']:.3f} s, critical path {predicted['critical_path']:.3f} s "
               "(latency included)")
         print()
-        print("| workers | predicted s (latency 1-at-a-time) | error | latency at N, ms | predicted s (latency at N) "
-              "| error | measured s (scheduler span) | gg-force elapsed s (+ engine start) |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for count, guess, latency_at_n, at_n, span, total in rows:
-            print(f"| {count} | {guess:.3f} | {(guess - span) / span:+.1%} | {latency_at_n:.1f} | {at_n:.3f} | "
-                  f"{(at_n - span) / span:+.1%} | {span:.3f} | {total:.3f} |")
+        print("| workers | measured s (scheduler span) | fifo, latency 1-at-a-time | error | latency at N, ms "
+              "| fifo, latency at N | error | critical-path, latency at N | gg-force elapsed s (+ engine start) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for count, guess, latency_at_n, fifo, ideal, span, total in rows:
+            print(f"| {count} | {span:.3f} | {guess:.3f} | {(guess - span) / span:+.1%} | {latency_at_n:.1f} | "
+                  f"{fifo:.3f} | {(fifo - span) / span:+.1%} | {ideal:.3f} | {total:.3f} |")
         (root / "result.json").write_text(json.dumps({"latency_ms": latency_ms, "prediction": predicted,
                                                       "rows": rows}, indent=2))
         print(f"\ntraces in {root}")

@@ -43,7 +43,7 @@ def store_namer(store) -> Namer:
         except Exception:  # noqa: BLE001 - a missing or odd thunk only costs its name
             return None
         words = [os.path.basename(thunk.args[0]), *thunk.args[1:]]
-        text = " ".join(words)
+        text = " ".join(" ".join(words).split())  # one line: scripts' newlines become spaces
         return text if len(text) <= NAME_LIMIT else text[: NAME_LIMIT - 1] + "…"
 
     return name
