@@ -338,7 +338,7 @@ def _worker_counts(text: str) -> list[int]:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    simulate_only = ("workers", "invoke_latency", "coordinator_ms")
+    simulate_only = ("workers", "invoke_latency", "coordinator_ms", "policy")
     if args.file == "simulate" and args.simulated is not None:
         return _handle_simulate(args)
     if args.simulated is not None:
@@ -385,7 +385,8 @@ def _handle_simulate(args: argparse.Namespace) -> int:
     if args.workers is None or args.invoke_latency is None:
         raise UsageError("gg trace simulate needs --workers N and --invoke-latency MS")
     path = Path(args.simulated)
-    result = report(read_trace(path), args.workers, args.invoke_latency, args.coordinator_ms, args.policy)
+    result = report(read_trace(path), args.workers, args.invoke_latency, args.coordinator_ms,
+                    args.policy or "critical-path")
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -413,7 +414,7 @@ def add(sub) -> None:
                         help="simulate: remote worker counts to predict for")
     parser.add_argument("--invoke-latency", type=float, default=None, metavar="MS",
                         help="simulate: what one remote invocation adds to a thunk's run time, in ms")
-    parser.add_argument("--policy", choices=("critical-path", "fifo"), default="critical-path",
+    parser.add_argument("--policy", choices=("critical-path", "fifo"), default=None,
                         help="simulate: dispatch order, longest remaining path first (default) or first ready first")
     parser.add_argument("--coordinator-ms", type=float, default=None, metavar="MS",
                         help="simulate: coordinator time per thunk (default: measured from the trace's gaps)")
