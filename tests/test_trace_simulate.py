@@ -176,6 +176,7 @@ def test_cli(tmp_path, capsys):
     (["simulate", "FILE", "--workers", "2"], "needs --workers N and --invoke-latency MS"),
     (["FILE", "--workers", "2"], "--workers belongs to 'gg trace simulate FILE'"),
     (["FILE", "other"], "unexpected argument 'other'"),
+    (["FILE", "--policy", "fifo"], "--policy belongs to 'gg trace simulate FILE'"),
     (["simulate", "FILE", "--workers", "2", "--invoke-latency", "1", "--chrome", "x.json"], "--chrome belongs"),
     (["simulate", "FILE", "--workers", "2", "--invoke-latency", "-5"], "must not be negative"),
 ])
