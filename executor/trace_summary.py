@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ir.errors import UsageError
+
 PATH_ROWS = 8  # critical-path rows shown at each end in text output
 
 
@@ -324,9 +326,36 @@ def render(summary: dict[str, Any], name: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _worker_counts(text: str) -> list[int]:
+    """``--workers 4`` or ``--workers 1,4,16``."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a worker count: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be at least 1: {text!r}")
+    return counts
+
+
 def _handle(args: argparse.Namespace) -> int:
+    simulate_only = ("workers", "invoke_latency", "coordinator_ms", "policy")
+    if args.file == "simulate" and args.simulated is not None:
+        return _handle_simulate(args)
+    if args.simulated is not None:
+        raise UsageError(f"unexpected argument {args.simulated!r} (did you mean 'gg trace simulate FILE'?)")
+    given = [name for name in simulate_only if getattr(args, name) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} belongs to 'gg trace simulate FILE'")
     path = Path(args.file)
-    summary = summarize(read_trace(path), top=args.top)
+    trace = read_trace(path)
+    if args.chrome is not None:
+        from .trace_chrome import write_chrome
+
+        namer, note = _namer()
+        count = write_chrome(Path(args.chrome), trace, namer)
+        print(f"wrote {count} trace events to {args.chrome}" + (f" ({note})" if note else ""), file=sys.stderr)
+        return 0
+    summary = summarize(trace, top=args.top)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -335,12 +364,58 @@ def _handle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _namer():
+    """Spans are named by command when the store ($GG_DIR or .gg above) holds the thunks."""
+    from ir.store import LocalStore, StoreError
+
+    from .trace_chrome import store_namer
+
+    try:
+        return store_namer(LocalStore.locate()), ""
+    except StoreError as exc:
+        return (lambda ident: None), f"spans named by thunk ID: {exc}"
+
+
+def _handle_simulate(args: argparse.Namespace) -> int:
+    from .trace_simulate import render as render_simulation
+    from .trace_simulate import report
+
+    if args.chrome is not None:
+        raise UsageError("--chrome belongs to 'gg trace FILE', not 'gg trace simulate'")
+    if args.workers is None or args.invoke_latency is None:
+        raise UsageError("gg trace simulate needs --workers N and --invoke-latency MS")
+    path = Path(args.simulated)
+    result = report(read_trace(path), args.workers, args.invoke_latency, args.coordinator_ms,
+                    args.policy or "critical-path")
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_simulation(result, str(path)))
+    return 0
+
+
 def add(sub) -> None:
-    """Register ``gg trace FILE``."""
-    parser = sub.add_parser("trace", help="summarise a gg-force --trace file", description=(
-        "Summarise a trace written by gg-force --trace: totals, cache-hit ratio, time per engine, "
-        "slowest thunks, the critical path, failures and retries."))
-    parser.add_argument("file", metavar="FILE", help="a trace written by gg-force --trace FILE")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    """Register ``gg trace FILE`` and ``gg trace simulate FILE``."""
+    parser = sub.add_parser("trace", help="summarise, simulate or export a gg-force --trace file", description=(
+        "gg trace FILE: summarise a trace written by gg-force --trace (totals, cache-hit ratio, time per "
+        "engine, slowest thunks, the critical path, failures and retries); with --chrome OUT.json, write it "
+        "in Chrome's Trace Event Format instead (Perfetto, chrome://tracing). "
+        "gg trace simulate FILE --workers N --invoke-latency MS: predict the wall time of the same build "
+        "on N remote workers (list scheduling, longest remaining path first)."))
+    parser.add_argument("file", metavar="FILE", help="a trace written by gg-force --trace FILE (or 'simulate')")
+    parser.add_argument("simulated", nargs="?", default=None, metavar="TRACE",
+                        help="with 'simulate': the trace to simulate")
+    parser.add_argument("--json", action="store_true", help="print the summary (or prediction) as JSON")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="slowest thunks to list (default 10)")
+    parser.add_argument("--chrome", metavar="OUT.json", default=None,
+                        help="write the trace in Chrome's Trace Event Format to OUT.json")
+    parser.add_argument("--workers", type=_worker_counts, default=None, metavar="N[,N...]",
+                        help="simulate: remote worker counts to predict for")
+    parser.add_argument("--invoke-latency", type=float, default=None, metavar="MS",
+                        help="simulate: what one remote invocation adds to a thunk's run time, in ms")
+    parser.add_argument("--policy", choices=("critical-path", "fifo"), default=None,
+                        help="simulate: dispatch order, longest remaining path first (default) or first ready first")
+    parser.add_argument("--coordinator-ms", type=float, default=None, metavar="MS",
+                        help="simulate: coordinator time per thunk (default: measured from the trace's gaps)")
     parser.set_defaults(handler=_handle)
