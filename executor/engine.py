@@ -47,7 +47,9 @@ class Engine(Protocol):
     # Lambda engine: its S3 bucket), or None if results are always in the local store.
     # A run with such an engine counts a reduction as cached even when its value is
     # only remote, and its fallback engine is opened with this storage to fetch from.
-    remote: RemoteStorage | None
+    # Read-only here: engines set it when they are made (a property or an attribute).
+    @property
+    def remote(self) -> RemoteStorage | None: ...
 
     def refuses(self, job: Job) -> str | None:
         """None if this engine can take ``job``; otherwise why not (one line)."""

@@ -504,7 +504,7 @@ class LambdaEngine:
                 self.storage.forget(ident)  # the next attempt uploads it again
                 self._sent_to_s3.add(ident)
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: {error or protocol.status_name(status)}")
-        entries = [*answer.outputs, *answer.created]
+        entries: list[ExecutionResponse.Output | ExecutionResponse.Created] = [*answer.outputs, *answer.created]
         kept = await asyncio.gather(*(self._keep(entry) for entry in entries),  # GETs, if any, at once
                                     return_exceptions=True)
         for outcome in kept:

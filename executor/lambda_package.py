@@ -179,9 +179,9 @@ def first_party_modules(root: Path, entry: str = HANDLER_MODULE) -> list[str]:
         raise PackageError(f"{entry} not found under {root} (is the handler written?)")
     pending = [entry]
     for package in WHOLE_PACKAGES:  # subpackages too (e.g. storage backends loaded by name)
-        for path in sorted((root / package).rglob("*.py")):
-            parts = path.relative_to(root).with_suffix("").parts
-            pending.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        for source in sorted((root / package).rglob("*.py")):
+            names = source.relative_to(root).with_suffix("").parts
+            pending.append(".".join(names[:-1] if names[-1] == "__init__" else names))
     seen: set[str] = set()
     while pending:
         module = pending.pop()

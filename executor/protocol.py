@@ -38,12 +38,13 @@ REQUEST_BUDGET = 5_500_000  # what the client packs into one request; JSON frami
 ANSWER_INLINE_BUDGET = 4 << 20  # encoded bytes of inline blobs per answer; the rest goes to storage
 ENTRY_OVERHEAD = 200  # an inline entry's JSON beyond its base64 (id, keys, punctuation), rounded up
 
-OK = Status.Value("ok")
-EXECUTION_FAILED = Status.Value("execution_failed")
-RESOURCE_EXHAUSTED = Status.Value("resource_exhausted")
-CONFIG_ERROR = Status.Value("config_error")
-MISSING_INPUT = Status.Value("missing_input")
-INFRASTRUCTURE_ERROR = Status.Value("infrastructure_error")
+# The module-level values, not Status.Value("ok"): same ints, but typed as Status.
+OK = pb.ok
+EXECUTION_FAILED = pb.execution_failed
+RESOURCE_EXHAUSTED = pb.resource_exhausted
+CONFIG_ERROR = pb.config_error
+MISSING_INPUT = pb.missing_input
+INFRASTRUCTURE_ERROR = pb.infrastructure_error
 
 
 class ProtocolError(ValueError):

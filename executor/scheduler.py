@@ -29,6 +29,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ir.errors import ConfigError, UserError
 from ir.ids import InvalidId, parse_id, parse_ref
@@ -177,7 +178,7 @@ class Scheduler:
         results = {ref: ref for ref, p in parsed.items() if not p.is_thunk}
         stop = asyncio.ensure_future(self._stop.wait())
         try:
-            pending = set(targets.values())
+            pending: set[asyncio.Future[Any]] = set(targets.values())
             while pending and not self._stop.is_set():
                 _, pending = await asyncio.wait({*pending, stop}, return_when=asyncio.FIRST_COMPLETED)
                 pending.discard(stop)
@@ -234,15 +235,15 @@ class Scheduler:
         result must be in the local store (it is loaded next), and so must a value
         unless a remote store may hold it (``results_may_be_remote``).
         """
-        outputs = {FIRST: self.store.get_reduction(thunk_id)}
-        for tag in thunk.outputs:
-            outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
-        for result in outputs.values():
+        outputs: dict[str, str] = {}
+        for tag, ref in [(FIRST, thunk_id), *((tag, f"{thunk_id}#{tag}") for tag in thunk.outputs)]:
+            result = self.store.get_reduction(ref)
             if result is None or result in self._lost:
                 return None
             ident = result.partition("#")[0]
             if (ident[0] == "T" or not self.results_may_be_remote) and not self.store.has(ident):
                 return None
+            outputs[tag] = result
         return outputs
 
     async def _reduce(self, thunk_id: str) -> dict[str, str]:
@@ -265,13 +266,14 @@ class Scheduler:
 
         if deps:
             outcomes = await asyncio.gather(*(self._node(dep) for dep in deps), return_exceptions=True)
+            dep_results: dict[str, dict[str, str]] = {}
             for dep, outcome in zip(deps, outcomes, strict=True):
                 if isinstance(outcome, asyncio.CancelledError):
                     raise outcome
                 if isinstance(outcome, BaseException):
                     counts.failed += 1
                     raise DependencyFailed(thunk_id, f"dependency {dep} failed") from None
-            dep_results = dict(zip(deps, outcomes, strict=True))
+                dep_results[dep] = outcome
             try:
                 runnable = rewrite(thunk, dep_results)
             except KeyError as exc:
@@ -380,7 +382,7 @@ class Scheduler:
     # -- dispatch -------------------------------------------------------------------
 
     def _choose_engine(self, job: Job) -> tuple[Engine, list[str]]:
-        reasons = []
+        reasons: list[str] = []
         for engine in self.engines:
             reason = self._abandoned.get(id(engine)) or engine.refuses(job)
             if reason is None:
@@ -439,12 +441,13 @@ class Scheduler:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {exc}")) from None
             except InfrastructureError as exc:
                 fallback = self.fallback
-                can_move = fallback is not None and engine is not fallback and fallback.refuses(job) is None
+                usable = fallback is not None and engine is not fallback and fallback.refuses(job) is None
+                move_to = fallback if usable else None
                 tail = exc.output_tail if isinstance(exc, ResourceExhausted) else ""
-                if isinstance(exc, ResourceExhausted) and can_move:
+                if isinstance(exc, ResourceExhausted) and move_to is not None:
                     # The same kind of worker would run out again: straight to the fallback.
                     self._move(node_id, "resources", engine, str(exc), tail)
-                    engine, attempt = fallback, 0
+                    engine, attempt = move_to, 0
                     continue
                 abandoned = self._abandoned.get(id(engine))
                 if attempt < self.config.max_attempts and abandoned is None:
@@ -455,9 +458,9 @@ class Scheduler:
                     continue
                 if abandoned is None and engine is not fallback and not isinstance(exc, ResourceExhausted):
                     self._abandon(engine, attempt, str(exc))
-                if can_move:
+                if move_to is not None:
                     self._move(node_id, "unavailable", engine, str(exc))
-                    engine, attempt = fallback, 0
+                    engine, attempt = move_to, 0
                     continue
                 if abandoned is not None:  # another node already reported the lost engine
                     raise DependencyFailed(node_id, f"{engine.name} {abandoned}") from None

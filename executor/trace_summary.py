@@ -178,25 +178,25 @@ def critical_path(nodes: dict[str, Node]) -> tuple[float, list[dict[str, Any]]]:
         return 0.0, []
     end = max((v for v in value if v[0] == "final"), key=lambda v: (value[v], v[1]))
     steps: list[dict[str, Any]] = []
-    vertex: tuple[str, str] | None = end
+    step: tuple[str, str] | None = end
     previous_kind = ""
     seen: set[tuple[str, str]] = set()
-    while vertex is not None and vertex not in seen:
-        seen.add(vertex)
-        if vertex[0] == "run":
-            item = nodes[vertex[1]]
+    while step is not None and step not in seen:
+        seen.add(step)
+        if step[0] == "run":
+            item = nodes[step[1]]
             if steps:
                 steps[-1]["reached_by"] = "created by" if previous_kind == "run" else "dependency"
             steps.append({
                 "thunk": item.thunk,
                 "duration": round(item.duration, 6),
-                "end": round(value[vertex], 6),
+                "end": round(value[step], 6),
                 "how": "run" if item.finished else ("cached" if item.cached else "not run"),
                 "engine": item.finished.get("engine") if item.finished else None,
                 "reached_by": "start",
             })
-        previous_kind = vertex[0]
-        vertex = source.get(vertex)
+        previous_kind = step[0]
+        step = source.get(step)
     steps.reverse()
     return round(value[end], 6), steps
 

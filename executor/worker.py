@@ -41,7 +41,7 @@ from ir.thunk import MalformedThunk, Thunk, parse_thunk
 
 from . import protocol, worker_cache
 from .execution import ExecutionFailed, ResourceExhausted, execute
-from .protocol import ExecutionRequest, ExecutionResponse, one_line
+from .protocol import ExecutionRequest, ExecutionResponse, Status, one_line
 
 if TYPE_CHECKING:
     from ir.storage import RemoteStorage
@@ -50,6 +50,11 @@ DEFAULT_CACHE_DIR = "/tmp/gg"
 DEFAULT_CACHE_MAX_MIB = 400  # of Lambda's default 512 MiB of /tmp
 
 Result = ExecutionResponse.Result
+
+
+def _entries(result: Result) -> list[ExecutionResponse.Output | ExecutionResponse.Created]:
+    """The blobs ``result`` names: its outputs and the blobs the function created."""
+    return [*result.outputs, *result.created]
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,11 @@ def runtime_env() -> dict[str, str]:
     return {"GG_PYTHON": sys.executable, "GG_PYTHONPATH": package_parent}
 
 
-def failure(ident: str, status: int, error: str, stderr_tail: str = "", missing: list[str] | None = None) -> Result:
+def failure(ident: str, status: Status, error: str, stderr_tail: str = "", missing: list[str] | None = None) -> Result:
     return Result(id=ident, status=status, error=error, stderr_tail=stderr_tail, missing=missing or [])
 
 
-def failed_response(idents: list[str], status: int, error: str) -> ExecutionResponse:
+def failed_response(idents: list[str], status: Status, error: str) -> ExecutionResponse:
     """The answer to a request that could not be served at all: every thunk fails alike."""
     return ExecutionResponse(version=protocol.EVENT_VERSION, error=error,
                              results=[failure(i, status, error) for i in idents])
@@ -163,7 +168,7 @@ class Worker:
         ))
         await _send_blobs(results, store, storage, inline_values)
         used += added + missing_bytes + sum(
-            parse_id(entry.id).size for result in results for entry in (*result.outputs, *result.created))
+            parse_id(entry.id).size for result in results for entry in _entries(result))
         if used > cap:
             used = worker_cache.trim_to(store, cap, recency=self.recency)
         self._cache_bytes = used
@@ -195,7 +200,9 @@ class Worker:
                 # and reported as resource_exhausted (a bigger engine may finish it).
                 limit = thunk.timeout_ms / 1000 if thunk.timeout_ms else timeout
                 capped = budget is not None and (limit is None or budget < limit)
-                runnable = replace(thunk, timeout_ms=max(1, int(budget * 1000))) if capped else thunk
+                runnable = thunk
+                if capped and budget is not None:
+                    runnable = replace(thunk, timeout_ms=max(1, int(budget * 1000)))
                 try:
                     result = await execute(ident, runnable, store, default_timeout=timeout,
                                            runtime_env=self.runtime_env)
@@ -293,7 +300,7 @@ async def _send_blobs(results: list[Result], store: LocalStore, storage: RemoteS
     budget = protocol.ANSWER_INLINE_BUDGET
     remote: dict[str, list[Result]] = {}  # blob -> results that need it uploaded
     for result in results:
-        for entry in (*result.outputs, *result.created):
+        for entry in _entries(result):
             parsed = parse_id(entry.id)
             if parsed.is_thunk or parsed.size <= inline_values:
                 size = protocol.base64_size(parsed.size)

@@ -84,7 +84,7 @@ def parse_placeholder(data: bytes) -> Placeholder | None:
     return None
 
 
-def read_placeholder(path: Path) -> Placeholder | None:
+def read_placeholder(path: str | os.PathLike[str]) -> Placeholder | None:
     """The placeholder at ``path``, or None if it is a real file (or missing)."""
     try:
         st = os.stat(path)

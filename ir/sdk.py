@@ -462,6 +462,7 @@ def _write_output(value: Any, path: Path, where: str) -> None:
         if value.data is not None:
             path.write_bytes(value.data)
         else:
+            assert value.path is not None  # a Blob has data or a path (see Blob.save)
             shutil.copyfile(value.path, path)
         return
     if isinstance(value, os.PathLike):

@@ -440,8 +440,7 @@ class LocalStore:
         the blob's ctime; the entry in :attr:`verified` is carried over it by comparing
         the stat just before with the one just after.
         """
-        before = os.lstat(self.blobs / ident) if checked is not None else None
-        if before is None or _stat_key(before) != _stat_key(checked):
+        if checked is None or _stat_key(before := os.lstat(self.blobs / ident)) != _stat_key(checked):
             before = self.verify_for_use(ident)
         os.link(self.blobs / ident, name, dst_dir_fd=dir_fd, follow_symlinks=False)
         self._carry(ident, before)

@@ -111,15 +111,15 @@ def _init() -> None:
         _WARM = None
 
 
-def _thunk_ids(event: object) -> list[str]:
+def _thunk_ids(event: Any) -> list[str]:
     """The thunk IDs of an event, however malformed, so that each gets a result."""
     try:
-        return [str(item.get("id", "")) for item in event.get("thunks", [])]  # type: ignore[union-attr]
+        return [str(item.get("id", "")) for item in event.get("thunks", [])]
     except Exception:  # noqa: BLE001 - a malformed event still gets an answer
         return []
 
 
-def _all_failed(event: object, status: int, error: str) -> dict:
+def _all_failed(event: object, status: protocol.Status, error: str) -> dict:
     return protocol.to_dict(failed_response(_thunk_ids(event), status, error))
 
 

@@ -189,8 +189,9 @@ class DepScanner:
         """
         out = argv[-1]
         targets = [dep_args[i + 1] for i in range(len(dep_args) - 1) if dep_args[i] in ("-MT", "-MQ")]
-        plan = self.driver.scan_command(argv, source, [out, *targets], env) if self.driver else None
-        if plan is None:
+        driver = self.driver
+        plan = driver.scan_command(argv, source, [out, *targets], env) if driver else None
+        if driver is None or plan is None:
             self._run(argv, cwd, env)
             return
         key, command = plan
@@ -209,7 +210,7 @@ class DepScanner:
             checked_now.append(True)
             return check()
 
-        if self.driver.verdict(key, first_check):
+        if driver.verdict(key, first_check):
             if not checked_now:
                 self._run(command, cwd, env)
         elif not checked_now:

@@ -191,8 +191,8 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             call.items.append(Item("opt", [word]))
         elif word in DEP_FLAGS:
             call.dep_flags.append(word)
-        elif word.startswith("-Wp,") and _wp_depfile(word):
-            flag, depfile = _wp_depfile(word)
+        elif word.startswith("-Wp,") and (wp := _wp_depfile(word)):
+            flag, depfile = wp
             call.dep_flags.append(flag)
             call.dep_file = depfile
             call.preprocessor_depfile = True

@@ -31,7 +31,7 @@ _LD_FILE_OPTIONS = {"-T", "--script", "--version-script", "--dynamic-list", "--r
 
 
 def _is_cxx_lang(lang: str | None) -> bool:
-    return bool(lang) and lang.startswith("c++")
+    return lang is not None and lang.startswith("c++")
 
 
 class GccModel:
@@ -266,8 +266,8 @@ class GccModel:
                 index += 1
             if word.startswith("-L"):
                 directory = word[2:]
-                host = self.ctx.paths.to_host(directory) if not directory.startswith("/") else directory
-                out.append("-L" + self.ctx.paths.to_thunk(host, "/"))
+                host_dir = self.ctx.paths.to_host(directory) if not directory.startswith("/") else directory
+                out.append("-L" + self.ctx.paths.to_thunk(host_dir, "/"))
                 continue
             if word.startswith("-l"):
                 name = word[2:] if len(word) > 2 else kept[index]

@@ -226,6 +226,8 @@ def _peer_pid(sock: socket.socket) -> int:
 
 
 class _Handler(socketserver.BaseRequestHandler):
+    server: _Server  # the attributes ModelServer sets (ctx, notes)
+
     def handle(self) -> None:
         chunks = []
         while True:
@@ -249,6 +251,8 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     request_queue_size = 128
+    ctx: ModelContext  # set by ModelServer before it serves
+    notes: RunNotes
 
 
 class ModelServer:

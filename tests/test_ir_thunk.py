@@ -271,15 +271,18 @@ def test_input_parse():
 
 @pytest.mark.parametrize("name", ["thunk", "execution"])
 def test_generated_protobuf_is_fresh(tmp_path: Path, name: str):
-    """The committed ir/NAME_pb2.py must be what grpc_tools makes of ir/NAME.proto."""
+    """The committed ir/NAME_pb2.py (and its .pyi, which the type check reads) must be
+    what grpc_tools makes of ir/NAME.proto."""
     package = Path(ir.__file__).parent
     (tmp_path / f"{name}.proto").write_bytes((package / f"{name}.proto").read_bytes())
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"{name}.proto"],
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", f"{name}.proto"],
         check=True,
         cwd=tmp_path,
     )
-    assert filecmp.cmp(tmp_path / f"{name}_pb2.py", package / f"{name}_pb2.py", shallow=False), (
-        f"ir/{name}_pb2.py is stale: regenerate with "
-        f"(cd ir && python -m grpc_tools.protoc -I. --python_out=. {name}.proto)"
-    )
+    for generated in (f"{name}_pb2.py", f"{name}_pb2.pyi"):
+        assert filecmp.cmp(tmp_path / generated, package / generated, shallow=False), (
+            f"ir/{generated} is stale: regenerate with "
+            f"(cd ir && python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. {name}.proto)"
+        )

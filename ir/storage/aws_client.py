@@ -60,7 +60,9 @@ class LazyClient:
                 session = self._session or get_session()
                 stack = AsyncExitStack()
                 self._client = await stack.enter_async_context(
-                    session.create_client(self.service, config=AioConfig(**self._config), **self._client_args)
+                    # The stubs type create_client per literal service name; ours is a variable.
+                    session.create_client(  # type: ignore[call-overload]
+                        self.service, config=AioConfig(**self._config), **self._client_args)
                 )
                 self._stack = stack
         return self._client
