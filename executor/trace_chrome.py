@@ -83,7 +83,7 @@ class _Builder:
             self._meta(self.pids[engine], 0, "thread_name", "engine events")
         return self.pids[engine]
 
-    def instant(self, t: float, name: str, pid: int = COORDINATOR_PID, tid: int = 0, **args) -> None:
+    def instant(self, t: float, name: str, pid: int = COORDINATOR_PID, tid: int = 0, **args: Any) -> None:
         self.out.append({"ph": "i", "name": name, "ts": _us(t), "pid": pid, "tid": tid, "s": "t",
                          "args": {k: v for k, v in args.items() if v is not None}})
 
@@ -164,8 +164,9 @@ class _Builder:
                 self.close(span, t, "failed", error=event.get("error"))
             self.instant(t, f"failed: {self.name(thunk)}", thunk=thunk, error=event.get("error"))
         elif kind == "fallback":
-            self.instant(t, f"fallback to {event.get('to')}", thunk=thunk, **{"from": event.get("from")},
-                         to=event.get("to"), reason=event.get("reason"))
+            details: dict[str, Any] = {"from": event.get("from"), "to": event.get("to"),
+                                       "reason": event.get("reason")}
+            self.instant(t, f"fallback to {event.get('to')}", thunk=thunk, **details)
         elif kind == "speculated":
             self.instant(t, "speculated", self.pid(str(event.get("engine", "?"))), thunk=thunk,
                          engine=event.get("engine"))
