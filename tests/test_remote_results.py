@@ -239,3 +239,33 @@ def test_cli_flags_and_environment(tmp_path, file_storage_uri, monkeypatch):
         record.unlink()
     used = gg_force(bob.root, "--remote-results", "read-only", top)
     assert used.returncode == 0 and "0 thunk(s) run, 1 from remote results" in used.stderr, used.stderr
+
+
+# -- the Lambda engine (moto S3 and the local Lambda endpoint) ---------------------------------
+
+@pytest.mark.slow
+def test_a_second_user_on_lambda_runs_nothing(tmp_path, s3_uri, boto3_s3, lambda_endpoint):
+    from .test_lambda_force import make_client, of_kind
+
+    alice = make_client(tmp_path / "alice", s3_uri, lambda_endpoint.url)
+    top, expected = graph(alice.store)
+    trace = tmp_path / "alice.jsonl"
+    first = alice.force("--print", top, trace=trace)
+    assert first.returncode == 0, first.stderr + lambda_endpoint.log()[-3000:]
+    assert alice.value(first, top) == expected and len(of_kind(trace, "started")) == 3
+    assert [e["engine"] for e in of_kind(trace, "started")] == ["lambda"] * 3
+    assert any(k.startswith("reductions/") for k in Shared(s3_uri, boto3_s3).keys())
+
+    bob = make_client(tmp_path / "bob", s3_uri, lambda_endpoint.url)
+    assert graph(bob.store)[0] == top
+    trace = tmp_path / "bob.jsonl"
+    second = bob.force("--print", top, trace=trace)
+    assert second.returncode == 0, second.stderr
+    assert bob.value(second, top) == expected
+    assert of_kind(trace, "started") == [] and [e.get("remote") for e in of_kind(trace, "cached")] == [True]
+
+    carol = make_client(tmp_path / "carol", s3_uri, lambda_endpoint.url, GG_REMOTE_RESULTS="off")
+    graph(carol.store)
+    trace = tmp_path / "carol.jsonl"
+    third = carol.force("--print", top, trace=trace)
+    assert third.returncode == 0 and len(of_kind(trace, "started")) == 3, third.stderr
