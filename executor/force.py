@@ -176,6 +176,14 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
     engines, fallback = await _open_engines(options, store, own_storage)
     every = [*engines, *([fallback] if fallback else [])]
     remote = _first_remote(every) or own_storage
+    if remote is own_storage and own_storage is not None and options.remote_results.writes:
+        # A wrong GG_STORAGE_URI stops the run with its line before anything runs (the
+        # Lambda engine probes its own storage the same way); read-only writes nothing.
+        try:
+            await own_storage.probe()
+        except BaseException:
+            await _close(every, own_storage)
+            raise
     shared = SharedResults(remote, options.remote_results.writes) if remote and options.remote_results.reads else None
     progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
     observer = RunObserver(TraceWriter(options.trace), progress)

@@ -269,3 +269,15 @@ def test_a_second_user_on_lambda_runs_nothing(tmp_path, s3_uri, boto3_s3, lambda
     trace = tmp_path / "carol.jsonl"
     third = carol.force("--print", top, trace=trace)
     assert third.returncode == 0 and len(of_kind(trace, "started")) == 3, third.stderr
+
+
+@pytest.mark.parametrize("mode", ["read-write", "read-only"])
+def test_a_wrong_storage_uri_is_one_line_before_anything_runs(tmp_path, mode, monkeypatch):
+    alice = user(tmp_path, "alice")
+    top, _ = graph(alice)
+    monkeypatch.setenv("GG_STORAGE_URI", f"file://{tmp_path}/no/such/dir")
+    monkeypatch.setenv("GG_REMOTE_RESULTS", mode)
+    result = gg_force(alice.root, "-q", top)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "does not exist (GG_STORAGE_URI=" in result.stderr
+    assert not any(alice.reductions.iterdir())  # nothing ran

@@ -242,6 +242,8 @@ class FileStorage:
         names = {reduction_name(ref): ref for ref in refs}
 
         def read() -> dict[str, str]:
+            if not self.root.is_dir():
+                raise self._config_error()  # not "no records": a setting to fix
             try:
                 present = set(os.listdir(directory))
             except FileNotFoundError:
