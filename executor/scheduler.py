@@ -163,6 +163,7 @@ class Scheduler:
         self.remote_hits = 0  # nodes reduced by a remote record
         self.shared_written = 0  # reductions this run wrote to the remote store
         self.share_errors: list[str] = []  # remote lookups or writes that failed (said at the end)
+        self._sharing: set[asyncio.Task[None]] = set()  # writes of records, off the critical path
         self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
         self._slots = {id(e): asyncio.Semaphore(e.slots) for e in every}
         self._durations: list[float] = []
@@ -199,6 +200,7 @@ class Scheduler:
         finally:
             stop.cancel()
             await self._cancel_all()
+            await self._flush_sharing()  # what finished is shared even if the run failed
         for ref, task in targets.items():
             if task.cancelled() or task.exception() is not None:
                 continue
@@ -311,7 +313,7 @@ class Scheduler:
                 await storage.put_reduction(thunk_id, outputs[FIRST])  # the bare ID last, as locally
                 self.shared_written += 1
         except ConfigError as exc:
-            raise self._fatal(thunk_ids[0], exc) from None
+            self._fatal(thunk_ids[0], exc)
         except StoreError as exc:
             self.share_errors.append(f"sharing the reduction of {thunk_ids[0]}: {exc}")
 
@@ -393,7 +395,9 @@ class Scheduler:
             self._remember_producer(thunk_id, run_id, runnable, cached)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
-            await self._share(sorted({run_id, thunk_id}), runnable, cached)
+            if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
+                task = asyncio.get_running_loop().create_task(self._share(sorted({run_id, thunk_id}), runnable, cached))
+                self._sharing.add(task)
         else:
             self._remember_producer(thunk_id, run_id, runnable, cached)
             counts.cached += 1
@@ -463,6 +467,13 @@ class Scheduler:
             return await self._regenerate(value_id)
         except NodeFailed:
             return False
+        finally:
+            await self._flush_sharing()
+
+    async def _flush_sharing(self) -> None:
+        """Wait for the records being written (their failures are in share_errors)."""
+        while pending := [task for task in self._sharing if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _regenerate(self, ident: str) -> bool:
         producer = self._producers.pop(ident, None)
