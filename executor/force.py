@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ir.errors import UsageError
-from ir.store import LocalStore, MissingBlob
+from ir.storage import RemoteStorage, open_storage
+from ir.store import CorruptBlob, LocalStore, MissingBlob
 
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine
 from .engines import ENGINES, EngineOptions, EngineRegistry
 from .observe import RunObserver
 from .progress import ProgressDisplay
+from .remote_results import RemoteResultsMode, SharedResults
 from .scheduler import ForceConfig, ForceFailed, Scheduler
 from .targets import Target, materialize, parse_target, thin_archive_placeholders
 from .trace import TraceWriter
@@ -58,6 +60,9 @@ class ForceOptions:
     # The settings engines read (GG_STORAGE_URI, GG_LAMBDA_*); None: this process's.
     environ: Mapping[str, str] | None = field(default=None, compare=False)
     registry: EngineRegistry = field(default=ENGINES, compare=False)
+    # Share reductions through the remote store (the engines' storage, else
+    # GG_STORAGE_URI): read-write, read-only or off (executor/remote_results.py).
+    remote_results: RemoteResultsMode = RemoteResultsMode.READ_WRITE
 
     def checked(self) -> ForceOptions:
         """Raise :class:`UsageError` for a value no run can use."""
@@ -69,6 +74,8 @@ class ForceOptions:
             self.registry.check(name, "--engine ")
         if self.fallback is not None:
             self.registry.check(self.fallback, "--fallback-engine ")
+        if not isinstance(self.remote_results, RemoteResultsMode):
+            raise UsageError(f"remote_results {self.remote_results!r} is not a RemoteResultsMode")
         return self
 
 
@@ -80,31 +87,46 @@ class Summary:
     elapsed: float
     fallback: list[str]
     results: dict[str, str] = field(default_factory=dict)  # target text -> value ID
+    remote_hits: int = 0  # thunks reduced by a record in the remote store
+    shared: int = 0  # reductions this run wrote to the remote store
 
 
-async def _open_engines(options: ForceOptions, store: LocalStore) -> tuple[list[Engine], Engine | None]:
+def _results_storage(options: ForceOptions, environ: Mapping[str, str]) -> RemoteStorage | None:
+    """The storage GG_STORAGE_URI names when the run shares results (None if it is not
+    set or sharing is off). Engines without storage of their own (local) are given it,
+    so they fetch the values that remote records name; nothing is contacted yet."""
+    uri = environ.get("GG_STORAGE_URI")
+    if not uri or not options.remote_results.reads:
+        return None
+    return open_storage(uri)
+
+
+async def _open_engines(options: ForceOptions, store: LocalStore,
+                        shared: RemoteStorage | None) -> tuple[list[Engine], Engine | None]:
     """(engines in order of preference, fallback engine). On failure, closes what opened."""
     opened: list[Engine] = []
     environ = dict(os.environ if options.environ is None else options.environ)
     try:
         for name in options.engines:
-            opened.append(await options.registry.open(name, EngineOptions(store, options.jobs, environ)))
+            opened.append(await options.registry.open(name, EngineOptions(store, options.jobs, environ, shared)))
         fallback = None
         if options.fallback is not None and options.fallback not in options.engines:
             fallback = await options.registry.open(
-                options.fallback, EngineOptions(store, None, environ, remote=_first_remote(opened)))
+                options.fallback, EngineOptions(store, None, environ, remote=_first_remote(opened) or shared))
     except BaseException:
-        await _close(opened)
+        await _close(opened, shared)
         raise
     return opened, fallback
 
 
-async def _close(engines: Sequence[Engine]) -> None:
-    """Close every engine once, then every remote storage they left results in."""
+async def _close(engines: Sequence[Engine], shared: RemoteStorage | None = None) -> None:
+    """Close every engine once, then every remote storage they left results in (and the
+    one opened for sharing results)."""
     unique = list({id(e): e for e in engines}.values())
     for engine in unique:
         await engine.close()
-    for remote in {id(e.remote): e.remote for e in unique if e.remote is not None}.values():
+    remotes = [*(e.remote for e in unique if e.remote is not None), *([shared] if shared else [])]
+    for remote in {id(r): r for r in remotes}.values():
         await remote.close()
 
 
@@ -116,10 +138,13 @@ async def _materialize_or_rebuild(store: LocalStore, scheduler: Scheduler, targe
                                   remote) -> bool:
     """Write a target; a value gone from every store is rebuilt by its producer first
     (a bucket's expiry rule makes that normal), as the scheduler does for inputs."""
+    local = store.has(value_id)
     try:
         return await materialize(store, target, value_id, remote)
-    except MissingBlob as missing:
-        if not await scheduler.rebuild(missing.ident):
+    except (MissingBlob, CorruptBlob) as missing:
+        # Corrupt in the remote store: as good as gone. (Corrupt locally: reported, and
+        # the next run rebuilds it, as before.)
+        if (isinstance(missing, CorruptBlob) and local) or not await scheduler.rebuild(missing.ident):
             raise
     return await materialize(store, target, value_id, remote)
 
@@ -146,15 +171,26 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
     options.checked()
     expanded = _expand(targets, options)
     refs = sorted({t.ref for t in expanded if t.ref is not None})
-    engines, fallback = await _open_engines(options, store)
+    environ = os.environ if options.environ is None else options.environ
+    own_storage = _results_storage(options, environ)
+    engines, fallback = await _open_engines(options, store, own_storage)
     every = [*engines, *([fallback] if fallback else [])]
-    remote = _first_remote(every)
+    remote = _first_remote(every) or own_storage
+    if remote is own_storage and own_storage is not None and options.remote_results.writes:
+        # A wrong GG_STORAGE_URI stops the run with its line before anything runs (the
+        # Lambda engine probes its own storage the same way); read-only writes nothing.
+        try:
+            await own_storage.probe()
+        except BaseException:
+            await _close(every, own_storage)
+            raise
+    shared = SharedResults(remote, options.remote_results.writes) if remote and options.remote_results.reads else None
     progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
     observer = RunObserver(TraceWriter(options.trace), progress)
     config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
                          speculate=options.speculate, speculate_min=options.speculate_after,
                          default_timeout=options.default_timeout)
-    scheduler = Scheduler(store, engines, fallback, config, observer)
+    scheduler = Scheduler(store, engines, fallback, config, observer, shared)
     written = 0
     status = "failed"
     values: dict[str, str] = {}
@@ -176,11 +212,15 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
         fallback_lines = scheduler.fallback_summary()
         for line in fallback_lines:  # said even when quiet: the result came by another path
             print(f"{options.prog}: {line}", file=sys.stderr)
+        if scheduler.share_errors:  # slower for the next user, not wrong: said once
+            more = f" (and {len(scheduler.share_errors) - 1} more)" if len(scheduler.share_errors) > 1 else ""
+            print(f"{options.prog}: remote results: {scheduler.share_errors[0]}{more}", file=sys.stderr)
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
                        executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
         observer.close()
-        await _close(every)
-    return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values)
+        await _close(every, own_storage)
+    return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
+                   scheduler.remote_hits, scheduler.shared_written)
 
 
 async def _run_cancellable(coro):

@@ -22,6 +22,7 @@ from ir.cli_errors import EXIT_OK, EXIT_USAGE, add_debug_option, run_command
 from .engine import DEFAULT_THUNK_TIMEOUT
 from .engines import ENGINES
 from .force import ForceOptions, run
+from .remote_results import RemoteResultsMode, resolve_mode
 
 DESCRIPTION = ("Force placeholders (or thunk IDs) to their real content: run what is not yet "
                "reduced, locally, on Lambda or on any registered engine, and write the results "
@@ -64,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser, targets: bool = True) -> None
     parser.add_argument("--no-speculate", action="store_true", help="never duplicate straggling thunks")
     parser.add_argument("--speculate-after", type=float, default=5.0, metavar="SECONDS",
                         help="earliest time a straggler is duplicated (default 5)")
+    parser.add_argument("--remote-results", default=None, metavar="MODE",
+                        choices=[m.value for m in RemoteResultsMode],
+                        help="share reductions through the remote store (GG_STORAGE_URI): read-write "
+                             "(use and write them), read-only (use, never write: untrusted runners), off "
+                             "(default: $GG_REMOTE_RESULTS or read-write)")
+    parser.add_argument("--no-remote-results", action="store_true",
+                        help="ignore reductions in the remote store and write none (--remote-results off)")
     parser.add_argument("--print", dest="print_ids", action="store_true",
                         help="print 'TARGET VALUE_ID' for every target")
     add_debug_option(parser)
@@ -74,7 +82,8 @@ def options_from(args: argparse.Namespace, prog: str) -> ForceOptions:
         engines=resolve_engines(args.engine), fallback=None if args.no_fallback else args.fallback_engine,
         jobs=args.jobs, default_timeout=args.default_timeout, keep_going=args.keep_going, trace=args.trace,
         quiet=args.quiet, progress=args.progress, max_attempts=args.max_attempts,
-        speculate=not args.no_speculate, speculate_after=args.speculate_after, prog=prog)
+        speculate=not args.no_speculate, speculate_after=args.speculate_after, prog=prog,
+        remote_results=resolve_mode(args.remote_results, args.no_remote_results))
 
 
 def _force(args: argparse.Namespace, prog: str) -> int:
@@ -83,8 +92,9 @@ def _force(args: argparse.Namespace, prog: str) -> int:
         for text, value in summary.results.items():
             print(f"{text} {value}")
     if not args.quiet:
+        remote = f", {summary.remote_hits} from remote results" if summary.remote_hits else ""
         print(f"{prog}: {summary.targets} target(s), {summary.written} written, "
-              f"{summary.executed} thunk(s) run, {summary.elapsed:.2f}s", file=sys.stderr)
+              f"{summary.executed} thunk(s) run{remote}, {summary.elapsed:.2f}s", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,7 +3,11 @@
 Each thunk in the graph is a *node* whose work is one asyncio task, memoized by thunk
 ID, so a subgraph shared by many parents runs once. A node:
 
-1. checks the reductions first — a hit costs no run and loads no dependencies;
+1. checks the reductions first — a hit costs no run and loads no dependencies —
+   the local ones, then those in the remote store when the run shares results
+   (:mod:`executor.remote_results`; every thunk of the graph is looked up in one batch
+   before anything is dispatched, and a remote record is a claim whose values are
+   verified when used);
 2. loads the thunk and forces its thunk inputs (all at once; they are nodes too);
 3. rewrites itself with their results — gg's rule: a thunk input becomes a value
    input under the same name and ``@{GGHASH:T[#tag]}`` references follow — and
@@ -14,7 +18,8 @@ ID, so a subgraph shared by many parents runs once. A node:
    back-off and a bounded number of attempts, then falling back; an attempt that runs
    far past the typical duration is speculatively duplicated, first result wins;
 5. follows tail calls: an output that is itself a thunk is forced in turn;
-6. records reductions for both the original and the rewritten thunk.
+6. records reductions for both the original and the rewritten thunk (locally, and in
+   the remote store when the run may write there, after the values they name).
 
 Execution failures are final: without ``keep_going`` the first one stops the run (all
 other work is cancelled, which kills its processes); with it, every branch that does
@@ -34,12 +39,14 @@ from typing import Any
 from ir.errors import ConfigError, UserError
 from ir.ids import InvalidId, parse_id, parse_ref
 from ir.retry import backoff_delay
-from ir.store import LocalStore, MissingBlob, StoreError
+from ir.storage import StorageError
+from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from ir.thunk import Input, MalformedThunk, Thunk
 
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
 from .observe import RunObserver
+from .remote_results import SharedResults
 
 # Key of a node's result map that stands for its first output (what a bare thunk ID
 # means). The empty string can never be an output tag, so it cannot collide with one.
@@ -138,6 +145,7 @@ class Scheduler:
         fallback: Engine | None = None,
         config: ForceConfig | None = None,
         observer: RunObserver | None = None,
+        shared: SharedResults | None = None,
     ):
         if not engines:
             raise ValueError("at least one engine is needed")
@@ -149,7 +157,14 @@ class Scheduler:
         # A property of the engines: one that leaves results in remote storage (Lambda:
         # S3) makes a reduction whose value is not local still a cache hit.
         every = [*self.engines, *([fallback] if fallback else [])]
-        self.results_may_be_remote = any(e.remote is not None for e in every)
+        self.results_may_be_remote = shared is not None or any(e.remote is not None for e in every)
+        self.shared = shared
+        self._claims: dict[str, str] = {}  # ref -> result, as the remote store's records claim
+        self._looked_up: set[str] = set()  # refs asked of the remote store already
+        self.remote_hits = 0  # nodes reduced by a remote record
+        self.shared_written = 0  # reductions this run wrote to the remote store
+        self.share_errors: list[str] = []  # remote lookups or writes that failed (said at the end)
+        self._sharing: set[asyncio.Task[None]] = set()  # writes of records, off the critical path
         self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
         self._slots = {id(e): asyncio.Semaphore(e.slots) for e in every}
         self._durations: list[float] = []
@@ -174,6 +189,7 @@ class Scheduler:
     async def force(self, refs: Sequence[str]) -> dict[str, str]:
         """Reduce every ref (``T``, ``T#tag`` or a value ID) to a value ID."""
         parsed = {ref: parse_ref(ref) for ref in refs}
+        await self._look_up_graph([p.id for p in parsed.values() if p.is_thunk])
         targets = {ref: self._node(p.id) for ref, p in parsed.items() if p.is_thunk}
         results = {ref: ref for ref, p in parsed.items() if not p.is_thunk}
         stop = asyncio.ensure_future(self._stop.wait())
@@ -185,6 +201,7 @@ class Scheduler:
         finally:
             stop.cancel()
             await self._cancel_all()
+            await self._flush_sharing()  # what finished is shared even if the run failed
         for ref, task in targets.items():
             if task.cancelled() or task.exception() is not None:
                 continue
@@ -228,23 +245,107 @@ class Scheduler:
         self.observer.event("failed", thunk=failure.thunk_id, error=str(failure))
         return failure
 
-    def _cached(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
-        """One-step reductions of every output of ``thunk_id`` (tag -> ID), if usable.
+    # -- remote reductions ------------------------------------------------------------
+
+    @staticmethod
+    def _refs(thunk_id: str, thunk: Thunk) -> list[str]:
+        return [thunk_id, *(f"{thunk_id}#{tag}" for tag in thunk.outputs)]
+
+    async def _look_up_graph(self, roots: Sequence[str]) -> None:
+        """Ask the remote store, in one batch, for every thunk of the graph below
+        ``roots`` that has no local reduction (a local hit needs nothing below it)."""
+        if self.shared is None:
+            return
+        refs: list[str] = []
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            thunk_id = stack.pop()
+            if thunk_id in seen:
+                continue
+            seen.add(thunk_id)
+            try:
+                thunk = self.store.load_thunk(thunk_id)
+            except (StoreError, MalformedThunk, InvalidId):
+                continue  # its node reports it
+            if self._local(thunk_id, thunk) is not None:
+                continue
+            refs += self._refs(thunk_id, thunk)
+            stack += [item.id for item in thunk.thunks]
+        await self._look_up(refs)
+
+    async def _look_up(self, refs: Sequence[str]) -> None:
+        """One batch lookup of ``refs`` not asked yet. A tail call's thunk named by a
+        record is fetched too (verified), since it is loaded next; a lookup that fails
+        is said at the end and the run goes on without those records (slower, not wrong)."""
+        refs = [ref for ref in refs if ref not in self._looked_up]
+        if self.shared is None or not refs:
+            return
+        self._looked_up.update(refs)
+        try:
+            found = await self.shared.storage.get_reductions(refs)
+        except ConfigError:
+            raise
+        except StorageError as exc:
+            self.share_errors.append(f"looking up reductions: {exc}")
+            return
+        tail_thunks = {r.partition("#")[0] for r in found.values() if r[0] == "T"}
+        for ident in sorted(tail_thunks):
+            if self.store.has(ident):
+                continue
+            try:
+                await self.shared.storage.download(self.store, ident)
+            except StoreError:
+                found = {ref: r for ref, r in found.items() if r.partition("#")[0] != ident}
+        self._claims.update(found)
+
+    async def _share(self, thunk_ids: Sequence[str], thunk: Thunk, outputs: dict[str, str]) -> None:
+        """Write the reductions of a thunk this run executed to the remote store, after
+        the blobs they name are there (a reader never finds a record before its value)."""
+        if self.shared is None or not self.shared.writes:
+            return
+        storage = self.shared.storage
+        try:
+            for ident in sorted({result.partition("#")[0] for result in outputs.values()}):
+                await storage.upload(self.store, ident)
+            for thunk_id in thunk_ids:
+                for tag in thunk.outputs:
+                    await storage.put_reduction(f"{thunk_id}#{tag}", outputs[tag])
+                await storage.put_reduction(thunk_id, outputs[FIRST])  # the bare ID last, as locally
+                self.shared_written += 1
+        except ConfigError as exc:
+            self._fatal(thunk_ids[0], exc)
+        except StoreError as exc:
+            self.share_errors.append(f"sharing the reduction of {thunk_ids[0]}: {exc}")
+
+    def _local(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
+        return self._usable({ref.partition("#")[2]: self.store.get_reduction(ref)
+                             for ref in self._refs(thunk_id, thunk)})
+
+    def _claimed(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
+        """The remote store's records of ``thunk_id``, if usable (checked after the local
+        ones). Not copied into the
+        local store: a claim stays a claim (``--no-remote-results`` later ignores it)."""
+        if not self._claims:
+            return None
+        return self._usable({ref.partition("#")[2]: self._claims.get(ref) for ref in self._refs(thunk_id, thunk)})
+
+    def _usable(self, outputs: dict[str, str | None]) -> dict[str, str] | None:
+        """``outputs`` if every record is there and usable.
 
         A record whose result is gone is no hit (gg looped on such records): a thunk
         result must be in the local store (it is loaded next), and so must a value
         unless a remote store may hold it (``results_may_be_remote``).
         """
-        outputs: dict[str, str] = {}
-        for tag, ref in [(FIRST, thunk_id), *((tag, f"{thunk_id}#{tag}") for tag in thunk.outputs)]:
-            result = self.store.get_reduction(ref)
+        usable: dict[str, str] = {}
+        for tag, result in outputs.items():
             if result is None or result in self._lost:
                 return None
             ident = result.partition("#")[0]
             if (ident[0] == "T" or not self.results_may_be_remote) and not self.store.has(ident):
                 return None
-            outputs[tag] = result
-        return outputs
+            usable[tag] = result
+        return usable
 
     async def _reduce(self, thunk_id: str) -> dict[str, str]:
         """Force one node; returns tag -> value ID (plus ``FIRST``)."""
@@ -257,11 +358,15 @@ class Scheduler:
         deps = sorted({item.id for item in thunk.thunks})
         self.observer.event("queued", thunk=thunk_id, deps=deps)
 
-        cached = self._cached(thunk_id, thunk)
+        if self.shared is not None and self._local(thunk_id, thunk) is None:
+            await self._look_up(self._refs(thunk_id, thunk))  # a no-op unless off the graph (a tail call)
+        cached = self._local(thunk_id, thunk)
+        remote = cached is None and (cached := self._claimed(thunk_id, thunk)) is not None
         if cached is not None:
             self._remember_producer(thunk_id, thunk_id, thunk, cached)
             counts.cached += 1
-            self.observer.event("cached", thunk=thunk_id, result=cached[FIRST])
+            self.remote_hits += remote
+            self.observer.event("cached", thunk=thunk_id, result=cached[FIRST], **({"remote": True} if remote else {}))
             return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
 
         if deps:
@@ -279,7 +384,10 @@ class Scheduler:
             except KeyError as exc:
                 raise self._fail(NodeFailed(thunk_id, f"a dependency has no output {exc}")) from None
             run_id = self.store.put_thunk(runnable)
-            cached = self._cached(run_id, runnable)
+            if self.shared is not None and self._local(run_id, runnable) is None:
+                await self._look_up(self._refs(run_id, runnable))  # the rewritten ID: one request
+            cached = self._local(run_id, runnable)
+            remote = cached is None and (cached := self._claimed(run_id, runnable)) is not None
         else:
             runnable, run_id = thunk, thunk_id
 
@@ -291,17 +399,23 @@ class Scheduler:
             self._remember_producer(thunk_id, run_id, runnable, cached)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
+            if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
+                task = asyncio.get_running_loop().create_task(self._share(sorted({run_id, thunk_id}), runnable, cached))
+                self._sharing.add(task)
         else:
             self._remember_producer(thunk_id, run_id, runnable, cached)
             counts.cached += 1
-            self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached[FIRST])
-            self._record(thunk_id, runnable, cached)
+            self.remote_hits += remote
+            self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached[FIRST],
+                                **({"remote": True} if remote else {}))
+            if not remote:
+                self._record(thunk_id, runnable, cached)
         return await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id))
 
     def _record(self, thunk_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
         for tag in thunk.outputs:
             self.store.put_reduction(f"{thunk_id}#{tag}", outputs[tag])
-        # The bare ID last: its presence is what _cached() checks first.
+        # The bare ID last: its presence is what _local() checks first.
         self.store.put_reduction(thunk_id, outputs[FIRST])
 
     async def _follow_tail_calls(
@@ -342,12 +456,12 @@ class Scheduler:
         """
         try:
             return await self._dispatch(node_id, run_id, thunk)
-        except MissingBlob as missing:
+        except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
             if not await self._regenerate(missing.ident):
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
         try:
             return await self._dispatch(node_id, run_id, thunk)
-        except MissingBlob as missing:
+        except (MissingBlob, CorruptBlob) as missing:
             raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
 
     async def rebuild(self, value_id: str) -> bool:
@@ -357,6 +471,13 @@ class Scheduler:
             return await self._regenerate(value_id)
         except NodeFailed:
             return False
+        finally:
+            await self._flush_sharing()
+
+    async def _flush_sharing(self) -> None:
+        """Wait for the records being written (their failures are in share_errors)."""
+        while pending := [task for task in self._sharing if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _regenerate(self, ident: str) -> bool:
         producer = self._producers.pop(ident, None)
@@ -435,7 +556,7 @@ class Scheduler:
                 raise self._fatal(node_id, exc) from None
             except ExecutionFailed as exc:
                 raise self._fail(NodeFailed(node_id, str(exc), exc.describe())) from None
-            except MissingBlob:
+            except (MissingBlob, CorruptBlob):
                 raise  # _dispatch_regenerating decides
             except StoreError as exc:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {exc}")) from None

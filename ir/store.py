@@ -43,6 +43,38 @@ VALUE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
 
 
+def reduction_name(ref: str) -> str:
+    """The file (or object) name of the reduction record of ``ref``: ``THUNK`` or
+    ``THUNK#tag`` with '/' in the tag written as %2F. The local store and every remote
+    store's ``reductions/`` namespace use the same names."""
+    parsed = parse_ref(ref)
+    if not parsed.is_thunk:
+        raise InvalidId(f"only thunks reduce; {ref} is a value")
+    return parsed.id if parsed.tag is None else f"{parsed.id}#{parsed.tag.replace('/', '%2F')}"
+
+
+def encode_reduction(result: str) -> bytes:
+    """A reduction record: ``RESULT verified-inputs`` (one line). ``result`` is checked."""
+    parse_ref(result)
+    return f"{result} {VERIFIED_MARK}\n".encode()
+
+
+def decode_reduction(data: bytes) -> str | None:
+    """The result a record names, or None for a record that is not to be trusted
+    (no :data:`VERIFIED_MARK`, unreadable, not an ID): such a thunk is reduced again."""
+    try:
+        fields = data.decode("ascii").split()
+    except UnicodeDecodeError:
+        return None
+    if len(fields) != 2 or fields[1] != VERIFIED_MARK:
+        return None
+    try:
+        parse_ref(fields[0])
+    except InvalidId:
+        return None
+    return fields[0]
+
+
 class StoreError(Exception):
     """Base for store problems; the message is one line meant for the user."""
 
@@ -466,11 +498,7 @@ class LocalStore:
     # -- reductions -----------------------------------------------------------------
 
     def _reduction_path(self, ref: str) -> Path:
-        parsed = parse_ref(ref)
-        if not parsed.is_thunk:
-            raise InvalidId(f"only thunks reduce; {ref} is a value")
-        name = parsed.id if parsed.tag is None else f"{parsed.id}#{parsed.tag.replace('/', '%2F')}"
-        return self.reductions / name
+        return self.reductions / reduction_name(ref)
 
     def get_reduction(self, ref: str) -> str | None:
         """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None.
@@ -480,16 +508,9 @@ class LocalStore:
         thunk runs again, once).
         """
         try:
-            fields = self._reduction_path(ref).read_text().split()
+            return decode_reduction(self._reduction_path(ref).read_bytes())
         except FileNotFoundError:
             return None
-        if len(fields) != 2 or fields[1] != VERIFIED_MARK:
-            return None  # unreadable or unverified record: treat as unknown, it will be redone
-        try:
-            parse_ref(fields[0])
-        except InvalidId:
-            return None
-        return fields[0]
 
     def put_reduction(self, ref: str, result: str) -> None:
         """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``).
@@ -497,8 +518,7 @@ class LocalStore:
         Every caller records what an execution with verified inputs produced (or what
         such a record says), hence the mark.
         """
-        parse_ref(result)
-        atomic_write_bytes(self._reduction_path(ref), f"{result} {VERIFIED_MARK}\n".encode())
+        atomic_write_bytes(self._reduction_path(ref), encode_reduction(result))
 
     def forget_reduction(self, ref: str) -> None:
         """Drop the record for ``ref`` (its result was lost), so it is reduced again."""

@@ -26,7 +26,9 @@ resource "aws_iam_role" "function" {
 }
 
 data "aws_iam_policy_document" "function" {
-  # get_object, head_object; put_object and the multipart upload calls.
+  # get_object, head_object; put_object and the multipart upload calls. Blobs and the
+  # reduction records under reductions/ alike (the worker writes no records itself;
+  # the same calls serve the client).
   statement {
     sid     = "BlobObjects"
     effect  = "Allow"
@@ -63,4 +65,38 @@ resource "aws_iam_role_policy" "function" {
   name   = "${var.name_prefix}-force"
   role   = aws_iam_role.function.id
   policy = data.aws_iam_policy_document.function.json
+}
+
+# For untrusted runners (a fork's CI): read the shared cache, never write it. One prefix
+# is one trust domain (docs/trust.md): whoever can PutObject under it writes reduction
+# records everyone else follows, so such runners get only the calls of
+# GG_REMOTE_RESULTS=read-only with the local engine: GetObject (blobs and the records
+# under reductions/, HEAD included) and ListBucket (so a missing key is a 404, not a
+# 403). tests/test_terraform.py derives these from the read path of ir/storage/s3.py.
+data "aws_iam_policy_document" "client_read_only" {
+  statement {
+    sid       = "ReadBlobsAndReductions"
+    effect    = "Allow"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.blobs.arn}/${var.storage_prefix}/*"]
+  }
+
+  statement {
+    sid       = "ListPrefix"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.blobs.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${var.storage_prefix}/*"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "client_read_only" {
+  name        = "${var.name_prefix}-client-read-only"
+  description = "gg-force with GG_REMOTE_RESULTS=read-only: use the shared cache, never write it"
+  policy      = data.aws_iam_policy_document.client_read_only.json
 }

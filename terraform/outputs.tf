@@ -37,3 +37,8 @@ output "env_exports" {
   description = "client_env as shell lines: eval \"$(terraform output -raw env_exports)\"."
   value       = join("", [for name, value in local.client_env : "export ${name}='${value}'\n"])
 }
+
+output "client_read_only_policy_arn" {
+  description = "IAM policy for untrusted runners (forks' CI): read blobs and reductions, write nothing; use with GG_REMOTE_RESULTS=read-only and the local engine."
+  value       = aws_iam_policy.client_read_only.arn
+}

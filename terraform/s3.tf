@@ -42,6 +42,9 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "blobs" {
 resource "aws_s3_bucket_lifecycle_configuration" "blobs" {
   bucket = aws_s3_bucket.blobs.id
 
+  # Blobs and the reduction records under PREFIX/reductions/ expire alike. A record is
+  # written after the values it names, so it rarely outlives them; one that does names
+  # a missing value, which gg-force drops and rebuilds (docs/storage.md).
   rule {
     id     = "expire-cached-blobs"
     status = "Enabled"

@@ -121,8 +121,10 @@ def test_fib_on_lambda_matches_local_and_reruns_from_cache(tmp_path, s3_uri, bot
     """fib(25) (tail calls, created thunks, python functions) through gg-force --engine lambda:
     the same value and the same reductions as the local engine; then nothing runs again,
     on either engine."""
-    on_lambda = make_client(tmp_path / "lambda", s3_uri, lambda_endpoint.url)
-    on_local = make_client(tmp_path / "local", s3_uri, lambda_endpoint.url)
+    # Shared results off: this is about each engine on its own (and inline transport; a
+    # shared record would have to name blobs others can fetch, so sharing uploads them).
+    on_lambda = make_client(tmp_path / "lambda", s3_uri, lambda_endpoint.url, GG_REMOTE_RESULTS="off")
+    on_local = make_client(tmp_path / "local", s3_uri, lambda_endpoint.url, GG_REMOTE_RESULTS="off")
     for client in (on_lambda, on_local):
         made = subprocess.run([sys.executable, "-m", "examples.fib", "25", "--placeholder",
                                str(client.gg_dir.parent / "fib25")],
@@ -283,7 +285,9 @@ def test_corrupt_objects_in_s3_between_runs(tmp_path, s3_uri, lambda_endpoint_fa
     for ident in (big_id, output):
         boto3_s3.put_object(Bucket=config.bucket, Key=config.key(ident), Body=b"not what the ID says" * 100)
 
-    second = make_client(tmp_path / "second", s3_uri, endpoint.url)
+    # Shared results off: with them the second user would reuse the first's (intact) final
+    # result and never need the corrupted objects (tests/test_remote_results.py).
+    second = make_client(tmp_path / "second", s3_uri, endpoint.url, GG_REMOTE_RESULTS="off")
     assert _produce_and_consume(second, big) == (big_id, produce, consume)
     trace = tmp_path / "second.jsonl"
     two = second.force("--print", consume, trace=trace)

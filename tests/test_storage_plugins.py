@@ -45,6 +45,7 @@ class MemStorage:
         self._uri = uri
         self.objects: dict[str, tuple[bytes, bool]] = {}
         self.downloads: list[str] = []
+        self.reductions: dict[str, str] = {}
 
     @property
     def uri(self) -> str:
@@ -90,6 +91,12 @@ class MemStorage:
 
     def remember(self, ident: str, executable: bool = False) -> None:
         pass
+
+    async def put_reduction(self, ref: str, result: str) -> None:
+        self.reductions[ref] = result
+
+    async def get_reductions(self, refs) -> dict[str, str]:
+        return {ref: self.reductions[ref] for ref in refs if ref in self.reductions}
 
     async def close(self) -> None:
         pass

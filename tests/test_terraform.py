@@ -20,6 +20,8 @@ import hcl2
 import pytest
 
 from executor import lambda_package as package
+from ir.storage.s3 import S3Storage
+from ir.storage.uri import parse_s3_uri
 
 REPO = Path(__file__).resolve().parent.parent
 TERRAFORM = REPO / "terraform"
@@ -353,6 +355,52 @@ def test_cached_blobs_expire_under_the_prefix(module):
     assert _block(rule, "filter")["prefix"] == "${var.storage_prefix}/"
     assert _block(rule, "expiration")["days"] == "${var.cache_expiry_days}"
     assert any("abort_incomplete_multipart_upload" in r for r in rules)
+    # The reduction records live under the same prefix, so the rule covers them too.
+    config = parse_s3_uri("s3://bucket/gg/blobs")
+    assert S3Storage(config)._reduction_key("Tx" + "0" * 32 + "_1#out").startswith(config.prefix + "/")
+
+
+def _operations_in(path: Path, functions: set[str]) -> set[str]:
+    """The S3 operations called inside the named functions (and what they nest) of ``path``."""
+    import botocore.session
+    from botocore import xform_name
+
+    operations = {xform_name(op) for op in botocore.session.get_session().get_service_model("s3").operation_names}
+    called: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef) and node.name in functions:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) \
+                        and inner.func.attr in operations:
+                    called.add(inner.func.attr)
+    return called
+
+
+# What a read-only runner calls (GG_REMOTE_RESULTS=read-only, local engine): the batch
+# lookup of reductions, checks and downloads of blobs.
+READ_PATH = {"get_reductions", "has", "_fetch"}
+WRITE_PATH = {"put_reduction", "_put_object", "_multipart", "_abort"}
+
+
+def test_the_read_only_client_policy_grants_exactly_the_read_path(module):
+    s3_source = REPO / "ir" / "storage" / "s3.py"
+    read = _operations_in(s3_source, READ_PATH)
+    assert {"get_object", "head_object"} <= read, "the scan found too little"
+    assert "put_object" in _operations_in(s3_source, WRITE_PATH)  # the scan sees writes where they are
+    needed = set().union(*(S3_OPERATION_ACTIONS[op] for op in read)) | {"s3:ListBucket"}
+    statements = module["data"][("aws_iam_policy_document", "client_read_only")]["statement"]
+    granted = {a for s in statements for a in s["actions"]}
+    assert granted == needed, f"granted {sorted(granted)}, the read path needs {sorted(needed)}"
+    bucket_arn = "${aws_s3_bucket.blobs.arn}"
+    for statement in statements:
+        if statement["actions"] == ["s3:ListBucket"]:
+            assert statement["resources"] == [bucket_arn]
+            assert _block(statement, "condition")["values"] == ["${var.storage_prefix}/*"]
+        else:
+            assert statement["resources"] == [bucket_arn + "/${var.storage_prefix}/*"]
+    policy = module["resource"][("aws_iam_policy", "client_read_only")]
+    assert policy["policy"] == "${data.aws_iam_policy_document.client_read_only.json}"
+    assert "client_read_only_policy_arn" in module["output"]
 
 
 # -- the module's shape ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 team cache, or a plain directory where tests need no S3.
 
 ``file:///DIR`` holds one file per blob, ``DIR/<ID>`` (the same layout as S3's
-``PREFIX/<ID>`` keys). The rules are S3's:
+``PREFIX/<ID>`` keys), and one file per reduction record, ``DIR/reductions/<THUNK[#tag]>``
+(written like a blob: temp file, fsync, rename). The rules are S3's:
 
 * **Atomic writes**: a blob is written to a temp file in ``DIR`` itself, flushed to
   disk (``fsync``), then renamed over its name; a reader on any client sees the whole
@@ -31,14 +32,14 @@ import io
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ..atomic import unlink_quietly
+from ..atomic import atomic_write_bytes, unlink_quietly
 from ..hashing import hash_stream
 from ..ids import Kind, id_of_bytes, parse_id
-from ..store import CorruptBlob, LocalStore, MissingBlob
+from ..store import CorruptBlob, LocalStore, MissingBlob, decode_reduction, encode_reduction, reduction_name
 from .protocol import StorageConfigError, StorageContext, StorageError
 from .shared import SharedTransfers
 from .uri import FileConfig, parse_file_uri
@@ -46,6 +47,7 @@ from .uri import FileConfig, parse_file_uri
 OBJECT_MODE = 0o444
 EXECUTABLE_OBJECT_MODE = 0o555
 PROBE_DATA = b"gg storage probe\n"  # the same blob the S3 probe writes
+REDUCTIONS = "reductions"  # the directory of reduction records, next to the blobs
 T = TypeVar("T")
 _SETTING_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
@@ -217,6 +219,49 @@ class FileStorage:
             pass
         finally:
             os.close(fd)
+
+    # -- reductions -------------------------------------------------------------------
+
+    async def put_reduction(self, ref: str, result: str) -> None:
+        data = encode_reduction(result)
+        directory = self.root / REDUCTIONS
+        path = directory / reduction_name(ref)
+
+        def write() -> None:
+            directory.mkdir(exist_ok=True)
+            atomic_write_bytes(path, data)
+
+        try:
+            await self._run(write)
+        except OSError as exc:
+            raise self._error("writing", path, exc) from None
+
+    async def get_reductions(self, refs: Collection[str]) -> dict[str, str]:
+        """One directory read, then one read per record that exists (in one thread)."""
+        directory = self.root / REDUCTIONS
+        names = {reduction_name(ref): ref for ref in refs}
+
+        def read() -> dict[str, str]:
+            if not self.root.is_dir():
+                raise self._config_error()  # not "no records": a setting to fix
+            try:
+                present = set(os.listdir(directory))
+            except FileNotFoundError:
+                return {}
+            found = {}
+            for name in present.intersection(names):
+                try:
+                    result = decode_reduction((directory / name).read_bytes())
+                except FileNotFoundError:
+                    continue
+                if result is not None:
+                    found[names[name]] = result
+            return found
+
+        try:
+            return await self._run(read)
+        except OSError as exc:
+            raise self._error("reading", directory, exc) from None
 
     # -- download ---------------------------------------------------------------------
 

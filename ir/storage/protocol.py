@@ -3,7 +3,10 @@
 The scheduler, the engines and the remote worker only see :class:`RemoteStorage`;
 ``open_storage(uri)`` (``ir.storage``) picks the backend by the URI's scheme. Blobs
 are keyed by content ID, so every write is idempotent and two writers of one ID never
-conflict. A remote store never holds reductions: those stay in the local ``.gg`` store.
+conflict. Next to the blobs, a ``reductions/`` namespace holds reduction records
+(``THUNK[#tag] -> RESULT``, the local store's record format) shared by everyone who uses
+the store: a record is a *claim* by whoever could write there, never a fact (its values
+are verified when downloaded; see docs/trust.md).
 
 Errors a backend raises (callers rely on these classes, not on a backend's own):
 
@@ -20,6 +23,7 @@ Errors a backend raises (callers rely on these classes, not on a backend's own):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -116,6 +120,18 @@ class RemoteStorage(Protocol):
     def remember(self, ident: str, executable: bool = False) -> None:
         """A remote worker just stored ``ident``: believe it present, and that it is a
         program if ``executable`` (so a later download of it is executable)."""
+        ...
+
+    async def put_reduction(self, ref: str, result: str) -> None:
+        """Record (atomically) that ``ref`` (``THUNK`` or ``THUNK#tag``) reduced to
+        ``result``, under ``reductions/`` in the local store's format. The caller has
+        already made sure the blob ``result`` names is in the storage."""
+        ...
+
+    async def get_reductions(self, refs: Collection[str]) -> dict[str, str]:
+        """The records of ``refs`` that exist and carry the verified mark: ref -> result.
+        One batch (bounded concurrency, not a round trip per ref in sequence); a ref
+        with no record, or an untrusted one, is simply absent from the answer."""
         ...
 
     async def close(self) -> None:

@@ -19,6 +19,10 @@ What it guarantees, and why (each point is a way gg hurt its users):
 * **zstd where it pays**: the object metadata ``gg-encoding`` says ``zstd`` or
   ``identity``; incompressible data (a sample compresses to more than 90 %) is sent
   as is.
+* **Reductions** are small objects ``<prefix>/reductions/<THUNK[#tag]>`` holding the
+  local store's record (``RESULT verified-inputs``); a batch of lookups is concurrent
+  GETs under the same request semaphore (a ListObjectsV2 would read every record the
+  team ever wrote under the prefix, a GET per thunk of this graph is bounded by it).
 * **Large objects stream**: multipart upload read from the file part by part, and
   downloads written chunk by chunk, so a large blob is never held in memory.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +41,7 @@ import zstandard
 from ..atomic import unlink_quietly
 from ..ids import MAGIC, Kind, id_of_blob, id_of_bytes, kind_of, make_id, new_hasher, parse_id
 from ..retry import backoff_delay
-from ..store import CorruptBlob, LocalStore, MissingBlob, StoreError
+from ..store import CorruptBlob, LocalStore, MissingBlob, StoreError, decode_reduction, encode_reduction, reduction_name
 from .aws_client import AwsFault, LazyClient, classify
 from .protocol import StorageConfigError, StorageContext, StorageError
 from .shared import SharedTransfers
@@ -55,6 +59,8 @@ PARTS_IN_FLIGHT = 4  # per multipart upload, on top of the global semaphore
 ENCODING = "gg-encoding"
 EXECUTABLE = "gg-executable"  # "1": some producer had the execute bit on it
 PROBE_DATA = b"gg storage probe\n"  # the blob S3Storage.probe() writes and reads back
+REDUCTIONS = "reductions"  # key namespace of reduction records, next to the blobs
+MAX_REDUCTION = 512  # a record is one ID and the mark; anything longer is not one
 
 
 
@@ -409,6 +415,45 @@ class S3Storage:
             pass
 
     # -- download -------------------------------------------------------------------------
+
+    # -- reductions --------------------------------------------------------------------
+
+    def _reduction_key(self, ref: str) -> str:
+        return self.config.key(f"{REDUCTIONS}/{reduction_name(ref)}")
+
+    async def put_reduction(self, ref: str, result: str) -> None:
+        body = encode_reduction(result)
+        key = self._reduction_key(ref)
+        where = f"s3://{self.config.bucket}/{key}"
+
+        async def put(client: Any) -> None:
+            await client.put_object(Bucket=self.config.bucket, Key=key, Body=body)
+
+        await self._with_deadline("PUT", where, self._request("PUT", where, put))
+
+    async def get_reductions(self, refs: Collection[str]) -> dict[str, str]:
+        async def one(ref: str) -> tuple[str, str | None]:
+            key = self._reduction_key(ref)
+            where = f"s3://{self.config.bucket}/{key}"
+
+            async def get(client: Any) -> str | None:
+                try:
+                    answer = await client.get_object(Bucket=self.config.bucket, Key=key)
+                except Exception as exc:
+                    if _is_not_found(exc):
+                        return None
+                    raise
+                body = answer["Body"]
+                try:
+                    data = await body.read(MAX_REDUCTION + 1)
+                finally:
+                    body.close()
+                return decode_reduction(data) if len(data) <= MAX_REDUCTION else None
+
+            return ref, await self._with_deadline("GET", where, self._request("GET", where, get))
+
+        answers = await asyncio.gather(*(one(ref) for ref in dict.fromkeys(refs)))
+        return {ref: result for ref, result in answers if result is not None}
 
     async def download(self, store: LocalStore, ident: str) -> None:
         """Fetch blob ``ident`` into ``store``, verified; concurrent calls share one fetch."""
