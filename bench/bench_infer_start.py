@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--source", action="append", default=[], type=Path,
                         help="also time python -m model_sub.infer from this checkout (repeatable)")
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k not in ("GG_DIR", "PYTHONPATH")}
+    # warm means bytecode cached too: a PYTHONDONTWRITEBYTECODE shell would time compiling every run
+    env = {k: v for k, v in os.environ.items() if k not in ("GG_DIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     rows: dict[str, tuple[list[str], dict[str, str]]] = {
         "sh -c true": (["/bin/sh", "-c", "true"], env),
         "python -c pass": ([sys.executable, "-c", "pass"], env),
