@@ -27,22 +27,44 @@ import cycle; it knows the higher layers' errors only through their bases in
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping
 
 from .errors import ConfigError, UsageError, UserError, first_line
-from .ids import InvalidId
-from .store import StoreError
-from .thunk import MalformedThunk
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-# Errors the user can act on that the IR itself raises.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, StoreError, MalformedThunk, InvalidId,
-                                                 OSError)
+# Errors the user can act on that the IR itself raises. The store's and the thunk's are
+# named lazily (module ``__getattr__``, :func:`_user_errors`): importing them pulls in
+# protobuf, and a command that never loaded them cannot have raised them.
+_BASE_USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, OSError)
+_LAZY_USER_ERRORS = (("ir.store", "StoreError"), ("ir.thunk", "MalformedThunk"), ("ir.ids", "InvalidId"))
+
+
+def _user_errors(load: bool) -> tuple[type[BaseException], ...]:
+    """The user-error classes: all of them (``load``), or those of the modules already imported."""
+    found = []
+    for module, name in _LAZY_USER_ERRORS:
+        if load:
+            importlib.import_module(module)
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return (*_BASE_USER_ERRORS[:2], *found, *_BASE_USER_ERRORS[2:])
+
+
+def __getattr__(name: str) -> object:
+    if name == "USER_ERRORS":
+        return _user_errors(load=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """An interrupt: ^C, or a cancelled asyncio task (only possible once asyncio is imported)."""
+    asyncio = sys.modules.get("asyncio")
+    return isinstance(exc, KeyboardInterrupt) or (asyncio is not None and isinstance(exc, asyncio.CancelledError))
 
 
 class CliError(UserError):
@@ -74,15 +96,15 @@ def report(prog: str, exc: BaseException, debug: bool = False, interrupted_hint:
     if isinstance(exc, BrokenPipeError):  # e.g. `gg describe ID | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    if debug and not isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+    if debug and not _cancelled(exc):
         traceback.print_exception(exc)
-    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+    if _cancelled(exc):
         print(f"{prog}: interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(exc, UsageError):
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if isinstance(exc, USER_ERRORS):
+    if isinstance(exc, _user_errors(load=False)):
         for line in error_lines(exc):
             print(f"{prog}: error: {line}", file=sys.stderr)
         return EXIT_FAILED

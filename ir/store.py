@@ -29,11 +29,14 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_write_bytes, unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref
-from .thunk import Thunk, parse_thunk
+
+if TYPE_CHECKING:  # imported where used: the thunk format pulls in protobuf, which gg-infer's start does not need
+    from .thunk import Thunk
 
 GG_DIR_NAME = ".gg"
 # Second field of a reduction record: the inputs of the run it records were verified
@@ -405,6 +408,8 @@ class LocalStore:
     def load_thunk(self, ident: str) -> Thunk:
         if not parse_id(ident).is_thunk:
             raise StoreError(f"{ident} is a value, not a thunk")
+        from .thunk import parse_thunk
+
         return parse_thunk(self.read_bytes(ident), where=f"thunk {ident}", expected_id=ident)
 
     def verify(self, ident: str) -> bool:

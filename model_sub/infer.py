@@ -18,16 +18,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ir.cli_errors import add_debug_option, run_command
 from ir.errors import UsageError
 from ir.store import LocalStore
 
-from .context import ModelContext
 from .launcher import make_shim_dir, preload_library, shim_binary
-from .server import ModelServer
+from .listener import Models, ModelServer
+
+if TYPE_CHECKING:
+    from .context import ModelContext
 
 # CMD's own exec happens in a (dynamic, preloaded) shell, so the library decides it too.
 EXEC_THROUGH_SHELL = ("/bin/sh", "-c", 'exec "$@"', "gg-infer")
@@ -72,21 +74,36 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
     if not _found(command[0], real_path):
         print(f"gg-infer: {command[0]}: command not found", file=sys.stderr)
         return 127
-    ctx = ModelContext.create(store, str(root or os.getcwd()), real_path)
-    with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir, closing(ctx):
+    build_root = str(root or os.getcwd())
+
+    def load() -> ModelContext:
+        # on the first request only: a build with no tool calls never pays for the models
+        from .context import ModelContext
+
+        return ModelContext.create(store, build_root, real_path)
+
+    models = Models(load)
+    with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir:
         socket_path = os.path.join(sock_dir, "models.sock")
-        with ModelServer(ctx, socket_path) as server:
-            env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
-            try:
-                status = subprocess.run([*EXEC_THROUGH_SHELL, *command], env=env).returncode
-            except KeyboardInterrupt:
-                return 130
-            finally:
-                _print_local_runs(ctx)
-            for program in server.notes.static_programs:
-                print(f"gg-infer: warning: static program {program} ran; tools it runs by absolute path are "
-                      f"not seen (see .gg/infer/log)", file=sys.stderr)
-            return status
+        try:
+            with ModelServer(models, socket_path) as server:
+                env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
+                try:
+                    status = subprocess.run([*EXEC_THROUGH_SHELL, *command], env=env).returncode
+                except KeyboardInterrupt:
+                    return 130
+                finally:
+                    ctx = models.loaded
+                    if ctx is not None:
+                        _print_local_runs(ctx)
+                for program in server.notes.static_programs:
+                    print(f"gg-infer: warning: static program {program} ran; tools it runs by absolute path "
+                          f"are not seen (see .gg/infer/log)", file=sys.stderr)
+                return status
+        finally:
+            ctx = models.loaded
+            if ctx is not None:
+                ctx.close()
 
 
 def _print_local_runs(ctx: ModelContext) -> None:

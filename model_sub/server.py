@@ -12,7 +12,8 @@ back to the real tool, with a line in ``.gg/infer/log``: a build must never brea
 because a model did not understand it.
 
 The preload library also sends notes (``GGN1``): a static program ran, whose execs
-it cannot see; gg-infer warns about those at the end of the run (:class:`RunNotes`).
+it cannot see; gg-infer warns about those at the end of the run (:class:`~.listener.RunNotes`).
+The socket side is ``listener.py``, which imports this module on the first request.
 
 Two kinds of "not for it" (``reasons.py``): a configure probe or a query
 (:class:`RunReal`) runs as it is; any other unmodelled call (:class:`Unmodelled`, a
@@ -25,15 +26,9 @@ breaks because a model did not understand it, and is never silently wrong either
 from __future__ import annotations
 
 import os
-import socket
-import socketserver
-import struct
-import threading
 import time
 import traceback
 from dataclasses import dataclass
-
-from ir.atomic import unlink_quietly
 
 from . import binutils_model
 from .binutils_args import binutils_name
@@ -108,31 +103,6 @@ def without_preload(env: dict[str, str]) -> dict[str, str]:
     if rest:
         cleaned["LD_PRELOAD"] = ":".join(rest)
     return cleaned
-
-
-class RunNotes:
-    """What the preload library reported during the run (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._static: dict[str, None] = {}
-
-    def note(self, data: bytes, ctx: ModelContext) -> None:
-        """Record a ``GGN1`` note: ``"GGN1\0static\0" cwd "\0" path "\0"``."""
-        fields = [f.decode("utf-8", "surrogateescape") for f in data.split(b"\0")]
-        if len(fields) < 4 or fields[1] != "static":
-            return
-        path = os.path.normpath(os.path.join(fields[2], fields[3]))
-        with self._lock:
-            new = path not in self._static
-            self._static[path] = None
-        if new:
-            ctx.log(f"static\t{path}\tstatically linked: the tools it runs by absolute path are not seen")
-
-    @property
-    def static_programs(self) -> list[str]:
-        with self._lock:
-            return list(self._static)
 
 
 def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> Reply:
@@ -214,65 +184,3 @@ def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, deta
         note += f" (waited for {len(placeholders) - forced} forced by another call)"
     ctx.log(f"real\t{tool}\t{detail}{note}\t{command}")
     return Reply(exec_real=True)
-
-
-def _peer_pid(sock: socket.socket) -> int:
-    """The pid of the process at the other end of a unix socket (0 if unknown)."""
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[0]
-    except OSError:
-        return 0
-
-
-class _Handler(socketserver.BaseRequestHandler):
-    server: _Server  # the attributes ModelServer sets (ctx, notes)
-
-    def handle(self) -> None:
-        chunks = []
-        while True:
-            chunk = self.request.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        if data.startswith(b"GGN1\0"):
-            self.server.notes.note(data, self.server.ctx)
-            self.request.sendall(b"K")
-            return
-        try:
-            request = decode_request(data, _peer_pid(self.request))
-        except (ValueError, IndexError):
-            self.request.sendall(b"X")
-            return
-        self.request.sendall(handle(self.server.ctx, request).encode())
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = 128
-    ctx: ModelContext  # set by ModelServer before it serves
-    notes: RunNotes
-
-
-class ModelServer:
-    """Serves model requests on ``socket_path`` in a background thread."""
-
-    def __init__(self, ctx: ModelContext, socket_path: str):
-        self.socket_path = socket_path
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        self._server = _Server(socket_path, _Handler)
-        self._server.ctx = ctx
-        self._server.notes = self.notes = RunNotes()
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,),
-                                        name="gg-infer-models", daemon=True)
-
-    def __enter__(self) -> ModelServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        unlink_quietly(self.socket_path)
