@@ -38,6 +38,15 @@ data "aws_iam_policy_document" "function" {
     ]
   }
 
+  # Leases (PREFIX/leases/<THUNK>, docs/storage.md): taken and renewed with the
+  # conditional put_object above, released with delete_object -- only there.
+  statement {
+    sid       = "LeaseRelease"
+    effect    = "Allow"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.blobs.arn}/${var.storage_prefix}/leases/*"]
+  }
+
   # Without ListBucket, HEAD/GET of a missing key answers 403 instead of 404, and
   # the handler could not tell "not uploaded" from "not allowed".
   statement {

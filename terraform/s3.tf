@@ -58,6 +58,22 @@ resource "aws_s3_bucket_lifecycle_configuration" "blobs" {
     }
   }
 
+  # A lease (PREFIX/leases/<THUNK>) lives seconds to minutes and is deleted when its
+  # thunk is done; one left by a crashed forcer is void after its expiry anyway. Drop
+  # such leftovers after a day (where rules overlap, S3 applies the shorter expiry).
+  rule {
+    id     = "expire-leases"
+    status = "Enabled"
+
+    filter {
+      prefix = "${var.storage_prefix}/leases/"
+    }
+
+    expiration {
+      days = 1
+    }
+  }
+
   # A multipart upload cut short (a function killed at its timeout) leaves parts
   # that are billed but invisible; drop them anywhere in the bucket after a day.
   rule {

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from ir.ids import Kind, make_id
 from ir.storage import (
+    LeasingStorage,
     RemoteStorage,
     StorageConfigError,
     StorageError,
@@ -327,3 +329,50 @@ def test_a_read_only_file_storage_is_a_setting_to_fix(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ir.storage.file.FileStorageConfigError: ") and "not writable" in last, done.stderr
     assert f"GG_STORAGE_URI=file://{shared}" in last
+
+
+# -- leases ----------------------------------------------------------------------------
+
+LEASED = make_id(Kind.THUNK, "0" * 32, 100)
+
+
+async def test_a_lease_is_exclusive_renewed_and_released(storage):
+    assert isinstance(storage, LeasingStorage)
+    lease = await storage.try_lease(LEASED, "alice", 30)
+    assert lease is not None and lease.owner == "alice" and lease.expiry > lease.start
+    assert await storage.try_lease(LEASED, "bob", 30) is None
+    seen = await storage.read_lease(LEASED)
+    assert seen is not None and (seen.owner, seen.start, seen.expiry) == ("alice", lease.start, lease.expiry)
+    renewed = await storage.renew(lease, 60)
+    assert renewed is not None and renewed.expiry > lease.expiry and renewed.start == lease.start
+    assert await storage.renew(lease, 60) is None  # the old version is no longer the lease
+    await storage.release(lease)  # a stale handle releases nothing
+    assert await storage.try_lease(LEASED, "bob", 30) is None
+    await storage.release(renewed)
+    assert await storage.read_lease(LEASED) is None
+    bobs = await storage.try_lease(LEASED, "bob", 30)
+    assert bobs is not None and bobs.owner == "bob"
+
+
+async def test_an_expired_lease_is_taken_over_once(storage):
+    old = await storage.try_lease(LEASED, "crashed", 1.5)
+    assert old is not None
+    assert await storage.try_lease(LEASED, "bob", 30) is None
+    await asyncio.sleep(1.6)
+    takers = await asyncio.gather(*(storage.try_lease(LEASED, f"peer{i}", 30) for i in range(4)))
+    winners = [lease for lease in takers if lease is not None]
+    assert len(winners) == 1
+    current = await storage.read_lease(LEASED)
+    assert current is not None and current.owner == winners[0].owner
+    assert await storage.renew(old, 30) is None  # the dead owner's handle is void
+    await storage.release(old)
+    assert (await storage.read_lease(LEASED)) == current
+
+
+async def test_a_garbage_lease_blocks_nobody(storage, backend):
+    first = await storage.try_lease(LEASED, "alice", 30)
+    assert first is not None
+    await storage.release(first)  # the leases/ namespace now exists on either backend
+    backend.put_raw(f"leases/{LEASED}", b"not a lease")
+    lease = await storage.try_lease(LEASED, "bob", 30)
+    assert lease is not None and lease.owner == "bob"

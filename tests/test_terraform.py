@@ -300,6 +300,8 @@ def test_iam_s3_access_is_confined_to_the_bucket_prefix(module):
                 condition = _block(statement, "condition")
                 assert condition["variable"] == "s3:prefix"
                 assert condition["values"] == ["${var.storage_prefix}/*"]
+            elif actions == ["s3:DeleteObject"]:  # only leases are ever deleted
+                assert resource == bucket_arn + "/${var.storage_prefix}/leases/*"
             else:
                 assert resource == bucket_arn + "/${var.storage_prefix}/*"
 
@@ -348,9 +350,9 @@ def test_bucket_is_encrypted_at_rest(module):
 def test_cached_blobs_expire_under_the_prefix(module):
     lifecycle = _one(module, "resource", "aws_s3_bucket_lifecycle_configuration")
     rules = lifecycle["rule"]
-    expiring = [r for r in rules if "expiration" in r]
-    assert len(expiring) == 1
-    rule = expiring[0]
+    expiring = {r["id"]: r for r in rules if "expiration" in r}
+    assert sorted(expiring) == ["expire-cached-blobs", "expire-leases"]
+    rule = expiring["expire-cached-blobs"]
     assert rule["status"] == "Enabled"
     assert _block(rule, "filter")["prefix"] == "${var.storage_prefix}/"
     assert _block(rule, "expiration")["days"] == "${var.cache_expiry_days}"
@@ -358,6 +360,12 @@ def test_cached_blobs_expire_under_the_prefix(module):
     # The reduction records live under the same prefix, so the rule covers them too.
     config = parse_s3_uri("s3://bucket/gg/blobs")
     assert S3Storage(config)._reduction_key("Tx" + "0" * 32 + "_1#out").startswith(config.prefix + "/")
+    # Leases are short-lived: their own rule drops a crashed forcer's leftovers after a day.
+    leases = expiring["expire-leases"]
+    assert leases["status"] == "Enabled"
+    assert str(_block(leases, "expiration")["days"]) == "1"
+    lease_prefix = _block(leases, "filter")["prefix"].replace("${var.storage_prefix}", config.prefix)
+    assert S3Storage(config)._lease_key("Tx" + "0" * 32 + "_1").startswith(lease_prefix)
 
 
 def _operations_in(path: Path, functions: set[str]) -> set[str]:

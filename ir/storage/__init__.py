@@ -8,12 +8,15 @@ The modules: ``protocol`` (the contract and its errors), ``registry``, ``uri`` (
 
 from __future__ import annotations
 
-from .protocol import RemoteStorage, StorageConfigError, StorageContext, StorageError
+from .lease import Lease
+from .protocol import LeasingStorage, RemoteStorage, StorageConfigError, StorageContext, StorageError
 from .registry import ENTRY_POINT_GROUP, open_storage, register_storage, unregister_storage
 from .uri import StorageUriError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Lease",
+    "LeasingStorage",
     "RemoteStorage",
     "StorageConfigError",
     "StorageContext",

@@ -28,11 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Collection
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -40,6 +43,7 @@ from ..atomic import atomic_write_bytes, unlink_quietly
 from ..hashing import hash_stream
 from ..ids import Kind, id_of_bytes, parse_id
 from ..store import CorruptBlob, LocalStore, MissingBlob, decode_reduction, encode_reduction, reduction_name
+from .lease import LEASES, Lease, decode_lease, encode_lease
 from .protocol import StorageConfigError, StorageContext, StorageError
 from .shared import SharedTransfers
 from .uri import FileConfig, parse_file_uri
@@ -262,6 +266,119 @@ class FileStorage:
             return await self._run(read)
         except OSError as exc:
             raise self._error("reading", directory, exc) from None
+
+    # -- leases (see ir/storage/lease.py) --------------------------------------------
+
+    def _lease_path(self, thunk_id: str) -> Path:
+        parse_id(thunk_id)  # a valid ID is a safe file name
+        return self.root / LEASES / thunk_id
+
+    def _read_lease_file(self, thunk_id: str, path: Path) -> tuple[Lease | None, bytes | None]:
+        """(the lease, its raw bytes); (None, None) if there is no lease file."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return decode_lease(thunk_id, data, data.decode(errors="replace")), data
+
+    def _try_lease(self, thunk_id: str, owner: str, ttl: float) -> Lease | None:
+        path = self._lease_path(thunk_id)
+        path.parent.mkdir(exist_ok=True)
+        for _ in range(3):
+            now = time.time()
+            data = encode_lease(owner, now, now + ttl)
+            # Written aside then hard-linked: link() fails if the name exists (the
+            # O_CREAT|O_EXCL test) and a reader never sees a half-written lease.
+            aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            atomic_write_bytes(aside, data)
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+            else:
+                return Lease(thunk_id, owner, now, now + ttl, data.decode())
+            finally:
+                unlink_quietly(aside)
+            current, raw = self._read_lease_file(thunk_id, path)
+            if raw is None:
+                continue  # released meanwhile: try again
+            if current is not None and not current.expired(now):
+                return None
+            if not self._evict(path, raw):
+                return None  # another peer took it over first
+        return None
+
+    @contextlib.contextmanager
+    def _lease_guard(self, directory: Path) -> Iterator[None]:
+        """Serialise the read-check-replace steps (takeover, renew, release) of all
+        forcers on this directory: a ``flock`` on ``leases/.lock``, which the kernel
+        drops if its holder dies, held only for one small file operation."""
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _evict(self, path: Path, raw: bytes) -> bool:
+        """Remove the expired lease ``raw`` if it is still the lease (checked and removed
+        under the guard, so of many peers that saw it expire exactly one removes it)."""
+        with self._lease_guard(path.parent):
+            try:
+                if path.read_bytes() != raw:
+                    return False  # replaced or renewed meanwhile
+            except FileNotFoundError:
+                return True  # released: the name is free to race for again
+            stale = path.with_name(f".{path.name}.stale.{uuid.uuid4().hex}")
+            os.rename(path, stale)
+            unlink_quietly(stale)
+            return True
+
+    async def try_lease(self, thunk_id: str, owner: str, ttl: float) -> Lease | None:
+        try:
+            return await self._run(self._try_lease, thunk_id, owner, ttl)
+        except OSError as exc:
+            raise self._error("taking a lease in", self.root / LEASES, exc) from None
+
+    async def read_lease(self, thunk_id: str) -> Lease | None:
+        path = self._lease_path(thunk_id)
+        try:
+            current, raw = await self._run(self._read_lease_file, thunk_id, path)
+        except OSError as exc:
+            raise self._error("reading", path, exc) from None
+        return current
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        path = self._lease_path(lease.thunk_id)
+
+        def renew() -> Lease | None:
+            with self._lease_guard(path.parent):
+                current, raw = self._read_lease_file(lease.thunk_id, path)
+                now = time.time()
+                if current is None or current.token != lease.token or current.expired(now):
+                    return None  # lost (expired: a peer may be taking it over right now)
+                data = encode_lease(lease.owner, lease.start, now + ttl)
+                atomic_write_bytes(path, data)
+                return Lease(lease.thunk_id, lease.owner, lease.start, now + ttl, data.decode())
+
+        try:
+            return await self._run(renew)
+        except OSError as exc:
+            raise self._error("renewing", path, exc) from None
+
+    async def release(self, lease: Lease) -> None:
+        path = self._lease_path(lease.thunk_id)
+
+        def release() -> None:
+            with self._lease_guard(path.parent):
+                current, raw = self._read_lease_file(lease.thunk_id, path)
+                if current is not None and current.token == lease.token:
+                    unlink_quietly(path)
+
+        try:
+            await self._run(release)
+        except OSError as exc:
+            raise self._error("releasing", path, exc) from None
 
     # -- download ---------------------------------------------------------------------
 

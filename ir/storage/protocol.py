@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..store import LocalStore, StoreError
+from .lease import Lease
 
 
 class StorageError(StoreError):
@@ -136,4 +137,32 @@ class RemoteStorage(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads; the object is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class LeasingStorage(Protocol):
+    """A :class:`RemoteStorage` that can also hold leases (``leases/<THUNK>``, see
+    ir/storage/lease.py): both built-in backends do. A separate protocol so a plug-in
+    backend without leases still works -- forcers sharing it then may run a thunk twice
+    (wasted work, never a wrong result)."""
+
+    async def try_lease(self, thunk_id: str, owner: str, ttl: float) -> Lease | None:
+        """Take the lease ``leases/<thunk_id>`` for ``ttl`` seconds if nobody holds a live
+        one (created only if absent; an expired one is taken over with a compare-and-swap
+        on the exact version read). None: a peer holds it (or won the race for it)."""
+        ...
+
+    async def read_lease(self, thunk_id: str) -> Lease | None:
+        """The current lease of ``thunk_id`` (owner, start, expiry), None if there is none;
+        an unreadable one comes back expired."""
+        ...
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend our ``lease`` to ``ttl`` seconds from now; None if it is no longer ours
+        (expired or taken over): the owner may finish its run, a peer may run it too."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Remove ``lease`` if it is still ours (after the reduction is written)."""
         ...

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from ..ids import MAGIC, Kind, id_of_blob, id_of_bytes, kind_of, make_id, new_ha
 from ..retry import backoff_delay
 from ..store import CorruptBlob, LocalStore, MissingBlob, StoreError, decode_reduction, encode_reduction, reduction_name
 from .aws_client import AwsFault, LazyClient, classify
+from .lease import LEASES, MAX_LEASE, Lease, decode_lease, encode_lease
 from .protocol import StorageConfigError, StorageContext, StorageError
 from .shared import SharedTransfers
 from .uri import S3Config, parse_s3_uri
@@ -59,6 +61,7 @@ PARTS_IN_FLIGHT = 4  # per multipart upload, on top of the global semaphore
 ENCODING = "gg-encoding"
 EXECUTABLE = "gg-executable"  # "1": some producer had the execute bit on it
 PROBE_DATA = b"gg storage probe\n"  # the blob S3Storage.probe() writes and reads back
+_LOST_CONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 REDUCTIONS = "reductions"  # key namespace of reduction records, next to the blobs
 MAX_REDUCTION = 512  # a record is one ID and the mark; anything longer is not one
 
@@ -454,6 +457,99 @@ class S3Storage:
 
         answers = await asyncio.gather(*(one(ref) for ref in dict.fromkeys(refs)))
         return {ref: result for ref, result in answers if result is not None}
+
+    # -- leases (see ir/storage/lease.py) ---------------------------------------------
+
+    def _lease_key(self, thunk_id: str) -> str:
+        parse_id(thunk_id)  # a valid ID is a safe key
+        return self.config.key(f"{LEASES}/{thunk_id}")
+
+    async def _put_lease(self, key: str, body: bytes, condition: dict[str, str]) -> str | None:
+        """A conditional PUT: the new ETag, or None if the condition failed (someone
+        else's lease is there, or the one we expected changed or vanished)."""
+        where = f"s3://{self.config.bucket}/{key}"
+
+        async def put(client: Any) -> str | None:
+            try:
+                answer = await client.put_object(Bucket=self.config.bucket, Key=key, Body=body, **condition)
+            except Exception as exc:
+                if classify(exc).code in _LOST_CONDITION_CODES:
+                    return None
+                raise
+            return str(answer["ETag"])
+
+        try:
+            return await self._with_deadline("PUT", where, self._request("PUT", where, put))
+        except S3Error:
+            raise
+        except Exception as exc:
+            if _is_not_found(exc):
+                return None  # If-Match on a lease released meanwhile
+            raise
+
+    async def read_lease(self, thunk_id: str) -> Lease | None:
+        key = self._lease_key(thunk_id)
+        where = f"s3://{self.config.bucket}/{key}"
+
+        async def get(client: Any) -> Lease | None:
+            try:
+                answer = await client.get_object(Bucket=self.config.bucket, Key=key)
+            except Exception as exc:
+                if _is_not_found(exc):
+                    return None
+                raise
+            body = answer["Body"]
+            try:
+                data = await body.read(MAX_LEASE + 1)
+            finally:
+                body.close()
+            etag = str(answer["ETag"])
+            return decode_lease(thunk_id, data, etag) or Lease(thunk_id, "", 0.0, 0.0, etag)
+
+        return await self._with_deadline("GET", where, self._request("GET", where, get))
+
+    async def try_lease(self, thunk_id: str, owner: str, ttl: float) -> Lease | None:
+        key = self._lease_key(thunk_id)
+        for _ in range(3):
+            now = time.time()
+            body = encode_lease(owner, now, now + ttl)
+            etag = await self._put_lease(key, body, {"IfNoneMatch": "*"})
+            if etag is not None:
+                return Lease(thunk_id, owner, now, now + ttl, etag)
+            current = await self.read_lease(thunk_id)
+            if current is None:
+                continue  # released meanwhile: race for it again
+            if not current.expired(time.time()):
+                return None
+            # Expired (or unreadable, read as expired): replace exactly that version.
+            now = time.time()
+            body = encode_lease(owner, now, now + ttl)
+            etag = await self._put_lease(key, body, {"IfMatch": current.token})
+            return Lease(thunk_id, owner, now, now + ttl, etag) if etag is not None else None
+        return None
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        now = time.time()
+        if lease.expired(now):
+            return None  # a peer may be taking it over: do not race it
+        body = encode_lease(lease.owner, lease.start, now + ttl)
+        etag = await self._put_lease(self._lease_key(lease.thunk_id), body, {"IfMatch": lease.token})
+        return Lease(lease.thunk_id, lease.owner, lease.start, now + ttl, etag) if etag is not None else None
+
+    async def release(self, lease: Lease) -> None:
+        """Delete the lease if it is still ours (a GET then a DELETE: an unconditional
+        DELETE works on every S3-compatible store; the gap can only drop a lease taken
+        over in it, which costs at most one extra run, never a wrong result)."""
+        current = await self.read_lease(lease.thunk_id)
+        if current is None or current.token != lease.token:
+            return
+        key = self._lease_key(lease.thunk_id)
+        where = f"s3://{self.config.bucket}/{key}"
+
+        async def delete(client: Any) -> None:
+            await client.delete_object(Bucket=self.config.bucket, Key=key)
+
+        await self._with_deadline("DELETE", where, self._request("DELETE", where, delete))
 
     async def download(self, store: LocalStore, ident: str) -> None:
         """Fetch blob ``ident`` into ``store``, verified; concurrent calls share one fetch."""
