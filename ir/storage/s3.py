@@ -434,26 +434,33 @@ class S3Storage:
 
         await self._with_deadline("PUT", where, self._request("PUT", where, put))
 
+    async def _get_small(self, key: str, limit: int) -> tuple[bytes, str] | None:
+        """GET a small object (a reduction record, a lease): at most ``limit + 1`` of its
+        bytes (so an oversized one shows) and its ETag; None when it is not there."""
+        where = f"s3://{self.config.bucket}/{key}"
+
+        async def get(client: Any) -> tuple[bytes, str] | None:
+            try:
+                answer = await client.get_object(Bucket=self.config.bucket, Key=key)
+            except Exception as exc:
+                if _is_not_found(exc):
+                    return None
+                raise
+            body = answer["Body"]
+            try:
+                data = await body.read(limit + 1)
+            finally:
+                body.close()
+            return data, str(answer["ETag"])
+
+        return await self._with_deadline("GET", where, self._request("GET", where, get))
+
     async def get_reductions(self, refs: Collection[str]) -> dict[str, str]:
         async def one(ref: str) -> tuple[str, str | None]:
-            key = self._reduction_key(ref)
-            where = f"s3://{self.config.bucket}/{key}"
-
-            async def get(client: Any) -> str | None:
-                try:
-                    answer = await client.get_object(Bucket=self.config.bucket, Key=key)
-                except Exception as exc:
-                    if _is_not_found(exc):
-                        return None
-                    raise
-                body = answer["Body"]
-                try:
-                    data = await body.read(MAX_REDUCTION + 1)
-                finally:
-                    body.close()
-                return decode_reduction(data) if len(data) <= MAX_REDUCTION else None
-
-            return ref, await self._with_deadline("GET", where, self._request("GET", where, get))
+            got = await self._get_small(self._reduction_key(ref), MAX_REDUCTION)
+            if got is None or len(got[0]) > MAX_REDUCTION:
+                return ref, None
+            return ref, decode_reduction(got[0])
 
         answers = await asyncio.gather(*(one(ref) for ref in dict.fromkeys(refs)))
         return {ref: result for ref, result in answers if result is not None}
@@ -488,25 +495,11 @@ class S3Storage:
             raise
 
     async def read_lease(self, thunk_id: str) -> Lease | None:
-        key = self._lease_key(thunk_id)
-        where = f"s3://{self.config.bucket}/{key}"
-
-        async def get(client: Any) -> Lease | None:
-            try:
-                answer = await client.get_object(Bucket=self.config.bucket, Key=key)
-            except Exception as exc:
-                if _is_not_found(exc):
-                    return None
-                raise
-            body = answer["Body"]
-            try:
-                data = await body.read(MAX_LEASE + 1)
-            finally:
-                body.close()
-            etag = str(answer["ETag"])
-            return decode_lease(thunk_id, data, etag) or Lease(thunk_id, "", 0.0, 0.0, etag)
-
-        return await self._with_deadline("GET", where, self._request("GET", where, get))
+        got = await self._get_small(self._lease_key(thunk_id), MAX_LEASE)
+        if got is None:
+            return None
+        data, etag = got
+        return decode_lease(thunk_id, data, etag) or Lease(thunk_id, "", 0.0, 0.0, etag)
 
     async def try_lease(self, thunk_id: str, owner: str, ttl: float) -> Lease | None:
         key = self._lease_key(thunk_id)
