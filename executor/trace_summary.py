@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,12 +357,7 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"wrote {count} trace events to {args.chrome}" + (f" ({note})" if note else ""), file=sys.stderr)
         return 0
     summary = summarize(trace, top=args.top)
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(render(summary, str(path)))
-    return 0
+    return _print(summary, args.json, lambda: render(summary, str(path)))
 
 
 def _namer():
@@ -387,11 +383,16 @@ def _handle_simulate(args: argparse.Namespace) -> int:
     path = Path(args.simulated)
     result = report(read_trace(path), args.workers, args.invoke_latency, args.coordinator_ms,
                     args.policy or "critical-path")
-    if args.json:
+    return _print(result, args.json, lambda: render_simulation(result, str(path)))
+
+
+def _print(result: dict, as_json: bool, text: Callable[[], str]) -> int:
+    """Print a report as JSON (``--json``) or as the text its renderer makes."""
+    if as_json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_simulation(result, str(path)))
+        sys.stdout.write(text())
     return 0
 
 
