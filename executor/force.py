@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ir.errors import UsageError
-from ir.storage import RemoteStorage, open_storage
+from ir.storage import MeteredStorage, RemoteStorage, Traffic, open_storage
 from ir.store import CorruptBlob, LocalStore, MissingBlob
 
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine
@@ -89,6 +89,18 @@ class Summary:
     results: dict[str, str] = field(default_factory=dict)  # target text -> value ID
     remote_hits: int = 0  # thunks reduced by a record in the remote store
     shared: int = 0  # reductions this run wrote to the remote store
+    # Bytes this run moved to and from the remote storage (None: no remote storage was
+    # used, or its backend does not count), and which storage that was.
+    traffic: Traffic | None = None
+    storage: str = ""
+
+    def traffic_line(self) -> str | None:
+        """``12.3 MB up, 0.4 MB down (s3://bucket/prefix)``, None without a remote storage."""
+        if not self.storage:
+            return None
+        if self.traffic is None:
+            return f"transfers not counted ({self.storage} does not count them)"
+        return f"{self.traffic.describe()} ({self.storage})"
 
 
 def _results_storage(options: ForceOptions, environ: Mapping[str, str]) -> RemoteStorage | None:
@@ -128,6 +140,21 @@ async def _close(engines: Sequence[Engine], shared: RemoteStorage | None = None)
     remotes = [*(e.remote for e in unique if e.remote is not None), *([shared] if shared else [])]
     for remote in {id(r): r for r in remotes}.values():
         await remote.close()
+
+
+def _traffic(engines: Sequence[Engine], shared: RemoteStorage | None) -> tuple[Traffic | None, str]:
+    """What the run's remote storages counted (summed: an engine and the results may use
+    separate objects on one store), and which storage that was ("" if none was used)."""
+    remotes = {id(r): r for r in [*(e.remote for e in engines if e.remote is not None), *([shared] if shared else [])]}
+    if not remotes:
+        return None, ""
+    where = ", ".join(sorted({r.uri.partition("?")[0] for r in remotes.values()}))
+    if not all(isinstance(r, MeteredStorage) for r in remotes.values()):
+        return None, where
+    total = Traffic()
+    for remote in remotes.values():
+        total.add(remote.traffic)
+    return total, where
 
 
 def _first_remote(engines: Sequence[Engine]):
@@ -215,12 +242,15 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
         if scheduler.share_errors:  # slower for the next user, not wrong: said once
             more = f" (and {len(scheduler.share_errors) - 1} more)" if len(scheduler.share_errors) > 1 else ""
             print(f"{options.prog}: remote results: {scheduler.share_errors[0]}{more}", file=sys.stderr)
+        traffic, storage = _traffic(every, own_storage)
+        if storage:
+            observer.event("transfer", storage=storage, **(traffic.as_dict() if traffic else {"counted": False}))
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
                        executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
         observer.close()
         await _close(every, own_storage)
     return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
-                   scheduler.remote_hits, scheduler.shared_written)
+                   scheduler.remote_hits, scheduler.shared_written, traffic, storage)
 
 
 async def _run_cancellable(coro):

@@ -95,6 +95,8 @@ def _force(args: argparse.Namespace, prog: str) -> int:
         remote = f", {summary.remote_hits} from remote results" if summary.remote_hits else ""
         print(f"{prog}: {summary.targets} target(s), {summary.written} written, "
               f"{summary.executed} thunk(s) run{remote}, {summary.elapsed:.2f}s", file=sys.stderr)
+        if (traffic := summary.traffic_line()) is not None:
+            print(f"{prog}: {traffic}", file=sys.stderr)
     return EXIT_OK
 
 

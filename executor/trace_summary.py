@@ -254,6 +254,8 @@ def summarize(trace: Trace, top: int = 10) -> dict[str, Any]:
         "abandoned": pick("abandoned", "engine", "attempts", "reason", "to"),
         "speculations": pick("speculated", "engine"),
         "unfinished": unfinished,
+        "transfer": next(({k: v for k, v in e.items() if k not in ("t", "event")}
+                          for e in reversed(events) if e.get("event") == "transfer"), None),
     }
 
 
@@ -289,6 +291,10 @@ def render(summary: dict[str, Any], name: str) -> str:
             out.append(f"{engine:<10} {stats['thunks']:>7} {stats['busy_seconds']:>10.3f} "
                        f"{stats['mean_seconds']:>9.3f} {stats['max_seconds']:>9.3f} "
                        f"{_size(stats['bytes_in']):>11} {_size(stats['bytes_out']):>11}")
+    if transfer := summary.get("transfer"):
+        moved = (f"{_size(int(_number(transfer.get('bytes_up'))))} up, "
+                 f"{_size(int(_number(transfer.get('bytes_down'))))} down") if "bytes_up" in transfer else "not counted"
+        out.append(f"remote store {transfer.get('storage')}: {moved}")
     if summary["slowest"]:
         out.append("")
         out.append("slowest thunks:")

@@ -9,6 +9,8 @@ Fixtures:
 * ``moto_endpoint`` (session): ``http://127.0.0.1:PORT`` of a ``moto_server`` process.
 * ``s3_uri`` (function): a GG_STORAGE_URI for a fresh bucket on that server.
 * ``boto3_s3``: a plain boto3 client on the moto server (for tampering in fault tests).
+* ``moto_recorder``: :class:`MotoRecorder`, the requests the moto server received while
+  recording (its own request log: evidence independent of what gg says it did).
 * ``lambda_endpoint_factory`` (function): starts ``python -m executor.lambda_local``
   with the given options and returns a :class:`LocalLambda` (url, process).
 * ``lambda_endpoint`` (session): one shared endpoint with 2 workers.
@@ -90,7 +92,9 @@ def aws_env() -> Iterator[dict[str, str]]:
             os.environ[name] = value
 
 
-def start_moto(port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_moto(port: int | None = None, recording: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``recording``: where the server's request recorder writes (off until started,
+    see :class:`MotoRecorder`)."""
     port = port or free_port()
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
     if exe is None:
@@ -98,7 +102,7 @@ def start_moto(port: int | None = None) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [exe, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, **FAKE_AWS_ENV},
+        env={**os.environ, **FAKE_AWS_ENV, "MOTO_RECORDER_FILEPATH": str(recording or os.devnull)},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -110,10 +114,72 @@ def start_moto(port: int | None = None) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(aws_env) -> Iterator[str]:
-    process, url = start_moto()
+def moto_endpoint(aws_env, tmp_path_factory) -> Iterator[str]:
+    process, url = start_moto(recording=tmp_path_factory.mktemp("moto") / "recording.jsonl")
     yield url
     stop_process(process)
+
+
+@dataclass(frozen=True)
+class MotoRequest:
+    """One request the moto server received: ``key`` is the object key ("" for a
+    bucket-level request), ``body`` the payload's size as decoded by S3."""
+
+    method: str
+    bucket: str
+    key: str
+    query: str
+    body: int
+
+
+class MotoRecorder:
+    """The moto server's own request log (``/moto-api/recorder``): what reached S3, as
+    opposed to what the client under test reports."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def _call(self, action: str) -> bytes:
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{action}", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.read()
+
+    @contextlib.contextmanager
+    def recording(self, bucket: str) -> Iterator[list[MotoRequest]]:
+        """Record while the block runs; the list is filled, for ``bucket``, when it ends."""
+        self._call("reset-recording")
+        self._call("start-recording")
+        requests: list[MotoRequest] = []
+        try:
+            yield requests
+        finally:
+            self._call("stop-recording")
+        requests += self.parse(self._call("download-recording"), bucket)
+
+    @staticmethod
+    def parse(recording: bytes, bucket: str) -> list[MotoRequest]:
+        import base64
+        import json
+        from urllib.parse import unquote, urlsplit
+
+        found = []
+        for line in recording.decode().splitlines():
+            entry = json.loads(line)
+            url = urlsplit(entry["url"])
+            name, _, key = url.path.lstrip("/").partition("/")  # path-style addressing
+            if name != bucket:
+                continue
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            body = entry.get("body") or ""
+            raw = len(base64.b64decode(body)) if entry.get("body_encoded") else len(body.encode())
+            size = int(headers.get("x-amz-decoded-content-length", raw))
+            found.append(MotoRequest(entry["method"], name, unquote(key), url.query, size))
+        return found
+
+
+@pytest.fixture
+def moto_recorder(moto_endpoint) -> MotoRecorder:
+    return MotoRecorder(moto_endpoint)
 
 
 @pytest.fixture

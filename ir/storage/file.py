@@ -46,6 +46,7 @@ from ..store import CorruptBlob, LocalStore, MissingBlob, decode_reduction, enco
 from .lease import LEASES, Lease, decode_lease, encode_lease
 from .protocol import StorageConfigError, StorageContext, StorageError
 from .shared import SharedTransfers
+from .traffic import Traffic
 from .uri import FileConfig, parse_file_uri
 
 OBJECT_MODE = 0o444
@@ -80,6 +81,7 @@ class FileStorage:
         self._executable: set[str] = set()  # a remote worker said it stored a program
         self._uploading = SharedTransfers()
         self._downloading = SharedTransfers()
+        self.traffic = Traffic()  # bytes written to and read from the directory
 
     def __repr__(self) -> str:
         return f"FileStorage({self.config.uri!r})"
@@ -128,8 +130,11 @@ class FileStorage:
             if not os.access(self.root, os.W_OK | os.X_OK):
                 raise self._config_error("not writable by this user")
             self._write(ident, lambda sink: hash_stream(io.BytesIO(PROBE_DATA), sink=sink), False)
+            self.traffic.sent(len(PROBE_DATA))
             with open(self.root / ident, "rb") as source:
-                if source.read() != PROBE_DATA:
+                read_back = source.read()
+                self.traffic.received(len(read_back))
+                if read_back != PROBE_DATA:
                     raise FileStorageError(f"file storage: {self.config.where(ident)} does not read back "
                                            "what was just written")
 
@@ -188,6 +193,7 @@ class FileStorage:
                 raise self._error("writing", target, exc) from None
         if actual != ident:
             raise CorruptBlob(ident, actual, str(store.blobs))
+        self.traffic.sent(parse_id(ident).size)
         self._suspect.discard(ident)
 
     def _write(self, ident: str, fill: Callable[[BinaryIO], str], executable: bool) -> str:
@@ -234,6 +240,7 @@ class FileStorage:
         def write() -> None:
             directory.mkdir(exist_ok=True)
             atomic_write_bytes(path, data)
+            self.traffic.sent(len(data))
 
         try:
             await self._run(write)
@@ -255,9 +262,11 @@ class FileStorage:
             found = {}
             for name in present.intersection(names):
                 try:
-                    result = decode_reduction((directory / name).read_bytes())
+                    raw = (directory / name).read_bytes()
                 except FileNotFoundError:
                     continue
+                self.traffic.received(len(raw))
+                result = decode_reduction(raw)
                 if result is not None:
                     found[names[name]] = result
             return found
@@ -279,6 +288,7 @@ class FileStorage:
             data = path.read_bytes()
         except FileNotFoundError:
             return None, None
+        self.traffic.received(len(data))
         return decode_lease(thunk_id, data, data.decode(errors="replace")), data
 
     def _try_lease(self, thunk_id: str, owner: str, ttl: float) -> Lease | None:
@@ -291,6 +301,7 @@ class FileStorage:
             # O_CREAT|O_EXCL test) and a reader never sees a half-written lease.
             aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
             atomic_write_bytes(aside, data)
+            self.traffic.sent(len(data))
             try:
                 os.link(aside, path)
             except FileExistsError:
@@ -325,10 +336,12 @@ class FileStorage:
         under the guard, so of many peers that saw it expire exactly one removes it)."""
         with self._lease_guard(path.parent):
             try:
-                if path.read_bytes() != raw:
-                    return False  # replaced or renewed meanwhile
+                now_there = path.read_bytes()
             except FileNotFoundError:
                 return True  # released: the name is free to race for again
+            self.traffic.received(len(now_there))
+            if now_there != raw:
+                return False  # replaced or renewed meanwhile
             stale = path.with_name(f".{path.name}.stale.{uuid.uuid4().hex}")
             os.rename(path, stale)
             unlink_quietly(stale)
@@ -359,6 +372,7 @@ class FileStorage:
                     return None  # lost (expired: a peer may be taking it over right now)
                 data = encode_lease(lease.owner, lease.start, now + ttl)
                 atomic_write_bytes(path, data)
+                self.traffic.sent(len(data))
                 return Lease(lease.thunk_id, lease.owner, lease.start, now + ttl, data.decode())
 
         try:
@@ -422,6 +436,7 @@ class FileStorage:
                     # Not even the right size: do not copy (or fill the disk with) garbage.
                     return Path(temp), f"(a {info.st_size}-byte object, not {parsed.size})", False
                 actual = hash_stream(source, parsed.algorithm, sink)
+                self.traffic.received(info.st_size)
         except OSError as exc:
             unlink_quietly(temp)
             raise self._error("reading", self.root / ident, exc) from None

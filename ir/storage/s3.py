@@ -47,6 +47,7 @@ from .aws_client import AwsFault, LazyClient, classify
 from .lease import LEASES, MAX_LEASE, Lease, decode_lease, encode_lease
 from .protocol import StorageConfigError, StorageContext, StorageError
 from .shared import SharedTransfers
+from .traffic import Traffic
 from .uri import S3Config, parse_s3_uri
 
 T = TypeVar("T")
@@ -149,6 +150,7 @@ class S3Storage:
         self._executable: set[str] = set()  # produced with the execute bit in this run
         self._uploading = SharedTransfers()
         self._downloading = SharedTransfers()
+        self.traffic = Traffic()  # body bytes sent and received (see ir/storage/traffic.py)
 
     @classmethod
     def from_uri(cls, uri: str, session: Any = None) -> S3Storage:
@@ -232,10 +234,14 @@ class S3Storage:
         async def put(client: Any) -> None:
             await client.put_object(Bucket=self.config.bucket, Key=key, Body=body,
                                     Metadata=self._metadata(encoding, ident, False))
+            self.traffic.sent(len(body))
 
         async def get(client: Any) -> None:
             answer = await client.get_object(Bucket=self.config.bucket, Key=key)
-            answer["Body"].close()
+            try:
+                self.traffic.received(len(await answer["Body"].read(len(data) + 1)))
+            finally:
+                answer["Body"].close()
 
         where = self.config.where(ident)
         await self._with_deadline("PUT", where, self._request("PUT", where, put))
@@ -345,6 +351,7 @@ class S3Storage:
                 Bucket=self.config.bucket, Key=self.config.key(ident), Body=body,
                 Metadata=self._metadata(encoding, ident, executable),
             )
+            self.traffic.sent(len(body))
 
         await self._request("PUT", self.config.where(ident), put)
 
@@ -389,6 +396,7 @@ class S3Storage:
                     answer = await client.upload_part(
                         Bucket=cfg.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
                     )
+                    self.traffic.sent(len(body))
                     return answer["ETag"]
 
                 etag = await self._request(f"UploadPart {number}", where, put_part)
@@ -431,6 +439,7 @@ class S3Storage:
 
         async def put(client: Any) -> None:
             await client.put_object(Bucket=self.config.bucket, Key=key, Body=body)
+            self.traffic.sent(len(body))
 
         await self._with_deadline("PUT", where, self._request("PUT", where, put))
 
@@ -451,6 +460,7 @@ class S3Storage:
                 data = await body.read(limit + 1)
             finally:
                 body.close()
+            self.traffic.received(len(data))
             return data, str(answer["ETag"])
 
         return await self._with_deadline("GET", where, self._request("GET", where, get))
@@ -481,8 +491,10 @@ class S3Storage:
                 answer = await client.put_object(Bucket=self.config.bucket, Key=key, Body=body, **condition)
             except Exception as exc:
                 if classify(exc).code in _LOST_CONDITION_CODES:
+                    self.traffic.sent(len(body))  # sent, then refused
                     return None
                 raise
+            self.traffic.sent(len(body))
             return str(answer["ETag"])
 
         try:
@@ -593,11 +605,13 @@ class S3Storage:
             size, head = 0, b""
             fd, temp = _mkstemp(store.tmp, "s3-")
             corrupt = False
+            wire = 0  # bytes as they came (compressed or not)
             try:
                 with os.fdopen(fd, "wb") as sink:
                     body = answer["Body"]
                     try:
                         while chunk := await body.read(CHUNK):
+                            wire += len(chunk)
                             if decompressor is not None:
                                 try:
                                     chunk = decompressor.decompress(chunk)
@@ -614,6 +628,7 @@ class S3Storage:
                             sink.write(chunk)
                     finally:
                         body.close()
+                        self.traffic.received(wire)
             except BaseException:
                 os.unlink(temp)
                 raise

@@ -1,0 +1,108 @@
+"""Bytes up and down (issue 12, item 4): what the storage layer counts, checked against
+the server's own log (moto's request recorder) and the files on disk; and that a
+Lambda run leaves intermediate values in the store, downloading only what a target or
+a local fallback run needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ir.ids import Kind, id_of_bytes
+from ir.storage import MeteredStorage, Traffic, open_storage
+from ir.storage.s3 import PROBE_DATA
+from ir.storage.traffic import human_bytes
+from ir.storage.uri import parse_s3_uri
+from ir.store import LocalStore
+from ir.thunk import Resources
+
+from .forcing import ShellThunks
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+MIB = 1 << 20
+
+
+def test_human_bytes_and_the_summary_text():
+    assert [human_bytes(n) for n in (0, 999, 1000, 12_345_678, 4 * 10**12)] == [
+        "0 B", "999 B", "1.0 kB", "12.3 MB", "4.0 TB"]
+    traffic = Traffic()
+    traffic.sent(12_300_000)
+    traffic.received(400_000)
+    assert traffic.describe() == "12.3 MB up, 400.0 kB down"
+    assert traffic.as_dict() == {"bytes_up": 12_300_000, "bytes_down": 400_000, "objects_up": 1, "objects_down": 1}
+
+
+def _blobs(store: LocalStore) -> dict[str, bytes]:
+    compressible = b"gg " * (600 * 1024)  # 1.8 MB that zstd shrinks to almost nothing
+    incompressible = os.urandom(300 * 1024)
+    return {store.put_bytes(data): data for data in (compressible, incompressible)}
+
+
+async def test_file_storage_counts_what_it_writes_and_reads(tmp_path, file_storage_uri):
+    store = LocalStore.init(tmp_path / "a" / ".gg")
+    blobs = _blobs(store)
+    storage = open_storage(file_storage_uri)
+    assert isinstance(storage, MeteredStorage)
+    for ident in blobs:
+        await storage.upload(store, ident)
+        await storage.upload(store, ident)  # already there: nothing written
+    total = sum(len(d) for d in blobs.values())
+    assert (storage.traffic.up, storage.traffic.objects_up, storage.traffic.down) == (total, 2, 0)
+    thunk = id_of_bytes(b"\0t", Kind.THUNK)
+    await storage.put_reduction(thunk, next(iter(blobs)))
+    record = len((Path(file_storage_uri.removeprefix("file://")) / "reductions" / thunk).read_bytes())
+    assert storage.traffic.up == total + record
+
+    other = LocalStore.init(tmp_path / "b" / ".gg")
+    for ident in blobs:
+        await storage.download(other, ident)
+        await storage.download(other, ident)  # local now: nothing read
+    assert await storage.get_reductions([thunk]) == {thunk: next(iter(blobs))}
+    assert (storage.traffic.down, storage.traffic.objects_down) == (total + record, 3)
+
+
+@pytest.mark.slow
+async def test_s3_counts_the_bytes_on_the_wire(tmp_path, s3_uri, s3_bucket, moto_recorder):
+    """Compressed PUTs, a multipart upload and compressed GETs: the counts are the bytes
+    S3 received and sent (checked against moto's own request log and object sizes),
+    not the blobs' sizes."""
+    import boto3
+
+    uri = s3_uri + "&multipart_threshold=5242880&part_size=5242880"
+    store = LocalStore.init(tmp_path / "a" / ".gg")
+    blobs = _blobs(store)
+    large = os.urandom(6 * MIB)  # two parts, sent as is (incompressible)
+    blobs[store.put_bytes(large)] = large
+    storage = open_storage(uri)
+    try:
+        with moto_recorder.recording(s3_bucket) as requests:
+            await storage.probe()
+            for ident in blobs:
+                await storage.upload(store, ident)
+            other = LocalStore.init(tmp_path / "b" / ".gg")
+            for ident in blobs:
+                await storage.download(other, ident)
+        traffic = storage.traffic
+    finally:
+        await storage.close()
+
+    # Object data travels in PUTs (UploadPart included); the POSTs that start and
+    # complete a multipart upload carry only a little XML, not counted.
+    assert sum(r.body for r in requests if r.method == "PUT") == traffic.up
+    parts = [r for r in requests if r.method == "PUT" and "partNumber=" in r.query]
+    assert len(parts) == 2 and sum(r.body for r in parts) == len(large)
+    assert traffic.up < sum(len(d) for d in blobs.values()) - MIB  # the compressible one went small
+
+    s3 = boto3.client("s3", endpoint_url=parse_s3_uri(uri).endpoint, region_name="us-east-1")
+    stored = {r.key: s3.head_object(Bucket=s3_bucket, Key=r.key)["ContentLength"]
+              for r in requests if r.method == "GET"}
+    assert len(stored) == len(blobs) + 1  # each blob once, and the probe
+    assert traffic.down == sum(stored.values()) and traffic.objects_down == len(blobs) + 1
+    assert stored[parse_s3_uri(uri).key(id_of_bytes(PROBE_DATA, Kind.VALUE))] == len(PROBE_DATA)
+    for ident, data in blobs.items():
+        assert other.read_bytes(ident, verify=True) == data
