@@ -130,6 +130,7 @@ class MotoRequest:
     key: str
     query: str
     body: int
+    agent: str  # the User-Agent (AWS_SDK_UA_APP_ID=NAME adds "app/NAME": who sent it)
 
 
 class MotoRecorder:
@@ -173,7 +174,8 @@ class MotoRecorder:
             body = entry.get("body") or ""
             raw = len(base64.b64decode(body)) if entry.get("body_encoded") else len(body.encode())
             size = int(headers.get("x-amz-decoded-content-length", raw))
-            found.append(MotoRequest(entry["method"], name, unquote(key), url.query, size))
+            found.append(MotoRequest(entry["method"], name, unquote(key), url.query, size,
+                                     headers.get("user-agent", "")))
         return found
 
 

@@ -7,6 +7,7 @@ a local fallback run needs.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,3 +107,98 @@ async def test_s3_counts_the_bytes_on_the_wire(tmp_path, s3_uri, s3_bucket, moto
     assert stored[parse_s3_uri(uri).key(id_of_bytes(PROBE_DATA, Kind.VALUE))] == len(PROBE_DATA)
     for ident, data in blobs.items():
         assert other.read_bytes(ident, verify=True) == data
+
+
+# -- a Lambda run leaves intermediates in the store ------------------------------------------
+
+SEQ = b"".join(b"%d\n" % n for n in range(1, 400_001))  # what `seq 1 400000` prints: 2.7 MB
+FORCER = "gg-forcer-under-test"  # the forcer's S3 requests carry "app/<this>" in their User-Agent
+
+
+def _lambda_run(tmp_path: Path, s3_uri: str, bucket: str, boto3_s3, lambda_endpoint, moto_recorder,
+                build, **env: str):
+    """Build a graph with ``build(ShellThunks)`` -> target, force it on Lambda through the
+    CLI while moto records; return (client, target, run, trace, value IDs each thunk
+    produced, {blob key the forcer downloaded: its stored size})."""
+    from .test_lambda_force import BIN, make_client, of_kind
+
+    client = make_client(tmp_path / "user", s3_uri, lambda_endpoint.url, AWS_SDK_UA_APP_ID=FORCER, **env)
+    target = build(ShellThunks(client.store))
+    trace = tmp_path / "trace.jsonl"
+    with moto_recorder.recording(bucket) as requests:
+        forced = subprocess.run(
+            [str(BIN / "gg-force"), "--engine", "lambda", "--progress", "lines", "--print", "--trace", str(trace),
+             target], cwd=tmp_path, env=client.env, capture_output=True, text=True, timeout=240)
+    assert forced.returncode == 0, forced.stderr + lambda_endpoint.log()[-3000:]
+    produced = {e["thunk"]: e["outputs"][0] for e in of_kind(trace, "finished")}
+    downloaded = {}
+    for r in requests:
+        if r.method == "GET" and f"app/{FORCER}" in r.agent and "/reductions/" not in r.key:
+            downloaded[r.key] = boto3_s3.head_object(Bucket=bucket, Key=r.key)["ContentLength"]
+    return client, target, forced, trace, produced, downloaded
+
+
+def _transfer(trace: Path) -> dict:
+    from .test_lambda_force import of_kind
+
+    (event,) = of_kind(trace, "transfer")
+    return event
+
+
+@pytest.mark.slow
+def test_lambda_run_downloads_only_the_target(tmp_path, s3_uri, s3_bucket, boto3_s3, lambda_endpoint,
+                                              moto_recorder):
+    """Two large intermediates (2.7 and 5.4 MB) stay in S3; the forcer downloads the
+    target's value (and the storage probe), nothing else."""
+    names = {}
+
+    def build(sh: ShellThunks) -> str:
+        names["seq"] = sh.thunk("seq 1 400000 > out")
+        names["double"] = sh.thunk("cat a a > out", thunks={"a": names["seq"]})
+        return sh.thunk("tail -c 300000 d > out", thunks={"d": names["double"]})
+
+    client, target, forced, trace, produced, downloaded = _lambda_run(
+        tmp_path, s3_uri, s3_bucket, boto3_s3, lambda_endpoint, moto_recorder, build)
+    assert client.value(forced, target) == (SEQ + SEQ)[-300_000:]
+    assert set(produced) == {names["seq"], names["double"], target}
+    config = parse_s3_uri(s3_uri)
+    assert set(downloaded) == {config.key(produced[target]), config.key(id_of_bytes(PROBE_DATA, Kind.VALUE))}
+    for name in ("seq", "double"):  # the intermediates never came here
+        assert not client.store.has(produced[names[name]])
+        assert config.key(produced[names[name]]) in {o["Key"] for o in boto3_s3.list_objects_v2(
+            Bucket=s3_bucket)["Contents"]}
+    transfer = _transfer(trace)
+    assert transfer["bytes_down"] == sum(downloaded.values()) < 300_000 + 100  # zstd may shrink it
+    assert transfer["storage"] == s3_uri.partition("?")[0]
+    line = [x for x in forced.stderr.splitlines() if x.endswith(f"({transfer['storage']})")]
+    assert len(line) == 1 and " up, " in line[0] and " down " in line[0], forced.stderr
+
+
+@pytest.mark.slow
+def test_lambda_run_with_a_local_fallback_downloads_what_it_needs(tmp_path, s3_uri, s3_bucket, boto3_s3,
+                                                                   lambda_endpoint, moto_recorder):
+    """A thunk that asks for more memory than the function has runs locally: its input
+    (a 5.4 MB intermediate made on Lambda) comes down, the intermediate before it does
+    not, and the result is right."""
+    names = {}
+
+    def build(sh: ShellThunks) -> str:
+        names["seq"] = sh.thunk("seq 1 400000 > out")
+        names["double"] = sh.thunk("cat a a > out", thunks={"a": names["seq"]})
+        tail = sh.thunk("tail -c 300000 d > out", thunks={"d": names["double"]})
+        names["tail"] = sh.store.put_thunk(replace(sh.store.load_thunk(tail), resources=Resources(memory_mib=1024)))
+        return sh.thunk("cat t t > out", thunks={"t": names["tail"]})
+
+    client, target, forced, trace, produced, downloaded = _lambda_run(
+        tmp_path, s3_uri, s3_bucket, boto3_s3, lambda_endpoint, moto_recorder, build, GG_LAMBDA_MEMORY_MIB="512")
+    from .test_lambda_force import of_kind
+
+    assert {e["thunk"]: e["engine"] for e in of_kind(trace, "started")} == {
+        names["seq"]: "lambda", names["double"]: "lambda", names["tail"]: "local", target: "lambda"}
+    assert client.value(forced, target) == (SEQ + SEQ)[-300_000:] * 2
+    config = parse_s3_uri(s3_uri)
+    assert set(downloaded) == {config.key(produced[names["double"]]), config.key(produced[target]),
+                               config.key(id_of_bytes(PROBE_DATA, Kind.VALUE))}
+    assert client.store.has(produced[names["double"]]) and not client.store.has(produced[names["seq"]])
+    assert _transfer(trace)["bytes_down"] == sum(downloaded.values())
+    assert "ran locally" in forced.stderr  # the slower path is said
