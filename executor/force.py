@@ -162,18 +162,23 @@ def _first_remote(engines: Sequence[Engine]):
 
 
 async def _materialize_or_rebuild(store: LocalStore, scheduler: Scheduler, target: Target, value_id: str,
-                                  remote) -> bool:
-    """Write a target; a value gone from every store is rebuilt by its producer first
-    (a bucket's expiry rule makes that normal), as the scheduler does for inputs."""
+                                  remote) -> tuple[bool, str]:
+    """Write a target: (written, the value written). A value gone from every store is
+    rebuilt by its producer first (a bucket's expiry rule makes that normal), as the
+    scheduler does for inputs; if only a remote record vouched for it, the rebuilt
+    value may be another one (the record was wrong), and that one is written."""
     local = store.has(value_id)
     try:
-        return await materialize(store, target, value_id, remote)
+        return await materialize(store, target, value_id, remote), value_id
     except (MissingBlob, CorruptBlob) as missing:
         # Corrupt in the remote store: as good as gone. (Corrupt locally: reported, and
         # the next run rebuilds it, as before.)
-        if (isinstance(missing, CorruptBlob) and local) or not await scheduler.rebuild(missing.ident):
+        rebuilt = None if isinstance(missing, CorruptBlob) and local else await scheduler.rebuild(missing.ident)
+        if rebuilt is None:
             raise
-    return await materialize(store, target, value_id, remote)
+        if missing.ident == value_id:
+            value_id = rebuilt
+    return await materialize(store, target, value_id, remote), value_id
 
 
 def _expand(texts: Sequence[str], options: ForceOptions) -> list[Target]:
@@ -232,8 +237,10 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
             raise
         for target in expanded:
             if target.ref is not None:
-                written += await _materialize_or_rebuild(store, scheduler, target, results[target.ref], remote)
-                values[target.text] = results[target.ref]
+                wrote, results[target.ref] = await _materialize_or_rebuild(store, scheduler, target,
+                                                                           results[target.ref], remote)
+                values[target.text] = results[target.ref]  # rebuilt: maybe not what a record claimed
+                written += wrote
         status = "ok"
     finally:
         fallback_lines = scheduler.fallback_summary()

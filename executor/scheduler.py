@@ -137,6 +137,19 @@ def rewrite(thunk: Thunk, results: dict[str, dict[str, str]]) -> Thunk:
     ).canonical()
 
 
+def replace_value(thunk: Thunk, old: str, new: str) -> Thunk:
+    """``thunk`` with value input ``old`` (and ``@{GGHASH:old}`` in its arguments and
+    environment) replaced by ``new``: what :func:`rewrite` would have made had the
+    dependency reduced to ``new``."""
+    ref = "@{GGHASH:" + old + "}"
+    return replace(
+        thunk,
+        values=tuple(Input(new, item.name) if item.ref == old else item for item in thunk.values),
+        args=tuple(a.replace(ref, "@{GGHASH:" + new + "}") for a in thunk.args),
+        envars=tuple(e.replace(ref, "@{GGHASH:" + new + "}") for e in thunk.envars),
+    ).canonical()
+
+
 class Scheduler:
     def __init__(
         self,
@@ -176,6 +189,9 @@ class Scheduler:
         # Values found gone from every store: a reduction naming one is no hit (whichever
         # of the original or rewritten ID it is recorded under) until it is made again.
         self._lost: set[str] = set()
+        # Values only a remote record vouches for -> (node, output tag): if one turns out
+        # gone or forged, the node runs again and may rightly produce another value.
+        self._vouched: dict[str, tuple[str, str]] = {}
         self.executed = 0  # attempts that ran to completion
         self.ran_on: dict[str, int] = {}  # engine name -> thunks it ran
         self.config_error: ConfigError | None = None  # set: the run stopped for a setting
@@ -363,7 +379,7 @@ class Scheduler:
         cached = self._local(thunk_id, thunk)
         remote = cached is None and (cached := self._claimed(thunk_id, thunk)) is not None
         if cached is not None:
-            self._remember_producer(thunk_id, thunk_id, thunk, cached)
+            self._remember_producer(thunk_id, thunk_id, thunk, cached, remote)
             counts.cached += 1
             self.remote_hits += remote
             self.observer.event("cached", thunk=thunk_id, result=cached[FIRST], **({"remote": True} if remote else {}))
@@ -392,7 +408,7 @@ class Scheduler:
             runnable, run_id = thunk, thunk_id
 
         if cached is None:
-            result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
+            result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable)
             outputs = {o.tag: o.id for o in result.outputs}
             cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
             self._lost.difference_update(cached.values())
@@ -403,7 +419,7 @@ class Scheduler:
                 task = asyncio.get_running_loop().create_task(self._share(sorted({run_id, thunk_id}), runnable, cached))
                 self._sharing.add(task)
         else:
-            self._remember_producer(thunk_id, run_id, runnable, cached)
+            self._remember_producer(thunk_id, run_id, runnable, cached, remote)
             counts.cached += 1
             self.remote_hits += remote
             self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached[FIRST],
@@ -442,35 +458,47 @@ class Scheduler:
 
     # -- lost values ----------------------------------------------------------------
 
-    def _remember_producer(self, node_id: str, run_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
-        for result in outputs.values():
+    def _remember_producer(self, node_id: str, run_id: str, thunk: Thunk, outputs: dict[str, str],
+                           vouched: bool = False) -> None:
+        for tag, result in outputs.items():
             self._producers[result] = (node_id, run_id, thunk)
+            if vouched:
+                self._vouched[result] = (node_id, tag)
 
-    async def _dispatch_regenerating(self, node_id: str, run_id: str, thunk: Thunk) -> ExecutionResult:
+    async def _dispatch_regenerating(self, node_id: str, run_id: str,
+                                     thunk: Thunk) -> tuple[ExecutionResult, str, Thunk]:
         """Dispatch; if an input is gone from every store, rebuild it once and retry.
+        Returns the result and the thunk that ran (and its ID).
 
         A cached reduction can outlive its result (a bucket emptied, a blob removed as
         corrupt). gg retried such thunks forever; here the producer's reductions are
         dropped, the producer runs again (outputs are content-addressed, so it makes the
-        same value), and this thunk is dispatched once more.
+        same value), and this thunk is dispatched once more. If only a remote record
+        vouched for the input, the rerun may make another value (the record was forged):
+        the thunk is rewritten with it, so it runs -- and is recorded -- as what it is.
         """
         try:
-            return await self._dispatch(node_id, run_id, thunk)
+            return await self._dispatch(node_id, run_id, thunk), run_id, thunk
         except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
-            if not await self._regenerate(missing.ident):
+            replacement = await self._regenerate(missing.ident)
+            if replacement is None:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
+            if replacement != missing.ident:
+                thunk = replace_value(thunk, missing.ident, replacement)
+                run_id = self.store.put_thunk(thunk)
         try:
-            return await self._dispatch(node_id, run_id, thunk)
+            return await self._dispatch(node_id, run_id, thunk), run_id, thunk
         except (MissingBlob, CorruptBlob) as missing:
             raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
 
-    async def rebuild(self, value_id: str) -> bool:
+    async def rebuild(self, value_id: str) -> str | None:
         """Rebuild ``value_id`` (a target's value gone from every store) by running the
-        thunk that produced it in this run again; False if that is not possible."""
+        thunk that produced it in this run again: the value it made (another one if only a
+        remote record vouched for ``value_id``), None if that is not possible."""
         try:
             return await self._regenerate(value_id)
         except NodeFailed:
-            return False
+            return None
         finally:
             await self._flush_sharing()
 
@@ -479,10 +507,13 @@ class Scheduler:
         while pending := [task for task in self._sharing if not task.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _regenerate(self, ident: str) -> bool:
+    async def _regenerate(self, ident: str) -> str | None:
+        """Run the producer of lost ``ident`` again: the value it makes in its place
+        (``ident`` itself, unless a remote record that vouched for it was wrong), None if
+        there is no producer or it failed."""
         producer = self._producers.pop(ident, None)
         if producer is None:
-            return False
+            return None
         node_id, run_id, thunk = producer
         self._lost.add(ident)
         self.observer.event("regenerate", thunk=node_id, missing=ident)
@@ -492,13 +523,17 @@ class Scheduler:
             self.store.forget_reduction(thunk_id)
         self._nodes.pop(node_id, None)
         try:
-            await self._node(node_id)
+            outputs = await self._node(node_id)
         except NodeFailed:
-            return False
-        if ident not in self._producers:  # the run re-registers what it produced
-            raise self._fail(NodeFailed(node_id, f"ran again to rebuild lost {ident} but produced "
-                                        "different output (is it deterministic?)"))
-        return True
+            return None
+        if ident in self._producers:  # the run re-registers what it produced
+            return ident
+        if ident in self._vouched:  # a claim, not a fact: the record was wrong
+            vouched_by, tag = self._vouched.pop(ident)
+            self.observer.event("rejected", thunk=vouched_by, claimed=ident, result=outputs.get(tag))
+            return outputs.get(tag)
+        raise self._fail(NodeFailed(node_id, f"ran again to rebuild lost {ident} but produced "
+                                    "different output (is it deterministic?)"))
 
     # -- dispatch -------------------------------------------------------------------
 
