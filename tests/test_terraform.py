@@ -369,19 +369,55 @@ def test_cached_blobs_expire_under_the_prefix(module):
 
 
 def _operations_in(path: Path, functions: set[str]) -> set[str]:
-    """The S3 operations called inside the named functions (and what they nest) of ``path``."""
+    """The S3 operations called inside the named functions of ``path``, what they nest,
+    and the ``self.method(...)`` calls they make in the same file, transitively (a batch
+    lookup of reductions reaches ``get_object`` through a helper)."""
     import botocore.session
     from botocore import xform_name
 
     operations = {xform_name(op) for op in botocore.session.get_session().get_service_model("s3").operation_names}
-    called: set[str] = set()
+    defs: dict[str, ast.AST] = {}
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef) and node.name in functions:
-            for inner in ast.walk(node):
-                if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) \
-                        and inner.func.attr in operations:
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):
+            defs.setdefault(node.name, node)
+    called: set[str] = set()
+    todo, seen = list(functions), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        for inner in ast.walk(defs[name]):
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute):
+                if inner.func.attr in operations:
                     called.add(inner.func.attr)
+                elif isinstance(inner.func.value, ast.Name) and inner.func.value.id == "self":
+                    todo.append(inner.func.attr)
     return called
+
+
+LEASE_PATH = {"try_lease", "read_lease", "renew", "release"}
+
+
+def test_reductions_and_leases_use_only_the_granted_calls_where_granted(module):
+    """Reduction records: GET and PUT under the prefix (BlobObjects). Leases: conditional
+    PUT, GET and DELETE; DELETE is granted on PREFIX/leases/* only, so nothing else may
+    ever delete: the one path that reaches ``delete_object`` is releasing a lease."""
+    s3_source = REPO / "ir" / "storage" / "s3.py"
+    assert _operations_in(s3_source, {"put_reduction", "get_reductions"}) == {"put_object", "get_object"}
+    assert _operations_in(s3_source, LEASE_PATH) == {"put_object", "get_object", "delete_object"}
+    methods = {node.name for node in ast.walk(ast.parse(s3_source.read_text()))
+               if isinstance(node, ast.ClassDef) and node.name == "S3Storage"
+               for node in node.body if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef)}
+    deleting = {m for m in methods if "delete_object" in _operations_in(s3_source, {m})}
+    assert deleting == {"release"}
+    others = [p for p in _shipped_sources() if p.resolve() != s3_source.resolve()]
+    assert not s3_operations_called(others) & {"delete_object", "delete_objects"}
+    statements = _function_policy(module)
+    by_action = {a: s["resources"] for s in statements for a in s["actions"]}
+    assert by_action["s3:DeleteObject"] == ["${aws_s3_bucket.blobs.arn}/${var.storage_prefix}/leases/*"]
+    assert by_action["s3:GetObject"] == by_action["s3:PutObject"] == [
+        "${aws_s3_bucket.blobs.arn}/${var.storage_prefix}/*"]  # blobs, reductions/ and leases/
 
 
 # What a read-only runner calls (GG_REMOTE_RESULTS=read-only, local engine): the batch
