@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ir.errors import UsageError
-from ir.storage import MeteredStorage, RemoteStorage, Traffic, open_storage
+from ir.storage import Metered, RemoteStorage, Traffic, open_storage
 from ir.store import CorruptBlob, LocalStore, MissingBlob
 
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine
@@ -93,14 +93,20 @@ class Summary:
     # used, or its backend does not count), and which storage that was.
     traffic: Traffic | None = None
     storage: str = ""
+    # Blobs that travelled inside engine invocations instead (Lambda: small inputs and
+    # outputs), None if no engine counts such.
+    inline: Traffic | None = None
 
     def traffic_line(self) -> str | None:
-        """``12.3 MB up, 0.4 MB down (s3://bucket/prefix)``, None without a remote storage."""
+        """``12.3 MB up, 0.4 MB down (s3://bucket/prefix); 1.1 MB up, 0.2 MB down inside
+        invocations``, None without a remote storage."""
         if not self.storage:
             return None
-        if self.traffic is None:
-            return f"transfers not counted ({self.storage} does not count them)"
-        return f"{self.traffic.describe()} ({self.storage})"
+        line = (f"{self.traffic.describe()} ({self.storage})" if self.traffic is not None
+                else f"transfers not counted ({self.storage} does not count them)")
+        if self.inline is not None and (self.inline.up or self.inline.down):
+            line += f"; {self.inline.describe()} inside invocations"
+        return line
 
 
 def _results_storage(options: ForceOptions, environ: Mapping[str, str]) -> RemoteStorage | None:
@@ -142,19 +148,27 @@ async def _close(engines: Sequence[Engine], shared: RemoteStorage | None = None)
         await remote.close()
 
 
-def _traffic(engines: Sequence[Engine], shared: RemoteStorage | None) -> tuple[Traffic | None, str]:
+def _traffic(engines: Sequence[Engine],
+             shared: RemoteStorage | None) -> tuple[Traffic | None, str, Traffic | None]:
     """What the run's remote storages counted (summed: an engine and the results may use
-    separate objects on one store), and which storage that was ("" if none was used)."""
+    separate objects on one store), which storage that was ("" if none was used), and
+    what the engines carried inside their invocations (None if none counts that)."""
     remotes = {id(r): r for r in [*(e.remote for e in engines if e.remote is not None), *([shared] if shared else [])]}
+    metered = [e for e in {id(e): e for e in engines}.values() if isinstance(e, Metered)]
+    inline = None
+    if metered:
+        inline = Traffic()
+        for engine in metered:
+            inline.add(engine.traffic)
     if not remotes:
-        return None, ""
+        return None, "", inline
     where = ", ".join(sorted({r.uri.partition("?")[0] for r in remotes.values()}))
-    if not all(isinstance(r, MeteredStorage) for r in remotes.values()):
-        return None, where
+    if not all(isinstance(r, Metered) for r in remotes.values()):
+        return None, where, inline
     total = Traffic()
     for remote in remotes.values():
         total.add(remote.traffic)
-    return total, where
+    return total, where, inline
 
 
 def _first_remote(engines: Sequence[Engine]):
@@ -249,15 +263,16 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
         if scheduler.share_errors:  # slower for the next user, not wrong: said once
             more = f" (and {len(scheduler.share_errors) - 1} more)" if len(scheduler.share_errors) > 1 else ""
             print(f"{options.prog}: remote results: {scheduler.share_errors[0]}{more}", file=sys.stderr)
-        traffic, storage = _traffic(every, own_storage)
+        traffic, storage, inline = _traffic(every, own_storage)
         if storage:
-            observer.event("transfer", storage=storage, **(traffic.as_dict() if traffic else {"counted": False}))
+            observer.event("transfer", storage=storage, **(traffic.as_dict() if traffic else {"counted": False}),
+                           **({f"inline_{k}": v for k, v in inline.as_dict().items()} if inline else {}))
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
                        executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
         observer.close()
         await _close(every, own_storage)
     return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
-                   scheduler.remote_hits, scheduler.shared_written, traffic, storage)
+                   scheduler.remote_hits, scheduler.shared_written, traffic, storage, inline)
 
 
 async def _run_cancellable(coro):

@@ -44,7 +44,7 @@ from typing import Any
 from ir.errors import ConfigError, first_line
 from ir.ids import id_of_blob, parse_id
 from ir.retry import backoff_delay
-from ir.storage import RemoteStorage, StorageError, StorageUriError, open_storage
+from ir.storage import RemoteStorage, StorageError, StorageUriError, Traffic, open_storage
 from ir.storage.aws_client import AwsFault, LazyClient, classify
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 
@@ -173,6 +173,9 @@ class LambdaEngine:
         self._down: str | None = None  # why the endpoint is believed dead (a probe failed)
         self._down_at = 0.0
         self._probing: asyncio.Future | None = None
+        # Blobs carried inside invocations (inputs in events, values in answers): bytes
+        # moved besides the storage's own (ir.storage.Metered; gg-force reports both).
+        self.traffic = Traffic()
 
     @property
     def where(self) -> str:
@@ -413,6 +416,7 @@ class LambdaEngine:
             except protocol.ProtocolError as exc:  # the budgets should make this impossible
                 raise InfrastructureError(f"lambda {name}: {exc}") from None
             body = await self._invoke(payload, deadline)
+            self.traffic.sent(sum(len(b.data) for b in request.blobs), len(request.blobs))
             try:
                 answer = protocol.decode_response(body)
             except protocol.VersionMismatch as exc:
@@ -530,6 +534,7 @@ class LambdaEngine:
         if entry.HasField("data"):
             data = entry.data
             actual = id_of_blob(data)
+            self.traffic.received(len(data))
             if actual != ident:  # checked before storing: never cache a corrupt blob
                 raise InfrastructureError(f"lambda: inline blob {ident} hashes to {actual}")
             self.store.put_bytes(data, executable)

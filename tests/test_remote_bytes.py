@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ir.ids import Kind, id_of_bytes
-from ir.storage import MeteredStorage, Traffic, open_storage
+from ir.storage import Metered, Traffic, open_storage
 from ir.storage.s3 import PROBE_DATA
 from ir.storage.traffic import human_bytes
 from ir.storage.uri import parse_s3_uri
@@ -48,7 +48,7 @@ async def test_file_storage_counts_what_it_writes_and_reads(tmp_path, file_stora
     store = LocalStore.init(tmp_path / "a" / ".gg")
     blobs = _blobs(store)
     storage = open_storage(file_storage_uri)
-    assert isinstance(storage, MeteredStorage)
+    assert isinstance(storage, Metered)
     for ident in blobs:
         await storage.upload(store, ident)
         await storage.upload(store, ident)  # already there: nothing written
@@ -170,8 +170,9 @@ def test_lambda_run_downloads_only_the_target(tmp_path, s3_uri, s3_bucket, boto3
     transfer = _transfer(trace)
     assert transfer["bytes_down"] == sum(downloaded.values()) < 300_000 + 100  # zstd may shrink it
     assert transfer["storage"] == s3_uri.partition("?")[0]
-    line = [x for x in forced.stderr.splitlines() if x.endswith(f"({transfer['storage']})")]
-    assert len(line) == 1 and " up, " in line[0] and " down " in line[0], forced.stderr
+    line = [x for x in forced.stderr.splitlines() if f" down ({transfer['storage']})" in x]
+    assert len(line) == 1 and line[0].startswith("gg-force: ") and " up, " in line[0], forced.stderr
+    assert transfer["inline_bytes_down"] < 1000  # no value came back inside an answer either
 
 
 @pytest.mark.slow

@@ -12,14 +12,14 @@ from __future__ import annotations
 from .lease import Lease
 from .protocol import LeasingStorage, RemoteStorage, StorageConfigError, StorageContext, StorageError
 from .registry import ENTRY_POINT_GROUP, open_storage, register_storage, unregister_storage
-from .traffic import MeteredStorage, Traffic
+from .traffic import Metered, Traffic
 from .uri import StorageUriError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Lease",
     "LeasingStorage",
-    "MeteredStorage",
+    "Metered",
     "RemoteStorage",
     "StorageConfigError",
     "StorageContext",

@@ -36,15 +36,15 @@ class Traffic:
     objects_down: int = 0  # GETs whose body was read
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def sent(self, size: int) -> None:
+    def sent(self, size: int, objects: int = 1) -> None:
         with self._lock:
             self.up += size
-            self.objects_up += 1
+            self.objects_up += objects
 
-    def received(self, size: int) -> None:
+    def received(self, size: int, objects: int = 1) -> None:
         with self._lock:
             self.down += size
-            self.objects_down += 1
+            self.objects_down += objects
 
     def add(self, other: Traffic) -> None:
         with self._lock:
@@ -74,10 +74,12 @@ def human_bytes(size: int) -> str:
 
 
 @runtime_checkable
-class MeteredStorage(Protocol):
-    """A storage that counts its transfers (both built-in backends do). A separate
-    protocol so a plug-in backend without counters still works: the run then says it
-    could not count."""
+class Metered(Protocol):
+    """Something that counts the bytes it moves: both built-in storage backends, and the
+    Lambda engine for the blobs that travel inside its invocations (small inputs in the
+    event, small outputs in the answer: no storage request at all). A separate protocol
+    so a plug-in backend or engine without counters still works: the run then says it
+    could not count its storage's transfers."""
 
     @property
     def traffic(self) -> Traffic:
