@@ -203,3 +203,25 @@ def test_lambda_run_with_a_local_fallback_downloads_what_it_needs(tmp_path, s3_u
     assert client.store.has(produced[names["double"]]) and not client.store.has(produced[names["seq"]])
     assert _transfer(trace)["bytes_down"] == sum(downloaded.values())
     assert "ran locally" in forced.stderr  # the slower path is said
+
+
+def test_a_run_reports_its_transfers_in_the_summary_and_the_trace(tmp_path, file_storage_uri):
+    """Local engine, results shared through file://: what the run wrote there (the
+    values and records it shared) is what the summary, the trace and `gg trace` say."""
+    from executor.force import force
+    from executor.trace_summary import read_trace, render, summarize
+
+    store = LocalStore.init(tmp_path / ".gg")
+    sh = ShellThunks(store)
+    big = sh.thunk("seq 1 100000 > out")
+    top = sh.thunk("wc -l < b > out", thunks={"b": big})
+    trace = tmp_path / "trace.jsonl"
+    summary = force([top], ("local",), store=store, trace=trace,
+                    environ={**os.environ, "GG_STORAGE_URI": file_storage_uri})
+    root = Path(file_storage_uri.removeprefix("file://"))
+    on_disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert summary.traffic is not None and summary.traffic.up == on_disk  # every byte there, written once
+    assert summary.traffic_line() == f"{summary.traffic.describe()} ({file_storage_uri})"
+    report = summarize(read_trace(trace))
+    assert report["transfer"]["bytes_up"] == on_disk and report["transfer"]["storage"] == file_storage_uri
+    assert f"remote store {file_storage_uri}: " in render(report, "trace")
