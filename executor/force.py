@@ -163,11 +163,12 @@ def _traffic(engines: Sequence[Engine],
     if not remotes:
         return None, "", inline
     where = ", ".join(sorted({r.uri.partition("?")[0] for r in remotes.values()}))
-    if not all(isinstance(r, Metered) for r in remotes.values()):
+    counters = [r for r in remotes.values() if isinstance(r, Metered)]
+    if len(counters) < len(remotes):
         return None, where, inline
     total = Traffic()
-    for remote in remotes.values():
-        total.add(remote.traffic)
+    for counter in counters:
+        total.add(counter.traffic)
     return total, where, inline
 
 

@@ -66,11 +66,12 @@ def human_bytes(size: int) -> str:
     """Decimal units, one decimal place above a kilobyte (``812 B``, ``12.3 MB``)."""
     if size < 1000:
         return f"{size} B"
+    scaled = float(size)
     for unit in ("kB", "MB", "GB", "TB"):
-        size /= 1000
-        if size < 1000 or unit == "TB":
+        scaled /= 1000
+        if scaled < 1000 or unit == "TB":
             break
-    return f"{size:.1f} {unit}"
+    return f"{scaled:.1f} {unit}"
 
 
 @runtime_checkable
