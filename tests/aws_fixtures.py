@@ -285,6 +285,7 @@ class FaultProxy:
         self.requests = 0
         self.failed = 0
         self.url = ""
+        self.log: list[tuple[str, str, str]] = []  # (method, path, X-Amz-Invocation-Type)
 
     async def _handle(self, request):
         import asyncio
@@ -292,6 +293,7 @@ class FaultProxy:
         from aiohttp import ClientSession, web
 
         self.requests += 1
+        self.log.append((request.method, request.path, request.headers.get("X-Amz-Invocation-Type", "")))
         body = await request.read()
         if self.hang:
             await asyncio.sleep(3600)

@@ -409,6 +409,41 @@ def test_a_second_user_on_lambda_runs_nothing(tmp_path, s3_uri, boto3_s3, lambda
 
 
 @pytest.mark.slow
+async def test_a_second_checkout_of_a_c_project_invokes_no_function(tmp_path, s3_uri, lambda_endpoint):
+    """examples/cproject, ``gg-infer make`` in two checkouts at different paths, forced on
+    Lambda against one bucket: the second invokes the function for nothing (invocations
+    counted by a proxy in front of the endpoint, not by the forcer) and gets the same bytes."""
+    import asyncio
+    import shutil
+
+    from .aws_fixtures import FAKE_AWS_ENV, FaultProxy
+    from .test_infer_support import REPO, VENV_BIN, gg_infer, tool_env
+
+    targets = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
+    async with FaultProxy(lambda_endpoint.url) as proxy:
+        env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri, "GG_LAMBDA_ENDPOINT": proxy.url,
+               "GG_LAMBDA_FUNCTION": lambda_endpoint.function_name, "GG_LAMBDA_TIMEOUT": "120"}
+        runs: dict[str, list[tuple[str, str, str]]] = {}
+        for name in ("alice", "bob"):
+            tree = tmp_path / name / "src"
+            shutil.copytree(REPO / "examples" / "cproject", tree)
+            inferred = await asyncio.to_thread(gg_infer, tree, "make", "-s")
+            assert inferred.returncode == 0, inferred.stderr
+            before = len(proxy.log)
+            process = await asyncio.create_subprocess_exec(
+                str(VENV_BIN / "gg-force"), "--engine", "lambda", "-j", "8", "--progress", "lines", *targets,
+                cwd=tree, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(process.communicate(), 300)
+            assert process.returncode == 0, err.decode() + lambda_endpoint.log()[-3000:]
+            runs[name] = [entry for entry in proxy.log[before:] if entry[1].endswith("/invocations")]
+    executing = {name: [e for e in log if e[2] != "DryRun"] for name, log in runs.items()}
+    assert len(executing["alice"]) > 0 and executing["bob"] == []
+    assert len(runs["bob"]) == 1  # the pre-flight DryRun, which runs nothing
+    for name in targets:
+        assert (tmp_path / "bob" / "src" / name).read_bytes() == (tmp_path / "alice" / "src" / name).read_bytes()
+
+
+@pytest.mark.slow
 def test_a_forged_record_is_rejected_and_rerun_on_lambda(tmp_path, s3_uri, boto3_s3, lambda_endpoint):
     """A leaf's records name a forged value (the top has none): the worker that fetches
     it finds it does not verify, the leaf runs again, and the top runs on the real value."""
