@@ -93,8 +93,10 @@ def _force(args: argparse.Namespace, prog: str) -> int:
             print(f"{text} {value}")
     if not args.quiet:
         remote = f", {summary.remote_hits} from remote results" if summary.remote_hits else ""
+        # A run whose work a concurrent run did must not look like it lost work.
+        peer = f", {summary.peer_reduced} reduced by a concurrent run" if summary.peer_reduced else ""
         print(f"{prog}: {summary.targets} target(s), {summary.written} written, "
-              f"{summary.executed} thunk(s) run{remote}, {summary.elapsed:.2f}s", file=sys.stderr)
+              f"{summary.executed} thunk(s) run{remote}{peer}, {summary.elapsed:.2f}s", file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,0 +1,277 @@
+"""Identical work merged in flight (issue 12 item 3): concurrent ``gg-force`` processes on
+one graph run each thunk once in total, and a forcer killed with ``kill -9`` delays the
+others by at most one lease period.
+
+Executions are counted where they happen, not in the forcers' summaries: every thunk of
+the synthetic graph appends its name to a counter file (thunks run unconfined, as the
+user, on the local engine and in the local Lambda endpoint's workers alike; docs/trust.md),
+so a thunk that ran twice shows up twice whichever process ran it. Compiler thunks of a
+real C build cannot be instrumented that way; there each forcer's trace is the record of
+what its engine ran (``started`` events), summed over all forcers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from executor.inflight import ENV, lease_seconds
+from ir.errors import ConfigError
+from ir.store import LocalStore
+
+from .aws_fixtures import FAKE_AWS_ENV
+from .forcing import VENV_BIN, ShellThunks, gg_env
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# -- the synthetic graph -------------------------------------------------------------------
+
+
+def synthetic(store: LocalStore, counter: Path, leaves: int, sleep: float = 0.05,
+              groups: int = 8) -> tuple[str, bytes, int]:
+    """``leaves`` slow thunks under ``groups`` combiners under one top: (top, its bytes,
+    thunk count). The same IDs in every store for the same counter path."""
+    sh = ShellThunks(store)
+    log = f"echo {{}} >> {counter}; "
+    leaf_ids = [sh.thunk(log.format(f"leaf{i}") + f"sleep {sleep}; echo {i} > out") for i in range(leaves)]
+    group_ids = []
+    for g in range(groups):
+        members = leaf_ids[g::groups]
+        names = [f"i{k}" for k in range(len(members))]
+        group_ids.append(sh.thunk(log.format(f"group{g}") + f"cat {' '.join(names)} > out",
+                                  thunks=dict(zip(names, members, strict=True))))
+    names = [f"g{g}" for g in range(groups)]
+    top = sh.thunk(log.format("top") + f"cat {' '.join(names)} > out", thunks=dict(zip(names, group_ids, strict=True)))
+    expected = b"".join(f"{i}\n".encode() for g in range(groups) for i in range(leaves)[g::groups])
+    return top, expected, leaves + groups + 1
+
+
+def executions(counter: Path) -> Counter[str]:
+    """How many times each thunk ran, as the thunks themselves recorded it."""
+    return Counter(counter.read_text().split()) if counter.exists() else Counter()
+
+
+def events(trace: Path) -> list[dict]:
+    if not trace.exists():
+        return []
+    return [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+
+
+def start(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str, str]]:
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        results.append((process.returncode, out, err))
+    return results
+
+
+def printed(out: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def force_argv(*args: str) -> list[str]:
+    # No speculation: a straggler's duplicate is a deliberate second execution, not the
+    # kind of duplicate these tests count.
+    return [str(VENV_BIN / "gg-force"), "--no-speculate", "--progress", "lines", "--print", *args]
+
+
+def assert_once_each(counter: Path, total: int) -> None:
+    ran = executions(counter)
+    twice = {name: n for name, n in ran.items() if n > 1}
+    assert not twice, f"ran more than once: {twice}"
+    assert len(ran) == total, f"{len(ran)} of {total} thunks ran"
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_lease_period_comes_from_the_environment_or_the_default():
+    assert lease_seconds({}) == 60.0
+    assert lease_seconds({ENV: "2.5"}) == 2.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigError, match=ENV):
+            lease_seconds({ENV: bad})
+
+
+def test_a_bad_lease_period_is_one_line(tmp_path):
+    store = LocalStore.init(tmp_path / ".gg")
+    top, _, _ = synthetic(store, tmp_path / "counter", 1, sleep=0)
+    forced = subprocess.run(force_argv(top), env={**gg_env(store.root), ENV: "never"}, capture_output=True,
+                            text=True, timeout=60)
+    assert forced.returncode == 1
+    assert forced.stderr.strip().splitlines()[-1].startswith("gg-force: error: ") and ENV in forced.stderr
+    assert not (tmp_path / "counter").exists()
+
+
+# -- the local engine, one .gg store --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forcers", [2, 4])
+def test_concurrent_local_forcers_run_each_thunk_once(tmp_path, forcers):
+    store = LocalStore.init(tmp_path / ".gg")
+    counter = tmp_path / "counter"
+    top, expected, total = synthetic(store, counter, 160)
+    traces = [tmp_path / f"f{n}.jsonl" for n in range(forcers)]
+    processes = [start(force_argv("-j", "2", "--trace", str(trace), top), gg_env(store.root)) for trace in traces]
+    results = finish(processes)
+    for status, _, err in results:
+        assert status == 0, err
+    assert_once_each(counter, total)
+    values = {printed(out)[top].strip() for _, out, _ in results}
+    assert len(values) == 1 and store.read_bytes(values.pop(), verify=True) == expected
+    # The peers' work is said in the summary line, and they waited on each other.
+    peer = [e for trace in traces for e in events(trace) if e["event"] == "peer_done"]
+    assert peer and any("reduced by a concurrent run" in err for _, _, err in results)
+    assert any(e["event"] == "waiting" for trace in traces for e in events(trace))
+
+
+@pytest.mark.slow
+def test_a_killed_local_forcer_delays_the_other_by_nothing(tmp_path):
+    """The kernel drops a dead forcer's locks: the survivor takes its thunks over at once."""
+    store = LocalStore.init(tmp_path / ".gg")
+    counter = tmp_path / "counter"
+    top, expected, total = synthetic(store, counter, 2, sleep=3, groups=1)
+    env = gg_env(store.root)
+    owner = start(force_argv("-j", "2", top), env)
+    deadline = time.monotonic() + 60
+    while len(executions(counter)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(executions(counter)) == 2, "the first forcer did not start its thunks"
+    survivor_trace = tmp_path / "survivor.jsonl"
+    survivor = start(force_argv("-j", "2", "--trace", str(survivor_trace), top), env)
+    deadline = time.monotonic() + 60
+    while not [e for e in events(survivor_trace) if e["event"] == "waiting"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(owner.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    owner.communicate()
+    (status, out, err), = finish([survivor])
+    took = time.monotonic() - killed
+    assert status == 0, err
+    assert store.read_bytes(printed(out)[top].strip(), verify=True) == expected
+    kinds = Counter(e["event"] for e in events(survivor_trace))
+    assert kinds["takeover"] == 2 and kinds["started"] == 4  # both leaves again, their combiner, the top
+    # Its own work (one 3 s round of leaves, then the top) plus slack; no lease to wait out.
+    assert took < 3 + 20, took
+    ran = executions(counter)  # each leaf by the dead forcer and by the survivor; the rest once
+    assert ran == Counter({**{f"leaf{i}": 2 for i in range(2)}, "group0": 1, "top": 1}) and total == 4
+
+
+@pytest.mark.slow
+def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
+    from .test_infer_support import REPO, gg_infer, tool_env
+
+    targets = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
+    solo, shared = tmp_path / "solo", tmp_path / "shared"
+    for tree in (solo, shared):
+        shutil.copytree(REPO / "examples" / "cproject", tree)
+        inferred = gg_infer(tree, "make", "-s")
+        assert inferred.returncode == 0, inferred.stderr
+    argv = [str(VENV_BIN / "gg-force"), "--no-speculate", "-q", "-j", "2"]
+    alone = tmp_path / "solo.jsonl"
+    assert subprocess.run([*argv, "--trace", str(alone), *targets], cwd=solo, env=tool_env(),
+                          capture_output=True, text=True, timeout=300).returncode == 0
+    expected = Counter(e["thunk"] for e in events(alone) if e["event"] == "started")
+    assert expected and max(expected.values()) == 1
+
+    traces = [tmp_path / f"c{n}.jsonl" for n in range(2)]
+    results = finish([start([*argv, "--trace", str(t), *targets], tool_env(), cwd=shared) for t in traces], 300)
+    for status, _, err in results:
+        assert status == 0, err
+    ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
+    assert ran == expected  # every thunk once, over both forcers
+    for name in targets:
+        assert (shared / name).read_bytes() == (solo / name).read_bytes(), name
+
+
+# -- Lambda, one bucket, a store per forcer --------------------------------------------------
+
+
+def lambda_env(root: Path, s3_uri: str, endpoint_url: str, **extra: str) -> dict[str, str]:
+    gg_dir = root / ".gg"
+    LocalStore.init(gg_dir)
+    return {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(root), "LANG": "C.UTF-8",
+            **FAKE_AWS_ENV, "GG_DIR": str(gg_dir), "GG_STORAGE_URI": s3_uri, "GG_LAMBDA_FUNCTION": "gg",
+            "GG_LAMBDA_ENDPOINT": endpoint_url, "GG_LAMBDA_TIMEOUT": "60", "GG_REMOTE_RESULTS": "read-write",
+            **extra}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_concurrent_lambda_forcers_on_one_bucket_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
+    endpoint = lambda_endpoint_factory(workers=4, function_timeout=60)
+    for forcers, leaves in ((2, 60), (4, 60)):
+        counter = tmp_path / f"counter-{forcers}"
+        roots = [tmp_path / f"run{forcers}" / f"user{n}" for n in range(forcers)]
+        envs = [lambda_env(root, s3_uri, endpoint.url, GG_LEASE_SECONDS="5") for root in roots]
+        graphs = {synthetic(LocalStore.init(Path(env["GG_DIR"])), counter, leaves) for env in envs}
+        assert len(graphs) == 1
+        top, expected, total = graphs.pop()
+        traces = [root / "trace.jsonl" for root in roots]
+        processes = [start(force_argv("--engine", "lambda", "-j", "4", "--trace", str(trace), top), env)
+                     for env, trace in zip(envs, traces, strict=True)]
+        results = finish(processes, 300)
+        for status, _, err in results:
+            assert status == 0, err + endpoint.log()[-2000:]
+        assert_once_each(counter, total)
+        for (_, out, _), env in zip(results, envs, strict=True):
+            value = printed(out)[top].strip()
+            assert LocalStore.init(Path(env["GG_DIR"])).read_bytes(value, verify=True) == expected
+        assert any(e["event"] == "peer_done" for t in traces for e in events(t))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_killed_lambda_forcer_delays_the_others_by_one_lease_period(tmp_path, s3_uri, lambda_endpoint_factory):
+    """The owner of the leases dies with ``kill -9``: its leases expire (nobody releases
+    them), and the survivors take the thunks over within one lease period of its death."""
+    period = 3.0
+    endpoint = lambda_endpoint_factory(workers=4, function_timeout=60)
+    counter = tmp_path / "counter"
+    roots = [tmp_path / name for name in ("owner", "b", "c")]
+    envs = [lambda_env(root, s3_uri, endpoint.url, GG_LEASE_SECONDS=str(period)) for root in roots]
+    tops = {synthetic(LocalStore.init(Path(env["GG_DIR"])), counter, 2, sleep=2, groups=1)[0] for env in envs}
+    top = tops.pop()
+    owner = start(force_argv("--engine", "lambda", "-j", "4", top), envs[0])
+    deadline = time.monotonic() + 90
+    while len(executions(counter)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(executions(counter)) == 2, "the owner did not start its thunks"
+    traces = [root / "trace.jsonl" for root in roots[1:]]
+    others = [start(force_argv("--engine", "lambda", "-j", "4", "--trace", str(t), top), env)
+              for env, t in zip(envs[1:], traces, strict=True)]
+    deadline = time.monotonic() + 60
+    while not all(any(e["event"] == "waiting" for e in events(t)) for t in traces) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(owner.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    owner.communicate()
+    results = finish(others, 240)
+    took = time.monotonic() - killed
+    for status, _, err in results:
+        assert status == 0, err + endpoint.log()[-2000:]
+    values = {printed(out)[top].strip() for _, out, _ in results}
+    assert len(values) == 1
+    # The lease runs out (<= one period), a survivor reruns the leaves (2 s) and the rest;
+    # the slack covers process start-up and Lambda round trips on a loaded machine.
+    assert took < period + 2 + 25, took
+    takeovers = [e for t in traces for e in events(t) if e["event"] == "takeover"]
+    assert takeovers and {e["thunk"] for e in takeovers} <= {e["thunk"] for t in traces for e in events(t)}
+    ran = executions(counter)
+    # The killed owner's two runs, then each leaf once more by whichever survivor took it
+    # over, and the combiners once: the survivors did not run anything twice between them.
+    assert ran["leaf0"] == ran["leaf1"] == 2 and ran["group0"] == ran["top"] == 1, ran
