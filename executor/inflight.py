@@ -134,8 +134,9 @@ class InFlight:
         waited = False
         try:
             while True:
-                await self._slots.acquire()
-                claim.slot = True
+                if not claim.slot:
+                    await self._slots.acquire()
+                    claim.slot = True
                 assert claim.lock is not None
                 if not claim.lock.try_acquire():
                     self._release_slot(claim)
@@ -330,6 +331,17 @@ class InFlight:
             self._waiters.pop(run_id, None)
 
     async def _poll(self) -> None:
+        """Poll until nobody waits; if polling itself breaks, every waiter gets the error
+        (a waiter must never hang on a poller that is gone)."""
+        try:
+            await self._poll_rounds()
+        except BaseException as exc:
+            for waiter in self._waiters.values():
+                if not waiter.result.done():
+                    waiter.result.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+
+    async def _poll_rounds(self) -> None:
         assert self.leases is not None
         while self._waiters:
             self._poll_round += 1

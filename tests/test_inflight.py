@@ -37,12 +37,18 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def synthetic(store: LocalStore, counter: Path, leaves: int, sleep: float = 0.05,
-              groups: int = 8) -> tuple[str, bytes, int]:
+              groups: int = 8, first_sleep: float | None = None) -> tuple[str, bytes, int]:
     """``leaves`` slow thunks under ``groups`` combiners under one top: (top, its bytes,
-    thunk count). The same IDs in every store for the same counter path."""
+    thunk count). The same IDs in every store for the same counter path. With
+    ``first_sleep``, a leaf's first execution sleeps that long instead (a run killed in
+    it leaves a takeover that is quick, so the takeover's delay is what is measured)."""
     sh = ShellThunks(store)
     log = f"echo {{}} >> {counter}; "
-    leaf_ids = [sh.thunk(log.format(f"leaf{i}") + f"sleep {sleep}; echo {i} > out") for i in range(leaves)]
+    if first_sleep is None:
+        leaf_ids = [sh.thunk(log.format(f"leaf{i}") + f"sleep {sleep}; echo {i} > out") for i in range(leaves)]
+    else:
+        leaf_ids = [sh.thunk(f"if grep -qx leaf{i} {counter} 2>/dev/null; then s={sleep}; else s={first_sleep}; fi; "
+                             + log.format(f"leaf{i}") + f"sleep $s; echo {i} > out") for i in range(leaves)]
     group_ids = []
     for g in range(groups):
         members = leaf_ids[g::groups]
@@ -124,7 +130,7 @@ def test_a_bad_lease_period_is_one_line(tmp_path):
 def test_concurrent_local_forcers_run_each_thunk_once(tmp_path, forcers):
     store = LocalStore.init(tmp_path / ".gg")
     counter = tmp_path / "counter"
-    top, expected, total = synthetic(store, counter, 160)
+    top, expected, total = synthetic(store, counter, 250)
     traces = [tmp_path / f"f{n}.jsonl" for n in range(forcers)]
     processes = [start(force_argv("-j", "2", "--trace", str(trace), top), gg_env(store.root)) for trace in traces]
     results = finish(processes)
@@ -137,6 +143,25 @@ def test_concurrent_local_forcers_run_each_thunk_once(tmp_path, forcers):
     peer = [e for trace in traces for e in events(trace) if e["event"] == "peer_done"]
     assert peer and any("reduced by a concurrent run" in err for _, _, err in results)
     assert any(e["event"] == "waiting" for trace in traces for e in events(trace))
+
+
+@pytest.mark.slow
+def test_concurrent_forcers_sharing_a_file_store_run_each_thunk_once(tmp_path, file_storage_uri):
+    """Four machines' worth of forcers (a ``.gg`` each, local engine) merged only by
+    leases in a shared ``file://`` store; leases appear and vanish under their feet."""
+    counter = tmp_path / "counter"
+    stores = [LocalStore.init(tmp_path / f"user{n}" / ".gg") for n in range(4)]
+    graphs = {synthetic(store, counter, 120) for store in stores}
+    assert len(graphs) == 1
+    top, expected, total = graphs.pop()
+    env = {"GG_STORAGE_URI": file_storage_uri, "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "20"}
+    results = finish([start(force_argv("-j", "2", top), {**gg_env(store.root), **env}) for store in stores], 120)
+    for status, _, err in results:
+        assert status == 0, err
+    assert_once_each(counter, total)
+    for (_, out, _), store in zip(results, stores, strict=True):
+        assert store.read_bytes(printed(out)[top].strip(), verify=True) == expected
+    assert not [p for p in Path(file_storage_uri[len("file://"):], "leases").iterdir() if p.name != ".lock"]
 
 
 @pytest.mark.slow
@@ -172,7 +197,8 @@ def test_a_killed_local_forcer_delays_the_other_by_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
+@pytest.mark.parametrize("forcers", [2, 4])
+def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path, forcers):
     from .test_infer_support import REPO, gg_infer, tool_env
 
     targets = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
@@ -188,12 +214,12 @@ def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
     expected = Counter(e["thunk"] for e in events(alone) if e["event"] == "started")
     assert expected and max(expected.values()) == 1
 
-    traces = [tmp_path / f"c{n}.jsonl" for n in range(2)]
+    traces = [tmp_path / f"c{n}.jsonl" for n in range(forcers)]
     results = finish([start([*argv, "--trace", str(t), *targets], tool_env(), cwd=shared) for t in traces], 300)
     for status, _, err in results:
         assert status == 0, err
     ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
-    assert ran == expected  # every thunk once, over both forcers
+    assert ran == expected  # every thunk once, over all forcers
     for name in targets:
         assert (shared / name).read_bytes() == (solo / name).read_bytes(), name
 
@@ -214,10 +240,12 @@ def lambda_env(root: Path, s3_uri: str, endpoint_url: str, **extra: str) -> dict
 @pytest.mark.timeout(400)
 def test_concurrent_lambda_forcers_on_one_bucket_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
     endpoint = lambda_endpoint_factory(workers=4, function_timeout=60)
-    for forcers, leaves in ((2, 60), (4, 60)):
+    for forcers, leaves in ((2, 40), (4, 40)):
         counter = tmp_path / f"counter-{forcers}"
         roots = [tmp_path / f"run{forcers}" / f"user{n}" for n in range(forcers)]
-        envs = [lambda_env(root, s3_uri, endpoint.url, GG_LEASE_SECONDS="5") for root in roots]
+        # A period long enough that a loaded machine's slow renewals never let a live lease
+        # lapse (that would be a deliberate second run, not a missed merge).
+        envs = [lambda_env(root, s3_uri, endpoint.url, GG_LEASE_SECONDS="20") for root in roots]
         graphs = {synthetic(LocalStore.init(Path(env["GG_DIR"])), counter, leaves) for env in envs}
         assert len(graphs) == 1
         top, expected, total = graphs.pop()
@@ -244,7 +272,8 @@ def test_a_killed_lambda_forcer_delays_the_others_by_one_lease_period(tmp_path, 
     counter = tmp_path / "counter"
     roots = [tmp_path / name for name in ("owner", "b", "c")]
     envs = [lambda_env(root, s3_uri, endpoint.url, GG_LEASE_SECONDS=str(period)) for root in roots]
-    tops = {synthetic(LocalStore.init(Path(env["GG_DIR"])), counter, 2, sleep=2, groups=1)[0] for env in envs}
+    tops = {synthetic(LocalStore.init(Path(env["GG_DIR"])), counter, 2, sleep=0.5, groups=1, first_sleep=40)[0]
+            for env in envs}
     top = tops.pop()
     owner = start(force_argv("--engine", "lambda", "-j", "4", top), envs[0])
     deadline = time.monotonic() + 90
@@ -266,12 +295,49 @@ def test_a_killed_lambda_forcer_delays_the_others_by_one_lease_period(tmp_path, 
         assert status == 0, err + endpoint.log()[-2000:]
     values = {printed(out)[top].strip() for _, out, _ in results}
     assert len(values) == 1
-    # The lease runs out (<= one period), a survivor reruns the leaves (2 s) and the rest;
-    # the slack covers process start-up and Lambda round trips on a loaded machine.
-    assert took < period + 2 + 25, took
-    takeovers = [e for t in traces for e in events(t) if e["event"] == "takeover"]
-    assert takeovers and {e["thunk"] for e in takeovers} <= {e["thunk"] for t in traces for e in events(t)}
+    # The lease runs out (<= one period), a survivor reruns the leaves (0.5 s) and the rest
+    # (the dead owner's first runs would take 40 s); the slack covers Lambda round trips
+    # on a loaded machine.
+    assert took < period + 0.5 + 15, took
+    waited = {e["thunk"] for t in traces for e in events(t) if e["event"] == "waiting"}
+    takeovers = [e["thunk"] for t in traces for e in events(t) if e["event"] == "takeover"]
+    assert sorted(takeovers) == sorted(set(takeovers)) and len(takeovers) == 2 and set(takeovers) <= waited
     ran = executions(counter)
     # The killed owner's two runs, then each leaf once more by whichever survivor took it
     # over, and the combiners once: the survivors did not run anything twice between them.
     assert ran["leaf0"] == ran["leaf1"] == 2 and ran["group0"] == ran["top"] == 1, ran
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
+    """Two fresh checkouts of examples/cproject (a ``.gg`` each) forced on Lambda at once
+    through one bucket: every thunk ran once over both, and the outputs are identical."""
+    from .test_infer_support import REPO, gg_infer, tool_env
+
+    endpoint = lambda_endpoint_factory(workers=4, function_timeout=120)
+    targets = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
+    trees = [tmp_path / name for name in ("alice", "bob")]
+    for tree in trees:
+        shutil.copytree(REPO / "examples" / "cproject", tree)
+        inferred = gg_infer(tree, "make", "-s")
+        assert inferred.returncode == 0, inferred.stderr
+    for name in targets:  # the same placeholders (thunk IDs) in both checkouts: one graph
+        assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes(), name
+    env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri, "GG_LAMBDA_ENDPOINT": endpoint.url,
+           "GG_LAMBDA_FUNCTION": endpoint.function_name, "GG_LAMBDA_TIMEOUT": "120",
+           "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
+    traces = [tree / "trace.jsonl" for tree in trees]
+    argv = [str(VENV_BIN / "gg-force"), "--engine", "lambda", "--no-speculate", "-q", "-j", "8"]
+    results = finish([start([*argv, "--trace", str(t), *targets], env, cwd=tree)
+                      for tree, t in zip(trees, traces, strict=True)], 300)
+    for status, _, err in results:
+        assert status == 0, err + endpoint.log()[-2000:]
+    ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
+    assert ran and max(ran.values()) == 1, ran
+    # Every thunk of the graph: what either forcer ran, found cached or got from the other.
+    settled = {e["thunk"] for t in traces for e in events(t) if e["event"] in ("started", "cached", "peer_done")}
+    queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
+    assert settled == queued and set(ran) <= queued
+    for name in targets:
+        assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes(), name
