@@ -40,6 +40,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ir.errors import ConfigError
 from ir.retry import backoff_delay
@@ -93,6 +94,7 @@ class Claim:
     lease: Lease | None = None
     renewer: asyncio.Task[None] | None = None
     slot: bool = False
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # tells the renewer to stop
 
 
 @dataclass
@@ -169,6 +171,7 @@ class InFlight:
                     return self._peer_done(node_id, claim, outputs)
                 # Expired (or released) without a reduction: take it over on the next turn.
         except BaseException:
+            self._stop_waiting(waited and claim.outputs is None)
             self.abandon(claim)
             raise
 
@@ -238,7 +241,9 @@ class InFlight:
     async def _drop_lease(self, claim: Claim) -> None:
         renewer, claim.renewer = claim.renewer, None
         if renewer is not None:
-            renewer.cancel()
+            # Stopped, not cancelled: a renewal already sent completes and its new ETag is
+            # kept, so the release below deletes the lease instead of missing it.
+            claim.stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
         lease, claim.lease = claim.lease, None
@@ -251,7 +256,7 @@ class InFlight:
 
     # -- leases -----------------------------------------------------------------------
 
-    async def _try_lease(self, run_id: str) -> Lease | None | bool:
+    async def _try_lease(self, run_id: str) -> Lease | Literal[False] | None:
         """The lease, None if a peer holds it, False if the store failed (said at the end)."""
         assert self.leases is not None
         try:
@@ -275,9 +280,10 @@ class InFlight:
         two renewals may fail (a slow store) before a peer may take it over."""
         assert self.leases is not None
         while claim.lease is not None:
-            await asyncio.sleep(self.period / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(claim.stop.wait(), self.period / 3)
             lease = claim.lease
-            if lease is None:
+            if lease is None or claim.stop.is_set():
                 return
             try:
                 renewed = await self.leases.renew(lease, self.period)
