@@ -25,6 +25,7 @@ import pytest
 
 from executor.inflight import ENV, lease_seconds
 from ir.errors import ConfigError
+from ir.placeholder import read_placeholder
 from ir.store import LocalStore
 
 from .aws_fixtures import FAKE_AWS_ENV
@@ -130,7 +131,7 @@ def test_a_bad_lease_period_is_one_line(tmp_path):
 def test_concurrent_local_forcers_run_each_thunk_once(tmp_path, forcers):
     store = LocalStore.init(tmp_path / ".gg")
     counter = tmp_path / "counter"
-    top, expected, total = synthetic(store, counter, 250)
+    top, expected, total = synthetic(store, counter, 200)
     traces = [tmp_path / f"f{n}.jsonl" for n in range(forcers)]
     processes = [start(force_argv("-j", "2", "--trace", str(trace), top), gg_env(store.root)) for trace in traces]
     results = finish(processes)
@@ -197,31 +198,39 @@ def test_a_killed_local_forcer_delays_the_other_by_nothing(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("forcers", [2, 4])
-def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path, forcers):
+def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
+    """examples/cproject inferred once, then forced by two and then (its reductions
+    deleted) four forcers at once on its one ``.gg``, by thunk ID."""
     from .test_infer_support import REPO, gg_infer, tool_env
 
-    targets = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
-    solo, shared = tmp_path / "solo", tmp_path / "shared"
-    for tree in (solo, shared):
-        shutil.copytree(REPO / "examples" / "cproject", tree)
-        inferred = gg_infer(tree, "make", "-s")
-        assert inferred.returncode == 0, inferred.stderr
-    argv = [str(VENV_BIN / "gg-force"), "--no-speculate", "-q", "-j", "2"]
-    alone = tmp_path / "solo.jsonl"
-    assert subprocess.run([*argv, "--trace", str(alone), *targets], cwd=solo, env=tool_env(),
-                          capture_output=True, text=True, timeout=300).returncode == 0
-    expected = Counter(e["thunk"] for e in events(alone) if e["event"] == "started")
-    assert expected and max(expected.values()) == 1
-
-    traces = [tmp_path / f"c{n}.jsonl" for n in range(forcers)]
-    results = finish([start([*argv, "--trace", str(t), *targets], tool_env(), cwd=shared) for t in traces], 300)
-    for status, _, err in results:
-        assert status == 0, err
-    ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
-    assert ran == expected  # every thunk once, over all forcers
-    for name in targets:
-        assert (shared / name).read_bytes() == (solo / name).read_bytes(), name
+    tree = tmp_path / "cproject"
+    shutil.copytree(REPO / "examples" / "cproject", tree)
+    inferred = gg_infer(tree, "make", "-s")
+    assert inferred.returncode == 0, inferred.stderr
+    names = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
+    targets = []
+    for name in names:
+        placeholder = read_placeholder(tree / name)
+        assert placeholder is not None, name
+        targets.append(placeholder.ref)
+    store = LocalStore.init(tree / ".gg")
+    argv = [str(VENV_BIN / "gg-force"), "--no-speculate", "-q", "-j", "2", "--print"]
+    answers: list[dict[str, str]] = []
+    for forcers in (2, 4):
+        for record in store.reductions.iterdir():
+            record.unlink()  # the same graph, nothing reduced
+        traces = [tmp_path / f"c{forcers}-{n}.jsonl" for n in range(forcers)]
+        results = finish([start([*argv, "--trace", str(t), *targets], tool_env(), cwd=tree) for t in traces], 300)
+        for status, _, err in results:
+            assert status == 0, err
+        ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
+        assert ran and max(ran.values()) == 1, ran  # once over all forcers ...
+        queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
+        assert set(ran) == queued  # ... and every thunk of the graph by one of them
+        answers += [printed(out) for _, out, _ in results]
+    assert all(answer == answers[0] for answer in answers) and len(answers[0]) == len(set(targets))
+    for value in answers[0].values():  # every forcer of both rounds: the same, intact bytes
+        store.read_bytes(value.strip(), verify=True)
 
 
 # -- Lambda, one bucket, a store per forcer --------------------------------------------------
@@ -240,7 +249,7 @@ def lambda_env(root: Path, s3_uri: str, endpoint_url: str, **extra: str) -> dict
 @pytest.mark.timeout(400)
 def test_concurrent_lambda_forcers_on_one_bucket_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
     endpoint = lambda_endpoint_factory(workers=4, function_timeout=60)
-    for forcers, leaves in ((2, 40), (4, 40)):
+    for forcers, leaves in ((2, 24), (4, 24)):
         counter = tmp_path / f"counter-{forcers}"
         roots = [tmp_path / f"run{forcers}" / f"user{n}" for n in range(forcers)]
         # A period long enough that a loaded machine's slow renewals never let a live lease
