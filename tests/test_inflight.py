@@ -123,6 +123,19 @@ def test_a_bad_lease_period_is_one_line(tmp_path):
     assert not (tmp_path / "counter").exists()
 
 
+def test_the_progress_line_shows_thunks_waiting_on_a_concurrent_run():
+    import io
+
+    from executor.progress import Counts, ProgressDisplay
+
+    stream = io.StringIO()
+    counts = Counts(discovered=10, cached=1, running=2, done=3, waiting=3, peer=1)
+    ProgressDisplay("lines", stream).update(counts, force=True)
+    line = stream.getvalue()
+    assert "1 by a concurrent run" in line and "3 waiting on a concurrent run" in line
+    assert counts.settled == 5 and counts.queued == 0  # waiting is neither queued nor settled
+
+
 # -- the local engine, one .gg store --------------------------------------------------------
 
 
