@@ -262,7 +262,7 @@ def lambda_env(root: Path, s3_uri: str, endpoint_url: str, **extra: str) -> dict
 @pytest.mark.timeout(400)
 def test_concurrent_lambda_forcers_on_one_bucket_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
     endpoint = lambda_endpoint_factory(workers=4, function_timeout=60)
-    for forcers, leaves in ((2, 24), (4, 24)):
+    for forcers, leaves in ((2, 16), (4, 16)):
         counter = tmp_path / f"counter-{forcers}"
         roots = [tmp_path / f"run{forcers}" / f"user{n}" for n in range(forcers)]
         # A period long enough that a loaded machine's slow renewals never let a live lease
