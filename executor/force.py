@@ -96,6 +96,9 @@ class Summary:
     remote_hits: int = 0  # thunks reduced by a record in the remote store
     shared: int = 0  # reductions this run wrote to the remote store
     peer_reduced: int = 0  # thunks a concurrent run reduced while this one waited for them
+    # Placeholders that were real files by the time this run came to write them (a
+    # concurrent run on the same tree wrote them first).
+    written_meanwhile: int = 0
 
 
 def _results_storage(options: ForceOptions, environ: Mapping[str, str]) -> RemoteStorage | None:
@@ -200,6 +203,8 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
                          default_timeout=options.default_timeout, lease_seconds=period)
     scheduler = Scheduler(store, engines, fallback, config, observer, shared)
     written = 0
+    mine: set[Path] = set()  # placeholders this run replaced ...
+    theirs: set[Path] = set()  # ... and those already replaced when it came to them
     status = "failed"
     values: dict[str, str] = {}
     try:
@@ -213,7 +218,10 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
             raise
         for target in expanded:
             if target.ref is not None:
-                written += await _materialize_or_rebuild(store, scheduler, target, results[target.ref], remote)
+                wrote = await _materialize_or_rebuild(store, scheduler, target, results[target.ref], remote)
+                written += wrote
+                if target.path is not None:
+                    (mine if wrote else theirs).add(target.path)
                 values[target.text] = results[target.ref]
         status = "ok"
     finally:
@@ -229,7 +237,8 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
         observer.close()
         await _close(every, own_storage)
     return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
-                   scheduler.remote_hits, scheduler.shared_written, scheduler.peer_reduced)
+                   scheduler.remote_hits, scheduler.shared_written, scheduler.peer_reduced,
+                   len(theirs - mine))
 
 
 async def _run_cancellable(coro):
