@@ -333,33 +333,46 @@ def test_a_killed_lambda_forcer_delays_the_others_by_one_lease_period(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
-    """Two fresh checkouts of examples/cproject (a ``.gg`` each) forced on Lambda at once
-    through one bucket: every thunk ran once over both, and the outputs are identical."""
+    """Fresh checkouts of examples/cproject (a ``.gg`` each) forced on Lambda at once
+    through one bucket, two and then four (on a fresh prefix, reductions deleted): every
+    thunk ran once over all of them, and every forcer got the same outputs."""
     from .test_infer_support import REPO, gg_infer, tool_env
 
     endpoint = lambda_endpoint_factory(workers=4, function_timeout=120)
-    targets = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
-    trees = [tmp_path / name for name in ("alice", "bob")]
+    names = ["app", "libutil.a", "main.o", "util.o", "strutil.o", "shapes.o", "backup/util.o"]
+    trees = [tmp_path / f"user{n}" for n in range(4)]
+    placeholders = set()
     for tree in trees:
         shutil.copytree(REPO / "examples" / "cproject", tree)
         inferred = gg_infer(tree, "make", "-s")
         assert inferred.returncode == 0, inferred.stderr
-    for name in targets:  # the same placeholders (thunk IDs) in both checkouts: one graph
-        assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes(), name
-    env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri, "GG_LAMBDA_ENDPOINT": endpoint.url,
-           "GG_LAMBDA_FUNCTION": endpoint.function_name, "GG_LAMBDA_TIMEOUT": "120",
-           "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
-    traces = [tree / "trace.jsonl" for tree in trees]
-    argv = [str(VENV_BIN / "gg-force"), "--engine", "lambda", "--no-speculate", "-q", "-j", "8"]
-    results = finish([start([*argv, "--trace", str(t), *targets], env, cwd=tree)
-                      for tree, t in zip(trees, traces, strict=True)], 300)
-    for status, _, err in results:
-        assert status == 0, err + endpoint.log()[-2000:]
-    ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
-    assert ran and max(ran.values()) == 1, ran
-    # Every thunk of the graph: what either forcer ran, found cached or got from the other.
-    settled = {e["thunk"] for t in traces for e in events(t) if e["event"] in ("started", "cached", "peer_done")}
-    queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
-    assert settled == queued and set(ran) <= queued
-    for name in targets:
-        assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes(), name
+        placeholders.add(tuple((tree / name).read_bytes() for name in names))
+    assert len(placeholders) == 1  # the same thunk IDs in every checkout: one graph
+    found = [read_placeholder(trees[0] / name) for name in names]
+    targets = sorted({placeholder.ref for placeholder in found if placeholder is not None})
+    assert len(found) == len(names) and None not in found
+    argv = [str(VENV_BIN / "gg-force"), "--engine", "lambda", "--no-speculate", "-q", "-j", "8", "--print"]
+    answers: list[dict[str, str]] = []
+    for forcers, prefix in ((2, "/blobs?"), (4, "/four?")):
+        env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri.replace("/blobs?", prefix),
+               "GG_LAMBDA_ENDPOINT": endpoint.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
+               "GG_LAMBDA_TIMEOUT": "120", "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
+        for tree in trees[:forcers]:
+            for record in LocalStore.init(tree / ".gg").reductions.iterdir():
+                record.unlink()
+        traces = [tree / f"trace{forcers}.jsonl" for tree in trees[:forcers]]
+        results = finish([start([*argv, "--trace", str(t), *targets], {**env, "GG_DIR": str(tree / ".gg")},
+                                cwd=tree) for tree, t in zip(trees, traces, strict=False)], 300)
+        for status, _, err in results:
+            assert status == 0, err + endpoint.log()[-2000:]
+        ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
+        assert ran and max(ran.values()) == 1, ran  # once over all forcers ...
+        queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
+        settled = {e["thunk"] for t in traces for e in events(t) if e["event"] in ("started", "cached", "peer_done")}
+        assert settled == queued and set(ran) <= queued  # ... and nothing left unreduced
+        answers += [printed(out) for _, out, _ in results]
+    assert all(answer == answers[0] for answer in answers) and len(answers[0]) == len(targets)
+    for tree in trees:  # each user has the bytes (gg-force made every target local)
+        store = LocalStore.init(tree / ".gg")
+        for value in answers[0].values():
+            store.read_bytes(value.strip(), verify=True)
