@@ -27,6 +27,7 @@ from ir.store import CorruptBlob, LocalStore, MissingBlob
 
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine
 from .engines import ENGINES, EngineOptions, EngineRegistry
+from .inflight import lease_seconds
 from .observe import RunObserver
 from .progress import ProgressDisplay
 from .remote_results import RemoteResultsMode, SharedResults
@@ -63,6 +64,9 @@ class ForceOptions:
     # Share reductions through the remote store (the engines' storage, else
     # GG_STORAGE_URI): read-write, read-only or off (executor/remote_results.py).
     remote_results: RemoteResultsMode = RemoteResultsMode.READ_WRITE
+    # Seconds a lease on a running thunk lasts unless renewed (executor/inflight.py);
+    # None: $GG_LEASE_SECONDS, else 60.
+    lease_seconds: float | None = None
 
     def checked(self) -> ForceOptions:
         """Raise :class:`UsageError` for a value no run can use."""
@@ -74,6 +78,8 @@ class ForceOptions:
             self.registry.check(name, "--engine ")
         if self.fallback is not None:
             self.registry.check(self.fallback, "--fallback-engine ")
+        if self.lease_seconds is not None and not self.lease_seconds > 0:
+            raise UsageError(f"lease_seconds {self.lease_seconds:g} must be a positive number of seconds")
         if not isinstance(self.remote_results, RemoteResultsMode):
             raise UsageError(f"remote_results {self.remote_results!r} is not a RemoteResultsMode")
         return self
@@ -89,6 +95,10 @@ class Summary:
     results: dict[str, str] = field(default_factory=dict)  # target text -> value ID
     remote_hits: int = 0  # thunks reduced by a record in the remote store
     shared: int = 0  # reductions this run wrote to the remote store
+    peer_reduced: int = 0  # thunks a concurrent run reduced while this one waited for them
+    # Placeholders that were real files by the time this run came to write them (a
+    # concurrent run on the same tree wrote them first).
+    written_meanwhile: int = 0
     # Bytes this run moved to and from the remote storage (None: no remote storage was
     # used, or its backend does not count), and which storage that was.
     traffic: Traffic | None = None
@@ -219,6 +229,7 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
     expanded = _expand(targets, options)
     refs = sorted({t.ref for t in expanded if t.ref is not None})
     environ = os.environ if options.environ is None else options.environ
+    period = options.lease_seconds if options.lease_seconds is not None else lease_seconds(environ)
     own_storage = _results_storage(options, environ)
     engines, fallback = await _open_engines(options, store, own_storage)
     every = [*engines, *([fallback] if fallback else [])]
@@ -236,9 +247,11 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
     observer = RunObserver(TraceWriter(options.trace), progress)
     config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
                          speculate=options.speculate, speculate_min=options.speculate_after,
-                         default_timeout=options.default_timeout)
+                         default_timeout=options.default_timeout, lease_seconds=period)
     scheduler = Scheduler(store, engines, fallback, config, observer, shared)
     written = 0
+    mine: set[Path] = set()  # placeholders this run replaced ...
+    theirs: set[Path] = set()  # ... and those already replaced when it came to them
     status = "failed"
     values: dict[str, str] = {}
     try:
@@ -254,8 +267,10 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
             if target.ref is not None:
                 wrote, results[target.ref] = await _materialize_or_rebuild(store, scheduler, target,
                                                                            results[target.ref], remote)
-                values[target.text] = results[target.ref]  # rebuilt: maybe not what a record claimed
                 written += wrote
+                if target.path is not None:
+                    (mine if wrote else theirs).add(target.path)
+                values[target.text] = results[target.ref]  # rebuilt: maybe not what a record claimed
         status = "ok"
     finally:
         fallback_lines = scheduler.fallback_summary()
@@ -269,11 +284,13 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
             observer.event("transfer", storage=storage, **(traffic.as_dict() if traffic else {"counted": False}),
                            **({f"inline_{k}": v for k, v in inline.as_dict().items()} if inline else {}))
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
-                       executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
+                       executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines,
+                       peer_reduced=scheduler.peer_reduced)
         observer.close()
         await _close(every, own_storage)
     return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
-                   scheduler.remote_hits, scheduler.shared_written, traffic, storage, inline)
+                   scheduler.remote_hits, scheduler.shared_written, scheduler.peer_reduced,
+                   len(theirs - mine), traffic, storage, inline)
 
 
 async def _run_cancellable(coro):

@@ -93,8 +93,11 @@ def _force(args: argparse.Namespace, prog: str) -> int:
             print(f"{text} {value}")
     if not args.quiet:
         remote = f", {summary.remote_hits} from remote results" if summary.remote_hits else ""
-        print(f"{prog}: {summary.targets} target(s), {summary.written} written, "
-              f"{summary.executed} thunk(s) run{remote}, {summary.elapsed:.2f}s", file=sys.stderr)
+        # A run whose work a concurrent run did must not look like it lost work.
+        peer = f", {summary.peer_reduced} reduced by a concurrent run" if summary.peer_reduced else ""
+        meanwhile = f" ({summary.written_meanwhile} already by a concurrent run)" if summary.written_meanwhile else ""
+        print(f"{prog}: {summary.targets} target(s), {summary.written} written{meanwhile}, "
+              f"{summary.executed} thunk(s) run{remote}{peer}, {summary.elapsed:.2f}s", file=sys.stderr)
         if (traffic := summary.traffic_line()) is not None:
             print(f"{prog}: {traffic}", file=sys.stderr)
     return EXIT_OK

@@ -20,14 +20,16 @@ class Counts:
     running: int = 0
     done: int = 0
     failed: int = 0
+    waiting: int = 0  # on a concurrent run that is running the same thunk (executor/inflight.py)
+    peer: int = 0  # reduced by a concurrent run while this one waited
 
     @property
     def settled(self) -> int:
-        return self.cached + self.done + self.failed
+        return self.cached + self.done + self.failed + self.peer
 
     @property
     def queued(self) -> int:
-        return max(0, self.discovered - self.settled - self.running)
+        return max(0, self.discovered - self.settled - self.running - self.waiting)
 
 
 class ProgressDisplay:
@@ -54,7 +56,8 @@ class ProgressDisplay:
             self._bar.total = counts.discovered
             self._bar.n = counts.settled
             self._bar.set_postfix_str(
-                f"run {counts.running} queue {counts.queued} hit {counts.cached} fail {counts.failed}",
+                f"run {counts.running} queue {counts.queued} hit {counts.cached} fail {counts.failed}"
+                + (f" peer {counts.waiting} waiting/{counts.peer} done" if counts.waiting or counts.peer else ""),
                 refresh=False,
             )
             self._bar.refresh()
@@ -68,9 +71,11 @@ class ProgressDisplay:
         remaining = counts.discovered - counts.settled
         # The graph is discovered as it is forced, so this is an estimate from the rate so far.
         eta = f", ETA {remaining * elapsed / counts.settled:.0f}s" if counts.settled and remaining else ""
+        peer = f", {counts.peer} by a concurrent run" if counts.peer else ""
+        waiting = f", {counts.waiting} waiting on a concurrent run" if counts.waiting else ""
         return (
-            f"{counts.settled}/{counts.discovered} done ({counts.done} run, {counts.cached} cached, "
-            f"{counts.failed} failed), {counts.running} running, {counts.queued} queued, "
+            f"{counts.settled}/{counts.discovered} done ({counts.done} run, {counts.cached} cached{peer}, "
+            f"{counts.failed} failed), {counts.running} running, {counts.queued} queued{waiting}, "
             f"{elapsed:.1f}s{eta}"
         )
 

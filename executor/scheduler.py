@@ -32,19 +32,20 @@ import asyncio
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ir.errors import ConfigError, UserError
 from ir.ids import InvalidId, parse_id, parse_ref
 from ir.retry import backoff_delay
-from ir.storage import StorageError
+from ir.storage import LeasingStorage, StorageError
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from ir.thunk import Input, MalformedThunk, Thunk
 
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
+from .inflight import DEFAULT_LEASE_SECONDS, Claim, InFlight
 from .observe import RunObserver
 from .remote_results import SharedResults
 
@@ -69,6 +70,9 @@ class ForceConfig:
     speculate_min: float = 5.0  # ... but never earlier than this many seconds
     speculate_initial: float = 60.0  # before there are enough finished runs to compare
     speculate_samples: int = 5
+    # Seconds a remote lease on a running thunk lasts unless renewed (executor/inflight.py):
+    # the longest a crashed peer can delay this run.
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
 
 class NodeFailed(Exception):
@@ -199,6 +203,15 @@ class Scheduler:
         self._abandoned: dict[int, str] = {}  # id(engine) -> why it gets no more work
         self._moved: dict[str, tuple[str, str, str]] = {}  # node -> (cause, from engine, reason)
         self._ran_on_fallback: list[str] = []
+        leases = shared.storage if shared is not None and shared.writes else None
+        self._inflight = InFlight(store, leases if isinstance(leases, LeasingStorage) else None, self.observer,
+                                  self._local, self._remote_hit, slots=sum(e.slots for e in every),
+                                  period=self.config.lease_seconds, on_error=self.share_errors.append)
+
+    @property
+    def peer_reduced(self) -> int:
+        """Thunks a concurrent run reduced while this one waited for it."""
+        return self._inflight.peer_reduced
 
     # -- public -------------------------------------------------------------------
 
@@ -305,6 +318,11 @@ class Scheduler:
         except StorageError as exc:
             self.share_errors.append(f"looking up reductions: {exc}")
             return
+        await self._take_claims(found)
+
+    async def _take_claims(self, found: dict[str, str]) -> None:
+        """Keep records fetched from the remote store (fetching the tail-call thunks they name)."""
+        assert self.shared is not None
         tail_thunks = {r.partition("#")[0] for r in found.values() if r[0] == "T"}
         for ident in sorted(tail_thunks):
             if self.store.has(ident):
@@ -315,9 +333,21 @@ class Scheduler:
                 found = {ref: r for ref, r in found.items() if r.partition("#")[0] != ident}
         self._claims.update(found)
 
-    async def _share(self, thunk_ids: Sequence[str], thunk: Thunk, outputs: dict[str, str]) -> None:
+    async def _remote_hit(self, found: Mapping[str, str], run_id: str, thunk: Thunk) -> dict[str, str] | None:
+        """A peer's records of ``run_id`` just fetched: its outputs if usable."""
+        await self._take_claims(dict(found))
+        return self._claimed(run_id, thunk)
+
+    async def _share(self, thunk_ids: Sequence[str], thunk: Thunk, outputs: dict[str, str], claim: Claim) -> None:
         """Write the reductions of a thunk this run executed to the remote store, after
-        the blobs they name are there (a reader never finds a record before its value)."""
+        the blobs they name are there (a reader never finds a record before its value);
+        then release the claim's lease."""
+        try:
+            await self._share_records(thunk_ids, thunk, outputs)
+        finally:
+            await self._inflight.done(claim)
+
+    async def _share_records(self, thunk_ids: Sequence[str], thunk: Thunk, outputs: dict[str, str]) -> None:
         if self.shared is None or not self.shared.writes:
             return
         storage = self.shared.storage
@@ -408,15 +438,29 @@ class Scheduler:
             runnable, run_id = thunk, thunk_id
 
         if cached is None:
-            result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable)
-            outputs = {o.tag: o.id for o in result.outputs}
-            cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
-            self._lost.difference_update(cached.values())
-            self._remember_producer(thunk_id, run_id, runnable, cached)
-            for ident in {run_id, thunk_id}:
-                self._record(ident, runnable, cached)
+            # Claimed (or reduced meanwhile by a concurrent run): executor/inflight.py.
+            try:
+                claim = await self._inflight.claim(thunk_id, run_id, runnable)
+            except ConfigError as exc:
+                raise self._fatal(thunk_id, exc) from None
+            if claim.outputs is not None:
+                self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
+                return await self._follow_tail_calls(thunk_id, claim.outputs, (thunk_id, run_id))
+            try:
+                result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable)
+                outputs = {o.tag: o.id for o in result.outputs}
+                cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
+                self._lost.difference_update(cached.values())
+                self._remember_producer(thunk_id, run_id, runnable, cached)
+                for ident in {run_id, thunk_id}:
+                    self._record(ident, runnable, cached)
+            except BaseException:
+                self._inflight.abandon(claim)
+                raise
+            self._inflight.recorded(claim)
             if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
-                task = asyncio.get_running_loop().create_task(self._share(sorted({run_id, thunk_id}), runnable, cached))
+                task = asyncio.get_running_loop().create_task(
+                    self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
                 self._sharing.add(task)
         else:
             self._remember_producer(thunk_id, run_id, runnable, cached, remote)
@@ -506,6 +550,7 @@ class Scheduler:
         """Wait for the records being written (their failures are in share_errors)."""
         while pending := [task for task in self._sharing if not task.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._inflight.close()  # leases given up are released too
 
     async def _regenerate(self, ident: str) -> str | None:
         """Run the producer of lost ``ident`` again: the value it makes in its place
