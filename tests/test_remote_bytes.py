@@ -220,8 +220,12 @@ def test_a_run_reports_its_transfers_in_the_summary_and_the_trace(tmp_path, file
                     environ={**os.environ, "GG_STORAGE_URI": file_storage_uri})
     root = Path(file_storage_uri.removeprefix("file://"))
     on_disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    assert summary.traffic is not None and summary.traffic.up == on_disk  # every byte there, written once
+    # Every byte there, written once; plus one small lease per executed thunk, taken
+    # before it ran and deleted after its record was written (docs/force.md).
+    assert summary.traffic is not None
+    leases = summary.traffic.up - on_disk
+    assert 0 < leases <= 300 * summary.executed, (summary.traffic, on_disk)
     assert summary.traffic_line() == f"{summary.traffic.describe()} ({file_storage_uri})"
     report = summarize(read_trace(trace))
-    assert report["transfer"]["bytes_up"] == on_disk and report["transfer"]["storage"] == file_storage_uri
+    assert report["transfer"]["bytes_up"] == summary.traffic.up and report["transfer"]["storage"] == file_storage_uri
     assert f"remote store {file_storage_uri}: " in render(report, "trace")
