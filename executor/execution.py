@@ -507,12 +507,15 @@ def _check_inputs_intact(thunk_id: str, names: dict[str, str], store: LocalStore
 def _collect_outputs(thunk_id: str, thunk: Thunk, work_fd: int, store: LocalStore) -> list[Output]:
     outputs = []
     for tag in thunk.outputs:
-        try:
-            parent_fd, leaf = confine.open_parent(work_fd, tag)
-        except FileNotFoundError:
-            raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
-        except confine.Escape as exc:
-            raise ExecutionFailed(thunk_id, f"output {tag!r} was not collected: {exc}") from None
+        if "/" in tag or tag in ("", ".", ".."):
+            try:
+                parent_fd, leaf = confine.open_parent(work_fd, tag)
+            except FileNotFoundError:
+                raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
+            except confine.Escape as exc:
+                raise ExecutionFailed(thunk_id, f"output {tag!r} was not collected: {exc}") from None
+        else:  # a plain name in the work directory itself: no walk, no descriptor to open
+            parent_fd, leaf = work_fd, tag
         try:
             ident, executable = store.adopt_at(parent_fd, leaf)
         except FileNotFoundError:
@@ -520,7 +523,8 @@ def _collect_outputs(thunk_id: str, thunk: Thunk, work_fd: int, store: LocalStor
         except NotRegularFile as exc:
             raise ExecutionFailed(thunk_id, f"output {tag!r} {exc}") from None
         finally:
-            os.close(parent_fd)
+            if parent_fd != work_fd:
+                os.close(parent_fd)
         if parse_id(ident).is_thunk:
             try:
                 parse_thunk(store.read_bytes(ident), where=f"output {tag!r}")

@@ -85,9 +85,9 @@ def _is_own_dir(st: os.stat_result, inode: int) -> bool:
     return st.st_ino == inode and stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
 
 
-def _empty(dir_fd: int, path: str) -> None:
-    """Remove everything in directory ``dir_fd`` (at ``path``), never through a link."""
-    for name in os.listdir(dir_fd):
+def _empty(dir_fd: int, names: list[str], path: str) -> None:
+    """Remove ``names`` from directory ``dir_fd`` (at ``path``), never through a link."""
+    for name in names:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             remove_tree(os.path.join(path, name))
@@ -149,21 +149,28 @@ class RunDirs:
 
     @staticmethod
     def _reset(run: RunDir) -> bool:
+        # Listed by path (an open, not a dup and a rewind of the descriptor); every
+        # removal goes through the descriptors, so a directory swapped in under the
+        # path only makes a name missing there: an error, and the run directory goes.
         try:
-            if not _EXPECTED.issuperset(os.listdir(run.fd)):
+            if not _EXPECTED.issuperset(os.listdir(run.path)):
                 return False
             w = os.stat("w", dir_fd=run.fd, follow_symlinks=False)
             gg = os.stat("gg", dir_fd=run.fd, follow_symlinks=False)
             if not (_is_own_dir(w, run.inodes[0]) and _is_own_dir(gg, run.inodes[1])):
                 return False
-            _empty(run.work_fd, run.work)
-            gg_fd = confine.open_dir(run.fd, "gg")
-            try:
-                if os.fstat(gg_fd).st_ino != run.inodes[1]:
-                    return False
-                _empty(gg_fd, run.gg)
-            finally:
-                os.close(gg_fd)
+            left = os.listdir(run.work)
+            if left:
+                _empty(run.work_fd, left, run.work)
+            left = os.listdir(run.gg)
+            if left:
+                gg_fd = confine.open_dir(run.fd, "gg")
+                try:
+                    if os.fstat(gg_fd).st_ino != run.inodes[1]:
+                        return False
+                    _empty(gg_fd, left, run.gg)
+                finally:
+                    os.close(gg_fd)
             return True
         except (OSError, confine.Escape):
             return False
