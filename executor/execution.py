@@ -387,7 +387,12 @@ async def execute(
         await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, run, rundirs, timeout)
         _check_inputs_intact(thunk_id, names, store)
         if _large_outputs(thunk, run.work_fd):  # hashing them would hold up every other thunk
-            outputs, created = await asyncio.to_thread(_collect, thunk_id, thunk, run, store)
+            collecting = asyncio.ensure_future(asyncio.to_thread(_collect, thunk_id, thunk, run, store))
+            try:
+                outputs, created = await asyncio.shield(collecting)
+            except asyncio.CancelledError:  # the thread cannot be stopped: let it finish first
+                await asyncio.wait([collecting])
+                raise
         else:
             outputs, created = _collect(thunk_id, thunk, run, store)
         return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)

@@ -156,7 +156,8 @@ async def run(argv: list[str], program: str, env: dict[str, str], cwd: str, time
         if not child.eof.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.eof), DRAIN_SECONDS)
-        return Finished(code, bytes(child.tail), timed_out)
+        # A function that exited by itself as the timer fired is not reported as timed out.
+        return Finished(code, bytes(child.tail), timed_out and code != 0)
     finally:
         if timer is not None:
             timer.cancel()
