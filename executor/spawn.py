@@ -77,8 +77,9 @@ class _Child:
     def _waited(self, waiting: asyncio.Future) -> None:
         if self.exited.done():
             return
-        if waiting.exception() is not None:
-            self.exited.set_exception(waiting.exception())
+        error = waiting.exception()
+        if error is not None:
+            self.exited.set_exception(error)
         else:
             self.exited.set_result(waiting.result())
 

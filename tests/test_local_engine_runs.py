@@ -9,6 +9,7 @@ function runs in its own process group, which is killed on timeout, on cancellat
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -174,3 +175,24 @@ def test_a_large_output_is_collected_off_the_event_loop_and_stored_intact(store,
     assert big.id == hash_file(store.blob_path(big.id)) and big.id.endswith(f"_{3000000:x}")
     assert store.read_bytes(small.id) == b"small\n"
     assert not os.stat(store.blob_path(big.id)).st_mode & 0o222  # read-only in the store
+
+
+def test_without_pidfds_the_exit_is_waited_for_in_a_thread(store, sh, tmp_path, monkeypatch):
+    """A kernel before 5.3 (or a seccomp filter) refuses pidfd_open: same results, same kills."""
+
+    def no_pidfds(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds)
+    ok = sh.thunk("echo fine > out; echo said >&2")
+    result = asyncio.run(execute(ok, store.load_thunk(ok), store))
+    assert store.read_bytes(result.outputs[0].id) == b"fine\n"
+    failing = sh.thunk("echo why >&2; exit 3")
+    with pytest.raises(ExecutionFailed, match="exit status 3") as caught:
+        asyncio.run(execute(failing, store.load_thunk(failing), store))
+    assert caught.value.stderr_tail == "why\n"
+    pid_file = tmp_path / "pid"
+    slow = sh.thunk(f"sleep 60 & echo $! > {pid_file}; wait", timeout_ms=500)
+    with pytest.raises(ExecutionFailed, match="timed out"):
+        asyncio.run(execute(slow, store.load_thunk(slow), store))
+    assert _wait_gone(int(pid_file.read_text()))
