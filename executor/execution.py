@@ -6,7 +6,8 @@ scheduler rewrites them to values first). :func:`execute` then
 
 1. verifies every input against its ID (:meth:`LocalStore.verify_for_use`: one
    ``lstat`` for a blob already verified and unchanged since, a hash otherwise) and
-   lays the inputs out under their names in a fresh work directory — hard links to
+   lays the inputs out under their names in an empty work directory (a run
+   directory of the engine's :class:`~executor.rundirs.RunDirs`) — hard links to
    the read-only blobs, so no bytes are copied; an input whose name is also an output
    tag is copied, because the function is expected to change it;
 2. runs the function blob with argv = the thunk's args and **only** the thunk's
@@ -14,7 +15,8 @@ scheduler rewrites them to values first). :func:`execute` then
    the function may put the thunks of a tail call into) and what the host passes as
    ``runtime_env`` (``GG_PYTHON``: an interpreter that can import the gg runtime);
    ``@{GGHASH:ID}`` is replaced by the blob's path;
-3. kills the whole process group on the thunk's timeout or on cancellation;
+3. kills the whole process group on the thunk's timeout or on cancellation
+   (:mod:`executor.spawn`: one ``vfork``/``exec``, the exit watched through a pidfd);
 4. verifies the inputs again (the function runs as the same user and could have
    rewritten a blob), then moves every output (and every blob the function left in
    ``GG_DIR``) into the store, verified, and reports their IDs.
@@ -29,6 +31,7 @@ It writes no reductions: recording what a thunk reduced to is the caller's decis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -36,7 +39,6 @@ import re
 import shutil
 import signal
 import stat
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,10 +48,10 @@ from ir.ids import InvalidId, parse_id
 from ir.store import CorruptBlob, DroppedCorruptBlob, LocalStore, MissingBlob, NotRegularFile
 from ir.thunk import MalformedThunk, Thunk, parse_thunk, validate_links
 
-from . import confine
+from . import confine, spawn
+from .rundirs import RunDir, RunDirs, remove_tree
 
 GGHASH_RE = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
-STDERR_TAIL = 2000
 
 
 class ExecutionFailed(Exception):
@@ -130,15 +132,15 @@ def _input_names(thunk: Thunk) -> dict[str, str]:
     return names
 
 
-def _verify_inputs(thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
-    """Verify every input of ``thunk`` against its ID; a corrupt one is dropped.
+def _verify_inputs(names: dict[str, str], store: LocalStore) -> dict[str, os.stat_result]:
+    """Verify every input (``names``: see :func:`_input_names`) against its ID; a corrupt one is dropped.
 
     Returns each blob's stat as verified. Raises :class:`DroppedCorruptBlob` (a
     :class:`MissingBlob`: it is gone now, so it is fetched again or rebuilt by its
     producer) with one line naming the input.
     """
     checked = {}
-    for ident, name in _input_names(thunk).items():
+    for ident, name in names.items():
         try:
             checked[ident] = store.verify_for_use(ident)
         except CorruptBlob as exc:
@@ -154,17 +156,21 @@ def _dropped(ident: str, name: str, exc: CorruptBlob) -> DroppedCorruptBlob:
         "what the build runs again)"))
 
 
-def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore) -> dict[str, os.stat_result]:
+def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore, names: dict[str, str]) -> dict[str, os.stat_result]:
     if thunk.thunks:
         raise ExecutionFailed(thunk_id, f"thunk input {thunk.thunks[0].ref} was not reduced first")
     try:
         validate_links(thunk)
     except MalformedThunk as exc:
         raise ExecutionFailed(thunk_id, str(exc)) from None
+    checked = _verify_inputs(names, store)
     for item in thunk.executables:
-        if store.has(item.id):
-            store.mark_executable(item.id)  # before verifying: the chmod moves the ctime
-    return _verify_inputs(thunk, store)
+        st = checked[item.id]
+        if not st.st_mode & stat.S_IXUSR:
+            # The chmod moves the ctime, so the blob is hashed again (once: the bit stays).
+            store.mark_executable(item.id)
+            checked[item.id] = _verify_inputs({item.id: names[item.id]}, store)[item.id]
+    return checked
 
 
 def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,
@@ -254,29 +260,42 @@ def _unlink_inputs(store: LocalStore, work_fd: int, linked: list[tuple[str, str]
 _GROUP_XATTR = "user.gg.group"
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), or None."""
+def _start_ticks(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` in clock ticks since boot (field 22 of
+    /proc/PID/stat), or None. Only the sweeper reads it: read just after the spawn it
+    blocks until the child's ``exec`` is through (0.1-1 ms)."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
 
 
-def _record_group(rundir_fd: int, pid: int) -> None:
+def _boot_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def _record_group(rundir_fd: int, pid: int, spawned_after_ns: int) -> None:
     """Note the function's process group, so a later run can kill it if we die.
 
-    A child cannot be tied to our lifetime without ``preexec_fn`` (which forces a slow
-    fork per thunk), so after a ``kill -9`` of the executor its orphans are killed by
-    the next :func:`sweep_stale_runs` instead. The start time guards against PID reuse.
-    The function is already running: the record goes through the run directory's
-    descriptor and never follows a link it may have planted.
+    A child cannot be tied to our lifetime without ``preexec_fn`` (which would force a
+    slow fork per thunk; :mod:`executor.spawn` relies on ``vfork``), so after a
+    ``kill -9`` of the executor its orphans are killed by the next
+    :func:`sweep_stale_runs` instead. The record is the PID and the window (boot-time
+    clock, ns) in which the child was started: a process that later has the same PID
+    but started outside the window is not ours (PID reuse); the kernel's start time
+    has a resolution of one clock tick, so the guard is as tight as comparing start
+    times, without reading /proc while the child execs. The function is already
+    running: the record goes through the run directory's descriptor and never follows
+    a link it may have planted.
     """
-    record = f"{pid} {_start_time(pid)}".encode()
+    record = f"{pid} {spawned_after_ns} {_boot_ns()}".encode()
     try:
         os.setxattr(rundir_fd, _GROUP_XATTR, record)  # no file to create
     except OSError:  # a file system without user xattrs
         try:
+            with contextlib.suppress(FileNotFoundError):  # a reused run directory's last record
+                os.unlink(".group", dir_fd=rundir_fd)
             fd = os.open(".group", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=rundir_fd)
         except OSError:
@@ -285,27 +304,33 @@ def _record_group(rundir_fd: int, pid: int) -> None:
             handle.write(record)
 
 
+def _is_recorded_process(pid: int, window: list[str]) -> bool:
+    """True if ``pid`` is still the process recorded (see :func:`_record_group`)."""
+    ticks = _start_ticks(pid)
+    if ticks is None:
+        return False
+    if len(window) == 1:  # a record from before the window: the start time itself
+        return str(ticks) == window[0]
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    started_ns = ticks * tick_ns  # rounded down to a tick
+    return int(window[0]) - tick_ns <= started_ns <= int(window[1])
+
+
 def _kill_recorded_group(rundir: Path) -> None:
     try:
         try:
             record = os.getxattr(rundir, _GROUP_XATTR)
         except OSError:
             record = (rundir / ".group").read_bytes()
-        pid_text, started = record.decode().split()
+        pid_text, *window = record.decode().split()
+        pid = int(pid_text)
+        if len(window) not in (1, 2) or not _is_recorded_process(pid, window):
+            return
     except (OSError, ValueError):
         return
-    pid = int(pid_text)
-    if _start_time(pid) == started:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -325,70 +350,84 @@ async def execute(
     scratch: Path | None = None,
     default_timeout: float | None = None,
     runtime_env: Mapping[str, str] | None = None,
+    rundirs: RunDirs | None = None,
 ) -> ExecutionResult:
     """Run ``thunk`` once and store its outputs; see the module docstring.
 
     ``runtime_env`` holds the documented ``GG_*`` variables the host offers to every
     function (e.g. ``GG_PYTHON``, an interpreter that can import the gg runtime); only
     ``GG_`` names are accepted, so a host cannot leak its own environment into a thunk.
+    ``rundirs`` is the engine's pool of run directories (:mod:`executor.rundirs`),
+    reused between thunks; without it, a run directory is made under ``scratch``
+    (default ``STORE/work``) for this call and removed after it.
     """
-    checked = _check_ready(thunk_id, thunk, store)
-    scratch = Path(scratch or store.root / "work")
-    scratch.mkdir(parents=True, exist_ok=True)
-    rundir = Path(tempfile.mkdtemp(dir=scratch, prefix="run-"))
-    lock = _hold_lock(rundir)  # also the run directory's descriptor for every later step
-    # GG_DIR gets its blobs/ and tmp/ only if the function stores something
-    # (LocalStore creates them on demand): on many disks every mkdir costs ~1 ms.
-    workdir, outstore = rundir / "w", LocalStore(rundir / "gg")
-    work_fd = -1
+    names = _input_names(thunk)
+    checked = _check_ready(thunk_id, thunk, store, names)
+    own = rundirs is None
+    if rundirs is None:
+        rundirs = RunDirs(scratch or store.root / "work", reuse=False)
+    run: RunDir | None = None
     linked: list[tuple[str, str]] = []
     started = time.monotonic()
     try:
-        os.mkdir("w", 0o700, dir_fd=lock)
-        os.mkdir("gg", 0o700, dir_fd=lock)
-        work_fd = confine.open_dir(lock, "w")
-        linked = _lay_out(thunk_id, thunk, store, work_fd, checked)
-        names = frozenset(_input_names(thunk))
+        run = rundirs.take()
+        linked = _lay_out(thunk_id, thunk, store, run.work_fd, checked)
+        inputs = frozenset(names)
         try:
-            argv = [substitute(arg, store, names) for arg in thunk.args]
-            env = dict(entry.split("=", 1) for entry in (substitute(e, store, names) for e in thunk.envars))
+            argv = [substitute(arg, store, inputs) for arg in thunk.args]
+            env = dict(entry.split("=", 1) for entry in (substitute(e, store, inputs) for e in thunk.envars))
         except InvalidId as exc:
             raise ExecutionFailed(thunk_id, str(exc)) from None
         for name, value in (runtime_env or {}).items():
             if not name.startswith("GG_"):
                 raise ValueError(f"runtime variable {name} is not a GG_ variable")
             env[name] = value
-        env["GG_DIR"] = str(outstore.root)
+        env["GG_DIR"] = run.gg
         timeout = thunk.timeout_ms / 1000 if thunk.timeout_ms else default_timeout
-        await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, workdir, rundir, lock,
-                   timeout)
-        _check_inputs_intact(thunk_id, thunk, store)
-        outputs = _collect_outputs(thunk_id, thunk, work_fd, store)
-        created = _collect_created(thunk_id, lock, store)
+        await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, run, rundirs, timeout)
+        _check_inputs_intact(thunk_id, names, store)
+        if _large_outputs(thunk, run.work_fd):  # hashing them would hold up every other thunk
+            collecting = asyncio.ensure_future(asyncio.to_thread(_collect, thunk_id, thunk, run, store))
+            try:
+                outputs, created = await asyncio.shield(collecting)
+            except asyncio.CancelledError:  # the thread cannot be stopped: let it finish first
+                await asyncio.wait([collecting])
+                raise
+        else:
+            outputs, created = _collect(thunk_id, thunk, run, store)
         return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ResourceExhausted(f"thunk {thunk_id}: no space left on the worker's disk "
-                                    f"({exc.strerror}: {exc.filename or scratch})") from None
+                                    f"({exc.strerror}: {exc.filename or rundirs.scratch})") from None
         raise
     finally:
-        if work_fd >= 0:
-            _unlink_inputs(store, work_fd, linked)
-            os.close(work_fd)
-        _remove_tree(rundir)
-        os.close(lock)
+        if run is not None:
+            if linked:
+                _unlink_inputs(store, run.work_fd, linked)
+            rundirs.give_back(run)
+        if own:
+            rundirs.close()
 
 
-def _hold_lock(rundir: Path) -> int:
-    """Lock a run directory for as long as this process uses it (see sweep_stale_runs).
+# Outputs larger than this in total are hashed and moved in a worker thread.
+LARGE_OUTPUTS = 1 << 20
 
-    The lock is on the directory itself, so it costs no file. A sweeper can only take it
-    in the instant between mkdtemp and here; the run then fails to lay out its inputs,
-    which is an infrastructure error and retried.
-    """
-    fd = os.open(rundir, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+
+def _large_outputs(thunk: Thunk, work_fd: int) -> bool:
+    """True if the outputs add up to more than :data:`LARGE_OUTPUTS` (a size estimate
+    only: nothing is opened or collected here, and a path that is not there counts 0)."""
+    total = 0
+    for tag in thunk.outputs:
+        try:
+            total += os.stat(tag, dir_fd=work_fd, follow_symlinks=False).st_size
+        except (OSError, ValueError):
+            continue
+    return total > LARGE_OUTPUTS
+
+
+def _collect(thunk_id: str, thunk: Thunk, run: RunDir, store: LocalStore) -> tuple[list[Output], list[str]]:
+    return _collect_outputs(thunk_id, thunk, run.work_fd, store), _collect_created(thunk_id, run.fd, store)
 
 
 def sweep_stale_runs(scratch: Path) -> None:
@@ -411,73 +450,35 @@ def sweep_stale_runs(scratch: Path) -> None:
         finally:
             os.close(fd)
         _kill_recorded_group(rundir)
-        _remove_tree(rundir)
+        remove_tree(str(rundir))
 
 
-async def _run(
-    thunk_id: str, argv: list[str], program: str, env: dict[str, str], workdir: Path, rundir: Path,
-    rundir_fd: int, timeout: float | None,
-) -> None:
-    # stdout and stderr share one pipe: a failure report shows them interleaved, as a
-    # terminal would. Only the tail is kept, in memory: a log file would need a file
-    # creation per thunk, and on a full disk it would lose exactly the lines that say so.
-    oom_before = _oom_kills()
+async def _run(thunk_id: str, argv: list[str], program: str, env: dict[str, str], run: RunDir,
+               rundirs: RunDirs, timeout: float | None) -> None:
+    oom_before = rundirs.oom_kills()
+    spawned_after = _boot_ns()
     try:
-        process = await asyncio.create_subprocess_exec(
-            argv[0], *argv[1:], executable=program, cwd=workdir, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        finished = await spawn.run(argv, program, env, run.work, timeout, stdin=rundirs.devnull(),
+                                   on_start=lambda pid: _record_group(run.fd, pid, spawned_after))
     except OSError as exc:
         raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
-    _record_group(rundir_fd, process.pid)
-    tail = bytearray()
-    reader = asyncio.ensure_future(_keep_tail(process.stdout, tail))
-    try:
-        code = await asyncio.wait_for(process.wait(), timeout)
-    except TimeoutError:
-        _kill_group(process)
-        await process.wait()
-        await _drain(reader)
-        raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _text(tail)) from None
-    except BaseException:
-        _kill_group(process)
-        await asyncio.shield(process.wait())
-        reader.cancel()
-        raise
-    _kill_group(process)  # nothing the function started may outlive it
-    await _drain(reader)
+    code = finished.code
+    if finished.timed_out:
+        raise ExecutionFailed(thunk_id, f"timed out after {timeout:g} s", argv, _text(finished.tail))
     if code != 0:
-        if _disk_full(workdir) or b"No space left on device" in tail:
+        if _disk_full(run.work) or b"No space left on device" in finished.tail:
             raise ResourceExhausted(f"thunk {thunk_id}: {_describe_status(code)} with the worker's disk full "
-                                    "(no space left on device)", _text(tail))
-        if code == -signal.SIGKILL and _oom_kills() > oom_before:
-            raise ResourceExhausted(f"thunk {thunk_id}: killed by the out-of-memory killer", _text(tail))
-        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _text(tail))
+                                    "(no space left on device)", _text(finished.tail))
+        if code == -signal.SIGKILL and rundirs.oom_kills() > oom_before:
+            raise ResourceExhausted(f"thunk {thunk_id}: killed by the out-of-memory killer", _text(finished.tail))
+        raise ExecutionFailed(thunk_id, _describe_status(code), argv, _text(finished.tail))
 
 
-async def _keep_tail(stream: asyncio.StreamReader | None, tail: bytearray) -> None:
-    if stream is None:
-        return
-    while chunk := await stream.read(65536):
-        tail += chunk
-        del tail[:-STDERR_TAIL]
+def _text(tail: bytes) -> str:
+    return tail.decode(errors="replace")
 
 
-async def _drain(reader: asyncio.Future) -> None:
-    """The group is dead, so EOF comes at once, unless something escaped the group
-    still holds the pipe: then stop reading after a moment."""
-    try:
-        await asyncio.wait_for(reader, 1.0)
-    except TimeoutError:
-        pass
-
-
-def _text(tail: bytearray) -> str:
-    return bytes(tail).decode(errors="replace")
-
-
-def _disk_full(path: Path) -> bool:
+def _disk_full(path: str) -> bool:
     """True when the file system under ``path`` has (almost) no room left: a function
     that failed then most likely failed for want of space, not through its own fault.
     (A tool that deletes its partial output on error frees the space again; its
@@ -489,27 +490,14 @@ def _disk_full(path: Path) -> bool:
     return st.f_bavail * st.f_frsize < 4 << 20
 
 
-def _oom_kills() -> int:
-    """The cgroup's count of out-of-memory kills (cgroup v2, else v1), 0 where unknown."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
-        try:
-            with open(path, "rb") as handle:
-                for line in handle:
-                    if line.startswith(b"oom_kill "):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return 0
-
-
-def _check_inputs_intact(thunk_id: str, thunk: Thunk, store: LocalStore) -> None:
+def _check_inputs_intact(thunk_id: str, names: dict[str, str], store: LocalStore) -> None:
     """Verify the inputs again: the function could reach and rewrite any blob.
 
     One ``lstat`` each when nothing changed; a blob whose stat moved is hashed again,
     and one that no longer matches its ID is dropped and fails the thunk (its result
     may have been computed from the changed bytes).
     """
-    for ident, name in _input_names(thunk).items():
+    for ident, name in names.items():
         try:
             store.verify_for_use(ident)
         except CorruptBlob:
@@ -524,12 +512,15 @@ def _check_inputs_intact(thunk_id: str, thunk: Thunk, store: LocalStore) -> None
 def _collect_outputs(thunk_id: str, thunk: Thunk, work_fd: int, store: LocalStore) -> list[Output]:
     outputs = []
     for tag in thunk.outputs:
-        try:
-            parent_fd, leaf = confine.open_parent(work_fd, tag)
-        except FileNotFoundError:
-            raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
-        except confine.Escape as exc:
-            raise ExecutionFailed(thunk_id, f"output {tag!r} was not collected: {exc}") from None
+        if "/" in tag or tag in ("", ".", ".."):
+            try:
+                parent_fd, leaf = confine.open_parent(work_fd, tag)
+            except FileNotFoundError:
+                raise ExecutionFailed(thunk_id, f"output {tag!r} was not produced") from None
+            except confine.Escape as exc:
+                raise ExecutionFailed(thunk_id, f"output {tag!r} was not collected: {exc}") from None
+        else:  # a plain name in the work directory itself: no walk, no descriptor to open
+            parent_fd, leaf = work_fd, tag
         try:
             ident, executable = store.adopt_at(parent_fd, leaf)
         except FileNotFoundError:
@@ -537,7 +528,8 @@ def _collect_outputs(thunk_id: str, thunk: Thunk, work_fd: int, store: LocalStor
         except NotRegularFile as exc:
             raise ExecutionFailed(thunk_id, f"output {tag!r} {exc}") from None
         finally:
-            os.close(parent_fd)
+            if parent_fd != work_fd:
+                os.close(parent_fd)
         if parse_id(ident).is_thunk:
             try:
                 parse_thunk(store.read_bytes(ident), where=f"output {tag!r}")
@@ -576,15 +568,3 @@ def _collect_created(thunk_id: str, rundir_fd: int, store: LocalStore) -> list[s
     finally:
         os.close(blobs_fd)
     return created
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a run directory even where the function left read-only subdirectories."""
-
-    def make_writable_and_retry(function, target, _excinfo):
-        for path in (os.path.dirname(target), target):  # never chmod through a link
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-        function(target)
-
-    shutil.rmtree(path, onerror=make_writable_and_retry)

@@ -20,6 +20,7 @@ from ir.store import CorruptBlob, LocalStore, StoreError
 from .engine import Job
 from .execution import ExecutionResult, InfrastructureError, execute, sweep_stale_runs
 from .resources import Capacity, ResourceGate
+from .rundirs import RunDirs
 
 
 class LocalEngine:
@@ -40,6 +41,7 @@ class LocalEngine:
         self.scratch = scratch or store.root / "work"
         self.runtime_env = {"GG_PYTHON": sys.executable}
         sweep_stale_runs(self.scratch)
+        self.rundirs = RunDirs(self.scratch)  # reused from one thunk to the next
 
     def refuses(self, job: Job) -> str | None:
         return None
@@ -69,9 +71,10 @@ class LocalEngine:
         async with self.gate.claim(hint.cpus or 1, hint.memory_mib):
             try:
                 return await execute(job.thunk_id, job.thunk, self.store, self.scratch,
-                                     default_timeout=job.timeout, runtime_env=self.runtime_env)
+                                     default_timeout=job.timeout, runtime_env=self.runtime_env,
+                                     rundirs=self.rundirs)
             except OSError as exc:
                 raise InfrastructureError(f"local engine: {exc}") from exc
 
     async def close(self) -> None:
-        return None
+        self.rundirs.close()

@@ -42,6 +42,7 @@ from ir.thunk import MalformedThunk, Thunk, parse_thunk
 from . import protocol, worker_cache
 from .execution import ExecutionFailed, ResourceExhausted, execute
 from .protocol import ExecutionRequest, ExecutionResponse, Status, one_line
+from .rundirs import RunDirs
 
 if TYPE_CHECKING:
     from ir.storage import RemoteStorage
@@ -113,6 +114,7 @@ class Worker:
         self.cache_dir = cache_dir
         self.runtime_env = dict(runtime_env() if env is None else env)
         self._store: LocalStore | None = None
+        self._rundirs: RunDirs | None = None  # run directories, reused while the store lasts
         self._cache_bytes: int | None = None  # blob bytes in the cache, None until scanned
         self.recency = worker_cache.Recency()
 
@@ -121,9 +123,19 @@ class Worker:
         """The cache's store, created once (again if something removed it)."""
         if self._store is None or not self._store.blobs.is_dir():
             self._store = LocalStore.init(self.cache_dir)
+            if self._rundirs is not None:
+                self._rundirs.close()
+            self._rundirs = RunDirs(self._store.root / "work")
             self._cache_bytes = None
             self.recency = worker_cache.Recency()
         return self._store
+
+    @property
+    def rundirs(self) -> RunDirs:
+        """The run directories under the cache (made again with the store)."""
+        if self._rundirs is None:
+            self._rundirs = RunDirs(self.store.root / "work")
+        return self._rundirs
 
     async def serve(self, request: ExecutionRequest, storage: RemoteStorage, config: WorkerConfig,
                     deadline: float | None = None) -> ExecutionResponse:
@@ -205,7 +217,7 @@ class Worker:
                     runnable = replace(thunk, timeout_ms=max(1, int(budget * 1000)))
                 try:
                     result = await execute(ident, runnable, store, default_timeout=timeout,
-                                           runtime_env=self.runtime_env)
+                                           runtime_env=self.runtime_env, rundirs=self.rundirs)
                 except ExecutionFailed as exc:
                     if not (capped and exc.reason.startswith("timed out")):
                         raise

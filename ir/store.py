@@ -333,10 +333,13 @@ class LocalStore:
         """Adopt ``name`` in directory ``dir_fd`` (a work directory): ``(ID, executable)``.
 
         Never follows a symbolic link: the file is opened with ``O_NOFOLLOW`` and hashed
-        from that descriptor, then its directory entry is moved into the store with
-        ``renameat`` and checked to be the same inode, unchanged. A file with several
-        links (an input passed through, or a hard link to a file elsewhere) is copied,
-        never moved. Raises :class:`NotRegularFile` for a link or a special file and
+        from that descriptor, made read-only through it, then its directory entry is
+        hard-linked into the store (``linkat``, which does not follow a link either) and
+        the new blob checked to be that very inode, unchanged — if it is not, it is
+        removed again. No temp file: a file creation per output was most of a trivial
+        thunk's collection cost. A file with several links (an input passed through, or a
+        hard link to a file elsewhere) is copied, never moved. Raises
+        :class:`NotRegularFile` for a link or a special file and
         :class:`FileNotFoundError` if there is no such file.
         """
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -358,33 +361,46 @@ class LocalStore:
                     if st.st_nlink == 1:
                         os.unlink(name, dir_fd=dir_fd)
                     return ident, executable
+                if st.st_nlink == 1 and self._link_in(fd, st, dir_fd, name, ident, executable):
+                    return ident, executable
+                # A shared inode or another file system: copy, hashing again.
                 temp_fd, temp = self._temp()
                 try:
-                    moved = False
-                    if st.st_nlink == 1:
-                        try:
-                            os.rename(name, temp, src_dir_fd=dir_fd)
-                            moved = True
-                        except OSError as exc:
-                            if exc.errno != errno.EXDEV:
-                                raise
-                    if moved:
-                        os.close(temp_fd)
-                        after = os.lstat(temp)
-                        if (after.st_ino, after.st_size, after.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
-                            raise NotRegularFile("changed while it was collected")
-                    else:  # shared inode or another file system: copy, hashing again
-                        source.seek(0)
-                        with os.fdopen(temp_fd, "wb") as sink:
-                            copied = hash_stream(source, sink=sink)
-                        if copied != ident:
-                            raise NotRegularFile("changed while it was collected")
+                    source.seek(0)
+                    with os.fdopen(temp_fd, "wb") as sink:
+                        copied = hash_stream(source, sink=sink)
+                    if copied != ident:
+                        raise NotRegularFile("changed while it was collected")
                     return self._install(temp, ident, executable), executable
                 except BaseException:
                     unlink_quietly(temp)
                     raise
         finally:
             os.close(fd)
+
+    def _link_in(self, fd: int, st: os.stat_result, dir_fd: int, name: str, ident: str, executable: bool) -> bool:
+        """Make ``name`` (open as ``fd``, hashed to ``ident`` after ``st``) blob ``ident``
+        by a hard link; False where hard links do not work (then the caller copies)."""
+        os.fchmod(fd, EXECUTABLE_MODE if executable else VALUE_MODE)  # read-only before it is a blob
+        target = os.path.join(self.blobs, ident)
+        try:
+            os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:  # a racing writer stored it first: theirs wins
+            if executable:
+                self.mark_executable(ident)
+            os.unlink(name, dir_fd=dir_fd)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                return False
+            raise
+        after = os.lstat(target)
+        if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != (st.st_dev, st.st_ino, st.st_size,
+                                                                              st.st_mtime_ns):
+            unlink_quietly(target)  # the name was swapped or the file written since it was hashed
+            raise NotRegularFile("changed while it was collected")
+        os.unlink(name, dir_fd=dir_fd)
+        return True
 
     def put_thunk(self, thunk: Thunk) -> str:
         return self.put_bytes(thunk.serialize())

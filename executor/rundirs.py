@@ -1,0 +1,209 @@
+"""Run directories for the execution core, reused from one thunk to the next.
+
+Each thunk runs in a run directory ``run-XXXX`` under the scratch directory, holding
+``w`` (the work directory: inputs laid out, the function's cwd) and ``gg`` (the
+function's ``GG_DIR``). The directory is locked (``flock`` on the directory itself)
+for as long as this process uses it, so :func:`executor.execution.sweep_stale_runs`
+removes only those of a process that died.
+
+Creating and removing three directories per thunk was a large part of a trivial
+thunk's cost (``mkdir``/``rmdir`` touch the file system's journal). An engine keeps a
+:class:`RunDirs` instead: after a thunk, its run directory is emptied and kept for the
+next one *only if it is exactly as made* — the run directory holds nothing but ``w``
+and ``gg`` (and the process-group record), both still the very directories made for
+it (same inodes, mode 0700) — and ``w`` and ``gg`` are then emptied, removing whatever
+the function left there without following a link. Anything else, or any error, and
+the run directory is removed and a fresh one is made for the next thunk, as before.
+So a thunk never sees what an earlier one left.
+
+The pool also keeps two descriptors open between runs: ``/dev/null`` (the function's
+stdin) and the cgroup's ``memory.events`` (read before and after a run to tell an
+out-of-memory kill from any other ``SIGKILL``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import confine
+
+_EXPECTED = frozenset(("w", "gg", ".group"))  # .group: the record where xattrs are missing
+_OOM_EVENTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+@dataclass
+class RunDir:
+    """One run directory, locked: ``fd`` is the run directory, ``work_fd`` its ``w``."""
+
+    path: str
+    fd: int
+    work: str
+    work_fd: int
+    gg: str
+    inodes: tuple[int, int]  # of w and gg, as made
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory tree even where the function left read-only subdirectories
+    (``shutil.rmtree`` never follows a link in it)."""
+
+    def make_writable_and_retry(function, target, _excinfo):
+        for path in (os.path.dirname(target), target):  # never chmod through a link
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+        function(target)
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def _destroy(run: RunDir) -> None:
+    try:
+        remove_tree(run.path)
+    finally:
+        os.close(run.work_fd)
+        os.close(run.fd)
+
+
+def _destroy_all(free: list[RunDir], descriptors: list[int]) -> None:
+    while free:
+        with contextlib.suppress(OSError):
+            _destroy(free.pop())
+    while descriptors:
+        with contextlib.suppress(OSError):
+            os.close(descriptors.pop())
+
+
+def _is_own_dir(st: os.stat_result, inode: int) -> bool:
+    return st.st_ino == inode and stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def _empty(dir_fd: int, names: list[str], path: str) -> None:
+    """Remove ``names`` from directory ``dir_fd`` (at ``path``), never through a link."""
+    for name in names:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            remove_tree(os.path.join(path, name))
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+
+class RunDirs:
+    """Run directories under ``scratch`` for one engine (or one call, ``reuse=False``).
+
+    :meth:`take` one per running thunk, :meth:`give_back` it afterwards, :meth:`close`
+    when the engine closes (directories still pooled then are removed; so are they if
+    the pool is garbage-collected or the interpreter exits without a close).
+    """
+
+    def __init__(self, scratch: Path | str, reuse: bool = True):
+        self.scratch = str(scratch)
+        self.reuse = reuse
+        self._free: list[RunDir] = []
+        self._descriptors: list[int] = []  # closed with the pool
+        self._devnull = -1
+        self._oom_fd: int | None = None
+        self._made_scratch = False
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _destroy_all, self._free, self._descriptors)
+
+    def take(self) -> RunDir:
+        if self._free:
+            return self._free.pop()
+        if not self._made_scratch:
+            os.makedirs(self.scratch, exist_ok=True)
+            self._made_scratch = True
+        path = tempfile.mkdtemp(dir=self.scratch, prefix="run-")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # A sweeper can only take the lock in the instant between mkdtemp and here;
+            # the run then fails to lay out its inputs: an infrastructure error, retried.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.mkdir("w", 0o700, dir_fd=fd)
+            # GG_DIR gets its blobs/ and tmp/ only if the function stores something.
+            os.mkdir("gg", 0o700, dir_fd=fd)
+            work_fd = confine.open_dir(fd, "w")
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+            raise
+        gg = os.stat("gg", dir_fd=fd, follow_symlinks=False)
+        return RunDir(path, fd, os.path.join(path, "w"), work_fd, os.path.join(path, "gg"),
+                      (os.fstat(work_fd).st_ino, gg.st_ino))
+
+    def give_back(self, run: RunDir) -> None:
+        """Keep ``run`` for the next thunk if it can be emptied to exactly as made;
+        otherwise remove it."""
+        if self.reuse and not self._closed and self._reset(run):
+            self._free.append(run)
+        else:
+            _destroy(run)
+
+    @staticmethod
+    def _reset(run: RunDir) -> bool:
+        # Listed by path (an open, not a dup and a rewind of the descriptor); every
+        # removal goes through the descriptors, so a directory swapped in under the
+        # path only makes a name missing there: an error, and the run directory goes.
+        try:
+            if not _EXPECTED.issuperset(os.listdir(run.path)):
+                return False
+            w = os.stat("w", dir_fd=run.fd, follow_symlinks=False)
+            gg = os.stat("gg", dir_fd=run.fd, follow_symlinks=False)
+            if not (_is_own_dir(w, run.inodes[0]) and _is_own_dir(gg, run.inodes[1])):
+                return False
+            left = os.listdir(run.work)
+            if left:
+                _empty(run.work_fd, left, run.work)
+            left = os.listdir(run.gg)
+            if left:
+                gg_fd = confine.open_dir(run.fd, "gg")
+                try:
+                    if os.fstat(gg_fd).st_ino != run.inodes[1]:
+                        return False
+                    _empty(gg_fd, left, run.gg)
+                finally:
+                    os.close(gg_fd)
+            return True
+        except (OSError, confine.Escape):
+            return False
+
+    def devnull(self) -> int:
+        """``/dev/null``, opened once: the stdin of every function."""
+        if self._devnull < 0:
+            self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            self._descriptors.append(self._devnull)
+        return self._devnull
+
+    def oom_kills(self) -> int:
+        """The cgroup's count of out-of-memory kills (cgroup v2, else v1), 0 where unknown."""
+        if self._oom_fd is None:
+            self._oom_fd = -1
+            for path in _OOM_EVENTS:
+                with contextlib.suppress(OSError):
+                    self._oom_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    self._descriptors.append(self._oom_fd)
+                    break
+        if self._oom_fd < 0:
+            return 0
+        try:
+            text = os.pread(self._oom_fd, 4096, 0)
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            if line.startswith(b"oom_kill "):
+                with contextlib.suppress(ValueError):
+                    return int(line.split()[1])
+        return 0
+
+    def close(self) -> None:
+        """Remove the pooled run directories; later :meth:`give_back` removes too."""
+        self._closed = True
+        self._finalizer()
