@@ -52,6 +52,7 @@ from .uri import S3Config, parse_s3_uri
 T = TypeVar("T")
 
 CHUNK = 1 << 20
+THREAD_WRITE = 256 << 10  # downloaded pieces from this size are written in a thread
 SAMPLE = 1 << 20
 ZSTD_LEVEL = 3
 WORTH_IT = 0.9  # compress only if the result is at most this fraction of the input
@@ -559,7 +560,7 @@ class S3Storage:
             temp, actual, executable = await self._with_deadline("GET", where, self._fetch(store, ident))
             if actual == ident:
                 try:
-                    store.adopt(temp, executable or ident in self._executable)
+                    store.adopt_hashed(temp, ident, executable or ident in self._executable)
                 finally:
                     unlink_quietly(temp)
                 self._present.add(ident)
@@ -570,11 +571,10 @@ class S3Storage:
         raise CorruptBlob(ident, actual, where)
 
     async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str, bool]:
-        """Stream the object into a temp file in the store; return (temp, actual ID, executable)."""
+        """Stream the object into a temp file in the store, hashing (and decompressing)
+        on the fly; return (temp, actual ID, executable)."""
         where = self.config.where(ident)
-        expected_size = parse_id(ident).size
-        algorithm = parse_id(ident).algorithm
-        store.tmp.mkdir(parents=True, exist_ok=True)
+        parsed = parse_id(ident)
 
         async def get(client: Any) -> tuple[Path, str, bool]:
             try:
@@ -588,39 +588,102 @@ class S3Storage:
             executable = answer.get("Metadata", {}).get(EXECUTABLE) == "1"
             if encoding not in ("identity", "zstd"):
                 raise S3Error(f"S3 GET {where} failed: unknown {ENCODING} {encoding!r}")
-            decompressor = zstandard.ZstdDecompressor().decompressobj() if encoding == "zstd" else None
-            hasher = new_hasher(algorithm)
-            size, head = 0, b""
             fd, temp = _mkstemp(store.tmp, "s3-")
-            corrupt = False
             try:
-                with os.fdopen(fd, "wb") as sink:
+                with os.fdopen(fd, "wb") as handle:
+                    sink = _VerifyingSink(handle, parsed.size, parsed.algorithm)
                     body = answer["Body"]
                     try:
-                        while chunk := await body.read(CHUNK):
-                            if decompressor is not None:
-                                try:
-                                    chunk = decompressor.decompress(chunk)
-                                except zstandard.ZstdError:
-                                    corrupt = True
-                                    break
-                            size += len(chunk)
-                            if size > expected_size:  # do not fill the disk with garbage
-                                corrupt = True
-                                break
-                            if len(head) < len(MAGIC):
-                                head += chunk[: len(MAGIC)]
-                            hasher.update(chunk)
-                            sink.write(chunk)
+                        actual = await _receive(body, sink, encoding)
                     finally:
                         body.close()
             except BaseException:
                 os.unlink(temp)
                 raise
-            if corrupt:
-                return Path(temp), f"(undecodable or oversized object, {size}+ bytes)", False
-            kind = kind_of(head)
-            return Path(temp), make_id(kind, hasher.hexdigest(), size, algorithm), executable
+            return Path(temp), actual, executable
 
         return await self._request("GET", where, get)
 
+
+class _Oversized(Exception):
+    """More bytes than the ID says: stop reading (do not fill the disk with garbage)."""
+
+
+class _VerifyingSink:
+    """Where a download's (decompressed) bytes go: hashed, counted and written at once,
+    so the file is read once and never held in memory."""
+
+    def __init__(self, handle: Any, expected_size: int, algorithm: str):
+        self.handle = handle
+        self.expected_size = expected_size
+        self.algorithm = algorithm
+        self.hasher = new_hasher(algorithm)
+        self.size = 0
+        self.head = b""
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.size += len(data)
+        if self.size > self.expected_size:
+            raise _Oversized()
+        if len(self.head) < len(MAGIC):
+            self.head += bytes(data[: len(MAGIC)])
+        self.hasher.update(data)
+        self.handle.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """The decompressor's flush() calls this; the file is flushed when closed."""
+
+    def ident(self) -> str:
+        return make_id(kind_of(self.head), self.hasher.hexdigest(), self.size, self.algorithm)
+
+
+async def _receive(body: Any, sink: _VerifyingSink, encoding: str) -> str:
+    """Read ``body`` into ``sink`` (decoding zstd) in pieces of about CHUNK bytes; the
+    ID of what arrived, or a description of why it is not a blob.
+
+    Large pieces are hashed and written in a thread while the next one is read (two
+    pieces in memory at most): a download then takes about as long as the slower of
+    the network and the disk, not their sum, and the event loop stays free.
+    """
+    decoder = (zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK, closefd=False)
+               if encoding == "zstd" else sink)
+    loop = asyncio.get_running_loop()
+    writing: asyncio.Future | None = None  # the previous piece, in a thread
+    pieces: list[bytes] = []
+    buffered = 0
+    try:
+        while True:
+            # aiohttp hands out whatever arrived (often a few KiB): gather CHUNK bytes
+            # first, so hashing and writing are a few large calls, not thousands.
+            piece = await body.read(CHUNK - buffered)
+            if piece:
+                pieces.append(piece)
+                buffered += len(piece)
+            if pieces and (buffered >= CHUNK or not piece):
+                data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                pieces, buffered = [], 0
+                if writing is not None:
+                    await asyncio.shield(writing)
+                    writing = None
+                if len(data) >= THREAD_WRITE:
+                    writing = loop.run_in_executor(None, decoder.write, data)
+                else:
+                    decoder.write(data)
+            if not piece:
+                break
+        if writing is not None:
+            await asyncio.shield(writing)
+            writing = None
+        if decoder is not sink:
+            decoder.flush()
+    except _Oversized:
+        return f"(oversized object, {sink.size}+ bytes)"
+    except zstandard.ZstdError:
+        return f"(undecodable zstd object, {sink.size}+ bytes decoded)"
+    finally:
+        if writing is not None:  # cancelled or failed meanwhile: the thread still uses the file
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # seen: the first error is the one reported
+    return sink.ident()
