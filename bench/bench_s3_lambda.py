@@ -233,8 +233,10 @@ async def bench_lambda(args, lam_url: str, uri: str, store: LocalStore) -> None:
         variants.append((f"LambdaEngine, fixed batch {k}",
                          lambda prof, k=k: engine_thunks(lam_url, uri, store, maker.jobs(count * k + 1), LambdaConfig(
                              endpoint_url=lam_url, concurrency=conc, batch_max=k, adaptive_batch=False))))
-    variants.append((f"LambdaEngine, adaptive (batch_max {base.batch_max})",
-                     lambda prof: engine_thunks(lam_url, uri, store, maker.jobs(count * base.batch_max + 1), base)))
+    cap = max([*args.batches, 1])  # the same cap as the largest fixed batch
+    variants.append((f"LambdaEngine, adaptive (batch_max {cap})",
+                     lambda prof: engine_thunks(lam_url, uri, store, maker.jobs(count * cap + 1),
+                                                LambdaConfig(endpoint_url=lam_url, concurrency=conc, batch_max=cap))))
     rates: dict[str, list[float]] = {name: [] for name, _ in variants}
     for rep in range(args.repeat):
         for n, (name, run) in enumerate(variants):

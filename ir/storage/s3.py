@@ -30,6 +30,7 @@ What it guarantees, and why (each point is a way gg hurt its users):
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import stat
 import time
@@ -53,6 +54,7 @@ T = TypeVar("T")
 
 CHUNK = 1 << 20
 THREAD_WRITE = 256 << 10  # downloaded pieces from this size are written in a thread
+SMALL_DOWNLOAD = CHUNK  # objects up to this size are downloaded into memory
 SAMPLE = 1 << 20
 ZSTD_LEVEL = 3
 WORTH_IT = 0.9  # compress only if the result is at most this fraction of the input
@@ -557,26 +559,27 @@ class S3Storage:
         where = self.config.where(ident)
         actual = ""
         for _attempt in range(2):  # a corrupt copy is discarded and fetched once more
-            temp, actual, executable = await self._with_deadline("GET", where, self._fetch(store, ident))
+            actual = await self._with_deadline("GET", where, self._fetch(store, ident))
             if actual == ident:
-                try:
-                    store.adopt_hashed(temp, ident, executable or ident in self._executable)
-                finally:
-                    unlink_quietly(temp)
                 self._present.add(ident)
                 return
-            unlink_quietly(temp)
         self._present.discard(ident)
         self._suspect.add(ident)
         raise CorruptBlob(ident, actual, where)
 
-    async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str, bool]:
-        """Stream the object into a temp file in the store, hashing (and decompressing)
-        on the fly; return (temp, actual ID, executable)."""
+    async def _fetch(self, store: LocalStore, ident: str) -> str:
+        """GET the object, verify it and install it in ``store`` if it is ``ident``;
+        return the ID of what arrived (or why it is not a blob).
+
+        Up to SMALL_DOWNLOAD bytes it is read into memory and checked and stored in a
+        thread (creating a file can take milliseconds on a busy disk: the event loop
+        keeps serving the other requests meanwhile); larger ones stream into a temp
+        file, hashed (and decompressed) on the fly, so they are never held in memory.
+        """
         where = self.config.where(ident)
         parsed = parse_id(ident)
 
-        async def get(client: Any) -> tuple[Path, str, bool]:
+        async def get(client: Any) -> str:
             try:
                 answer = await client.get_object(Bucket=self.config.bucket, Key=self.config.key(ident))
             except Exception as exc:
@@ -584,25 +587,68 @@ class S3Storage:
                     self._present.discard(ident)
                     raise MissingBlob(ident, where) from None
                 raise
-            encoding = answer.get("Metadata", {}).get(ENCODING, "identity")
-            executable = answer.get("Metadata", {}).get(EXECUTABLE) == "1"
+            metadata = answer.get("Metadata", {})
+            encoding = metadata.get(ENCODING, "identity")
+            executable = metadata.get(EXECUTABLE) == "1" or ident in self._executable
             if encoding not in ("identity", "zstd"):
                 raise S3Error(f"S3 GET {where} failed: unknown {ENCODING} {encoding!r}")
+            body = answer["Body"]
+            if parsed.size <= SMALL_DOWNLOAD:
+                try:
+                    data = await _read_at_most(body, parsed.size)
+                finally:
+                    body.close()
+                return await asyncio.to_thread(_install_small, store, ident, data, encoding, executable)
             fd, temp = _mkstemp(store.tmp, "s3-")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     sink = _VerifyingSink(handle, parsed.size, parsed.algorithm)
-                    body = answer["Body"]
                     try:
                         actual = await _receive(body, sink, encoding)
                     finally:
                         body.close()
-            except BaseException:
-                os.unlink(temp)
-                raise
-            return Path(temp), actual, executable
+                if actual == ident:
+                    store.adopt_hashed(Path(temp), ident, executable)
+            finally:
+                unlink_quietly(temp)
+            return actual
 
         return await self._request("GET", where, get)
+
+
+async def _read_at_most(body: Any, size: int) -> bytes:
+    """The body's bytes, or its first ``size + 1`` if it is longer (then it is not the
+    blob, and reading the rest would only fill memory)."""
+    pieces: list[bytes] = []
+    got = 0
+    while got <= size and (piece := await body.read(size + 1 - got)):
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+def _install_small(store: LocalStore, ident: str, data: bytes, encoding: str, executable: bool) -> str:
+    """Decode and verify a small object; store it if it is ``ident``. The ID of what
+    arrived (or why it is not a blob)."""
+    size = parse_id(ident).size
+    if len(data) > size:  # also for zstd: an object is stored compressed only when that is smaller
+        return f"(oversized object, {len(data)}+ bytes)"
+    if encoding == "zstd":
+        try:  # at most size + 1 bytes out: a small frame may expand to gigabytes
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            pieces, got = [], 0
+            while got <= size and (piece := reader.read(size + 1 - got)):
+                pieces.append(piece)
+                got += len(piece)
+            data = b"".join(pieces)
+        except zstandard.ZstdError:
+            return f"(undecodable zstd object, {len(data)} bytes)"
+    if len(data) > size:
+        return f"(oversized object, {len(data)}+ bytes)"
+    actual = id_of_blob(data, parse_id(ident).algorithm)
+    if actual == ident:
+        store.put_bytes(data, executable)
+    return actual
 
 
 class _Oversized(Exception):
