@@ -100,8 +100,13 @@ class ThunkMaker:
         return jobs
 
 
+def _rates(count: int, started: float, cpu: float) -> tuple[float, float]:
+    """(thunks per second, milliseconds of this process's CPU per thunk) since then."""
+    return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1000
+
+
 async def raw_invokes(url: str, uri: str, jobs: list[Job], concurrency: int, inline_max: int,
-                      profile: Path | None = None) -> float:
+                      profile: Path | None = None) -> tuple[float, float]:
     """The baseline: the same thunks' requests, encoded before the clock starts."""
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
@@ -120,21 +125,21 @@ async def raw_invokes(url: str, uri: str, jobs: list[Job], concurrency: int, inl
 
         await one(payloads[0])  # warm up the connection pool
         with _profiling(profile):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await _gather_limited([one(p) for p in payloads[1:]], concurrency)
-            return (len(payloads) - 1) / (time.perf_counter() - started)
+            return _rates(len(payloads) - 1, started, cpu)
 
 
 async def engine_thunks(url: str, uri: str, store: LocalStore, jobs: list[Job], config: LambdaConfig,
-                        profile: Path | None = None) -> float:
+                        profile: Path | None = None) -> tuple[float, float]:
     storage = S3Storage(parse_s3_uri(uri))
     engine = LambdaEngine(config, store, storage)
     try:
         await engine.run(jobs[0])  # warm up: clients made, the shell uploaded once
         with _profiling(profile):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await _gather_limited([engine.run(job) for job in jobs[1:]], engine.slots)
-            return (len(jobs) - 1) / (time.perf_counter() - started)
+            return _rates(len(jobs) - 1, started, cpu)
     finally:
         await engine.close()
         await storage.close()
@@ -222,7 +227,7 @@ async def bench_lambda(args, lam_url: str, uri: str, store: LocalStore) -> None:
     conc = args.concurrency
     maker = ThunkMaker(store)
     base = LambdaConfig(endpoint_url=lam_url, concurrency=conc)
-    variants: list[tuple[str, Callable[[Path | None], Awaitable[float]]]] = [
+    variants: list[tuple[str, Callable[[Path | None], Awaitable[tuple[float, float]]]]] = [
         ("raw aiobotocore invoke, 1 thunk each",
          lambda prof: raw_invokes(lam_url, uri, maker.jobs(count + 1), conc, base.inline_max, prof)),
         ("LambdaEngine, batch 1",
@@ -238,19 +243,23 @@ async def bench_lambda(args, lam_url: str, uri: str, store: LocalStore) -> None:
                      lambda prof: engine_thunks(lam_url, uri, store, maker.jobs(count * cap + 1),
                                                 LambdaConfig(endpoint_url=lam_url, concurrency=conc, batch_max=cap))))
     rates: dict[str, list[float]] = {name: [] for name, _ in variants}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in variants}
     for rep in range(args.repeat):
         for n, (name, run) in enumerate(variants):
             prof = args.profile / f"lambda-{n}.prof" if args.profile and rep == 0 and n < 2 else None
-            rates[name].append(await run(prof))
+            rate, ms = await run(prof)
+            rates[name].append(rate)
+            cpu[name].append(ms)
     raw = statistics.median(rates[variants[0][0]])
     print(f"Lambda (gg lambda-local, {args.workers} workers; {conc} invocations in flight; "
           f"{count} invocations' worth of thunks per variant; median of {args.repeat}, interleaved)")
-    widths = [44, 12, 10, 26]
-    print(row(["what", "thunks/s", "vs raw", "all runs"], widths))
+    print("  cpu: milliseconds of the client process's CPU per thunk (what the coordinator costs)")
+    widths = [44, 9, 7, 7, 26]
+    print(row(["what", "thunks/s", "vs raw", "cpu ms", "all runs (thunks/s)"], widths))
     for name, _ in variants:
         median = statistics.median(rates[name])
-        print(row([name, f"{median:,.0f}", f"{median / raw:.0%}", " ".join(f"{r:.0f}" for r in rates[name])],
-                  widths))
+        print(row([name, f"{median:,.0f}", f"{median / raw:.0%}", f"{statistics.median(cpu[name]):.2f}",
+                   " ".join(f"{r:.0f}" for r in rates[name])], widths))
 
 
 async def bench_s3(args, endpoint: str, bucket: str, uri: str, store: LocalStore) -> None:

@@ -115,6 +115,16 @@ def _compress_file_if_worth_it(path: Path, tmpdir: Path) -> Path | None:
         raise
 
 
+def _read_for_put(path: Path, ident: str) -> tuple[bytes, str]:
+    """The body to PUT for blob ``ident`` stored at ``path`` (checked: a corrupt local
+    copy is never uploaded) and its encoding."""
+    data = path.read_bytes()
+    actual = id_of_blob(data)
+    if actual != ident:
+        raise CorruptBlob(ident, actual, str(path.parent))
+    return _maybe_compress(data)
+
+
 def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:
     import tempfile
 
@@ -334,12 +344,12 @@ class S3Storage:
         return {ENCODING: encoding, "gg-id": ident, **({EXECUTABLE: "1"} if executable else {})}
 
     async def _upload_small(self, ident: str, path: Path, executable: bool) -> None:
-        data = await asyncio.to_thread(path.read_bytes) if os.path.getsize(path) > CHUNK else path.read_bytes()
-        actual = id_of_blob(data)
-        if actual != ident:
-            raise CorruptBlob(ident, actual, str(path.parent))
-        body, encoding = await asyncio.to_thread(_maybe_compress, data) if len(data) > CHUNK else \
-            _maybe_compress(data)
+        # Up to CHUNK bytes the thread hop costs more than the work; above, one hop does
+        # the read, the check and the compression.
+        if os.path.getsize(path) > CHUNK:
+            body, encoding = await asyncio.to_thread(_read_for_put, path, ident)
+        else:
+            body, encoding = _read_for_put(path, ident)
         await self._put_object(ident, body, encoding, executable)
 
     async def _put_object(self, ident: str, body: bytes, encoding: str, executable: bool) -> None:
