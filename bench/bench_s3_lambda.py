@@ -145,27 +145,39 @@ async def engine_thunks(url: str, uri: str, store: LocalStore, jobs: list[Job], 
         await storage.close()
 
 
-async def s3_ours(uri: str, store: LocalStore, ids: list[str], concurrency: int) -> tuple[float, float]:
+class Clock:
+    """Wall and process CPU seconds of the phases of one run, by name."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall[name] = time.perf_counter() - wall
+        self.cpu[name] = time.process_time() - cpu
+
+
+async def s3_ours(uri: str, store: LocalStore, ids: list[str], concurrency: int, clock: Clock) -> None:
     storage = S3Storage(parse_s3_uri(uri))
     other = LocalStore.init(store.root.parent / f"dl-{uuid.uuid4().hex[:8]}" / ".gg")  # the same disk
     try:
         # Create the client before the clock starts, as the raw side does.
         await storage.has(id_of_bytes(uuid.uuid4().bytes, Kind.VALUE))
-        started = time.perf_counter()
-        await _gather_limited([storage.upload(store, i, overwrite=True) for i in ids], concurrency)
-        up = time.perf_counter() - started
-        started = time.perf_counter()
-        await _gather_limited([storage.download(other, i) for i in ids], concurrency)
-        down = time.perf_counter() - started
+        with clock.phase("our up"):
+            await _gather_limited([storage.upload(store, i, overwrite=True) for i in ids], concurrency)
+        with clock.phase("our down"):
+            await _gather_limited([storage.download(other, i) for i in ids], concurrency)
     finally:
         await storage.close()
-    return up, down
 
 
 async def s3_raw(endpoint: str, bucket: str, blobs: list[bytes], concurrency: int,
-                 directory: Path) -> tuple[float, float, float]:
-    """Seconds to put ``blobs``, to get them into memory, and to get them into files in
-    ``directory`` (a plain client's download: chunks written as they come, no hashing)."""
+                 directory: Path, clock: Clock) -> None:
+    """Put ``blobs``, get them into memory, and get them into files in ``directory`` (a
+    plain client's download: chunks written as they come, no hashing)."""
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
@@ -175,19 +187,17 @@ async def s3_raw(endpoint: str, bucket: str, blobs: list[bytes], concurrency: in
                                            config=config) as client:
         await client.list_buckets()  # connect before the clock starts, as ours does
         keys = [f"raw/{uuid.uuid4().hex}" for _ in blobs]
-        started = time.perf_counter()
-        puts = [client.put_object(Bucket=bucket, Key=k, Body=b) for k, b in zip(keys, blobs, strict=True)]
-        await _gather_limited(puts, concurrency)
-        up = time.perf_counter() - started
+        with clock.phase("raw up"):
+            puts = [client.put_object(Bucket=bucket, Key=k, Body=b) for k, b in zip(keys, blobs, strict=True)]
+            await _gather_limited(puts, concurrency)
 
         async def get(key: str) -> int:
             answer = await client.get_object(Bucket=bucket, Key=key)
             data = await answer["Body"].read()
             return len(data)
 
-        started = time.perf_counter()
-        await _gather_limited([get(k) for k in keys], concurrency)
-        down = time.perf_counter() - started
+        with clock.phase("raw down"):
+            await _gather_limited([get(k) for k in keys], concurrency)
 
         async def get_to_file(key: str) -> None:
             answer = await client.get_object(Bucket=bucket, Key=key)
@@ -197,10 +207,8 @@ async def s3_raw(endpoint: str, bucket: str, blobs: list[bytes], concurrency: in
                     sink.write(chunk)
             path.unlink()
 
-        started = time.perf_counter()
-        await _gather_limited([get_to_file(k) for k in keys], concurrency)
-        to_file = time.perf_counter() - started
-    return up, down, to_file
+        with clock.phase("raw file"):
+            await _gather_limited([get_to_file(k) for k in keys], concurrency)
 
 
 def row(cells: list[str], widths: list[int]) -> str:
@@ -263,7 +271,7 @@ async def bench_lambda(args, lam_url: str, uri: str, store: LocalStore) -> None:
 
 
 async def bench_s3(args, endpoint: str, bucket: str, uri: str, store: LocalStore) -> None:
-    small_n = 100 if args.quick else 1000
+    small_n = 300 if args.quick else 1000
     large_n, large_size = (2, 16 * MIB) if args.quick else (4, 64 * MIB)
     cases = [
         (f"{small_n} x 1 KiB random", [os.urandom(1024) for _ in range(small_n)], "ops/s"),
@@ -279,6 +287,7 @@ async def bench_s3(args, endpoint: str, bucket: str, uri: str, store: LocalStore
     widths = [32, 8, 8, 6, 9, 9, 9, 6, 6]
     print(row(["what", "raw up", "ours up", "ratio", "raw down", "raw>file", "ours down", "ratio", ">file"],
               widths))
+    cpu_lines: list[str] = []
     for label, blobs, unit in cases:
         ids = [store.put_bytes(b) for b in blobs]
         total = sum(len(b) for b in blobs)
@@ -286,20 +295,23 @@ async def bench_s3(args, endpoint: str, bucket: str, uri: str, store: LocalStore
         def rate(seconds: float, count: int = len(ids), total: int = total, unit: str = unit) -> float:
             return count / seconds if unit == "ops/s" else total / seconds / 1e6
 
-        got: dict[str, list[float]] = {"raw up": [], "raw down": [], "raw file": [], "our up": [], "our down": []}
+        got: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         for _ in range(args.repeat):
-            raw_up, raw_down, raw_file = await s3_raw(endpoint, bucket, blobs, args.concurrency, store.tmp)
-            our_up, our_down = await s3_ours(uri, store, ids, args.concurrency)
-            got["raw up"].append(rate(raw_up))
-            got["raw down"].append(rate(raw_down))
-            got["raw file"].append(rate(raw_file))
-            got["our up"].append(rate(our_up))
-            got["our down"].append(rate(our_down))
+            clock = Clock()
+            await s3_raw(endpoint, bucket, blobs, args.concurrency, store.tmp, clock)
+            await s3_ours(uri, store, ids, args.concurrency, clock)
+            for name, seconds in clock.wall.items():
+                got.setdefault(name, []).append(rate(seconds))
+                cpu.setdefault(name, []).append(clock.cpu[name] / len(ids) * 1000)
         m = {k: statistics.median(v) for k, v in got.items()}
+        cpu_lines.append(f"  {label}: " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in cpu.items()))
         print(row([f"{label}, {unit}", f"{m['raw up']:,.0f}", f"{m['our up']:,.0f}",
                    f"{m['our up'] / m['raw up']:.0%}", f"{m['raw down']:,.0f}", f"{m['raw file']:,.0f}",
                    f"{m['our down']:,.0f}", f"{m['our down'] / m['raw down']:.0%}",
                    f"{m['our down'] / m['raw file']:.0%}"], widths))
+    print("client CPU, ms per object (medians):")
+    print("\n".join(cpu_lines))
 
 
 async def main_async(args) -> None:
