@@ -7,13 +7,14 @@ For each job, :meth:`LambdaEngine.run`
    upload between jobs that need the same blob);
 2. joins the queue of jobs waiting for an invocation slot (at most ``concurrency``
    invocations are out at once; the scheduler may hand over ``batch_max`` times as many
-   jobs). Adaptive batching (the default, "work-size tuning"): a free slot takes what
-   is waiting at once, with no window, spread over the free slots — one thunk per
-   invocation while slots are free (lowest latency), up to ``batch_max`` when every slot
-   is busy (fewer invocations when the endpoint is the bottleneck) — and capped by the
-   payload budget and by the observed thunk durations against the observed invocation
-   overhead (a batch of long thunks would only serialize them behind each other). Fixed
-   batching (``adaptive_batch=False``) waits up to ``batch_window`` for ``batch_max``;
+   jobs). Adaptive batching (the default, "work-size tuning"): while fewer than half the
+   slots are out, a free slot takes what is waiting at once, spread over the free slots
+   (one thunk per invocation: the lowest latency); once half or more are out, the
+   endpoint is the bottleneck and a partial batch waits up to ``batch_window`` to fill
+   (fewer invocations). A batch is capped by ``batch_max``, the payload budget, and the
+   observed thunk durations against the observed invocation overhead (a batch of long
+   thunks would only serialize them behind each other). Fixed batching
+   (``adaptive_batch=False``) always waits up to ``batch_window`` for ``batch_max``;
 3. invokes the function (aiobotocore, botocore retries off; throttling is retried here
    with capped exponential back-off and full jitter, a bounded number of times);
 4. maps the handler's answer: ``execution_failed`` -> :class:`ExecutionFailed` (final:
@@ -413,15 +414,19 @@ class LambdaEngine:
             self._flush_timer = None
         self._dispatch(flushing=True)
 
-    def _batch_size(self) -> int:
-        """Adaptive: how many waiting jobs the next free slot takes."""
-        cfg = self.config
-        free = max(1, cfg.concurrency - self._invoking)
-        size = min(cfg.batch_max, -(-len(self._pending) // free))  # spread over the free slots
+    def _batch_cap(self) -> int:
+        """Adaptive: the largest batch worth making — ``batch_max``, and no more thunk
+        run time than a few invocation overheads (both observed)."""
+        cap = self.config.batch_max
         if self.overhead is not None and self.thunk_time:
             budget = max(BATCH_TIME_FLOOR, BATCH_OVERHEAD_FACTOR * self.overhead)
-            size = min(size, max(1, int(budget / self.thunk_time)))
-        return max(1, size)
+            cap = min(cap, max(1, int(budget / self.thunk_time)))
+        return max(1, cap)
+
+    def _busy(self) -> bool:
+        """At least half the invocation slots are out: the endpoint is the bottleneck,
+        so fuller batches (fewer invocations) beat sending at once."""
+        return self._invoking >= max(1, self.config.concurrency // 2)
 
     def _dispatch(self, flushing: bool = False) -> None:
         """Send waiting jobs while invocation slots are free."""
@@ -429,7 +434,14 @@ class LambdaEngine:
         self._dispatch_soon = None
         while self._pending and self._invoking < cfg.concurrency:
             if cfg.adaptive_batch:
-                size = self._batch_size()
+                cap = self._batch_cap()
+                if not flushing and len(self._pending) < cap and self._busy():
+                    # A partial batch on a busy endpoint waits for its window to fill.
+                    if self._flush_timer is None:
+                        self._flush_timer = asyncio.get_running_loop().call_later(cfg.batch_window, self._flush)
+                    return
+                free = cfg.concurrency - self._invoking
+                size = min(cap, -(-len(self._pending) // free))  # spread over the free slots
             elif flushing or len(self._pending) >= cfg.batch_max:
                 size = cfg.batch_max
             else:  # a partial batch waits for its window
