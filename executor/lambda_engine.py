@@ -408,7 +408,8 @@ class LambdaEngine:
             self._flush_timer = asyncio.get_running_loop().call_later(self.config.batch_window, self._flush)
 
     def _flush(self) -> None:
-        """Fixed batching: the window is over, or a batch is full; send what fits."""
+        """A batch window is over (or, batching fixed, a batch is full): send what waits,
+        as far as invocation slots are free."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
