@@ -5,9 +5,16 @@ For each job, :meth:`LambdaEngine.run`
 1. uploads the thunk's missing inputs to S3 — per job, as it is dispatched, so uploads
    overlap with invocations instead of all happening up front (the storage shares one
    upload between jobs that need the same blob);
-2. joins a small batch: jobs that become ready within ``batch_window`` seconds travel
-   in one invocation (up to ``batch_max`` thunks and a payload budget), so that short
-   thunks do not each pay an invocation;
+2. joins the queue of jobs waiting for an invocation slot (at most ``concurrency``
+   invocations are out at once; the scheduler may hand over ``batch_max`` times as many
+   jobs). Adaptive batching (the default, "work-size tuning"): while fewer than half the
+   slots are out, a free slot takes what is waiting at once, spread over the free slots
+   (one thunk per invocation: the lowest latency); once half or more are out, the
+   endpoint is the bottleneck and a partial batch waits up to ``batch_window`` to fill
+   (fewer invocations). A batch is capped by ``batch_max``, the payload budget, and the
+   observed thunk durations against the observed invocation overhead (a batch of long
+   thunks would only serialize them behind each other). Fixed batching
+   (``adaptive_batch=False``) always waits up to ``batch_window`` for ``batch_max``;
 3. invokes the function (aiobotocore, botocore retries off; throttling is retried here
    with capped exponential back-off and full jitter, a bounded number of times);
 4. maps the handler's answer: ``execution_failed`` -> :class:`ExecutionFailed` (final:
@@ -71,7 +78,8 @@ class LambdaConfig:
     function_timeout: float = 300.0  # the function's configured Timeout
     memory_mib: int = 3008
     ephemeral_mib: int = 512
-    batch_max: int = 4
+    batch_max: int = 4  # thunks per invocation at most
+    adaptive_batch: bool = True  # False: wait up to batch_window for batch_max thunks
     batch_window: float = 0.002
     connect_timeout: float = 5.0
     throttle_attempts: int = 6
@@ -124,6 +132,14 @@ class LambdaConfig:
         )
 
 
+# Adaptive batching: a batch holds at most this many times the observed invocation
+# overhead of thunk run time (beyond that, amortizing the overhead gains little and the
+# thunks would wait behind each other), and never less than BATCH_TIME_FLOOR seconds.
+BATCH_OVERHEAD_FACTOR = 4.0
+BATCH_TIME_FLOOR = 0.5
+EWMA = 0.2  # weight of a new observation in the latency and duration estimates
+
+
 @dataclass
 class _Pending:
     job: Job
@@ -151,8 +167,17 @@ class LambdaEngine:
         self.config = config
         self.store = store
         self.storage = storage
-        self.slots = max(1, config.concurrency)
+        # Jobs the scheduler may hand over at once: enough to fill every invocation slot
+        # with a full batch; at most config.concurrency invocations are out at once.
+        self.slots = max(1, config.concurrency) * max(1, config.batch_max)
         self._pending: list[_Pending] = []
+        self._invoking = 0  # invocations out
+        self._dispatch_soon: asyncio.Handle | None = None
+        # Observed: seconds an invocation costs beyond its thunks' run time, and seconds
+        # a thunk runs (exponentially weighted); None until the first answer.
+        self.overhead: float | None = None
+        self.thunk_time: float | None = None
+        self._storage_uri = storage.uri
         self._flush_timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task] = set()
         self._client = LazyClient(
@@ -318,9 +343,10 @@ class LambdaEngine:
 
     async def run(self, job: Job) -> ExecutionResult:
         await self._check_not_down()
-        blobs = await self._upload_inputs(job)
+        data = job.thunk.serialize()
+        blobs = await self._upload_inputs(job, data)
         loop = asyncio.get_running_loop()
-        pending = _Pending(job, job.thunk.serialize(), loop.create_future(), blobs)
+        pending = _Pending(job, data, loop.create_future(), blobs)
         self._enqueue(pending)
         try:
             answer = await asyncio.shield(pending.future)
@@ -332,11 +358,11 @@ class LambdaEngine:
             raise
         return await self._result(job, answer)
 
-    def _inline_inputs(self, job: Job, inputs: list[str]) -> dict[str, bytes]:
+    def _inline_inputs(self, data: bytes, inputs: list[str]) -> dict[str, bytes]:
         """Small local inputs to send in the event (read now: the event needs the bytes),
-        within what the thunk itself leaves of the payload budget."""
+        within what the thunk itself (``data``) leaves of the payload budget."""
         blobs: dict[str, bytes] = {}
-        room = min(INLINE_INPUTS_PER_THUNK, REQUEST_BUDGET - inline_size(job.thunk.serialize()))
+        room = min(INLINE_INPUTS_PER_THUNK, REQUEST_BUDGET - inline_size(data))
         for ident in inputs:
             size = parse_id(ident).size
             if size > self.config.inline_max or inline_size(size) > room or ident in self._sent_to_s3:
@@ -348,11 +374,13 @@ class LambdaEngine:
             room -= inline_size(blobs[ident])
         return blobs
 
-    async def _upload_inputs(self, job: Job) -> dict[str, bytes]:
+    async def _upload_inputs(self, job: Job, data: bytes) -> dict[str, bytes]:
         """Make every input reachable by the function: inline (returned) or in S3."""
         inputs = sorted({i.id for i in (*job.thunk.values, *job.thunk.executables)})
-        blobs = self._inline_inputs(job, inputs)
+        blobs = self._inline_inputs(data, inputs)
         inputs = [i for i in inputs if i not in blobs]
+        if not inputs:
+            return blobs
         results = await asyncio.gather(*(self.storage.upload(self.store, i) for i in inputs),
                                        return_exceptions=True)
         for ident, result in zip(inputs, results, strict=True):
@@ -372,35 +400,102 @@ class LambdaEngine:
         return blobs
 
     def _enqueue(self, pending: _Pending) -> None:
-        batch_bytes = sum(p.size() for p in self._pending)
-        if self._pending and batch_bytes + pending.size() > REQUEST_BUDGET:
-            self._flush()
         self._pending.append(pending)
-        if len(self._pending) >= self.config.batch_max:
+        if self.config.adaptive_batch:
+            # Once this loop iteration is over: jobs dispatched together are counted together.
+            if self._dispatch_soon is None:
+                self._dispatch_soon = asyncio.get_running_loop().call_soon(self._dispatch)
+        elif len(self._pending) >= self.config.batch_max:
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(self.config.batch_window, self._flush)
 
     def _flush(self) -> None:
+        """A batch window is over (or, batching fixed, a batch is full): send what waits,
+        as far as invocation slots are free."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
+        self._dispatch(flushing=True)
+
+    def _batch_cap(self) -> int:
+        """Adaptive: the largest batch worth making — ``batch_max``, and no more thunk
+        run time than a few invocation overheads (both observed)."""
+        cap = self.config.batch_max
+        if self.overhead is not None and self.thunk_time:
+            budget = max(BATCH_TIME_FLOOR, BATCH_OVERHEAD_FACTOR * self.overhead)
+            cap = min(cap, max(1, int(budget / self.thunk_time)))
+        return max(1, cap)
+
+    def _busy(self) -> bool:
+        """At least half the invocation slots are out: the endpoint is the bottleneck,
+        so fuller batches (fewer invocations) beat sending at once."""
+        return self._invoking >= max(1, self.config.concurrency // 2)
+
+    def _dispatch(self, flushing: bool = False) -> None:
+        """Send waiting jobs while invocation slots are free."""
+        cfg = self.config
+        self._dispatch_soon = None
+        while self._pending and self._invoking < cfg.concurrency:
+            if cfg.adaptive_batch:
+                cap = self._batch_cap()
+                if not flushing and len(self._pending) < cap and self._busy():
+                    # A partial batch on a busy endpoint waits for its window to fill.
+                    if self._flush_timer is None:
+                        self._flush_timer = asyncio.get_running_loop().call_later(cfg.batch_window, self._flush)
+                    return
+                free = cfg.concurrency - self._invoking
+                size = min(cap, -(-len(self._pending) // free))  # spread over the free slots
+            elif flushing or len(self._pending) >= cfg.batch_max:
+                size = cfg.batch_max
+            else:  # a partial batch waits for its window
+                if self._flush_timer is None:
+                    self._flush_timer = asyncio.get_running_loop().call_later(cfg.batch_window, self._flush)
+                return
+            batch: list[_Pending] = []
+            room = REQUEST_BUDGET
+            while self._pending and len(batch) < size:
+                cost = self._pending[0].size()
+                if batch and cost > room:
+                    break
+                batch.append(self._pending.pop(0))
+                room -= cost
+            self._start(batch)
+
+    def _start(self, batch: list[_Pending]) -> None:
+        self._invoking += 1
         task = asyncio.ensure_future(self._invoke_batch(batch))
         self._inflight.add(task)
         self._started[task] = time.monotonic()
-        task.add_done_callback(self._inflight.discard)
-        task.add_done_callback(lambda t: self._started.pop(t, None))
+        task.add_done_callback(self._finished)
         if self._watchdog is None:
             self._watchdog = asyncio.ensure_future(self._watch())
+
+    def _finished(self, task: asyncio.Task) -> None:
+        """An invocation is over: its slot takes the next waiting jobs."""
+        self._inflight.discard(task)
+        self._started.pop(task, None)
+        self._invoking -= 1
+        if self._pending:
+            self._dispatch()
+
+    def _observe(self, elapsed: float, durations: list[float]) -> None:
+        """Update the invocation overhead and thunk time estimates from one answer."""
+        if not durations:
+            return
+        overhead = max(0.0, elapsed - max(durations))
+        thunk_time = sum(durations) / len(durations)
+        if self.overhead is None or self.thunk_time is None:
+            self.overhead, self.thunk_time = overhead, thunk_time
+        else:
+            self.overhead += EWMA * (overhead - self.overhead)
+            self.thunk_time += EWMA * (thunk_time - self.thunk_time)
 
     async def _invoke_batch(self, batch: list[_Pending]) -> None:
         blobs = {ident: data for p in batch for ident, data in p.blobs.items()}
         request = ExecutionRequest(
             version=protocol.EVENT_VERSION,
-            storage=self.storage.uri,
+            storage=self._storage_uri,
             thunks=[ExecutionRequest.Thunk(id=p.job.thunk_id, data=p.data, timeout=p.job.timeout or None)
                     for p in batch],
             blobs=[protocol.Blob(id=i, data=d) for i, d in blobs.items()],
@@ -415,8 +510,10 @@ class LambdaEngine:
                 payload = protocol.encode(request)
             except protocol.ProtocolError as exc:  # the budgets should make this impossible
                 raise InfrastructureError(f"lambda {name}: {exc}") from None
+            sent = time.monotonic()
             body = await self._invoke(payload, deadline)
             self.traffic.sent(sum(len(b.data) for b in request.blobs), len(request.blobs))
+            elapsed = time.monotonic() - sent
             try:
                 answer = protocol.decode_response(body)
             except protocol.VersionMismatch as exc:
@@ -425,6 +522,7 @@ class LambdaEngine:
             except protocol.ProtocolError as exc:
                 raise InfrastructureError(f"lambda {name}: {exc}") from None
             by_id = {r.id: r for r in answer.results}
+            self._observe(elapsed, [r.duration for r in answer.results if r.status == protocol.OK])
             for pending in batch:
                 result = by_id.get(pending.job.thunk_id)
                 if result is None:
@@ -553,6 +651,9 @@ class LambdaEngine:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._dispatch_soon is not None:
+            self._dispatch_soon.cancel()
+            self._dispatch_soon = None
         for pending in self._pending:
             _fail(pending, InfrastructureError("lambda engine closed"))
         self._pending = []

@@ -329,6 +329,25 @@ class LocalStore:
             unlink_quietly(temp)
             raise
 
+    def adopt_hashed(self, path: Path, ident: str, executable: bool = False) -> str:
+        """Move ``path``, a private temp file in :attr:`tmp` whose bytes the caller hashed
+        to ``ident`` while writing them (a verified download), into the store.
+
+        :meth:`adopt` hashes again, which reads every byte a second time; the writer's
+        own hash is as good, since nobody else writes a ``mkstemp`` file. ``path`` is
+        consumed.
+        """
+        if self.has(ident):
+            os.unlink(path)
+            if executable:
+                self.mark_executable(ident)
+            return ident
+        try:
+            return self._install(str(path), ident, executable)
+        except BaseException:
+            unlink_quietly(path)
+            raise
+
     def adopt_at(self, dir_fd: int, name: str) -> tuple[str, bool]:
         """Adopt ``name`` in directory ``dir_fd`` (a work directory): ``(ID, executable)``.
 

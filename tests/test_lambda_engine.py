@@ -66,11 +66,30 @@ async def test_runs_thunks_with_inputs(store, s3_uri, lambda_endpoint):
 async def test_batches_thunks_that_arrive_together(store, s3_uri, lambda_endpoint):
     sh = ShellThunks(store)
     tids = [sh.thunk(f"echo {n} > out") for n in range(8)]
-    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=4, batch_window=0.05) as h:
+    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=4, batch_window=0.05,
+                       adaptive_batch=False) as h:
         results = await asyncio.gather(*(h.engine.run(job(store, t)) for t in tids))
         assert h.engine.invocations == 2
         for n, result in enumerate(results):
             assert await h.value_of(result.outputs[0].id) == f"{n}\n".encode()
+
+
+async def test_adaptive_batches_only_when_slots_are_busy(store, s3_uri, lambda_endpoint):
+    """Free invocation slots take one thunk each; what waits for a busy slot is spread
+    over the slots as they free up, in batches of up to batch_max."""
+    sh = ShellThunks(store)
+    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=4, concurrency=8) as h:
+        assert h.engine.slots == 32
+        tids = [sh.thunk(f"echo {n} > out") for n in range(4)]
+        await asyncio.gather(*(h.engine.run(job(store, t)) for t in tids))
+        assert h.engine.invocations == 4  # 8 slots free: no thunk waits for another
+    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=4, concurrency=2) as h:
+        tids = [sh.thunk(f"echo {n} more > out") for n in range(8)]
+        results = await asyncio.gather(*(h.engine.run(job(store, t)) for t in tids))
+        assert h.engine.invocations == 2  # 8 at once on 2 slots: 2 batches of 4
+        for n, result in enumerate(results):
+            assert await h.value_of(result.outputs[0].id) == f"{n} more\n".encode()
+        assert h.engine.overhead is not None and h.engine.thunk_time is not None
 
 
 async def test_execution_failure_and_tail_call(store, s3_uri, lambda_endpoint):
@@ -202,7 +221,8 @@ async def test_cancelled_run_does_not_disturb_its_batch(store, s3_uri, lambda_en
     """The scheduler cancels the loser of a straggler race: its batch mates still finish."""
     sh = ShellThunks(store)
     slow, quick = sh.thunk("sleep 1; echo slow > out"), sh.thunk("echo quick > out")
-    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=2, batch_window=0.5) as h:
+    async with Harness(store, s3_uri, lambda_endpoint.url, batch_max=2, batch_window=0.5,
+                       adaptive_batch=False) as h:
         slow_run = asyncio.ensure_future(h.engine.run(job(store, slow)))
         quick_run = asyncio.ensure_future(h.engine.run(job(store, quick)))
         while h.engine.invocations == 0:

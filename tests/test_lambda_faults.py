@@ -161,7 +161,7 @@ def test_lambda_lost_mid_run_falls_back_loudly(tmp_path, s3_uri, lambda_endpoint
     """The endpoint is killed after the first thunk finished: the rest runs locally,
     exit 0, and one line says how many thunks ran locally and why; the trace has it."""
     endpoint = lambda_endpoint_factory(workers=2)
-    client = make_client(tmp_path, s3_uri, endpoint.url)
+    client = make_client(tmp_path, s3_uri, endpoint.url, GG_LAMBDA_BATCH="1")  # -j 2: 2 thunks out, as the test needs
     sh = ShellThunks(client.store)
     tids = [sh.thunk(f"sleep 0.3; echo {n} > out") for n in range(8)]
     trace = tmp_path / "trace.jsonl"
@@ -182,7 +182,7 @@ def test_lambda_lost_mid_run_falls_back_loudly(tmp_path, s3_uri, lambda_endpoint
 
 def test_no_fallback_makes_a_lost_lambda_a_failure(tmp_path, s3_uri, lambda_endpoint_factory):
     endpoint = lambda_endpoint_factory(workers=2)
-    client = make_client(tmp_path, s3_uri, endpoint.url)
+    client = make_client(tmp_path, s3_uri, endpoint.url, GG_LAMBDA_BATCH="1")  # -j 2: 2 thunks out, as the test needs
     sh = ShellThunks(client.store)
     tids = [sh.thunk(f"sleep 0.3; echo {n} > out") for n in range(6)]
     trace = tmp_path / "trace.jsonl"
@@ -232,7 +232,7 @@ def test_endpoint_stopped_mid_run_is_abandoned_within_seconds(tmp_path, s3_uri, 
     are out: the liveness probe notices, the rest runs locally, well before any
     invocation deadline (the function timeout here is 60 s)."""
     endpoint = lambda_endpoint_factory(workers=2)
-    client = make_client(tmp_path, s3_uri, endpoint.url)
+    client = make_client(tmp_path, s3_uri, endpoint.url, GG_LAMBDA_BATCH="1")  # -j 2: 2 thunks out, as the test needs
     sh = ShellThunks(client.store)
     tids = [sh.thunk(f"sleep 0.5; echo {n} > out") for n in range(8)]
     trace = tmp_path / "trace.jsonl"

@@ -109,6 +109,30 @@ async def test_corrupt_zstd_frames_are_detected(s3_uri, store, other, boto3_s3):
         await storage.close()
 
 
+async def test_oversized_objects_stop_early(s3_uri, store, other, boto3_s3):
+    """An object (plain, or a zstd frame that expands) longer than its ID says is not
+    read to the end: corrupt, nothing cached, no temp file left."""
+    import zstandard
+
+    config = parse_s3_uri(s3_uri)
+    small = store.put_bytes(b"short and true\n")  # read into memory
+    large = store.put_bytes(os.urandom(MIB + 1))  # streamed into a file
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (8 * MIB))
+    storage = S3Storage(config)
+    try:
+        for ident in (small, large):
+            for body, encoding in ((os.urandom(3 * MIB), "identity"), (bomb, "zstd")):
+                boto3_s3.put_object(Bucket=config.bucket, Key=config.key(ident), Body=body,
+                                    Metadata={ENCODING: encoding})
+                with pytest.raises(CorruptBlob) as caught:
+                    await storage.download(other, ident)
+                assert "oversized" in str(caught.value)
+                assert not other.has(ident)
+                assert list(other.tmp.iterdir()) == []
+    finally:
+        await storage.close()
+
+
 async def test_throttling_is_retried(s3_uri, moto_endpoint, store, other):
     ident = store.put_bytes(b"throttled " * 300)
     async with FaultProxy(moto_endpoint, fail_first=3) as proxy:

@@ -30,6 +30,7 @@ What it guarantees, and why (each point is a way gg hurt its users):
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import stat
 import time
@@ -53,6 +54,8 @@ from .uri import S3Config, parse_s3_uri
 T = TypeVar("T")
 
 CHUNK = 1 << 20
+THREAD_WRITE = 256 << 10  # downloaded pieces from this size are written in a thread
+SMALL_DOWNLOAD = CHUNK  # objects up to this size are downloaded into memory
 SAMPLE = 1 << 20
 ZSTD_LEVEL = 3
 WORTH_IT = 0.9  # compress only if the result is at most this fraction of the input
@@ -111,6 +114,16 @@ def _compress_file_if_worth_it(path: Path, tmpdir: Path) -> Path | None:
     except BaseException:
         unlink_quietly(temp)
         raise
+
+
+def _read_for_put(path: Path, ident: str) -> tuple[bytes, str]:
+    """The body to PUT for blob ``ident`` stored at ``path`` (checked: a corrupt local
+    copy is never uploaded) and its encoding."""
+    data = path.read_bytes()
+    actual = id_of_blob(data)
+    if actual != ident:
+        raise CorruptBlob(ident, actual, str(path.parent))
+    return _maybe_compress(data)
 
 
 def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:
@@ -337,12 +350,12 @@ class S3Storage:
         return {ENCODING: encoding, "gg-id": ident, **({EXECUTABLE: "1"} if executable else {})}
 
     async def _upload_small(self, ident: str, path: Path, executable: bool) -> None:
-        data = await asyncio.to_thread(path.read_bytes) if os.path.getsize(path) > CHUNK else path.read_bytes()
-        actual = id_of_blob(data)
-        if actual != ident:
-            raise CorruptBlob(ident, actual, str(path.parent))
-        body, encoding = await asyncio.to_thread(_maybe_compress, data) if len(data) > CHUNK else \
-            _maybe_compress(data)
+        # Up to CHUNK bytes the thread hop costs more than the work; above, one hop does
+        # the read, the check and the compression.
+        if os.path.getsize(path) > CHUNK:
+            body, encoding = await asyncio.to_thread(_read_for_put, path, ident)
+        else:
+            body, encoding = _read_for_put(path, ident)
         await self._put_object(ident, body, encoding, executable)
 
     async def _put_object(self, ident: str, body: bytes, encoding: str, executable: bool) -> None:
@@ -568,27 +581,27 @@ class S3Storage:
         where = self.config.where(ident)
         actual = ""
         for _attempt in range(2):  # a corrupt copy is discarded and fetched once more
-            temp, actual, executable = await self._with_deadline("GET", where, self._fetch(store, ident))
+            actual = await self._with_deadline("GET", where, self._fetch(store, ident))
             if actual == ident:
-                try:
-                    store.adopt(temp, executable or ident in self._executable)
-                finally:
-                    unlink_quietly(temp)
                 self._present.add(ident)
                 return
-            unlink_quietly(temp)
         self._present.discard(ident)
         self._suspect.add(ident)
         raise CorruptBlob(ident, actual, where)
 
-    async def _fetch(self, store: LocalStore, ident: str) -> tuple[Path, str, bool]:
-        """Stream the object into a temp file in the store; return (temp, actual ID, executable)."""
-        where = self.config.where(ident)
-        expected_size = parse_id(ident).size
-        algorithm = parse_id(ident).algorithm
-        store.tmp.mkdir(parents=True, exist_ok=True)
+    async def _fetch(self, store: LocalStore, ident: str) -> str:
+        """GET the object, verify it and install it in ``store`` if it is ``ident``;
+        return the ID of what arrived (or why it is not a blob).
 
-        async def get(client: Any) -> tuple[Path, str, bool]:
+        Up to SMALL_DOWNLOAD bytes it is read into memory, then checked and stored at
+        once (in a thread it cost ~1 ms more CPU per object than the file creation it
+        would keep off the event loop); larger ones stream into a temp file, hashed
+        (and decompressed) on the fly, so they are never held in memory.
+        """
+        where = self.config.where(ident)
+        parsed = parse_id(ident)
+
+        async def get(client: Any) -> str:
             try:
                 answer = await client.get_object(Bucket=self.config.bucket, Key=self.config.key(ident))
             except Exception as exc:
@@ -596,46 +609,169 @@ class S3Storage:
                     self._present.discard(ident)
                     raise MissingBlob(ident, where) from None
                 raise
-            encoding = answer.get("Metadata", {}).get(ENCODING, "identity")
-            executable = answer.get("Metadata", {}).get(EXECUTABLE) == "1"
+            metadata = answer.get("Metadata", {})
+            encoding = metadata.get(ENCODING, "identity")
+            executable = metadata.get(EXECUTABLE) == "1" or ident in self._executable
             if encoding not in ("identity", "zstd"):
                 raise S3Error(f"S3 GET {where} failed: unknown {ENCODING} {encoding!r}")
-            decompressor = zstandard.ZstdDecompressor().decompressobj() if encoding == "zstd" else None
-            hasher = new_hasher(algorithm)
-            size, head = 0, b""
+            body = _CountedBody(answer["Body"])  # bytes as they came: compressed or not
+            if parsed.size <= SMALL_DOWNLOAD:
+                try:
+                    data = await _read_at_most(body, parsed.size)
+                finally:
+                    body.close()
+                    self.traffic.received(body.count)
+                return _install_small(store, ident, data, encoding, executable)
             fd, temp = _mkstemp(store.tmp, "s3-")
-            corrupt = False
-            wire = 0  # bytes as they came (compressed or not)
             try:
-                with os.fdopen(fd, "wb") as sink:
-                    body = answer["Body"]
+                with os.fdopen(fd, "wb") as handle:
+                    sink = _VerifyingSink(handle, parsed.size, parsed.algorithm)
                     try:
-                        while chunk := await body.read(CHUNK):
-                            wire += len(chunk)
-                            if decompressor is not None:
-                                try:
-                                    chunk = decompressor.decompress(chunk)
-                                except zstandard.ZstdError:
-                                    corrupt = True
-                                    break
-                            size += len(chunk)
-                            if size > expected_size:  # do not fill the disk with garbage
-                                corrupt = True
-                                break
-                            if len(head) < len(MAGIC):
-                                head += chunk[: len(MAGIC)]
-                            hasher.update(chunk)
-                            sink.write(chunk)
+                        actual = await _receive(body, sink, encoding)
                     finally:
                         body.close()
-                        self.traffic.received(wire)
-            except BaseException:
-                os.unlink(temp)
-                raise
-            if corrupt:
-                return Path(temp), f"(undecodable or oversized object, {size}+ bytes)", False
-            kind = kind_of(head)
-            return Path(temp), make_id(kind, hasher.hexdigest(), size, algorithm), executable
+                        self.traffic.received(body.count)
+                if actual == ident:
+                    store.adopt_hashed(Path(temp), ident, executable)
+            finally:
+                unlink_quietly(temp)
+            return actual
 
         return await self._request("GET", where, get)
 
+
+class _CountedBody:
+    """A GET response body that counts the bytes read from it (for :class:`Traffic`)."""
+
+    def __init__(self, body: Any):
+        self.body = body
+        self.count = 0
+
+    async def read(self, size: int = -1) -> bytes:
+        data: bytes = await self.body.read(size)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        self.body.close()
+
+
+async def _read_at_most(body: Any, size: int) -> bytes:
+    """The body's bytes, or its first ``size + 1`` if it is longer (then it is not the
+    blob, and reading the rest would only fill memory)."""
+    pieces: list[bytes] = []
+    got = 0
+    while got <= size and (piece := await body.read(size + 1 - got)):
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+def _install_small(store: LocalStore, ident: str, data: bytes, encoding: str, executable: bool) -> str:
+    """Decode and verify a small object; store it if it is ``ident``. The ID of what
+    arrived (or why it is not a blob)."""
+    size = parse_id(ident).size
+    if len(data) > size:  # also for zstd: an object is stored compressed only when that is smaller
+        return f"(oversized object, {len(data)}+ bytes)"
+    if encoding == "zstd":
+        try:  # at most size + 1 bytes out: a small frame may expand to gigabytes
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            pieces, got = [], 0
+            while got <= size and (piece := reader.read(size + 1 - got)):
+                pieces.append(piece)
+                got += len(piece)
+            data = b"".join(pieces)
+        except zstandard.ZstdError:
+            return f"(undecodable zstd object, {len(data)} bytes)"
+    if len(data) > size:
+        return f"(oversized object, {len(data)}+ bytes)"
+    actual = id_of_blob(data, parse_id(ident).algorithm)
+    if actual == ident:
+        store.put_bytes(data, executable)
+    return actual
+
+
+class _Oversized(Exception):
+    """More bytes than the ID says: stop reading (do not fill the disk with garbage)."""
+
+
+class _VerifyingSink:
+    """Where a download's (decompressed) bytes go: hashed, counted and written at once,
+    so the file is read once and never held in memory."""
+
+    def __init__(self, handle: Any, expected_size: int, algorithm: str):
+        self.handle = handle
+        self.expected_size = expected_size
+        self.algorithm = algorithm
+        self.hasher = new_hasher(algorithm)
+        self.size = 0
+        self.head = b""
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.size += len(data)
+        if self.size > self.expected_size:
+            raise _Oversized()
+        if len(self.head) < len(MAGIC):
+            self.head += bytes(data[: len(MAGIC)])
+        self.hasher.update(data)
+        self.handle.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """The decompressor's flush() calls this; the file is flushed when closed."""
+
+    def ident(self) -> str:
+        return make_id(kind_of(self.head), self.hasher.hexdigest(), self.size, self.algorithm)
+
+
+async def _receive(body: Any, sink: _VerifyingSink, encoding: str) -> str:
+    """Read ``body`` into ``sink`` (decoding zstd) in pieces of about CHUNK bytes; the
+    ID of what arrived, or a description of why it is not a blob.
+
+    Large pieces are hashed and written in a thread while the next one is read (two
+    pieces in memory at most): a download then takes about as long as the slower of
+    the network and the disk, not their sum, and the event loop stays free.
+    """
+    # The sink has the write/flush that stream_writer uses, not the whole IO interface.
+    decoder = (zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK,  # type: ignore[arg-type]
+                                                          closefd=False)
+               if encoding == "zstd" else sink)
+    loop = asyncio.get_running_loop()
+    writing: asyncio.Future | None = None  # the previous piece, in a thread
+    pieces: list[bytes] = []
+    buffered = 0
+    try:
+        while True:
+            # aiohttp hands out whatever arrived (often a few KiB): gather CHUNK bytes
+            # first, so hashing and writing are a few large calls, not thousands.
+            piece = await body.read(CHUNK - buffered)
+            if piece:
+                pieces.append(piece)
+                buffered += len(piece)
+            if pieces and (buffered >= CHUNK or not piece):
+                data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                pieces, buffered = [], 0
+                if writing is not None:
+                    await asyncio.shield(writing)
+                    writing = None
+                if len(data) >= THREAD_WRITE:
+                    writing = loop.run_in_executor(None, decoder.write, data)
+                else:
+                    decoder.write(data)
+            if not piece:
+                break
+        if writing is not None:
+            await asyncio.shield(writing)
+            writing = None
+        if decoder is not sink:
+            decoder.flush()
+    except _Oversized:
+        return f"(oversized object, {sink.size}+ bytes)"
+    except zstandard.ZstdError:
+        return f"(undecodable zstd object, {sink.size}+ bytes decoded)"
+    finally:
+        if writing is not None:  # cancelled or failed meanwhile: the thread still uses the file
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # seen: the first error is the one reported
+    return sink.ident()
