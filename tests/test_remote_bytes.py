@@ -133,9 +133,15 @@ def _lambda_run(tmp_path: Path, s3_uri: str, bucket: str, boto3_s3, lambda_endpo
     produced = {e["thunk"]: e["outputs"][0] for e in of_kind(trace, "finished")}
     downloaded = {}
     for r in requests:
-        if r.method == "GET" and f"app/{FORCER}" in r.agent and "/reductions/" not in r.key:
+        if (r.method == "GET" and f"app/{FORCER}" in r.agent
+                and "/reductions/" not in r.key and "/leases/" not in r.key):  # records, not blobs
             downloaded[r.key] = boto3_s3.head_object(Bucket=bucket, Key=r.key)["ContentLength"]
     return client, target, forced, trace, produced, downloaded
+
+
+# Besides blobs, the forcer reads back the lease it holds on each thunk it runs (a lease
+# is a small JSON record, deleted when the thunk's reduction is written: docs/force.md).
+_LEASE_BYTES = 300
 
 
 def _transfer(trace: Path) -> dict:
@@ -168,7 +174,8 @@ def test_lambda_run_downloads_only_the_target(tmp_path, s3_uri, s3_bucket, boto3
         assert config.key(produced[names[name]]) in {o["Key"] for o in boto3_s3.list_objects_v2(
             Bucket=s3_bucket)["Contents"]}
     transfer = _transfer(trace)
-    assert transfer["bytes_down"] == sum(downloaded.values()) < 300_000 + 100  # zstd may shrink it
+    assert sum(downloaded.values()) < 300_000 + 100  # zstd may shrink it
+    assert 0 <= transfer["bytes_down"] - sum(downloaded.values()) <= _LEASE_BYTES * len(produced)
     assert transfer["storage"] == s3_uri.partition("?")[0]
     line = [x for x in forced.stderr.splitlines() if f" down ({transfer['storage']})" in x]
     assert len(line) == 1 and line[0].startswith("gg-force: ") and " up, " in line[0], forced.stderr
@@ -201,7 +208,7 @@ def test_lambda_run_with_a_local_fallback_downloads_what_it_needs(tmp_path, s3_u
     assert set(downloaded) == {config.key(produced[names["double"]]), config.key(produced[target]),
                                config.key(id_of_bytes(PROBE_DATA, Kind.VALUE))}
     assert client.store.has(produced[names["double"]]) and not client.store.has(produced[names["seq"]])
-    assert _transfer(trace)["bytes_down"] == sum(downloaded.values())
+    assert 0 <= _transfer(trace)["bytes_down"] - sum(downloaded.values()) <= _LEASE_BYTES * len(produced)
     assert "ran locally" in forced.stderr  # the slower path is said
 
 
