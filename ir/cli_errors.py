@@ -30,7 +30,6 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 
 from .errors import ConfigError, UsageError, UserError, first_line
@@ -97,6 +96,8 @@ def report(prog: str, exc: BaseException, debug: bool = False, interrupted_hint:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     if debug and not _cancelled(exc):
+        import traceback  # only with --debug: a start that fails nothing never pays for it
+
         traceback.print_exception(exc)
     if _cancelled(exc):
         print(f"{prog}: interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)

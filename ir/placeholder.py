@@ -18,13 +18,9 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .ids import InvalidId, parse_ref
+from .placeholder_format import LINKER_PREFIX, LINKER_SUFFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
-SHEBANG_PREFIX = b"#!/usr/bin/env gg-force-and-run\n"
-LINKER_PREFIX = b'OUTPUT_FORMAT("elf64-x86-64")/*\n'
-LINKER_SUFFIX = b"*/\n"
 LINKER_EXTENSIONS = (".o", ".a", ".so", ".s")
-# A placeholder is tiny; anything larger is certainly a real file.
-MAX_PLACEHOLDER_SIZE = 512
 
 _SO_VERSIONED = re.compile(r"\.so(\.\d+)*$")
 _SHEBANG_RE = re.compile(re.escape(SHEBANG_PREFIX) + rb"([^\n]+)\n")

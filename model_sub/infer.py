@@ -15,19 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
+import signal
 import sys
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ir.cli_errors import add_debug_option, run_command
 from ir.errors import UsageError
-from ir.store import LocalStore
+from ir.store_root import locate_root
 
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from .context import ModelContext
 
@@ -64,10 +63,11 @@ def _found(program: str, path: str) -> bool:
 
 
 def run_infer(command: list[str], root: Path | None = None) -> int:
-    store = LocalStore.locate(create=True)
+    store_root, _ = locate_root(create=True)
+    assert store_root is not None  # with create, there always is one
     environ = {k: v for k, v in os.environ.items() if k != "GG_INFER_EXEC"}
     real_path = real_path_of(environ)
-    infer_dir = store.root / "infer"
+    infer_dir = store_root / "infer"
     shim = shim_binary(infer_dir, real_path)
     shim_dir = make_shim_dir(infer_dir / "bin", shim, real_path)
     preload = preload_library(infer_dir, real_path)
@@ -78,18 +78,22 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
 
     def load() -> ModelContext:
         # on the first request only: a build with no tool calls never pays for the models
+        # (nor for the store's own code: the directory is all the start needs)
+        from ir.store import LocalStore
+
         from .context import ModelContext
 
-        return ModelContext.create(store, build_root, real_path)
+        return ModelContext.create(LocalStore.init(store_root), build_root, real_path)
 
     models = Models(load)
-    with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir:
+    sock_dir = _private_directory()
+    try:
         socket_path = os.path.join(sock_dir, "models.sock")
         try:
             with ModelServer(models, socket_path) as server:
                 env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
                 try:
-                    status = subprocess.run([*EXEC_THROUGH_SHELL, *command], env=env).returncode
+                    status = _run([*EXEC_THROUGH_SHELL, *command], env, server)
                 except KeyboardInterrupt:
                     return 130
                 finally:
@@ -104,6 +108,67 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
             ctx = models.loaded
             if ctx is not None:
                 ctx.close()
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _private_directory() -> str:
+    """A new directory only this user can enter, for the socket: in ``$TMPDIR`` (else
+    /tmp), whose short path keeps the socket's name within the 108 bytes a unix socket
+    name may have. (``tempfile.mkdtemp`` does the same, but importing ``tempfile`` costs
+    a run that calls no tool as much as the rest of its start.)"""
+    for base in dict.fromkeys((os.environ.get("TMPDIR") or "/tmp", "/tmp")):
+        for _ in range(100):
+            path = os.path.join(base, f"gg-infer-{os.urandom(6).hex()}")
+            try:
+                os.mkdir(path, 0o700)
+                return path
+            except FileExistsError:
+                continue
+            except OSError:
+                break  # not a usable directory: try the next
+    raise OSError(f"gg-infer: cannot create a directory for its socket in {os.environ.get('TMPDIR') or '/tmp'}")
+
+
+# What subprocess resets in a child and posix_spawn does not: Python ignores SIGPIPE
+# (and SIGXFSZ), and the build must see them at their defaults, as from a shell.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _run(argv: list[str], env: dict[str, str], server: ModelServer) -> int:
+    """Run ``argv``, serving model requests until it exits; its exit status, as a
+    shell reports it (128 + signal).
+
+    ``os.posix_spawn``, not ``subprocess``: one spawn, and no import of ``subprocess``
+    (with ``selectors`` behind it) in a start that calls no tool. On ^C the child gets
+    it too (same process group); it is given a moment to exit, then killed, as
+    ``subprocess.run`` does."""
+    pid = os.posix_spawn(argv[0], argv, env, setsigdef=_DEFAULT_SIGNALS)
+    try:
+        status = server.serve_until_exit(pid)
+    except BaseException:
+        _stop_child(pid)
+        raise
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _stop_child(pid: int, grace: float = 0.25) -> None:
+    import time
+
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _print_local_runs(ctx: ModelContext) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import xxhash
 
 from ir.atomic import atomic_write_bytes
 from ir.errors import UserError
-from ir.placeholder import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
+from ir.placeholder_format import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
 from .toolnames import SHIM_NAMES
 
@@ -46,6 +45,8 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     if compiler is None:
         raise ShimBuildError(f"gg-infer needs a host C compiler (cc) to build {source.name}")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    import subprocess  # only the first run compiles: every later start finds the cached build
+
     temp = cache_dir / f".build-{target_stem}-{os.getpid()}"
     # a real compile even under an outer gg-infer: without its variables, its library is inert
     env = {k: v for k, v in os.environ.items() if not k.startswith("GG_INFER") and k != "LD_PRELOAD"}
@@ -69,7 +70,7 @@ def shim_binary(cache_dir: Path, real_path: str) -> Path:
 def preload_library(cache_dir: Path, real_path: str) -> Path:
     """The exec interposition library, built once into ``cache_dir``.
 
-    The placeholder headers come from ``ir.placeholder`` at compile time, so the C
+    The placeholder headers come from ``ir.placeholder_format`` at compile time, so the C
     check for "is this argument a placeholder" cannot drift from the Python one."""
     flags = ["-shared", "-fPIC", f"-DGG_MAX_PLACEHOLDER={MAX_PLACEHOLDER_SIZE}",
              f"-DGG_SHEBANG_PREFIX={_c_string(SHEBANG_PREFIX)}", f"-DGG_LINKER_PREFIX={_c_string(LINKER_PREFIX)}"]
