@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ir.archives import is_thin_archive, thin_members
 from ir.atomic import atomic_write
@@ -22,8 +23,10 @@ from ir.errors import UserError
 from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
 from ir.placeholder import find_embedded_placeholder, read_placeholder
-from ir.storage import RemoteStorage
 from ir.store import CorruptBlob, LocalStore
+
+if TYPE_CHECKING:  # a type only: gg-force's cached fast path never opens a remote store
+    from ir.storage import RemoteStorage
 
 
 class TargetError(UserError):
@@ -92,6 +95,15 @@ async def materialize(store: LocalStore, target: Target, value_id: str, remote: 
         if remote is None:
             raise TargetError(f"{target.text}: result {value_id} is not in the local store")
         await remote.download(store, value_id)
+    return write_target(store, target, value_id)
+
+
+def write_target(store: LocalStore, target: Target, value_id: str) -> bool:
+    """Write local value ``value_id`` over the target's placeholder (see :func:`materialize`).
+
+    The copy is hashed as it is made: a corrupt blob never becomes a user's file
+    (:class:`CorruptBlob`, and the blob is dropped so the next run rebuilds it).
+    """
     if target.path is None:
         return False
     current = read_placeholder(target.path)
