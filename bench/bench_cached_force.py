@@ -2,10 +2,11 @@
 
 Issue 13's target: all 10,000 targets cached, fresh ``gg-force`` process, ≤ 0.5 s. The
 store holds ``--targets`` trivial leaf thunks (``sh -c 'printf %s "$1" > out'``), each
-with its value and reduction record; the records are written with
-``LocalStore.put_reduction`` as a run would write them (``--execute`` runs the thunks
+with its value and reduction records (``T#out``, then ``T``), written with
+``LocalStore.put_reduction`` as a run writes them (``--execute`` runs the thunks
 with gg-force instead, which takes minutes). Rows, interleaved and repeated
-(``--rounds``), medians reported with the load average:
+(``--rounds``), medians of wall and CPU (user + system) time, with the load average
+(on a shared machine the CPU column is the steadier one):
 
 * ``python -c pass`` — the interpreter start every row pays;
 * ``cp`` of the same values — a floor for writing the targets;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,7 +55,8 @@ def make_store(work: Path, count: int, execute: bool, env: dict[str, str]) -> tu
         values = [store.resolve(t) for t in thunks]
     else:
         values = [store.put_bytes(f"value {i}\n".encode()) for i in range(count)]
-        for thunk, value in zip(thunks, values, strict=True):
+        for thunk, value in zip(thunks, values, strict=True):  # as the scheduler records a run
+            store.put_reduction(f"{thunk}#out", value)
             store.put_reduction(thunk, value)
     assert all(values)
     return thunks, [v for v in values if v]
@@ -71,10 +74,14 @@ def reset_placeholders(directory: Path, thunks: list[str]) -> list[str]:
     return names
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the command)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> int:
@@ -97,7 +104,7 @@ def main() -> int:
         for source in args.source:
             forcers[f"{source}"] = ([sys.executable, "-m", "executor.force_cli"],
                                     {**env, "PYTHONPATH": str(source.resolve())})
-        rows: dict[str, list[float]] = {"python -c pass": [], f"cp of the {len(values)} values": []}
+        rows: dict[str, list[tuple[float, float]]] = {"python -c pass": [], f"cp of the {len(values)} values": []}
         for name in forcers:
             rows[f"{name}: IDs (--print)"] = []
             rows[f"{name}: placeholders"] = []
@@ -114,9 +121,10 @@ def main() -> int:
                 assert (targets / names[-1]).read_bytes() == f"value {len(names) - 1}\n".encode()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{args.targets} cached targets, {args.rounds} rounds (median), load average {load}")
-    print(f"{'row':<70} {'median s':>9} {'min s':>7}")
+    print(f"{'row':<60} {'wall s':>7} {'min':>7} {'CPU s':>7}")
     for name, times in rows.items():
-        print(f"{name:<70} {statistics.median(times):>9.3f} {min(times):>7.3f}")
+        walls, cpus = [t[0] for t in times], [t[1] for t in times]
+        print(f"{name:<60} {statistics.median(walls):>7.3f} {min(walls):>7.3f} {statistics.median(cpus):>7.3f}")
     return 0
 
 

@@ -7,11 +7,15 @@ engines and protobuf, opens the engines, parses every target thunk and runs a ta
 node — seconds for 10,000 targets. The answer needs only, per target: its reference, the
 reduction record (one small file) and the value's presence in the store.
 
-Sound because it decides nothing the scheduler would decide differently: a record is
+Sound because every record it follows is a claim the scheduler trusts too: a record is
 only written after a verified run (``LocalStore.get_reduction`` returns None for any
-other), a thunk's bare record is written after its tagged ones (so a bare record means
-the thunk's records are complete), and the value must be in the local store, where
-writing the target hashes it again on the way out (``targets.write_target``). Any
+other), a thunk's bare record is written after its tagged ones (a ``T#tag`` target
+also needs the bare ``T`` record, so the thunk's records were complete), and the value
+must be in the local store, where writing the target hashes it again on the way out
+(``targets.write_target``). (The scheduler, which loads the thunk, additionally wants
+the record of every output before it counts a hit; a bare record without them only
+arises from a run killed while dropping records, and its value is checked here all
+the same.) Any
 target that does not resolve this way (no record, a value not local, a cycle, an ID
 that does not parse) makes the caller take the scheduler path for the whole run, and
 nothing has been done by then: no file written, no trace line, no engine opened.
