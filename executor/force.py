@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -300,6 +301,29 @@ async def _run_cancellable(coro):
             loop.remove_signal_handler(signum)
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the cached path as it stops the scheduler path: as an interrupt
+    (exit 130, "interrupted"; a target being written leaves no temp file), not by the
+    signal's default of dying on the spot. Handlers belong to the main thread; a
+    caller on another thread keeps its own."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def force(targets: Sequence[str], engines: Sequence[str] = ("local",), *, store: LocalStore | None = None,
           **options) -> Summary:
     """Force ``targets`` on ``engines`` (names in the registry) and write them.
@@ -318,7 +342,8 @@ def run(targets: Sequence[str], options: ForceOptions, store: LocalStore | None 
     options.checked()
     store = store or LocalStore.locate()
     expanded = _expand(targets, options)
-    summary = _force_cached(expanded, options, store, started)
+    with _sigterm_interrupts():
+        summary = _force_cached(expanded, options, store, started)
     if summary is not None:
         return summary
     import asyncio

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
+import pytest
+
+from executor import force as force_module
 from executor.trace_summary import read_trace, summarize
 from ir.placeholder import read_placeholder, write_placeholder
 from tests.forcing import gg_env
@@ -128,3 +132,23 @@ def test_a_tagged_record_without_its_bare_record_is_no_hit(store, sh, tmp_path):
     result = force(store, "--print", f"{pair}#second")
     assert result.returncode == 0 and "path: scheduler" in result.stderr, result.stderr
     assert "1 thunk(s) run" in result.stderr
+
+
+def test_sigterm_during_the_cached_path_is_an_interrupt(store, sh, tmp_path, monkeypatch):
+    """As on the scheduler path: the run stops as interrupted, and the target being
+    written is left as it was (no temp file beside it)."""
+    ident = sh.thunk("echo value > out")
+    assert force(store, "-q", ident).returncode == 0
+    target = tmp_path / "x.txt"
+    write_placeholder(target, ident)
+
+    def terminated(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(force_module, "write_target", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        force_module.force([str(target)], store=store)
+    assert read_placeholder(target).ref == ident and sorted(os.listdir(tmp_path)) == [".gg", "x.txt"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
