@@ -12,7 +12,9 @@ same placeholder, so a concurrent build step that wrote the real file is not und
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,10 +42,24 @@ class Target:
     path: Path | None = None  # the placeholder to replace
 
 
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    """``path``'s stat, or None where ``Path.exists`` says False. One ``stat`` where
+    ``exists`` + ``is_dir`` were two: a finished build's gg-force does this per target."""
+    try:
+        return path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    except ValueError:  # a NUL in the name: not a file, maybe not an ID either (said below)
+        return None
+
+
 def parse_target(text: str) -> Target:
     path = Path(text)
-    if path.exists():
-        if path.is_dir():
+    st = _stat_or_none(path)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
             raise TargetError(f"{text} is a directory, not a placeholder")
         placeholder = read_placeholder(path)
         if placeholder is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def read_placeholder(path: str | os.PathLike[str]) -> Placeholder | None:
     """The placeholder at ``path``, or None if it is a real file (or missing)."""
     try:
         st = os.stat(path)
-        if st.st_size > MAX_PLACEHOLDER_SIZE or not Path(path).is_file():
+        if st.st_size > MAX_PLACEHOLDER_SIZE or not stat.S_ISREG(st.st_mode):
             return None
         with open(path, "rb") as handle:
             return parse_placeholder(handle.read(MAX_PLACEHOLDER_SIZE + 1))
