@@ -108,6 +108,7 @@ class ModelServer:
             self._socket.listen(128)
         except BaseException:
             self._socket.close()
+            unlink_quietly(socket_path)
             raise
 
     def serve_until_exit(self, pid: int) -> int:
