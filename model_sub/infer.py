@@ -12,12 +12,11 @@ thunk names) is the directory gg-infer starts in, or ``--root``.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from ir.cli_errors import add_debug_option, run_command
 from ir.errors import UsageError
@@ -25,9 +24,12 @@ from ir.store_root import locate_root
 
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
+from .toolnames import which
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    import argparse
+
     from .context import ModelContext
 
 # CMD's own exec happens in a (dynamic, preloaded) shell, so the library decides it too.
@@ -59,7 +61,7 @@ def build_environment(environ: dict[str, str], real_path: str, socket_path: str,
 def _found(program: str, path: str) -> bool:
     if "/" in program:
         return os.path.isfile(program) and os.access(program, os.X_OK)
-    return shutil.which(program, path=path) is not None
+    return which(program, path) is not None
 
 
 def run_infer(command: list[str], root: Path | None = None) -> int:
@@ -109,7 +111,10 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
             if ctx is not None:
                 ctx.close()
     finally:
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        try:
+            os.rmdir(sock_dir)  # empty: the server removed its socket
+        except OSError:
+            pass
 
 
 def _private_directory() -> str:
@@ -191,13 +196,15 @@ EPILOG = "example: gg-infer make -j8 && gg-force my-program"
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    import argparse
+
     parser.add_argument("--root", type=Path, help="build root for checkout-independent names (default: cwd)")
     add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD...", help="the build command, e.g. make")
     return parser
 
 
-def _infer(args: argparse.Namespace) -> int:
+def _infer(args: argparse.Namespace | SimpleNamespace) -> int:
     if not args.command:
         raise UsageError("no command given (e.g. gg-infer make)")
     return run_infer(args.command, args.root)
@@ -211,11 +218,21 @@ def add(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     return _parser(argparse.ArgumentParser(prog="gg-infer", description=DESCRIPTION, epilog=EPILOG))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args: argparse.Namespace | SimpleNamespace
+    if argv and not argv[0].startswith("-"):
+        # `gg-infer CMD...`, the usual form: exactly what the parser returns for it (CMD
+        # is a remainder), without importing argparse, which brings shutil, gettext and
+        # locale with it: ~6 ms of a start that should take ~50. Options: the parser.
+        args = SimpleNamespace(command=argv, root=None)
+    else:
+        args = build_parser().parse_args(argv)
     return run_command("gg-infer", lambda: _infer(args), args)
 
 

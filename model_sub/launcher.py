@@ -10,7 +10,6 @@ model call is one connect + write + read on a unix socket, not a Python start.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import xxhash
@@ -19,7 +18,7 @@ from ir.atomic import atomic_write_bytes
 from ir.errors import UserError
 from ir.placeholder_format import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
-from .toolnames import SHIM_NAMES
+from .toolnames import SHIM_NAMES, which
 
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
 PRELOAD_SOURCE = Path(__file__).with_name("preload.c")
@@ -41,7 +40,7 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     target = cache_dir / f"{target_stem}-{digest}{suffix}"
     if target.exists():
         return target
-    compiler = shutil.which("cc", path=real_path) or shutil.which("gcc", path=real_path)
+    compiler = which("cc", real_path) or which("gcc", real_path)
     if compiler is None:
         raise ShimBuildError(f"gg-infer needs a host C compiler (cc) to build {source.name}")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +97,8 @@ def make_shim_dir(directory: Path, binary: Path, real_path: str) -> Path:
         try:
             os.link(binary, temp)
         except OSError:
+            import shutil  # a file system without hard links: rare, so not imported at start
+
             shutil.copy2(binary, temp)
         os.replace(temp, link)
     if not (directory / "README").exists():
@@ -108,7 +109,7 @@ def make_shim_dir(directory: Path, binary: Path, real_path: str) -> Path:
 
 def _link_gcc_dirs(prefix: Path, real_path: str) -> None:
     """``prefix/lib/gcc`` -> the real gcc's ``lib/gcc`` (and ``libexec/gcc``), see above."""
-    gcc = shutil.which("gcc", path=real_path)
+    gcc = which("gcc", real_path)
     if gcc is None:
         return
     real_prefix = Path(os.path.realpath(gcc)).parent.parent

@@ -14,8 +14,8 @@ from tests.forcing import gg_env
 
 # Modules that cost a no-tool run most of its start before they were deferred
 # (docs/performance.md, "gg-infer start"); each is needed only once a tool is called.
-DEFERRED = ("ir.store", "ir.ids", "ir.thunk", "google.protobuf", "asyncio", "subprocess", "socketserver",
-            "dataclasses", "tempfile", "model_sub.server", "model_sub.context")
+DEFERRED = ("ir.store", "ir.ids", "ir.thunk", "google.protobuf", "asyncio", "subprocess", "socketserver", "argparse",
+            "shutil", "dataclasses", "tempfile", "model_sub.server", "model_sub.context")
 
 PROBE = ("import sys\nfrom model_sub.infer import main\nstatus = main(sys.argv[1:])\n"
          f"print(' '.join(m for m in {DEFERRED!r} if m in sys.modules))\n"
