@@ -16,12 +16,13 @@ local store, because the scheduler reads them there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ir.storage import RemoteStorage
-from ir.thunk import Thunk
+if TYPE_CHECKING:  # types only: a run that executes nothing (all cached) never imports these
+    from ir.storage import RemoteStorage
+    from ir.thunk import Thunk
 
-from .execution import ExecutionResult
+    from .execution import ExecutionResult
 
 # The time limit of a thunk that sets none (seconds), the same on every engine: a thunk
 # that hangs is then an execution failure after this long, never a run that does not end.

@@ -22,13 +22,15 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from ir.errors import UsageError
-from ir.storage import RemoteStorage
-from ir.store import LocalStore
 
-from .engine import Engine
+if TYPE_CHECKING:  # types only: checking the name of a built-in engine imports none of these
+    from ir.storage import RemoteStorage
+    from ir.store import LocalStore
+
+    from .engine import Engine
 
 ENTRY_POINT_GROUP = "gg.engines"
 
@@ -46,7 +48,7 @@ class EngineOptions:
     remote: RemoteStorage | None = None
 
 
-EngineFactory = Callable[[EngineOptions], Awaitable[Engine]]
+EngineFactory = Callable[[EngineOptions], Awaitable["Engine"]]
 
 
 # -- gg-py's own engines (declared as entry points in pyproject.toml) ----------------
@@ -103,6 +105,8 @@ class EngineRegistry:
 
     def _declared(self) -> dict[str, object]:
         if self._entry_points is None:
+            from importlib.metadata import entry_points  # slow to import and to scan: only for other engines
+
             found = entry_points(group=self._group) if self._group else ()
             self._entry_points = {ep.name: ep for ep in found}
         return self._entry_points

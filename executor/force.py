@@ -8,34 +8,52 @@ engine name), :class:`~ir.errors.ConfigError` (a wrong setting), :class:`ForceFa
 (a thunk failed), :class:`~executor.targets.TargetError`, store errors;
 ``asyncio.CancelledError`` when a signal stopped the run. Work that ran on the fallback
 engine is said in one line per reason on stderr, even when ``quiet``.
+
+A run whose every target is already reduced locally takes the fast path
+(:mod:`executor.cached`): no thunk is loaded and no engine opened. The scheduler path,
+with asyncio, the engines and protobuf behind it, is imported only when a run needs it,
+so that a fresh ``gg-force`` on a finished build costs little more than its reads and
+writes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ir.errors import UsageError
-from ir.storage import Metered, RemoteStorage, Traffic, open_storage
 from ir.store import CorruptBlob, LocalStore, MissingBlob
 
-from .engine import DEFAULT_THUNK_TIMEOUT, Engine
+from .cached import resolve_cached
+from .engine import DEFAULT_THUNK_TIMEOUT
 from .engines import ENGINES, EngineOptions, EngineRegistry
-from .inflight import lease_seconds
 from .observe import RunObserver
 from .progress import ProgressDisplay
 from .remote_results import RemoteResultsMode, SharedResults
-from .scheduler import ForceConfig, ForceFailed, Scheduler
-from .targets import Target, materialize, parse_target, thin_archive_placeholders
+from .targets import Target, materialize, parse_target, thin_archive_placeholders, write_target
 from .trace import TraceWriter
 
+if TYPE_CHECKING:  # the scheduler path's types; imported where used (see the module docstring)
+    from ir.storage import RemoteStorage, Traffic
+
+    from .engine import Engine
+    from .scheduler import ForceFailed, Scheduler
+
 __all__ = ["ForceFailed", "ForceOptions", "Summary", "force", "force_async", "run"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "ForceFailed":  # part of this module's interface; defined with the scheduler
+        from .scheduler import ForceFailed
+
+        return ForceFailed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,8 @@ def _results_storage(options: ForceOptions, environ: Mapping[str, str]) -> Remot
     uri = environ.get("GG_STORAGE_URI")
     if not uri or not options.remote_results.reads:
         return None
+    from ir.storage import open_storage
+
     return open_storage(uri)
 
 
@@ -163,6 +183,8 @@ def _traffic(engines: Sequence[Engine],
     """What the run's remote storages counted (summed: an engine and the results may use
     separate objects on one store), which storage that was ("" if none was used), and
     what the engines carried inside their invocations (None if none counts that)."""
+    from ir.storage import Metered, Traffic  # the scheduler path: see the module docstring
+
     remotes = {id(r): r for r in [*(e.remote for e in engines if e.remote is not None), *([shared] if shared else [])]}
     metered = [e for e in {id(e): e for e in engines}.values() if isinstance(e, Metered)]
     inline = None
@@ -222,11 +244,53 @@ def _expand(texts: Sequence[str], options: ForceOptions) -> list[Target]:
     return targets
 
 
+def _force_cached(expanded: Sequence[Target], options: ForceOptions, store: LocalStore,
+                  started: float) -> Summary | None:
+    """The run, if every target resolves through local records (:mod:`executor.cached`);
+    None, having written nothing, if one does not.
+
+    Writes targets as the scheduler path does (each copy hashed: a corrupt value is
+    reported and dropped, and the next run rebuilds it), and the trace events a reader
+    needs: ``cached`` and ``tailcall`` per node, then ``done`` (no ``queued``: the
+    dependencies of a cached node are never read, by either path)."""
+    refs = sorted({t.ref for t in expanded if t.ref is not None})
+    found = resolve_cached(store, refs)
+    if found is None:
+        return None
+    progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
+    observer = RunObserver(TraceWriter(options.trace, started), progress)
+    observer.counts.discovered = observer.counts.cached = found.nodes
+    for name, fields in found.events:
+        observer.trace.write(name, fields)
+    written = 0
+    status = "failed"
+    values: dict[str, str] = {}
+    try:
+        for target in expanded:
+            if target.ref is not None:
+                written += write_target(store, target, found.values[target.ref])
+                values[target.text] = found.values[target.ref]
+        status = "ok"
+    finally:
+        observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status, executed=0,
+                       ran_on={}, fallback=[])
+        observer.close()
+    return Summary(len(expanded), written, 0, time.monotonic() - started, [], values)
+
+
 async def force_async(targets: Sequence[str], options: ForceOptions, store: LocalStore) -> Summary:
-    """Force ``targets`` (placeholder paths, thunk IDs, ``THUNK#tag``) with ``options``."""
+    """Force ``targets`` (placeholder paths, thunk IDs, ``THUNK#tag``) with ``options``
+    on the scheduler path (:func:`run` tries the cached fast path first)."""
     started = time.monotonic()
     options.checked()
-    expanded = _expand(targets, options)
+    return await _force_expanded(_expand(targets, options), options, store, started)
+
+
+async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, store: LocalStore,
+                          started: float) -> Summary:
+    from .inflight import lease_seconds
+    from .scheduler import ForceConfig, ForceFailed, Scheduler  # the scheduler path: see the module docstring
+
     refs = sorted({t.ref for t in expanded if t.ref is not None})
     environ = os.environ if options.environ is None else options.environ
     period = options.lease_seconds if options.lease_seconds is not None else lease_seconds(environ)
@@ -295,6 +359,9 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
 
 async def _run_cancellable(coro):
     """Run ``coro``; SIGINT/SIGTERM cancel it, which kills every running thunk."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -304,6 +371,29 @@ async def _run_cancellable(coro):
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the cached path as it stops the scheduler path: as an interrupt
+    (exit 130, "interrupted"; a target being written leaves no temp file), not by the
+    signal's default of dying on the spot. Handlers belong to the main thread; a
+    caller on another thread keeps its own."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def force(targets: Sequence[str], engines: Sequence[str] = ("local",), *, store: LocalStore | None = None,
@@ -320,5 +410,14 @@ def force(targets: Sequence[str], engines: Sequence[str] = ("local",), *, store:
 
 def run(targets: Sequence[str], options: ForceOptions, store: LocalStore | None = None) -> Summary:
     """:func:`force` with the options as one object (what gg-force builds from its argv)."""
+    started = time.monotonic()
     options.checked()
-    return asyncio.run(_run_cancellable(force_async(targets, options, store or LocalStore.locate())))
+    store = store or LocalStore.locate()
+    expanded = _expand(targets, options)
+    with _sigterm_interrupts():
+        summary = _force_cached(expanded, options, store, started)
+    if summary is not None:
+        return summary
+    import asyncio
+
+    return asyncio.run(_run_cancellable(_force_expanded(expanded, options, store, started)))

@@ -20,9 +20,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ir.errors import UsageError
-from ir.storage import RemoteStorage
+
+if TYPE_CHECKING:  # a type only: a run with nothing to share never imports the storage layer
+    from ir.storage import RemoteStorage
 
 ENV = "GG_REMOTE_RESULTS"
 

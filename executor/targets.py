@@ -12,9 +12,12 @@ same placeholder, so a concurrent build step that wrote the real file is not und
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ir.archives import is_thin_archive, thin_members
 from ir.atomic import atomic_write
@@ -22,8 +25,10 @@ from ir.errors import UserError
 from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
 from ir.placeholder import find_embedded_placeholder, read_placeholder
-from ir.storage import RemoteStorage
 from ir.store import CorruptBlob, LocalStore
+
+if TYPE_CHECKING:  # a type only: gg-force's cached fast path never opens a remote store
+    from ir.storage import RemoteStorage
 
 
 class TargetError(UserError):
@@ -37,10 +42,24 @@ class Target:
     path: Path | None = None  # the placeholder to replace
 
 
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    """``path``'s stat, or None where ``Path.exists`` says False. One ``stat`` where
+    ``exists`` + ``is_dir`` were two: a finished build's gg-force does this per target."""
+    try:
+        return path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    except ValueError:  # a NUL in the name: not a file, maybe not an ID either (said below)
+        return None
+
+
 def parse_target(text: str) -> Target:
     path = Path(text)
-    if path.exists():
-        if path.is_dir():
+    st = _stat_or_none(path)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
             raise TargetError(f"{text} is a directory, not a placeholder")
         placeholder = read_placeholder(path)
         if placeholder is None:
@@ -92,6 +111,15 @@ async def materialize(store: LocalStore, target: Target, value_id: str, remote: 
         if remote is None:
             raise TargetError(f"{target.text}: result {value_id} is not in the local store")
         await remote.download(store, value_id)
+    return write_target(store, target, value_id)
+
+
+def write_target(store: LocalStore, target: Target, value_id: str) -> bool:
+    """Write local value ``value_id`` over the target's placeholder (see :func:`materialize`).
+
+    The copy is hashed as it is made: a corrupt blob never becomes a user's file
+    (:class:`CorruptBlob`, and the blob is dropped so the next run rebuilds it).
+    """
     if target.path is None:
         return False
     current = read_placeholder(target.path)

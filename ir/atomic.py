@@ -8,13 +8,17 @@ targets of ``gg-force`` from being poisoned by a kill at the wrong moment.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: gg-infer's start uses this module
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 def _temp_in(directory: Path) -> tuple[int, str]:
+    import tempfile  # here: gg-infer's start uses this module but writes nothing
+
     return tempfile.mkstemp(dir=directory, prefix=".tmp-")
 
 

@@ -26,14 +26,16 @@ import cycle; it knows the higher layers' errors only through their bases in
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 
 from .errors import ConfigError, UsageError, UserError, first_line
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: gg-infer's start uses this module
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,11 +74,13 @@ class CliError(UserError):
 
 
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    import argparse
+
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print the traceback of an error (same as GG_DEBUG=1)")
 
 
-def debug_enabled(args: argparse.Namespace | None = None, environ: Mapping[str, str] = os.environ) -> bool:
+def debug_enabled(args: object | None = None, environ: Mapping[str, str] = os.environ) -> bool:
     """``--debug`` on the command line, or ``GG_DEBUG`` set to anything but ``""``/``0``."""
     return bool(getattr(args, "debug", False)) or environ.get("GG_DEBUG", "") not in ("", "0")
 
@@ -97,6 +101,8 @@ def report(prog: str, exc: BaseException, debug: bool = False, interrupted_hint:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     if debug and not _cancelled(exc):
+        import traceback  # only with --debug: a start that fails nothing never pays for it
+
         traceback.print_exception(exc)
     if _cancelled(exc):
         print(f"{prog}: interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
@@ -113,7 +119,7 @@ def report(prog: str, exc: BaseException, debug: bool = False, interrupted_hint:
     return EXIT_FAILED
 
 
-def run_command(prog: str, body: Callable[[], int], args: argparse.Namespace | None = None,
+def run_command(prog: str, body: Callable[[], int], args: object | None = None,
                 interrupted_hint: str = "") -> int:
     """``body()``'s exit status, or the status of the error it raised (see :func:`report`)."""
     try:

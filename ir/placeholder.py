@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .ids import InvalidId, parse_ref
+from .placeholder_format import LINKER_PREFIX, LINKER_SUFFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
-SHEBANG_PREFIX = b"#!/usr/bin/env gg-force-and-run\n"
-LINKER_PREFIX = b'OUTPUT_FORMAT("elf64-x86-64")/*\n'
-LINKER_SUFFIX = b"*/\n"
 LINKER_EXTENSIONS = (".o", ".a", ".so", ".s")
-# A placeholder is tiny; anything larger is certainly a real file.
-MAX_PLACEHOLDER_SIZE = 512
 
 _SO_VERSIONED = re.compile(r"\.so(\.\d+)*$")
 _SHEBANG_RE = re.compile(re.escape(SHEBANG_PREFIX) + rb"([^\n]+)\n")
@@ -88,7 +85,7 @@ def read_placeholder(path: str | os.PathLike[str]) -> Placeholder | None:
     """The placeholder at ``path``, or None if it is a real file (or missing)."""
     try:
         st = os.stat(path)
-        if st.st_size > MAX_PLACEHOLDER_SIZE or not Path(path).is_file():
+        if st.st_size > MAX_PLACEHOLDER_SIZE or not stat.S_ISREG(st.st_mode):
             return None
         with open(path, "rb") as handle:
             return parse_placeholder(handle.read(MAX_PLACEHOLDER_SIZE + 1))

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING
 from .atomic import atomic_write_bytes, unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref
+from .store_root import locate_root
 
 if TYPE_CHECKING:  # imported where used: the thunk format pulls in protobuf, which gg-infer's start does not need
     from .thunk import Thunk
 
-GG_DIR_NAME = ".gg"
 # Second field of a reduction record: the inputs of the run it records were verified
 # against their IDs before and after it (records from before verify-on-use lack it).
 VERIFIED_MARK = "verified-inputs"
@@ -207,20 +207,10 @@ class LocalStore:
 
         With ``create``, a missing store is made in ``start`` instead of failing.
         """
-        environ = os.environ if environ is None else environ
-        # resolve(): "x/.." must walk up from x's parent, not from x.
-        start = Path(start or os.getcwd()).resolve()
-        if environ.get("GG_DIR"):
-            root = Path(environ["GG_DIR"]).absolute()
-            if root.is_dir() or create:
-                return cls.init(root)
-            raise StoreNotFound(f"GG_DIR={root} does not exist (run 'gg init' there)")
-        for directory in (start, *start.parents):
-            if (directory / GG_DIR_NAME).is_dir():
-                return cls.init(directory / GG_DIR_NAME)
-        if create:
-            return cls.init(start / GG_DIR_NAME)
-        raise StoreNotFound(f"no {GG_DIR_NAME} directory in {start} or above (run 'gg init' or set GG_DIR)")
+        root, problem = locate_root(start, environ, create)
+        if root is None:
+            raise StoreNotFound(problem)
+        return cls.init(root)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"

@@ -12,23 +12,24 @@ thunk names) is the directory gg-infer starts in, or ``--root``.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
-import subprocess
+import signal
 import sys
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
 
 from ir.cli_errors import add_debug_option, run_command
 from ir.errors import UsageError
-from ir.store import LocalStore
+from ir.store_root import locate_root
 
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
+from .toolnames import which
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    import argparse
+
     from .context import ModelContext
 
 # CMD's own exec happens in a (dynamic, preloaded) shell, so the library decides it too.
@@ -60,14 +61,15 @@ def build_environment(environ: dict[str, str], real_path: str, socket_path: str,
 def _found(program: str, path: str) -> bool:
     if "/" in program:
         return os.path.isfile(program) and os.access(program, os.X_OK)
-    return shutil.which(program, path=path) is not None
+    return which(program, path) is not None
 
 
 def run_infer(command: list[str], root: Path | None = None) -> int:
-    store = LocalStore.locate(create=True)
+    store_root, _ = locate_root(create=True)
+    assert store_root is not None  # with create, there always is one
     environ = {k: v for k, v in os.environ.items() if k != "GG_INFER_EXEC"}
     real_path = real_path_of(environ)
-    infer_dir = store.root / "infer"
+    infer_dir = store_root / "infer"
     shim = shim_binary(infer_dir, real_path)
     shim_dir = make_shim_dir(infer_dir / "bin", shim, real_path)
     preload = preload_library(infer_dir, real_path)
@@ -78,18 +80,22 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
 
     def load() -> ModelContext:
         # on the first request only: a build with no tool calls never pays for the models
+        # (nor for the store's own code: the directory is all the start needs)
+        from ir.store import LocalStore
+
         from .context import ModelContext
 
-        return ModelContext.create(store, build_root, real_path)
+        return ModelContext.create(LocalStore.init(store_root), build_root, real_path)
 
     models = Models(load)
-    with tempfile.TemporaryDirectory(prefix="gg-infer-") as sock_dir:
+    sock_dir = _private_directory()
+    try:
         socket_path = os.path.join(sock_dir, "models.sock")
         try:
             with ModelServer(models, socket_path) as server:
                 env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
                 try:
-                    status = subprocess.run([*EXEC_THROUGH_SHELL, *command], env=env).returncode
+                    status = _run([*EXEC_THROUGH_SHELL, *command], env, server)
                 except KeyboardInterrupt:
                     return 130
                 finally:
@@ -104,6 +110,70 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
             ctx = models.loaded
             if ctx is not None:
                 ctx.close()
+    finally:
+        try:
+            os.rmdir(sock_dir)  # empty: the server removed its socket
+        except OSError:
+            pass
+
+
+def _private_directory() -> str:
+    """A new directory only this user can enter, for the socket: in ``$TMPDIR`` (else
+    /tmp), whose short path keeps the socket's name within the 108 bytes a unix socket
+    name may have. (``tempfile.mkdtemp`` does the same, but importing ``tempfile`` costs
+    a run that calls no tool as much as the rest of its start.)"""
+    for base in dict.fromkeys((os.environ.get("TMPDIR") or "/tmp", "/tmp")):
+        for _ in range(100):
+            path = os.path.join(base, f"gg-infer-{os.urandom(6).hex()}")
+            try:
+                os.mkdir(path, 0o700)
+                return path
+            except FileExistsError:
+                continue
+            except OSError:
+                break  # not a usable directory: try the next
+    raise OSError(f"gg-infer: cannot create a directory for its socket in {os.environ.get('TMPDIR') or '/tmp'}")
+
+
+# What subprocess resets in a child and posix_spawn does not: Python ignores SIGPIPE
+# (and SIGXFSZ), and the build must see them at their defaults, as from a shell.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _run(argv: list[str], env: dict[str, str], server: ModelServer) -> int:
+    """Run ``argv``, serving model requests until it exits; its exit status, as a
+    shell reports it (128 + signal).
+
+    ``os.posix_spawn``, not ``subprocess``: one spawn, and no import of ``subprocess``
+    (with ``selectors`` behind it) in a start that calls no tool. On ^C the child gets
+    it too (same process group); it is given a moment to exit, then killed, as
+    ``subprocess.run`` does."""
+    pid = os.posix_spawn(argv[0], argv, env, setsigdef=_DEFAULT_SIGNALS)
+    try:
+        status = server.serve_until_exit(pid)
+    except BaseException:
+        _stop_child(pid)
+        raise
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _stop_child(pid: int, grace: float = 0.25) -> None:
+    import time
+
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _print_local_runs(ctx: ModelContext) -> None:
@@ -126,13 +196,15 @@ EPILOG = "example: gg-infer make -j8 && gg-force my-program"
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    import argparse
+
     parser.add_argument("--root", type=Path, help="build root for checkout-independent names (default: cwd)")
     add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD...", help="the build command, e.g. make")
     return parser
 
 
-def _infer(args: argparse.Namespace) -> int:
+def _infer(args: argparse.Namespace | SimpleNamespace) -> int:
     if not args.command:
         raise UsageError("no command given (e.g. gg-infer make)")
     return run_infer(args.command, args.root)
@@ -146,11 +218,21 @@ def add(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     return _parser(argparse.ArgumentParser(prog="gg-infer", description=DESCRIPTION, epilog=EPILOG))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args: argparse.Namespace | SimpleNamespace
+    if argv and not argv[0].startswith("-"):
+        # `gg-infer CMD...`, the usual form: exactly what the parser returns for it (CMD
+        # is a remainder), without importing argparse, which brings shutil, gettext and
+        # locale with it: ~6 ms of a start that should take ~50. Options: the parser.
+        args = SimpleNamespace(command=argv, root=None)
+    else:
+        args = build_parser().parse_args(argv)
     return run_command("gg-infer", lambda: _infer(args), args)
 
 

@@ -10,17 +10,15 @@ model call is one connect + write + read on a unix socket, not a Python start.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import xxhash
 
 from ir.atomic import atomic_write_bytes
 from ir.errors import UserError
-from ir.placeholder import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
+from ir.placeholder_format import LINKER_PREFIX, MAX_PLACEHOLDER_SIZE, SHEBANG_PREFIX
 
-from .toolnames import SHIM_NAMES
+from .toolnames import SHIM_NAMES, which
 
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
 PRELOAD_SOURCE = Path(__file__).with_name("preload.c")
@@ -42,10 +40,12 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     target = cache_dir / f"{target_stem}-{digest}{suffix}"
     if target.exists():
         return target
-    compiler = shutil.which("cc", path=real_path) or shutil.which("gcc", path=real_path)
+    compiler = which("cc", real_path) or which("gcc", real_path)
     if compiler is None:
         raise ShimBuildError(f"gg-infer needs a host C compiler (cc) to build {source.name}")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    import subprocess  # only the first run compiles: every later start finds the cached build
+
     temp = cache_dir / f".build-{target_stem}-{os.getpid()}"
     # a real compile even under an outer gg-infer: without its variables, its library is inert
     env = {k: v for k, v in os.environ.items() if not k.startswith("GG_INFER") and k != "LD_PRELOAD"}
@@ -69,7 +69,7 @@ def shim_binary(cache_dir: Path, real_path: str) -> Path:
 def preload_library(cache_dir: Path, real_path: str) -> Path:
     """The exec interposition library, built once into ``cache_dir``.
 
-    The placeholder headers come from ``ir.placeholder`` at compile time, so the C
+    The placeholder headers come from ``ir.placeholder_format`` at compile time, so the C
     check for "is this argument a placeholder" cannot drift from the Python one."""
     flags = ["-shared", "-fPIC", f"-DGG_MAX_PLACEHOLDER={MAX_PLACEHOLDER_SIZE}",
              f"-DGG_SHEBANG_PREFIX={_c_string(SHEBANG_PREFIX)}", f"-DGG_LINKER_PREFIX={_c_string(LINKER_PREFIX)}"]
@@ -97,6 +97,8 @@ def make_shim_dir(directory: Path, binary: Path, real_path: str) -> Path:
         try:
             os.link(binary, temp)
         except OSError:
+            import shutil  # a file system without hard links: rare, so not imported at start
+
             shutil.copy2(binary, temp)
         os.replace(temp, link)
     if not (directory / "README").exists():
@@ -107,7 +109,7 @@ def make_shim_dir(directory: Path, binary: Path, real_path: str) -> Path:
 
 def _link_gcc_dirs(prefix: Path, real_path: str) -> None:
     """``prefix/lib/gcc`` -> the real gcc's ``lib/gcc`` (and ``libexec/gcc``), see above."""
-    gcc = shutil.which("gcc", path=real_path)
+    gcc = which("gcc", real_path)
     if gcc is None:
         return
     real_prefix = Path(os.path.realpath(gcc)).parent.parent

@@ -10,16 +10,15 @@ itself is listening before the build command starts, so no request is ever refus
 from __future__ import annotations
 
 import os
-import selectors
+import select
 import socket
-import socketserver
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ir.atomic import unlink_quietly
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from .context import ModelContext
 
@@ -79,73 +78,87 @@ def _peer_pid(sock: socket.socket) -> int:
         return 0
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: _Server  # the attributes ModelServer sets (models, notes)
-
-    def handle(self) -> None:
-        chunks = []
-        while True:
-            chunk = self.request.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        if data.startswith(b"GGN1\0"):
-            self.server.notes.note(data, self.server.models)
-            self.request.sendall(b"K")
-            return
-        from .server import decode_request, handle  # the models: imported by the first request
-
-        try:
-            request = decode_request(data, _peer_pid(self.request))
-        except (ValueError, IndexError):
-            self.request.sendall(b"X")
-            return
-        self.request.sendall(handle(self.server.models.get(), request).encode())
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = 128
-    models: Models  # set by ModelServer before it serves
-    notes: RunNotes
+def _receive_all(conn: socket.socket) -> bytes:
+    """Everything the peer sends before it shuts down its side (the shim does, after its request)."""
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ModelServer:
-    """Serves model requests on ``socket_path`` in a background thread.
+    """Serves model requests on ``socket_path`` while the build runs.
 
-    The accept loop waits on the socket and on a pipe that ``__exit__`` writes to, so
-    stopping is immediate (``serve_forever`` notices a shutdown only at its next poll,
-    which cost every gg-infer run up to one poll interval)."""
+    The thread that runs the build waits in :meth:`serve_until_exit`, polling the
+    socket and a pidfd of the build's process: it accepts requests until the build
+    exits, and each request is answered on a thread of its own (a parallel build calls
+    many tools at once). So a run that calls no tool starts no thread and needs no
+    stop signal, and the loop ends the moment the build does. Plain sockets and
+    threads, not ``socketserver``: importing it cost more than this loop."""
 
     def __init__(self, models: Models, socket_path: str):
         self.socket_path = socket_path
+        self.models = models
+        self.notes = RunNotes()
         if os.path.exists(socket_path):
             os.unlink(socket_path)
-        self._server = _Server(socket_path, _Handler)
-        self._server.models = models
-        self._server.notes = self.notes = RunNotes()
-        self._stop_read, self._stop_write = os.pipe()
-        self._thread = threading.Thread(target=self._serve, name="gg-infer-models", daemon=True)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._socket.bind(socket_path)
+            self._socket.listen(128)
+        except BaseException:
+            self._socket.close()
+            unlink_quietly(socket_path)
+            raise
 
-    def _serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._server.socket, selectors.EVENT_READ)
-            selector.register(self._stop_read, selectors.EVENT_READ)
+    def serve_until_exit(self, pid: int) -> int:
+        """Answer requests until process ``pid`` (a child) exits; reap it and return
+        its wait status. A ^C (KeyboardInterrupt) leaves the child to the caller."""
+        pidfd = os.pidfd_open(pid)
+        try:
+            poller = select.poll()
+            poller.register(self._socket.fileno(), select.POLLIN)
+            poller.register(pidfd, select.POLLIN)
             while True:
-                for key, _ in selector.select():
-                    if key.fileobj == self._stop_read:
-                        return
-                    self._server.handle_request()
+                for fd, _ in poller.poll():
+                    if fd == pidfd:
+                        return os.waitpid(pid, 0)[1]
+                    self._accept()
+        finally:
+            os.close(pidfd)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._socket.accept()
+        except OSError:  # the peer gave up before we accepted (ECONNABORTED)
+            return
+        threading.Thread(target=self._answer, args=(conn,), name="gg-infer-request", daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        """Read one request, reply, close. A model never raises (``server.handle``); an
+        error here (a shim that went away) only ends this request: the shim then runs
+        the real tool or fails on its own."""
+        with conn:
+            try:
+                conn.sendall(self._reply(conn, _receive_all(conn)))
+            except OSError:
+                pass
+
+    def _reply(self, conn: socket.socket, data: bytes) -> bytes:
+        if data.startswith(b"GGN1\0"):
+            self.notes.note(data, self.models)
+            return b"K"
+        from .server import decode_request, handle  # the models: imported by the first request
+
+        try:
+            request = decode_request(data, _peer_pid(conn))
+        except (ValueError, IndexError):
+            return b"X"
+        return handle(self.models.get(), request).encode()
 
     def __enter__(self) -> ModelServer:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        os.write(self._stop_write, b"x")
-        self._thread.join()
-        os.close(self._stop_read)
-        os.close(self._stop_write)
-        self._server.server_close()
+        self._socket.close()
         unlink_quietly(self.socket_path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from ir.thunk import Input
 
 from .fileids import FileIds, stat_key
 from .paths import TOOL_PREFIX
+from .toolnames import which
 
 _LDD_ARROW = re.compile(r"^\s*(\S+)\s+=>\s+(\S+)\s+\(0x[0-9a-f]+\)")
 _LDD_PLAIN = re.compile(r"^\s*(/\S+)\s+\(0x[0-9a-f]+\)")
@@ -96,7 +96,7 @@ class Toolchain:
         known = self._which.get(name)
         if known is not None and os.path.exists(known):
             return known
-        found = name if "/" in name else shutil.which(name, path=self.real_path)
+        found = name if "/" in name else which(name, self.real_path)
         if not found or not os.path.exists(found):
             raise ToolchainError(f"{name}: not found on the real PATH")
         real = os.path.realpath(found)

@@ -1,0 +1,132 @@
+"""A fresh ``gg-force`` process on a build whose every target is already reduced.
+
+Issue 13's target: all 10,000 targets cached, fresh ``gg-force`` process, ≤ 0.5 s. The
+store holds ``--targets`` trivial leaf thunks (``sh -c 'printf %s "$1" > out'``), each
+with its value and reduction records (``T#out``, then ``T``), written with
+``LocalStore.put_reduction`` as a run writes them (``--execute`` runs the thunks
+with gg-force instead, which takes minutes). Rows, interleaved and repeated
+(``--rounds``), medians of wall and CPU (user + system) time, with the load average
+(on a shared machine the CPU column is the steadier one):
+
+* ``python -c pass`` — the interpreter start every row pays;
+* ``cp`` of the same values — a floor for writing the targets;
+* ``gg-force`` on the thunk IDs (``--print``: nothing to write);
+* ``gg-force`` on placeholders (each replaced by its value, hashed on the way);
+* with ``--source DIR``, the same two rows from another checkout (``python -m
+  executor.force_cli`` with ``PYTHONPATH=DIR``), e.g. the commit before the fast path.
+
+The placeholders are rewritten before every timed run (untimed). A benchmark, not a
+test: it asserts nothing about speed.
+
+Run: .venv/bin/python bench/bench_cached_force.py [--targets 10000] [--rounds 3] [--source DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ir.placeholder import write_placeholder  # noqa: E402
+from ir.store import LocalStore  # noqa: E402
+from ir.thunk import Input, Thunk  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+ARGV = ("sh", "-c", 'printf %s "$1" > out', "sh")
+
+
+def make_store(work: Path, count: int, execute: bool, env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """``count`` reduced leaf thunks: (thunk IDs, value IDs)."""
+    store = LocalStore.init(work / ".gg")
+    sh = store.put_file(Path("/bin/sh"), executable=True)
+    thunks = [store.put_thunk(Thunk(function_hash=sh, args=(*ARGV, f"value {i}\n"), outputs=("out",),
+                                    executables=(Input(sh),))) for i in range(count)]
+    if execute:
+        subprocess.run([str(VENV_BIN / "gg-force"), "-q", *thunks], cwd=work, env=env, check=True)
+        values = [store.resolve(t) for t in thunks]
+    else:
+        values = [store.put_bytes(f"value {i}\n".encode()) for i in range(count)]
+        for thunk, value in zip(thunks, values, strict=True):  # as the scheduler records a run
+            store.put_reduction(f"{thunk}#out", value)
+            store.put_reduction(thunk, value)
+    assert all(values)
+    return thunks, [v for v in values if v]
+
+
+def reset_placeholders(directory: Path, thunks: list[str]) -> list[str]:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir()
+    names = []
+    for index, thunk in enumerate(thunks):
+        name = f"t{index}.o"
+        write_placeholder(directory / name, thunk)
+        names.append(name)
+    return names
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the command)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--execute", action="store_true", help="run the thunks with gg-force to reduce them")
+    parser.add_argument("--source", action="append", default=[], type=Path,
+                        help="also time python -m executor.force_cli from this checkout (repeatable)")
+    args = parser.parse_args()
+    base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    with tempfile.TemporaryDirectory(prefix="gg-bench-cached-") as tmp:
+        work = Path(tmp)
+        env = {**base_env, "GG_DIR": str(work / ".gg")}
+        thunks, values = make_store(work, args.targets, args.execute, env)
+        store = LocalStore(work / ".gg")
+        blobs = [str(store.blob_path(v)) for v in values]
+        targets = work / "targets"
+        forcers = {"gg-force": ([str(VENV_BIN / "gg-force")], env)}
+        for source in args.source:
+            forcers[f"{source}"] = ([sys.executable, "-m", "executor.force_cli"],
+                                    {**env, "PYTHONPATH": str(source.resolve())})
+        rows: dict[str, list[tuple[float, float]]] = {"python -c pass": [], f"cp of the {len(values)} values": []}
+        for name in forcers:
+            rows[f"{name}: IDs (--print)"] = []
+            rows[f"{name}: placeholders"] = []
+        for _ in range(args.rounds):
+            rows["python -c pass"].append(timed([sys.executable, "-c", "pass"], work, env))
+            copies = work / "copies"
+            copies.mkdir()
+            rows[f"cp of the {len(values)} values"].append(timed(["cp", "-t", str(copies), *blobs], work, env))
+            shutil.rmtree(copies)
+            for name, (command, forcer_env) in forcers.items():
+                rows[f"{name}: IDs (--print)"].append(timed([*command, "-q", "--print", *thunks], work, forcer_env))
+                names = reset_placeholders(targets, thunks)
+                rows[f"{name}: placeholders"].append(timed([*command, "-q", *names], targets, forcer_env))
+                assert (targets / names[-1]).read_bytes() == f"value {len(names) - 1}\n".encode()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.targets} cached targets, {args.rounds} rounds (median), load average {load}")
+    print(f"{'row':<60} {'wall s':>7} {'min':>7} {'CPU s':>7}")
+    for name, times in rows.items():
+        walls, cpus = [t[0] for t in times], [t[1] for t in times]
+        print(f"{name:<60} {statistics.median(walls):>7.3f} {min(walls):>7.3f} {statistics.median(cpus):>7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
