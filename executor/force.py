@@ -25,6 +25,7 @@ from ir.errors import UsageError
 from ir.storage import RemoteStorage, open_storage
 from ir.store import CorruptBlob, LocalStore, MissingBlob
 
+from .critical_path import DurationEstimates
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine
 from .engines import ENGINES, EngineOptions, EngineRegistry
 from .observe import RunObserver
@@ -190,7 +191,10 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
     config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
                          speculate=options.speculate, speculate_min=options.speculate_after,
                          default_timeout=options.default_timeout)
-    scheduler = Scheduler(store, engines, fallback, config, observer, shared)
+    # Run times of earlier runs order the dispatch (critical path first); this run's are
+    # added to them at the end, whatever the outcome.
+    estimates = DurationEstimates.of_store(store.root)
+    scheduler = Scheduler(store, engines, fallback, config, observer, shared, estimates)
     written = 0
     status = "failed"
     values: dict[str, str] = {}
@@ -218,6 +222,10 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status,
                        executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines)
         observer.close()
+        try:
+            estimates.save()
+        except OSError as exc:  # costs the next run its dispatch order, nothing else: said once
+            print(f"{options.prog}: could not record run times for the next run's order: {exc}", file=sys.stderr)
         await _close(every, own_storage)
     return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
                    scheduler.remote_hits, scheduler.shared_written)

@@ -43,6 +43,7 @@ from ir.storage import StorageError
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from ir.thunk import Input, MalformedThunk, Thunk
 
+from .critical_path import DurationEstimates, PrioritySlots, RemainingPath
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
 from .observe import RunObserver
@@ -146,6 +147,7 @@ class Scheduler:
         config: ForceConfig | None = None,
         observer: RunObserver | None = None,
         shared: SharedResults | None = None,
+        estimates: DurationEstimates | None = None,
     ):
         if not engines:
             raise ValueError("at least one engine is needed")
@@ -166,8 +168,16 @@ class Scheduler:
         self.share_errors: list[str] = []  # remote lookups or writes that failed (said at the end)
         self._sharing: set[asyncio.Task[None]] = set()  # writes of records, off the critical path
         self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
-        self._slots = {id(e): asyncio.Semaphore(e.slots) for e in every}
+        # Slots are granted critical-path first: by each node's estimated remaining path
+        # (executor/critical_path.py), from ``estimates`` (earlier runs; this run's own
+        # measurements are added as it goes).
+        self._slots = {id(e): PrioritySlots(e.slots) for e in every}
+        self.estimates = estimates or DurationEstimates()
+        self._paths = RemainingPath(self.estimates)
         self._durations: list[float] = []
+        self._median: tuple[int, float] = (0, 0.0)  # (samples it was computed from, median)
+        # Per-thunk trace events cost a dict each: built only when a trace is written.
+        self._tracing = self.observer.tracing
         self._failures: list[NodeFailed] = []
         self._stop = asyncio.Event()  # set on the first failure unless keep_going
         # value ID -> (node ID, the thunk ID it ran or hit as, that thunk): to regenerate
@@ -319,8 +329,15 @@ class Scheduler:
             self.share_errors.append(f"sharing the reduction of {thunk_ids[0]}: {exc}")
 
     def _local(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
-        return self._usable({ref.partition("#")[2]: self.store.get_reduction(ref)
-                             for ref in self._refs(thunk_id, thunk)})
+        # The bare ID's record is written last: without it there is no hit, and a cold
+        # build asks only this one file per node.
+        first = self.store.get_reduction(thunk_id)
+        if first is None:
+            return None
+        outputs: dict[str, str | None] = {FIRST: first}
+        for tag in thunk.outputs:
+            outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
+        return self._usable(outputs)
 
     def _claimed(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
         """The remote store's records of ``thunk_id``, if usable (checked after the local
@@ -356,7 +373,10 @@ class Scheduler:
         except (StoreError, MalformedThunk, InvalidId) as exc:
             raise self._fail(NodeFailed(thunk_id, str(exc))) from None
         deps = sorted({item.id for item in thunk.thunks})
-        self.observer.event("queued", thunk=thunk_id, deps=deps)
+        if self._tracing:
+            self.observer.event("queued", thunk=thunk_id, deps=deps)
+        else:
+            self.observer.tick()
 
         if self.shared is not None and self._local(thunk_id, thunk) is None:
             await self._look_up(self._refs(thunk_id, thunk))  # a no-op unless off the graph (a tail call)
@@ -370,6 +390,7 @@ class Scheduler:
             return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
 
         if deps:
+            self._paths.below(thunk_id, thunk.function_hash, deps)
             outcomes = await asyncio.gather(*(self._node(dep) for dep in deps), return_exceptions=True)
             dep_results: dict[str, dict[str, str]] = {}
             for dep, outcome in zip(deps, outcomes, strict=True):
@@ -431,6 +452,7 @@ class Scheduler:
             if ref.id in chain:
                 raise self._fail(NodeFailed(thunk_id, f"tail-call cycle: {ref.id} returns itself"))
             self.observer.event("tailcall", thunk=thunk_id, next=result)
+            self._paths.continues(thunk_id, ref.id)
             try:
                 reduced = await self._node(ref.id)
             except NodeFailed:
@@ -630,45 +652,63 @@ class Scheduler:
         config = self.config
         if not config.speculate:
             return None
-        if len(self._durations) < config.speculate_samples:
+        count = len(self._durations)
+        if count < config.speculate_samples:
             return config.speculate_initial
-        return max(config.speculate_min, config.speculate_factor * statistics.median(self._durations))
+        # The median is recomputed when the samples have grown by an eighth, not on
+        # every attempt: sorting them all per thunk made a large build quadratic.
+        computed, median = self._median
+        if count >= computed + max(1, computed >> 3):
+            median = statistics.median(self._durations)
+            self._median = (count, median)
+        return max(config.speculate_min, config.speculate_factor * median)
 
     async def _run_once(
-        self, node_id: str, engine: Engine, job: Job, running: asyncio.Event
+        self, node_id: str, engine: Engine, job: Job, running: asyncio.Event | None
     ) -> tuple[ExecutionResult, float]:
-        """Wait for a slot, then run; returns the result and the time it ran (not queued)."""
+        """Wait for a slot (critical path first), then run; returns the result and the
+        time it ran (not queued). ``running`` is set once it has its slot."""
         counts = self.observer.counts
-        async with self._slots[id(engine)]:
+        slots = self._slots[id(engine)]
+        await slots.acquire(self._paths.priority(node_id, job.thunk.function_hash))
+        try:
             counts.running += 1
-            running.set()
-            self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
-                                attempt=job.attempt)
+            if running is not None:
+                running.set()
+            if self._tracing:
+                self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
+                                    attempt=job.attempt)
             started = time.monotonic()
             try:
                 return await engine.run(job), time.monotonic() - started
             finally:
                 counts.running -= 1
+        finally:
+            slots.release()
 
     async def _attempt(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
         """One attempt, duplicated once if it straggles; the first success wins.
 
         The straggler clock starts when the attempt gets a slot, not when it is queued:
-        waiting for a slot is not straggling.
+        waiting for a slot is not straggling. Without speculation the attempt runs in
+        this task (no task of its own).
         """
+        delay = self._speculation_delay()
+        if delay is None:
+            result, duration = await self._run_once(node_id, engine, job, None)
+            self._finished(node_id, engine, job, result, duration)
+            return result
         running = asyncio.Event()
         primary = asyncio.ensure_future(self._run_once(node_id, engine, job, running))
         attempts = [primary]
         try:
-            delay = self._speculation_delay()
-            if delay is not None:
-                waiter = asyncio.ensure_future(running.wait())
-                await asyncio.wait([primary, waiter], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                done, _ = await asyncio.wait(attempts, timeout=delay)
-                if not done:
-                    self.observer.event("speculated", thunk=node_id, engine=engine.name)
-                    attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job, asyncio.Event())))
+            waiter = asyncio.ensure_future(running.wait())
+            await asyncio.wait([primary, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            done, _ = await asyncio.wait(attempts, timeout=delay)
+            if not done:
+                self.observer.event("speculated", thunk=node_id, engine=engine.name)
+                attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job, None)))
             error: BaseException | None = None
             while attempts:
                 done, _ = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
@@ -693,11 +733,15 @@ class Scheduler:
 
     def _finished(self, node_id: str, engine: Engine, job: Job, result: ExecutionResult, duration: float) -> None:
         self._durations.append(duration)
+        self.estimates.record(node_id, job.thunk.function_hash, duration)
         self.executed += 1
         self.ran_on[engine.name] = self.ran_on.get(engine.name, 0) + 1
         if engine is self.fallback and engine not in self.engines:
             self._ran_on_fallback.append(node_id)
         self.observer.counts.done += 1
+        if not self._tracing:
+            self.observer.tick()
+            return
         self.observer.event(
             "finished", thunk=node_id, ran=job.thunk_id, engine=engine.name, attempt=job.attempt,
             duration=round(duration, 6), outputs=[o.id for o in result.outputs],
