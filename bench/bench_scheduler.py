@@ -192,15 +192,16 @@ class NullEngine:
         pass
 
 
-def null_child(thunks: int, fan_in: int, slots: int, profile: str | None) -> dict[str, float]:
+def null_child(thunks: int, fan_in: int, slots: int, profile: str | None, where: str | None,
+               speculate: bool = True) -> dict[str, float]:
     """One measurement in this (fresh) process: write the graph, force it, report."""
-    with tempfile.TemporaryDirectory(prefix="gg-bench-null-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gg-bench-null-", dir=where) as tmp:
         store = LocalStore.init(Path(tmp) / ".gg")
         function = store.put_bytes(b"#!/bin/sh\n", executable=True)  # never run
         ids, build_seconds = build_graph(store, function, ["f"], thunks, fan_in)
         del ids[1:]
         engine = NullEngine(slots)
-        scheduler = Scheduler(store, [engine], None, ForceConfig(speculate=False), RunObserver())
+        scheduler = Scheduler(store, [engine], None, ForceConfig(speculate=speculate), RunObserver())
         profiler = None
         if profile:
             import cProfile
@@ -228,12 +229,13 @@ def null_rows(args: argparse.Namespace) -> int:
     for _ in range(args.repeat):
         for name, source in variants:
             command = [sys.executable, str(Path(__file__).resolve()), "--null-child", "--thunks", str(args.thunks),
-                       "--fan-in", str(args.fan_in), "-j", str(args.jobs)]
+                       "--fan-in", str(args.fan_in), "-j", str(args.jobs)] + (["--dir", args.dir] if args.dir else [])
             if source:
                 command += ["--source", str(Path(source).resolve())]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             samples[name].append(json.loads(out.splitlines()[-1]))
     print(f"null engine: {args.thunks} thunks (two-level, fan-in {args.fan_in}), {args.jobs} slots, "
+          f"store in {args.dir or tempfile.gettempdir()}, "
           f"median of {args.repeat} interleaved runs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (f"{'variant':<12} {'write graph s':>14} {'force s':>9} {'thunks/s':>10} {'force CPU s':>12} "
               f"{'peak RSS MB':>12}")
@@ -264,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="SRC", help="with --null-engine: also measure this source tree")
     parser.add_argument("--repeat", type=int, default=3, help="with --null-engine: interleaved runs (default 3)")
     parser.add_argument("--profile", metavar="FILE", help="with --null-engine: write a cProfile of one run")
+    parser.add_argument("--dir", help="with --null-engine: make the store here (default: the temp directory)")
     parser.add_argument("--null-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.thunks is None:
         args.thunks = 100_000 if (args.null_engine or args.null_child) else 10_000
     if args.null_child or (args.null_engine and args.profile):
-        print(json.dumps(null_child(args.thunks, args.fan_in, args.jobs, args.profile)))
+        print(json.dumps(null_child(args.thunks, args.fan_in, args.jobs, args.profile, args.dir)))
         return 0
     if args.null_engine:
         return null_rows(args)

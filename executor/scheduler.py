@@ -32,7 +32,7 @@ import asyncio
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -664,17 +664,17 @@ class Scheduler:
         return max(config.speculate_min, config.speculate_factor * median)
 
     async def _run_once(
-        self, node_id: str, engine: Engine, job: Job, running: asyncio.Event | None
+        self, node_id: str, engine: Engine, job: Job, on_slot: Callable[[], None] | None
     ) -> tuple[ExecutionResult, float]:
         """Wait for a slot (critical path first), then run; returns the result and the
-        time it ran (not queued). ``running`` is set once it has its slot."""
+        time it ran (not queued). ``on_slot`` is called once it has its slot."""
         counts = self.observer.counts
         slots = self._slots[id(engine)]
         await slots.acquire(self._paths.priority(node_id, job.thunk.function_hash))
         try:
             counts.running += 1
-            if running is not None:
-                running.set()
+            if on_slot is not None:
+                on_slot()
             if self._tracing:
                 self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
                                     attempt=job.attempt)
@@ -691,41 +691,65 @@ class Scheduler:
 
         The straggler clock starts when the attempt gets a slot, not when it is queued:
         waiting for a slot is not straggling. Without speculation the attempt runs in
-        this task (no task of its own).
+        this task; with it, the attempt is a task, the clock a timer, and this task
+        sleeps on one future that either of them wakes (no helper tasks per attempt).
         """
         delay = self._speculation_delay()
         if delay is None:
             result, duration = await self._run_once(node_id, engine, job, None)
             self._finished(node_id, engine, job, result, duration)
             return result
-        running = asyncio.Event()
-        primary = asyncio.ensure_future(self._run_once(node_id, engine, job, running))
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
+        straggling = False
+
+        def wake_up(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        def straggle() -> None:
+            nonlocal straggling
+            straggling = True
+            wake_up()
+
+        def start_clock() -> None:
+            nonlocal timer
+            timer = loop.call_later(delay, straggle)
+
+        primary = loop.create_task(self._run_once(node_id, engine, job, start_clock))
+        primary.add_done_callback(wake_up)
         attempts = [primary]
+        speculated = False
+        error: BaseException | None = None
         try:
-            waiter = asyncio.ensure_future(running.wait())
-            await asyncio.wait([primary, waiter], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            done, _ = await asyncio.wait(attempts, timeout=delay)
-            if not done:
-                self.observer.event("speculated", thunk=node_id, engine=engine.name)
-                attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job, None)))
-            error: BaseException | None = None
-            while attempts:
-                done, _ = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+            while True:
+                await wake
+                wake = loop.create_future()
+                for task in [task for task in attempts if task.done()]:
                     attempts.remove(task)
-                    if task.exception() is None:
+                    exception = task.exception()
+                    if exception is None:
                         result, duration = task.result()
                         self._finished(node_id, engine, job, result, duration)
                         return result
                     # An execution failure is final even if a duplicate is still running.
-                    if isinstance(task.exception(), ExecutionFailed) or error is None:
-                        error = task.exception()
+                    if isinstance(exception, ExecutionFailed) or error is None:
+                        error = exception
                     if isinstance(error, ExecutionFailed):
                         raise error
-            assert error is not None
-            raise error
+                if not attempts:
+                    assert error is not None
+                    raise error
+                if straggling and not speculated:
+                    speculated = True
+                    self.observer.event("speculated", thunk=node_id, engine=engine.name)
+                    duplicate = loop.create_task(self._run_once(node_id, engine, job, None))
+                    duplicate.add_done_callback(wake_up)
+                    attempts.append(duplicate)
         finally:
+            if timer is not None:
+                timer.cancel()
             for task in attempts:
                 task.cancel()
             if attempts:

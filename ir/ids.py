@@ -136,7 +136,7 @@ class Ref:
 
     @property
     def is_thunk(self) -> bool:
-        return self.id[0] == Kind.THUNK.value
+        return self.id[0] == "T"  # Kind.THUNK.value, without an enum property lookup per call
 
 
 def parse_ref(text: str) -> Ref:
@@ -158,6 +158,7 @@ def _parse_ref(text: str) -> Ref:
     return Ref(ident, tag)
 
 
+@lru_cache(maxsize=4096)  # a build has few distinct tags ("out", "x.o"), each checked per thunk
 def validate_tag(tag: str) -> str:
     """Output tags name files in the work directory: plain, relative, no '..'."""
     if not tag or not _TAG_RE.fullmatch(tag):
