@@ -53,6 +53,8 @@ from .remote_results import SharedResults
 # means). The empty string can never be an output tag, so it cannot collide with one.
 FIRST = ""
 
+DISPATCH_ORDERS = ("critical-path", "fifo")
+
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
 
 
@@ -70,6 +72,10 @@ class ForceConfig:
     speculate_min: float = 5.0  # ... but never earlier than this many seconds
     speculate_initial: float = 60.0  # before there are enough finished runs to compare
     speculate_samples: int = 5
+    # The order ready thunks get slots in: "critical-path" (longest estimated remaining
+    # path first, executor/critical_path.py) or "fifo" (the order they became ready; for
+    # comparison, e.g. bench/bench_critical_path.py).
+    dispatch: str = "critical-path"
 
 
 class NodeFailed(Exception):
@@ -174,6 +180,9 @@ class Scheduler:
         self._slots = {id(e): PrioritySlots(e.slots) for e in every}
         self.estimates = estimates or DurationEstimates()
         self._paths = RemainingPath(self.estimates)
+        if self.config.dispatch not in DISPATCH_ORDERS:
+            raise ValueError(f"unknown dispatch order {self.config.dispatch!r}")
+        self._fifo = self.config.dispatch == "fifo"
         self._durations: list[float] = []
         self._median: tuple[int, float] = (0, 0.0)  # (samples it was computed from, median)
         # Per-thunk trace events cost a dict each: built only when a trace is written.
@@ -670,7 +679,7 @@ class Scheduler:
         time it ran (not queued). ``on_slot`` is called once it has its slot."""
         counts = self.observer.counts
         slots = self._slots[id(engine)]
-        await slots.acquire(self._paths.priority(node_id, job.thunk.function_hash))
+        await slots.acquire(0.0 if self._fifo else self._paths.priority(node_id, job.thunk.function_hash))
         try:
             counts.running += 1
             if on_slot is not None:
