@@ -32,7 +32,7 @@ import asyncio
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -183,6 +183,12 @@ class Scheduler:
         if self.config.dispatch not in DISPATCH_ORDERS:
             raise ValueError(f"unknown dispatch order {self.config.dispatch!r}")
         self._fifo = self.config.dispatch == "fifo"
+        # Turns: how many nodes may be inside dispatch, waiting for an engine slot. A
+        # node gives its turn back once it has a slot; the rest wait here, as one
+        # suspended _reduce each, instead of a chain of five coroutines (4 KB a thunk,
+        # most of the memory of a 100,000-thunk run). Granted in the same order as slots.
+        self._turns = PrioritySlots(max(16, 2 * sum(e.slots for e in every)))
+        self._holding_turn: set[str] = set()
         self._durations: list[float] = []
         self._median: tuple[int, float] = (0, 0.0)  # (samples it was computed from, median)
         # Per-thunk trace events cost a dict each: built only when a trace is written.
@@ -191,7 +197,9 @@ class Scheduler:
         self._stop = asyncio.Event()  # set on the first failure unless keep_going
         # value ID -> (node ID, the thunk ID it ran or hit as, that thunk): to regenerate
         # a value that a cached reduction promises but no store holds any more.
-        self._producers: dict[str, tuple[str, str, Thunk]] = {}
+        # Only the output tags are kept, not the thunk: a large graph would keep every
+        # thunk of the run alive through this map.
+        self._producers: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         # Values found gone from every store: a reduction naming one is no hit (whichever
         # of the original or rewritten ID it is recorded under) until it is made again.
         self._lost: set[str] = set()
@@ -422,7 +430,11 @@ class Scheduler:
             runnable, run_id = thunk, thunk_id
 
         if cached is None:
-            result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
+            await self._take_turn(thunk_id, runnable)
+            try:
+                result = await self._dispatch_regenerating(thunk_id, run_id, runnable)
+            finally:
+                self._end_turn(thunk_id)
             outputs = {o.tag: o.id for o in result.outputs}
             cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
             self._lost.difference_update(cached.values())
@@ -475,7 +487,7 @@ class Scheduler:
 
     def _remember_producer(self, node_id: str, run_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
         for result in outputs.values():
-            self._producers[result] = (node_id, run_id, thunk)
+            self._producers[result] = (node_id, run_id, thunk.outputs)
 
     async def _dispatch_regenerating(self, node_id: str, run_id: str, thunk: Thunk) -> ExecutionResult:
         """Dispatch; if an input is gone from every store, rebuild it once and retry.
@@ -514,11 +526,11 @@ class Scheduler:
         producer = self._producers.pop(ident, None)
         if producer is None:
             return False
-        node_id, run_id, thunk = producer
+        node_id, run_id, tags = producer
         self._lost.add(ident)
         self.observer.event("regenerate", thunk=node_id, missing=ident)
         for thunk_id in {node_id, run_id}:
-            for tag in thunk.outputs:
+            for tag in tags:
                 self.store.forget_reduction(f"{thunk_id}#{tag}")
             self.store.forget_reduction(thunk_id)
         self._nodes.pop(node_id, None)
@@ -672,18 +684,32 @@ class Scheduler:
             self._median = (count, median)
         return max(config.speculate_min, config.speculate_factor * median)
 
+    def _priority(self, node_id: str, job: Job) -> float:
+        return 0.0 if self._fifo else self._paths.priority(node_id, job.thunk.function_hash)
+
+    async def _take_turn(self, node_id: str, thunk: Thunk) -> None:
+        await self._turns.acquire(0.0 if self._fifo else self._paths.priority(node_id, thunk.function_hash))
+        self._holding_turn.add(node_id)
+
+    def _end_turn(self, node_id: str) -> None:
+        """Give ``node_id``'s turn back (it has a slot now, or left dispatch); idempotent."""
+        if node_id in self._holding_turn:
+            self._holding_turn.discard(node_id)
+            self._turns.release()
+
     async def _run_once(
-        self, node_id: str, engine: Engine, job: Job, on_slot: Callable[[], None] | None
+        self, node_id: str, engine: Engine, job: Job, holding: bool = False
     ) -> tuple[ExecutionResult, float]:
-        """Wait for a slot (critical path first), then run; returns the result and the
-        time it ran (not queued). ``on_slot`` is called once it has its slot."""
+        """Run with a slot (critical path first): waited for here, or already held by
+        the caller (``holding``, who then releases it). Returns the result and the time
+        it ran (not queued)."""
         counts = self.observer.counts
         slots = self._slots[id(engine)]
-        await slots.acquire(0.0 if self._fifo else self._paths.priority(node_id, job.thunk.function_hash))
+        if not holding:
+            await slots.acquire(self._priority(node_id, job))
+            self._end_turn(node_id)
         try:
             counts.running += 1
-            if on_slot is not None:
-                on_slot()
             if self._tracing:
                 self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
                                     attempt=job.attempt)
@@ -693,24 +719,28 @@ class Scheduler:
             finally:
                 counts.running -= 1
         finally:
-            slots.release()
+            if not holding:
+                slots.release()
 
     async def _attempt(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
         """One attempt, duplicated once if it straggles; the first success wins.
 
         The straggler clock starts when the attempt gets a slot, not when it is queued:
         waiting for a slot is not straggling. Without speculation the attempt runs in
-        this task; with it, the attempt is a task, the clock a timer, and this task
-        sleeps on one future that either of them wakes (no helper tasks per attempt).
+        this task. With it, this task waits for the slot itself (a thunk waiting for a
+        slot costs no task of its own), then runs the attempt as a task, the clock as
+        a timer, and sleeps on one future that either of them wakes.
         """
         delay = self._speculation_delay()
         if delay is None:
-            result, duration = await self._run_once(node_id, engine, job, None)
+            result, duration = await self._run_once(node_id, engine, job)
             self._finished(node_id, engine, job, result, duration)
             return result
+        slots = self._slots[id(engine)]
+        await slots.acquire(self._priority(node_id, job))
+        self._end_turn(node_id)
         loop = asyncio.get_running_loop()
         wake: asyncio.Future[None] = loop.create_future()
-        timer: asyncio.TimerHandle | None = None
         straggling = False
 
         def wake_up(_: object = None) -> None:
@@ -722,16 +752,15 @@ class Scheduler:
             straggling = True
             wake_up()
 
-        def start_clock() -> None:
-            nonlocal timer
-            timer = loop.call_later(delay, straggle)
-
-        primary = loop.create_task(self._run_once(node_id, engine, job, start_clock))
-        primary.add_done_callback(wake_up)
-        attempts = [primary]
+        attempts: list[asyncio.Task[tuple[ExecutionResult, float]]] = []
+        timer: asyncio.TimerHandle | None = None
         speculated = False
         error: BaseException | None = None
         try:
+            primary = loop.create_task(self._run_once(node_id, engine, job, holding=True))
+            primary.add_done_callback(wake_up)
+            attempts.append(primary)
+            timer = loop.call_later(delay, straggle)
             while True:
                 await wake
                 wake = loop.create_future()
@@ -753,7 +782,7 @@ class Scheduler:
                 if straggling and not speculated:
                     speculated = True
                     self.observer.event("speculated", thunk=node_id, engine=engine.name)
-                    duplicate = loop.create_task(self._run_once(node_id, engine, job, None))
+                    duplicate = loop.create_task(self._run_once(node_id, engine, job))
                     duplicate.add_done_callback(wake_up)
                     attempts.append(duplicate)
         finally:
@@ -763,6 +792,7 @@ class Scheduler:
                 task.cancel()
             if attempts:
                 await asyncio.gather(*attempts, return_exceptions=True)
+            slots.release()  # the primary's slot: it has ended (or never started) by now
 
     def _finished(self, node_id: str, engine: Engine, job: Job, result: ExecutionResult, duration: float) -> None:
         self._durations.append(duration)
