@@ -500,6 +500,7 @@ class Scheduler:
         try:
             return await self._dispatch(node_id, run_id, thunk)
         except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
+            self._end_turn(node_id)  # the producer needs one; this node waits for it holding none
             if not await self._regenerate(missing.ident):
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
         try:
