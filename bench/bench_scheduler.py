@@ -15,6 +15,15 @@ One run prints one table, side by side:
 * **scheduler, warm** — every node of the graph forced again as a target: each one is
   a cache hit.
 
+``--null-engine`` prints a different table: scheduler bookkeeping alone. A graph of
+``--thunks`` (default 100,000) two-level thunks is written to a fresh store and forced
+through the real :class:`Scheduler` with :class:`NullEngine`, which runs nothing and
+returns a deterministic output ID per job (it lives here, not in the product). Each
+measurement runs in a fresh child process so its peak RSS (``getrusage``) is its own;
+``--baseline SRC`` (a source tree, e.g. from ``git archive``) runs the same child
+against that tree too, interleaved, ``--repeat`` times, and the table shows medians and
+the ratio. ``--profile FILE`` writes a cProfile of one forced run instead.
+
 The trivial program is a tiny C program (``gcc`` is on every build machine here) that
 writes its argument to ``out``; ``--program sh`` uses ``/bin/sh -c`` instead.
 This is a benchmark, not a test: it asserts nothing about speed.
@@ -24,8 +33,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +47,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from executor.execution import execute  # noqa: E402
+if "--source" in sys.argv:  # a null-engine child measuring another source tree (--baseline)
+    sys.path.insert(0, sys.argv[sys.argv.index("--source") + 1])
+
+from executor.execution import ExecutionResult, Output, execute  # noqa: E402
 from executor.local_engine import LocalEngine  # noqa: E402
 from executor.observe import RunObserver  # noqa: E402
 from executor.scheduler import ForceConfig, Scheduler  # noqa: E402
+from ir.ids import Kind, id_of_bytes  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from ir.thunk import Input, Thunk  # noqa: E402
 
@@ -154,15 +170,120 @@ async def force(store: LocalStore, targets: list[str], jobs: int) -> tuple[float
     return time.perf_counter() - started, scheduler.executed
 
 
+class NullEngine:
+    """An engine that runs nothing: each job "produces" a value ID derived from its thunk
+    ID and output tag (deterministic, so a rerun agrees). Measures the scheduler alone."""
+
+    name = "null"
+    remote = None
+
+    def __init__(self, slots: int):
+        self.slots = slots
+
+    def refuses(self, job) -> str | None:
+        return None
+
+    async def run(self, job) -> ExecutionResult:
+        outputs = [Output(tag, id_of_bytes(f"{job.thunk_id}#{tag}".encode(), Kind.VALUE), False)
+                   for tag in job.thunk.outputs]
+        return ExecutionResult(job.thunk_id, outputs)
+
+    async def close(self) -> None:
+        pass
+
+
+def null_child(thunks: int, fan_in: int, slots: int, profile: str | None, where: str | None,
+               speculate: bool = True) -> dict[str, float]:
+    """One measurement in this (fresh) process: write the graph, force it, report."""
+    with tempfile.TemporaryDirectory(prefix="gg-bench-null-", dir=where) as tmp:
+        store = LocalStore.init(Path(tmp) / ".gg")
+        function = store.put_bytes(b"#!/bin/sh\n", executable=True)  # never run
+        ids, build_seconds = build_graph(store, function, ["f"], thunks, fan_in)
+        del ids[1:]
+        engine = NullEngine(slots)
+        scheduler = Scheduler(store, [engine], None, ForceConfig(speculate=speculate), RunObserver())
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        asyncio.run(scheduler.force(ids))
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        assert scheduler.executed == thunks, (scheduler.executed, thunks)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"thunks": thunks, "build_s": build_seconds, "force_s": seconds, "force_cpu_s": cpu,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def null_rows(args: argparse.Namespace) -> int:
+    """Interleave the variants ``--repeat`` times, each in a fresh process; print medians."""
+    variants = [("this tree", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
+    for _ in range(args.repeat):
+        for name, source in variants:
+            command = [sys.executable, str(Path(__file__).resolve()), "--null-child", "--thunks", str(args.thunks),
+                       "--fan-in", str(args.fan_in), "-j", str(args.jobs)] + (["--dir", args.dir] if args.dir else [])
+            if source:
+                command += ["--source", str(Path(source).resolve())]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            samples[name].append(json.loads(out.splitlines()[-1]))
+    print(f"null engine: {args.thunks} thunks (two-level, fan-in {args.fan_in}), {args.jobs} slots, "
+          f"store in {args.dir or tempfile.gettempdir()}, "
+          f"median of {args.repeat} interleaved runs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    header = (f"{'variant':<12} {'write graph s':>14} {'force s':>9} {'thunks/s':>10} {'force CPU s':>12} "
+              f"{'peak RSS MB':>12}")
+    print(header)
+    print("-" * len(header))
+    medians = {}
+    for name, _ in variants:
+        rows = samples[name]
+        keys = ("build_s", "force_s", "force_cpu_s", "peak_rss_mb")
+        med = {key: statistics.median(r[key] for r in rows) for key in keys}
+        medians[name] = med
+        print(f"{name:<12} {med['build_s']:>14.2f} {med['force_s']:>9.2f} {args.thunks / med['force_s']:>10.0f} "
+              f"{med['force_cpu_s']:>12.2f} {med['peak_rss_mb']:>12.0f}")
+    if args.baseline:
+        now, base = medians["this tree"], medians["baseline"]
+        print(f"{'ratio':<12} {base['build_s'] / now['build_s']:>13.1f}x {base['force_s'] / now['force_s']:>8.1f}x "
+              f"{'':>10} {base['force_cpu_s'] / now['force_cpu_s']:>11.1f}x "
+              f"{now['peak_rss_mb'] / base['peak_rss_mb']:>11.2f}x")
+        print("ratio: baseline time / this tree's time (higher is faster); RSS: this tree / baseline")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--null-engine", action="store_true",
+                        help="scheduler bookkeeping alone: force a graph with an engine that runs nothing")
+    parser.add_argument("--baseline", metavar="SRC", help="with --null-engine: also measure this source tree")
+    parser.add_argument("--repeat", type=int, default=3, help="with --null-engine: interleaved runs (default 3)")
+    parser.add_argument("--profile", metavar="FILE", help="with --null-engine: write a cProfile of one run")
+    parser.add_argument("--dir", help="with --null-engine: make the store here (default: the temp directory)")
+    parser.add_argument("--null-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--thunks", type=int, default=10_000, help="graph size (default 10000)")
+    parser.add_argument("--thunks", type=int, default=None,
+                        help="graph size (default 10000; 100000 with --null-engine)")
     parser.add_argument("--fan-in", type=int, default=100, help="leaves per group thunk (default 100)")
     parser.add_argument("--samples", type=int, default=2000,
                         help="runs for the bare and execution-core rows (default 2000)")
     parser.add_argument("--program", choices=("c", "sh"), default="c" if shutil.which("gcc") else "sh")
     args = parser.parse_args(argv)
+    if args.thunks is None:
+        args.thunks = 100_000 if (args.null_engine or args.null_child) else 10_000
+    if args.null_child or (args.null_engine and args.profile):
+        print(json.dumps(null_child(args.thunks, args.fan_in, args.jobs, args.profile, args.dir)))
+        return 0
+    if args.null_engine:
+        return null_rows(args)
     with tempfile.TemporaryDirectory(prefix="gg-bench-") as tmp:
         workdir = Path(tmp)
         program, prefix = build_program(args.program, workdir)

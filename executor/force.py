@@ -288,6 +288,7 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
 
 async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, store: LocalStore,
                           started: float) -> Summary:
+    from .critical_path import DurationEstimates
     from .inflight import lease_seconds
     from .scheduler import ForceConfig, ForceFailed, Scheduler  # the scheduler path: see the module docstring
 
@@ -312,7 +313,10 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
     config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
                          speculate=options.speculate, speculate_min=options.speculate_after,
                          default_timeout=options.default_timeout, lease_seconds=period)
-    scheduler = Scheduler(store, engines, fallback, config, observer, shared)
+    # Run times of earlier runs order the dispatch (critical path first); this run's are
+    # added to them at the end, whatever the outcome.
+    estimates = DurationEstimates.of_store(store.root)
+    scheduler = Scheduler(store, engines, fallback, config, observer, shared, estimates)
     written = 0
     mine: set[Path] = set()  # placeholders this run replaced ...
     theirs: set[Path] = set()  # ... and those already replaced when it came to them
@@ -351,6 +355,10 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
                        executed=scheduler.executed, ran_on=scheduler.ran_on, fallback=fallback_lines,
                        peer_reduced=scheduler.peer_reduced)
         observer.close()
+        try:
+            estimates.save()
+        except OSError as exc:  # costs the next run its dispatch order, nothing else: said once
+            print(f"{options.prog}: could not record run times for the next run's order: {exc}", file=sys.stderr)
         await _close(every, own_storage)
     return Summary(len(expanded), written, scheduler.executed, time.monotonic() - started, fallback_lines, values,
                    scheduler.remote_hits, scheduler.shared_written, scheduler.peer_reduced,

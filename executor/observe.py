@@ -14,6 +14,17 @@ class RunObserver:
         self.progress = progress
         self.counts = Counts()
 
+    @property
+    def tracing(self) -> bool:
+        """True if events are written somewhere: the scheduler builds per-thunk events
+        (a dict each) only then, and calls :meth:`tick` instead otherwise."""
+        return self.trace.active
+
+    def tick(self) -> None:
+        """The counts changed (no event worth writing): refresh the progress display."""
+        if self.progress is not None:
+            self.progress.update(self.counts)
+
     def event(self, name: str, **fields) -> None:
         self.trace.write(name, fields)
         if self.progress is not None:

@@ -43,6 +43,7 @@ from ir.storage import LeasingStorage, StorageError
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
 from ir.thunk import Input, MalformedThunk, Thunk
 
+from .critical_path import DurationEstimates, PrioritySlots, RemainingPath
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
 from .inflight import DEFAULT_LEASE_SECONDS, Claim, InFlight
@@ -52,6 +53,8 @@ from .remote_results import SharedResults
 # Key of a node's result map that stands for its first output (what a bare thunk ID
 # means). The empty string can never be an output tag, so it cannot collide with one.
 FIRST = ""
+
+DISPATCH_ORDERS = ("critical-path", "fifo")
 
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
 
@@ -73,6 +76,10 @@ class ForceConfig:
     # Seconds a remote lease on a running thunk lasts unless renewed (executor/inflight.py):
     # the longest a crashed peer can delay this run.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # The order ready thunks get slots in: "critical-path" (longest estimated remaining
+    # path first, executor/critical_path.py) or "fifo" (the order they became ready; for
+    # comparison, e.g. bench/bench_critical_path.py).
+    dispatch: str = "critical-path"
 
 
 class NodeFailed(Exception):
@@ -163,6 +170,7 @@ class Scheduler:
         config: ForceConfig | None = None,
         observer: RunObserver | None = None,
         shared: SharedResults | None = None,
+        estimates: DurationEstimates | None = None,
     ):
         if not engines:
             raise ValueError("at least one engine is needed")
@@ -183,13 +191,32 @@ class Scheduler:
         self.share_errors: list[str] = []  # remote lookups or writes that failed (said at the end)
         self._sharing: set[asyncio.Task[None]] = set()  # writes of records, off the critical path
         self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
-        self._slots = {id(e): asyncio.Semaphore(e.slots) for e in every}
+        # Slots are granted critical-path first: by each node's estimated remaining path
+        # (executor/critical_path.py), from ``estimates`` (earlier runs; this run's own
+        # measurements are added as it goes).
+        self._slots = {id(e): PrioritySlots(e.slots) for e in every}
+        self.estimates = estimates or DurationEstimates()
+        self._paths = RemainingPath(self.estimates)
+        if self.config.dispatch not in DISPATCH_ORDERS:
+            raise ValueError(f"unknown dispatch order {self.config.dispatch!r}")
+        self._fifo = self.config.dispatch == "fifo"
+        # Turns: how many nodes may be inside dispatch, waiting for an engine slot. A
+        # node gives its turn back once it has a slot; the rest wait here, as one
+        # suspended _reduce each, instead of a chain of five coroutines (4 KB a thunk,
+        # most of the memory of a 100,000-thunk run). Granted in the same order as slots.
+        self._turns = PrioritySlots(max(16, 2 * sum(e.slots for e in every)))
+        self._holding_turn: set[str] = set()
         self._durations: list[float] = []
+        self._median: tuple[int, float] = (0, 0.0)  # (samples it was computed from, median)
+        # Per-thunk trace events cost a dict each: built only when a trace is written.
+        self._tracing = self.observer.tracing
         self._failures: list[NodeFailed] = []
         self._stop = asyncio.Event()  # set on the first failure unless keep_going
         # value ID -> (node ID, the thunk ID it ran or hit as, that thunk): to regenerate
         # a value that a cached reduction promises but no store holds any more.
-        self._producers: dict[str, tuple[str, str, Thunk]] = {}
+        # Only the output tags are kept, not the thunk: a large graph would keep every
+        # thunk of the run alive through this map.
+        self._producers: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         # Values found gone from every store: a reduction naming one is no hit (whichever
         # of the original or rewritten ID it is recorded under) until it is made again.
         self._lost: set[str] = set()
@@ -365,8 +392,15 @@ class Scheduler:
             self.share_errors.append(f"sharing the reduction of {thunk_ids[0]}: {exc}")
 
     def _local(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
-        return self._usable({ref.partition("#")[2]: self.store.get_reduction(ref)
-                             for ref in self._refs(thunk_id, thunk)})
+        # The bare ID's record is written last: without it there is no hit, and a cold
+        # build asks only this one file per node.
+        first = self.store.get_reduction(thunk_id)
+        if first is None:
+            return None
+        outputs: dict[str, str | None] = {FIRST: first}
+        for tag in thunk.outputs:
+            outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
+        return self._usable(outputs)
 
     def _claimed(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
         """The remote store's records of ``thunk_id``, if usable (checked after the local
@@ -402,7 +436,10 @@ class Scheduler:
         except (StoreError, MalformedThunk, InvalidId) as exc:
             raise self._fail(NodeFailed(thunk_id, str(exc))) from None
         deps = sorted({item.id for item in thunk.thunks})
-        self.observer.event("queued", thunk=thunk_id, deps=deps)
+        if self._tracing:
+            self.observer.event("queued", thunk=thunk_id, deps=deps)
+        else:
+            self.observer.tick()
 
         if self.shared is not None and self._local(thunk_id, thunk) is None:
             await self._look_up(self._refs(thunk_id, thunk))  # a no-op unless off the graph (a tail call)
@@ -416,6 +453,7 @@ class Scheduler:
             return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
 
         if deps:
+            self._paths.below(thunk_id, thunk.function_hash, deps)
             outcomes = await asyncio.gather(*(self._node(dep) for dep in deps), return_exceptions=True)
             dep_results: dict[str, dict[str, str]] = {}
             for dep, outcome in zip(deps, outcomes, strict=True):
@@ -438,7 +476,8 @@ class Scheduler:
             runnable, run_id = thunk, thunk_id
 
         if cached is None:
-            # Claimed (or reduced meanwhile by a concurrent run): executor/inflight.py.
+            # Claimed (or reduced meanwhile by a concurrent run): executor/inflight.py. The
+            # claim comes first, so a node waiting on another process holds no dispatch turn.
             try:
                 claim = await self._inflight.claim(thunk_id, run_id, runnable)
             except ConfigError as exc:
@@ -447,7 +486,11 @@ class Scheduler:
                 self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
                 return await self._follow_tail_calls(thunk_id, claim.outputs, (thunk_id, run_id))
             try:
-                result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable)
+                await self._take_turn(thunk_id, runnable)
+                try:
+                    result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable)
+                finally:
+                    self._end_turn(thunk_id)
                 outputs = {o.tag: o.id for o in result.outputs}
                 cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
                 self._lost.difference_update(cached.values())
@@ -491,6 +534,7 @@ class Scheduler:
             if ref.id in chain:
                 raise self._fail(NodeFailed(thunk_id, f"tail-call cycle: {ref.id} returns itself"))
             self.observer.event("tailcall", thunk=thunk_id, next=result)
+            self._paths.continues(thunk_id, ref.id)
             try:
                 reduced = await self._node(ref.id)
             except NodeFailed:
@@ -505,7 +549,7 @@ class Scheduler:
     def _remember_producer(self, node_id: str, run_id: str, thunk: Thunk, outputs: dict[str, str],
                            vouched: bool = False) -> None:
         for tag, result in outputs.items():
-            self._producers[result] = (node_id, run_id, thunk)
+            self._producers[result] = (node_id, run_id, thunk.outputs)
             if vouched:
                 self._vouched[result] = (node_id, tag)
 
@@ -524,6 +568,7 @@ class Scheduler:
         try:
             return await self._dispatch(node_id, run_id, thunk), run_id, thunk
         except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
+            self._end_turn(node_id)  # the producer needs one; this node waits for it holding none
             replacement = await self._regenerate(missing.ident)
             if replacement is None:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
@@ -559,11 +604,11 @@ class Scheduler:
         producer = self._producers.pop(ident, None)
         if producer is None:
             return None
-        node_id, run_id, thunk = producer
+        node_id, run_id, tags = producer
         self._lost.add(ident)
         self.observer.event("regenerate", thunk=node_id, missing=ident)
         for thunk_id in {node_id, run_id}:
-            for tag in thunk.outputs:
+            for tag in tags:
                 self.store.forget_reduction(f"{thunk_id}#{tag}")
             self.store.forget_reduction(thunk_id)
         self._nodes.pop(node_id, None)
@@ -710,74 +755,138 @@ class Scheduler:
         config = self.config
         if not config.speculate:
             return None
-        if len(self._durations) < config.speculate_samples:
+        count = len(self._durations)
+        if count < config.speculate_samples:
             return config.speculate_initial
-        return max(config.speculate_min, config.speculate_factor * statistics.median(self._durations))
+        # The median is recomputed when the samples have grown by an eighth, not on
+        # every attempt: sorting them all per thunk made a large build quadratic.
+        computed, median = self._median
+        if count >= computed + max(1, computed >> 3):
+            median = statistics.median(self._durations)
+            self._median = (count, median)
+        return max(config.speculate_min, config.speculate_factor * median)
+
+    def _priority(self, node_id: str, job: Job) -> float:
+        return 0.0 if self._fifo else self._paths.priority(node_id, job.thunk.function_hash)
+
+    async def _take_turn(self, node_id: str, thunk: Thunk) -> None:
+        await self._turns.acquire(0.0 if self._fifo else self._paths.priority(node_id, thunk.function_hash))
+        self._holding_turn.add(node_id)
+
+    def _end_turn(self, node_id: str) -> None:
+        """Give ``node_id``'s turn back (it has a slot now, or left dispatch); idempotent."""
+        if node_id in self._holding_turn:
+            self._holding_turn.discard(node_id)
+            self._turns.release()
 
     async def _run_once(
-        self, node_id: str, engine: Engine, job: Job, running: asyncio.Event
+        self, node_id: str, engine: Engine, job: Job, holding: bool = False
     ) -> tuple[ExecutionResult, float]:
-        """Wait for a slot, then run; returns the result and the time it ran (not queued)."""
+        """Run with a slot (critical path first): waited for here, or already held by
+        the caller (``holding``, who then releases it). Returns the result and the time
+        it ran (not queued)."""
         counts = self.observer.counts
-        async with self._slots[id(engine)]:
+        slots = self._slots[id(engine)]
+        if not holding:
+            await slots.acquire(self._priority(node_id, job))
+            self._end_turn(node_id)
+        try:
             counts.running += 1
-            running.set()
-            self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
-                                attempt=job.attempt)
+            if self._tracing:
+                self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
+                                    attempt=job.attempt)
             started = time.monotonic()
             try:
                 return await engine.run(job), time.monotonic() - started
             finally:
                 counts.running -= 1
+        finally:
+            if not holding:
+                slots.release()
 
     async def _attempt(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
         """One attempt, duplicated once if it straggles; the first success wins.
 
         The straggler clock starts when the attempt gets a slot, not when it is queued:
-        waiting for a slot is not straggling.
+        waiting for a slot is not straggling. Without speculation the attempt runs in
+        this task. With it, this task waits for the slot itself (a thunk waiting for a
+        slot costs no task of its own), then runs the attempt as a task, the clock as
+        a timer, and sleeps on one future that either of them wakes.
         """
-        running = asyncio.Event()
-        primary = asyncio.ensure_future(self._run_once(node_id, engine, job, running))
-        attempts = [primary]
+        delay = self._speculation_delay()
+        if delay is None:
+            result, duration = await self._run_once(node_id, engine, job)
+            self._finished(node_id, engine, job, result, duration)
+            return result
+        slots = self._slots[id(engine)]
+        await slots.acquire(self._priority(node_id, job))
+        self._end_turn(node_id)
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        straggling = False
+
+        def wake_up(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        def straggle() -> None:
+            nonlocal straggling
+            straggling = True
+            wake_up()
+
+        attempts: list[asyncio.Task[tuple[ExecutionResult, float]]] = []
+        timer: asyncio.TimerHandle | None = None
+        speculated = False
+        error: BaseException | None = None
         try:
-            delay = self._speculation_delay()
-            if delay is not None:
-                waiter = asyncio.ensure_future(running.wait())
-                await asyncio.wait([primary, waiter], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                done, _ = await asyncio.wait(attempts, timeout=delay)
-                if not done:
-                    self.observer.event("speculated", thunk=node_id, engine=engine.name)
-                    attempts.append(asyncio.ensure_future(self._run_once(node_id, engine, job, asyncio.Event())))
-            error: BaseException | None = None
-            while attempts:
-                done, _ = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+            primary = loop.create_task(self._run_once(node_id, engine, job, holding=True))
+            primary.add_done_callback(wake_up)
+            attempts.append(primary)
+            timer = loop.call_later(delay, straggle)
+            while True:
+                await wake
+                wake = loop.create_future()
+                for task in [task for task in attempts if task.done()]:
                     attempts.remove(task)
-                    if task.exception() is None:
+                    exception = task.exception()
+                    if exception is None:
                         result, duration = task.result()
                         self._finished(node_id, engine, job, result, duration)
                         return result
                     # An execution failure is final even if a duplicate is still running.
-                    if isinstance(task.exception(), ExecutionFailed) or error is None:
-                        error = task.exception()
+                    if isinstance(exception, ExecutionFailed) or error is None:
+                        error = exception
                     if isinstance(error, ExecutionFailed):
                         raise error
-            assert error is not None
-            raise error
+                if not attempts:
+                    assert error is not None
+                    raise error
+                if straggling and not speculated:
+                    speculated = True
+                    self.observer.event("speculated", thunk=node_id, engine=engine.name)
+                    duplicate = loop.create_task(self._run_once(node_id, engine, job))
+                    duplicate.add_done_callback(wake_up)
+                    attempts.append(duplicate)
         finally:
+            if timer is not None:
+                timer.cancel()
             for task in attempts:
                 task.cancel()
             if attempts:
                 await asyncio.gather(*attempts, return_exceptions=True)
+            slots.release()  # the primary's slot: it has ended (or never started) by now
 
     def _finished(self, node_id: str, engine: Engine, job: Job, result: ExecutionResult, duration: float) -> None:
         self._durations.append(duration)
+        self.estimates.record(node_id, job.thunk.function_hash, duration)
         self.executed += 1
         self.ran_on[engine.name] = self.ran_on.get(engine.name, 0) + 1
         if engine is self.fallback and engine not in self.engines:
             self._ran_on_fallback.append(node_id)
         self.observer.counts.done += 1
+        if not self._tracing:
+            self.observer.tick()
+            return
         self.observer.event(
             "finished", thunk=node_id, ran=job.thunk_id, engine=engine.name, attempt=job.attempt,
             duration=round(duration, 6), outputs=[o.id for o in result.outputs],

@@ -19,6 +19,10 @@ class TraceWriter:
         self.started = time.monotonic() if started is None else started
         self._handle: TextIO | None = open(path, "a", buffering=1) if path else None
 
+    @property
+    def active(self) -> bool:
+        return self._handle is not None
+
     def write(self, event: str, fields: dict) -> None:
         if self._handle is None:
             return

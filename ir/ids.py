@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import NoReturn
 
 import xxhash
@@ -64,6 +65,13 @@ class ObjectId:
         return self.kind is Kind.THUNK
 
 
+_KINDS = {"V": Kind.VALUE, "T": Kind.THUNK}
+# Parsed IDs are interned: a scheduler sees every ID of a graph many times (loading,
+# validating, rewriting, recording), and parsing one costs a regex, an enum lookup and a
+# dataclass. Bounded, so a long-lived process (a warm Lambda worker) does not grow.
+_PARSED_CACHE = 1 << 17
+
+
 def parse_id(text: str) -> ObjectId:
     """Parse and validate an ID; raise :class:`InvalidId` saying what is wrong.
 
@@ -72,6 +80,11 @@ def parse_id(text: str) -> ObjectId:
     """
     if not isinstance(text, str):
         raise InvalidId(f"ID must be a string, not {type(text).__name__}")
+    return _parse_id(text)
+
+
+@lru_cache(maxsize=_PARSED_CACHE)
+def _parse_id(text: str) -> ObjectId:
     match = _ID_RE.fullmatch(text)  # fullmatch: "$" would accept a trailing newline
     if not match:
         _explain_malformed(text)
@@ -81,7 +94,7 @@ def parse_id(text: str) -> ObjectId:
     expected = ALGORITHMS[algorithm][0]
     if len(digest) != expected:
         raise InvalidId(f"ID {text!r} has a {len(digest)}-character digest, expected {expected}")
-    return ObjectId(Kind(kind), algorithm, digest, int(size, 16))
+    return ObjectId(_KINDS[kind], algorithm, digest, int(size, 16))
 
 
 def _explain_malformed(text: str) -> NoReturn:
@@ -103,7 +116,7 @@ def _explain_malformed(text: str) -> NoReturn:
 
 
 def make_id(kind: Kind, digest: str, size: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    return str(ObjectId(kind, algorithm, digest, size))
+    return f"{kind.value}{algorithm}{digest}_{size:x}"  # str(ObjectId(...)) without building one
 
 
 def new_hasher(algorithm: str = DEFAULT_ALGORITHM):
@@ -123,11 +136,18 @@ class Ref:
 
     @property
     def is_thunk(self) -> bool:
-        return self.id[0] == Kind.THUNK.value
+        return self.id[0] == "T"  # Kind.THUNK.value, without an enum property lookup per call
 
 
 def parse_ref(text: str) -> Ref:
     """Parse ``ID`` or ``THUNK_ID#tag``; a tag on a value ID is an error."""
+    if not isinstance(text, str):
+        raise InvalidId(f"ID must be a string, not {type(text).__name__}")
+    return _parse_ref(text)
+
+
+@lru_cache(maxsize=_PARSED_CACHE)
+def _parse_ref(text: str) -> Ref:
     ident, sep, tag = text.partition("#")
     oid = parse_id(ident)
     if not sep:
@@ -138,6 +158,7 @@ def parse_ref(text: str) -> Ref:
     return Ref(ident, tag)
 
 
+@lru_cache(maxsize=4096)  # a build has few distinct tags ("out", "x.o"), each checked per thunk
 def validate_tag(tag: str) -> str:
     """Output tags name files in the work directory: plain, relative, no '..'."""
     if not tag or not _TAG_RE.fullmatch(tag):

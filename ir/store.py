@@ -22,16 +22,16 @@ can rewrite, so its name is a claim, not a proof.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import atomic_write_bytes, unlink_quietly
+from .atomic import unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref
 from .store_root import locate_root
@@ -189,6 +189,11 @@ class LocalStore:
         self.tmp = self.root / "tmp"
         self.hash_cache = HashCache(self.root / "hash_cache")
         self.verified = VerifiedBlobs()
+        # The same directories as plain strings with a trailing '/': the hot paths (has,
+        # read, reductions) build file names by concatenation, not Path objects.
+        self._blob_dir = f"{self.blobs}/"
+        self._reduction_dir = f"{self.reductions}/"
+        self._temp_names = itertools.count()
 
     # -- locating -------------------------------------------------------------------
 
@@ -223,9 +228,10 @@ class LocalStore:
 
     def has(self, ident: str) -> bool:
         try:
-            return self.blob_path(ident).exists()
+            parse_id(ident)
         except InvalidId:
             return False
+        return os.path.exists(self._blob_dir + ident)
 
     def _install(self, temp: str, ident: str, executable: bool) -> str:
         """Move a complete temp file into place as blob ``ident`` (first writer wins).
@@ -235,7 +241,7 @@ class LocalStore:
         adds the execute bit if it needs it.
         """
         os.chmod(temp, EXECUTABLE_MODE if executable else VALUE_MODE)
-        target = self.blobs / ident
+        target = self._blob_dir + ident
         try:
             os.link(temp, target)
         except FileExistsError:
@@ -249,11 +255,11 @@ class LocalStore:
 
     def _temp(self) -> tuple[int, str]:
         try:
-            return tempfile.mkstemp(dir=self.tmp, prefix="in-")
+            return self._fresh(f"{self.tmp}/in-")
         except FileNotFoundError:  # a store made lazily (a function's GG_DIR)
             self.tmp.mkdir(parents=True, exist_ok=True)
             self.blobs.mkdir(parents=True, exist_ok=True)
-            return tempfile.mkstemp(dir=self.tmp, prefix="in-")
+            return self._fresh(f"{self.tmp}/in-")
 
     def put_bytes(self, data: bytes, executable: bool = False) -> str:
         ident = id_of_blob(data)
@@ -420,8 +426,10 @@ class LocalStore:
             os.chmod(path, EXECUTABLE_MODE)
 
     def read_bytes(self, ident: str, verify: bool = False) -> bytes:
+        parse_id(ident)
         try:
-            data = self.blob_path(ident).read_bytes()
+            with open(self._blob_dir + ident, "rb", buffering=0) as handle:
+                data = handle.read()
         except FileNotFoundError:
             raise MissingBlob(ident, str(self.blobs)) from None
         if verify:
@@ -538,7 +546,8 @@ class LocalStore:
         thunk runs again, once).
         """
         try:
-            return decode_reduction(self._reduction_path(ref).read_bytes())
+            with open(self._reduction_dir + reduction_name(ref), "rb", buffering=0) as handle:
+                return decode_reduction(handle.read())
         except FileNotFoundError:
             return None
 
@@ -546,9 +555,35 @@ class LocalStore:
         """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``).
 
         Every caller records what an execution with verified inputs produced (or what
-        such a record says), hence the mark.
+        such a record says), hence the mark. Atomic like every write here (a complete
+        temp file renamed over the record), but without ``mkstemp``'s random names and
+        ``Path`` objects: this runs twice or more per thunk of a build.
         """
-        atomic_write_bytes(self._reduction_path(ref), encode_reduction(result))
+        target = self._reduction_dir + reduction_name(ref)
+        data = memoryview(encode_reduction(result))
+        fd, temp = self._fresh(self._reduction_dir + ".tmp-", 0o644)
+        try:
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+        except BaseException:
+            unlink_quietly(temp)
+            raise
+
+    def _fresh(self, prefix: str, mode: int = 0o600) -> tuple[int, str]:
+        """A new, exclusively created temp file ``prefix<pid>-<n>``: unique without
+        ``mkstemp``'s random names (a name left by a killed process that had this pid
+        is skipped)."""
+        pid = os.getpid()
+        while True:
+            temp = f"{prefix}{pid}-{next(self._temp_names)}"
+            try:
+                return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), temp
+            except FileExistsError:
+                continue
 
     def forget_reduction(self, ref: str) -> None:
         """Drop the record for ``ref`` (its result was lost), so it is reduced again."""

@@ -216,7 +216,14 @@ class Thunk:
             ("thunks", self.thunks, True),
         ):
             for item in group:
-                ref = _parse_inputs(field_name, [str(item)])[0].parsed
+                # The parts of Input.parse, without formatting and splitting the text again
+                # (parse_ref is interned: this runs for every input of every thunk loaded).
+                try:
+                    ref = parse_ref(item.ref)
+                    if item.name:
+                        validate_input_name(item.name)
+                except (InvalidId, MalformedThunk) as exc:
+                    raise MalformedThunk(f"{field_name}: {exc}") from None
                 if ref.is_thunk != want_thunk:
                     kind = "thunk" if want_thunk else "value"
                     raise MalformedThunk(f"input {item} is listed as a {kind} but is not one")

@@ -290,3 +290,19 @@ def test_concurrent_writers(tmp_path):
         for w in range(workers):
             assert store.get_reduction(f"{a_thunk(round_).id}#w{w}") is not None
     assert leftovers(store) == []
+
+
+def test_a_temp_name_left_by_a_killed_writer_is_skipped(store):
+    """Temp files are named ``<pid>-<n>`` (no random names): one left behind by a killed
+    process that had this pid must not block or corrupt a write."""
+    t = a_thunk().id
+    v = id_of_bytes(b"v", Kind.VALUE)
+    stale = [store.reductions / f".tmp-{os.getpid()}-{n}" for n in range(3)]
+    stale += [store.tmp / f"in-{os.getpid()}-{n}" for n in range(3)]
+    for path in stale:
+        path.write_bytes(b"half a record")
+    store.put_reduction(t, v)
+    assert store.get_reduction(t) == v
+    ident = store.put_bytes(b"after a crash")
+    assert store.verify(ident)
+    assert all(path.read_bytes() == b"half a record" for path in stale)  # not reused, not clobbered
