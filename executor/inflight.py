@@ -50,6 +50,7 @@ from ir.store import LocalStore, StoreError
 from ir.thunk import Thunk
 from ir.thunk_lock import ThunkLock
 
+from .critical_path import PrioritySlots
 from .observe import RunObserver
 
 ENV = "GG_LEASE_SECONDS"
@@ -122,7 +123,7 @@ class InFlight:
         self.poll_cap = max(0.05, min(2.0, period / 4))  # well inside one lease period
         self.peer_reduced = 0  # thunks a concurrent run reduced while this one waited
         self.takeovers = 0
-        self._slots = asyncio.Semaphore(max(1, slots))
+        self._slots = PrioritySlots(max(1, slots))  # granted critical path first, as dispatch is
         self._waiters: dict[str, _Waiter] = {}
         self._poller: asyncio.Task[None] | None = None
         self._poll_round = 0
@@ -130,14 +131,16 @@ class InFlight:
 
     # -- claiming ---------------------------------------------------------------------
 
-    async def claim(self, node_id: str, run_id: str, thunk: Thunk) -> Claim:
-        """Claim ``run_id`` (the thunk about to be dispatched), or wait for a peer's result."""
+    async def claim(self, node_id: str, run_id: str, thunk: Thunk, priority: float = 0.0) -> Claim:
+        """Claim ``run_id`` (the thunk about to be dispatched), or wait for a peer's result.
+        Waiting claims get a free slot highest ``priority`` first (the scheduler's dispatch
+        order: executor/critical_path.py)."""
         claim = Claim(run_id, lock=ThunkLock(self.store.root, run_id))
         waited = False
         try:
             while True:
                 if not claim.slot:
-                    await self._slots.acquire()
+                    await self._slots.acquire(priority)
                     claim.slot = True
                 assert claim.lock is not None
                 if not claim.lock.try_acquire():

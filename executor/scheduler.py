@@ -479,7 +479,7 @@ class Scheduler:
             # Claimed (or reduced meanwhile by a concurrent run): executor/inflight.py. The
             # claim comes first, so a node waiting on another process holds no dispatch turn.
             try:
-                claim = await self._inflight.claim(thunk_id, run_id, runnable)
+                claim = await self._inflight.claim(thunk_id, run_id, runnable, self._thunk_priority(thunk_id, runnable))
             except ConfigError as exc:
                 raise self._fatal(thunk_id, exc) from None
             if claim.outputs is not None:
@@ -766,11 +766,14 @@ class Scheduler:
             self._median = (count, median)
         return max(config.speculate_min, config.speculate_factor * median)
 
+    def _thunk_priority(self, node_id: str, thunk: Thunk) -> float:
+        return 0.0 if self._fifo else self._paths.priority(node_id, thunk.function_hash)
+
     def _priority(self, node_id: str, job: Job) -> float:
-        return 0.0 if self._fifo else self._paths.priority(node_id, job.thunk.function_hash)
+        return self._thunk_priority(node_id, job.thunk)
 
     async def _take_turn(self, node_id: str, thunk: Thunk) -> None:
-        await self._turns.acquire(0.0 if self._fifo else self._paths.priority(node_id, thunk.function_hash))
+        await self._turns.acquire(self._thunk_priority(node_id, thunk))
         self._holding_turn.add(node_id)
 
     def _end_turn(self, node_id: str) -> None:
