@@ -286,6 +286,9 @@ class FaultProxy:
         self.failed = 0
         self.url = ""
         self.log: list[tuple[str, str, str]] = []  # (method, path, X-Amz-Invocation-Type)
+        # Every forwarded request with its answer: (path, X-Amz-Invocation-Type, request
+        # body, answer status, answer body); what a test decodes to see the payloads.
+        self.exchanges: list[tuple[str, str, bytes, int, bytes]] = []
 
     async def _handle(self, request):
         import asyncio
@@ -307,6 +310,8 @@ class FaultProxy:
             async with session.request(request.method, self.target + request.path_qs, headers=headers,
                                        data=body, allow_redirects=False) as answer:
                 payload = await answer.read()
+                self.exchanges.append((request.path, request.headers.get("X-Amz-Invocation-Type", ""), body,
+                                       answer.status, payload))
                 out = {k: v for k, v in answer.headers.items()
                        if k.lower() not in ("transfer-encoding", "content-length", "connection")}
                 return web.Response(status=answer.status, body=payload, headers=out)

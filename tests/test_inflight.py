@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,12 +24,16 @@ from pathlib import Path
 
 import pytest
 
+from executor import protocol
+from executor.execution import GGHASH_RE
 from executor.inflight import ENV, lease_seconds
 from ir.errors import ConfigError
+from ir.ids import parse_ref
 from ir.placeholder import read_placeholder
 from ir.store import LocalStore
+from ir.thunk import Thunk, parse_thunk
 
-from .aws_fixtures import FAKE_AWS_ENV
+from .aws_fixtures import FAKE_AWS_ENV, FaultProxy
 from .forcing import VENV_BIN, ShellThunks, gg_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -330,12 +335,73 @@ def test_a_killed_lambda_forcer_delays_the_others_by_one_lease_period(tmp_path, 
     assert ran["leaf0"] == ran["leaf1"] == 2 and ran["group0"] == ran["top"] == 1, ran
 
 
+def graph_thunks(store: LocalStore, targets: list[str]) -> dict[str, Thunk]:
+    """Every thunk ``targets`` depend on, read from the thunks themselves (not from a
+    forcer's trace): what a run with nothing reduced has to execute."""
+    todo = [parse_ref(target).id for target in targets if parse_ref(target).is_thunk]
+    seen: dict[str, Thunk] = {}
+    while todo:
+        ident = todo.pop()
+        if ident not in seen:
+            seen[ident] = store.load_thunk(ident)
+            todo += [item.parsed.id for item in seen[ident].thunks]
+    return seen
+
+
+Origin = tuple[str, tuple[str, ...]]
+
+
+def origin(function_hash: str, args: list[str] | tuple[str, ...], blob: re.Pattern[str] = GGHASH_RE) -> Origin:
+    """Which thunk of the graph an execution is, whatever its ID: a thunk runs rewritten
+    (its thunk inputs replaced by their values, so under another ID), but its function
+    and its arguments, with every blob reference masked, stay what they were."""
+    return function_hash, tuple(blob.sub("@{blob}", arg) for arg in args)
+
+
+def assert_ran_each_once(ran: Counter[Origin], graph: dict[str, Thunk]) -> None:
+    """``ran`` (executions the workers saw) is every thunk of ``graph`` exactly once."""
+    expected = Counter(origin(thunk.function_hash, thunk.args) for thunk in graph.values())
+    assert max(expected.values()) == 1, "two thunks of the graph look alike; the count could not tell them apart"
+    twice = {key: n for key, n in ran.items() if n > 1}
+    assert not twice, f"the workers ran thunks more than once: {twice}"
+    assert set(ran) == set(expected), (f"ran {len(ran)} of {len(expected)}; not in the graph: "
+                                       f"{set(ran) - set(expected)}; never ran: {set(expected) - set(ran)}")
+
+
+def invoked(exchanges: list[tuple[str, str, bytes, int, bytes]]) -> Counter[Origin]:
+    """What the Lambda workers were given to execute, from the Invoke payloads a proxy in
+    front of the endpoint saw (DryRun invokes run nothing). Every invoke must have been
+    answered with a result for each of its thunks: a payload sent but not served would
+    be counted as run."""
+    ran: Counter[Origin] = Counter()
+    for path, kind, body, status, answer in exchanges:
+        if not path.endswith("/invocations") or kind == "DryRun":
+            continue
+        request = protocol.decode_request(body)
+        assert status == 200, (status, answer[:300])
+        served = {result.id for result in protocol.decode_response(answer).results}
+        assert served == {thunk.id for thunk in request.thunks}, (request.thunks, served)
+        for item in request.thunks:
+            thunk = parse_thunk(item.data, expected_id=item.id)
+            ran[origin(thunk.function_hash, thunk.args)] += 1
+    return ran
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
+async def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
     """Fresh checkouts of examples/cproject (a ``.gg`` each) forced on Lambda at once
     through one bucket, two and then four (on a fresh prefix, reductions deleted): every
-    thunk ran once over all of them, and every forcer got the same outputs."""
+    thunk ran once over all of them, and every forcer got the same outputs.
+
+    Executions are counted on the workers' side: every forcer invokes the endpoint through
+    one proxy (:class:`FaultProxy`), whose log of Invoke payloads (decoded with
+    ``executor.protocol``) is what the workers were given to run, whichever forcer sent
+    it. Each of the graph's thunks (walked from the targets in the store, recognised
+    after its rewrite by :func:`origin`) must appear in exactly one answered Invoke over
+    all forcers of a round."""
+    import asyncio
+
     from .test_infer_support import REPO, gg_infer, tool_env
 
     endpoint = lambda_endpoint_factory(workers=4, function_timeout=120)
@@ -344,33 +410,33 @@ def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3
     placeholders = set()
     for tree in trees:
         shutil.copytree(REPO / "examples" / "cproject", tree)
-        inferred = gg_infer(tree, "make", "-s")
+        inferred = await asyncio.to_thread(gg_infer, tree, "make", "-s")
         assert inferred.returncode == 0, inferred.stderr
         placeholders.add(tuple((tree / name).read_bytes() for name in names))
     assert len(placeholders) == 1  # the same thunk IDs in every checkout: one graph
     found = [read_placeholder(trees[0] / name) for name in names]
     targets = sorted({placeholder.ref for placeholder in found if placeholder is not None})
     assert None not in found, "a target is not a placeholder"
+    graph = graph_thunks(LocalStore.init(trees[0] / ".gg"), targets)
     argv = [str(VENV_BIN / "gg-force"), "--engine", "lambda", "--no-speculate", "-q", "-j", "8", "--print"]
     answers: list[dict[str, str]] = []
-    for forcers, prefix in ((2, "/blobs?"), (4, "/four?")):
-        env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri.replace("/blobs?", prefix),
-               "GG_LAMBDA_ENDPOINT": endpoint.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
-               "GG_LAMBDA_TIMEOUT": "120", "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
-        for tree in trees[:forcers]:
-            for record in LocalStore.init(tree / ".gg").reductions.iterdir():
-                record.unlink()
-        traces = [tree / f"trace{forcers}.jsonl" for tree in trees[:forcers]]
-        results = finish([start([*argv, "--trace", str(t), *targets], {**env, "GG_DIR": str(tree / ".gg")},
-                                cwd=tree) for tree, t in zip(trees, traces, strict=False)], 300)
-        for status, _, err in results:
-            assert status == 0, err + endpoint.log()[-2000:]
-        ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
-        assert ran and max(ran.values()) == 1, ran  # once over all forcers ...
-        queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
-        settled = {e["thunk"] for t in traces for e in events(t) if e["event"] in ("started", "cached", "peer_done")}
-        assert settled == queued and set(ran) <= queued  # ... and nothing left unreduced
-        answers += [printed(out) for _, out, _ in results]
+    async with FaultProxy(endpoint.url) as proxy:
+        for forcers, prefix in ((2, "/blobs?"), (4, "/four?")):
+            env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri.replace("/blobs?", prefix),
+                   "GG_LAMBDA_ENDPOINT": proxy.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
+                   "GG_LAMBDA_TIMEOUT": "120", "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
+            for tree in trees[:forcers]:
+                for record in LocalStore.init(tree / ".gg").reductions.iterdir():
+                    record.unlink()
+            traces = [tree / f"trace{forcers}.jsonl" for tree in trees[:forcers]]
+            before = len(proxy.exchanges)
+            processes = [start([*argv, "--trace", str(t), *targets], {**env, "GG_DIR": str(tree / ".gg")}, cwd=tree)
+                         for tree, t in zip(trees, traces, strict=False)]
+            results = await asyncio.to_thread(finish, processes, 300)
+            for status, _, err in results:
+                assert status == 0, err + endpoint.log()[-2000:]
+            assert_ran_each_once(invoked(proxy.exchanges[before:]), graph)
+            answers += [printed(out) for _, out, _ in results]
     assert all(answer == answers[0] for answer in answers) and len(answers[0]) == len(targets)
     for tree in trees:  # each user has the bytes (gg-force made every target local)
         store = LocalStore.init(tree / ".gg")
