@@ -6,8 +6,11 @@ Executions are counted where they happen, not in the forcers' summaries: every t
 the synthetic graph appends its name to a counter file (thunks run unconfined, as the
 user, on the local engine and in the local Lambda endpoint's workers alike; docs/trust.md),
 so a thunk that ran twice shows up twice whichever process ran it. Compiler thunks of a
-real C build cannot be instrumented that way; there each forcer's trace is the record of
-what its engine ran (``started`` events), summed over all forcers.
+real C build cannot be instrumented that way (their IDs are their exact functions and
+arguments); there the local engine's executions are the ``execve`` calls of the thunks'
+functions the kernel reports to ``strace``, and the Lambda workers' are the thunks in
+the Invoke payloads a proxy in front of the endpoint forwarded, each recognised as a
+thunk of the graph by its function and arguments (:func:`origin`).
 """
 
 from __future__ import annotations
