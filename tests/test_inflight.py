@@ -479,7 +479,7 @@ async def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_pa
     graph = graph_thunks(LocalStore.init(trees[0] / ".gg"), targets)
     argv = [str(VENV_BIN / "gg-force"), "--engine", "lambda", "--no-speculate", "-q", "-j", "8", "--print"]
     answers: list[dict[str, str]] = []
-    async with FaultProxy(endpoint.url) as proxy:
+    async with FaultProxy(endpoint.url, record=True) as proxy:
         for forcers, prefix in ((2, "/blobs?"), (4, "/four?")):
             env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri.replace("/blobs?", prefix),
                    "GG_LAMBDA_ENDPOINT": proxy.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
