@@ -272,20 +272,26 @@ def lambda_endpoint(aws_env, tmp_path_factory) -> Iterator[LocalLambda]:
 class FaultProxy:
     """A real HTTP proxy in front of ``target`` that answers the first ``fail_first``
     requests with an S3-style error (503 SlowDown by default), or never answers them
-    (``hang=True``). Run it in the test's event loop with ``async with``.
+    (``hang=True``). Run it in the test's event loop with ``async with``. With
+    ``record=True`` it keeps every forwarded request and answer in :attr:`exchanges`
+    (off by default: S3 bodies can be large).
     """
 
     def __init__(self, target: str, fail_first: int = 0, status: int = 503, code: str = "SlowDown",
-                 hang: bool = False):
+                 hang: bool = False, record: bool = False):
         self.target = target.rstrip("/")
         self.fail_first = fail_first
         self.status = status
         self.code = code
         self.hang = hang
+        self.record = record
         self.requests = 0
         self.failed = 0
         self.url = ""
         self.log: list[tuple[str, str, str]] = []  # (method, path, X-Amz-Invocation-Type)
+        # Every forwarded request with its answer: (path, X-Amz-Invocation-Type, request
+        # body, answer status, answer body); what a test decodes to see the payloads.
+        self.exchanges: list[tuple[str, str, bytes, int, bytes]] = []
 
     async def _handle(self, request):
         import asyncio
@@ -307,6 +313,9 @@ class FaultProxy:
             async with session.request(request.method, self.target + request.path_qs, headers=headers,
                                        data=body, allow_redirects=False) as answer:
                 payload = await answer.read()
+                if self.record:
+                    self.exchanges.append((request.path, request.headers.get("X-Amz-Invocation-Type", ""), body,
+                                           answer.status, payload))
                 out = {k: v for k, v in answer.headers.items()
                        if k.lower() not in ("transfer-encoding", "content-length", "connection")}
                 return web.Response(status=answer.status, body=payload, headers=out)

@@ -6,14 +6,18 @@ Executions are counted where they happen, not in the forcers' summaries: every t
 the synthetic graph appends its name to a counter file (thunks run unconfined, as the
 user, on the local engine and in the local Lambda endpoint's workers alike; docs/trust.md),
 so a thunk that ran twice shows up twice whichever process ran it. Compiler thunks of a
-real C build cannot be instrumented that way; there each forcer's trace is the record of
-what its engine ran (``started`` events), summed over all forcers.
+real C build cannot be instrumented that way (their IDs are their exact functions and
+arguments); there the local engine's executions are the ``execve`` calls of the thunks'
+functions the kernel reports to ``strace``, and the Lambda workers' are the thunks in
+the Invoke payloads a proxy in front of the endpoint forwarded, each recognised as a
+thunk of the graph by its function and arguments (:func:`origin`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,12 +27,16 @@ from pathlib import Path
 
 import pytest
 
+from executor import protocol
+from executor.execution import GGHASH_RE
 from executor.inflight import ENV, lease_seconds
 from ir.errors import ConfigError
+from ir.ids import parse_ref
 from ir.placeholder import read_placeholder
 from ir.store import LocalStore
+from ir.thunk import Thunk, parse_thunk
 
-from .aws_fixtures import FAKE_AWS_ENV
+from .aws_fixtures import FAKE_AWS_ENV, FaultProxy
 from .forcing import VENV_BIN, ShellThunks, gg_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -210,12 +218,97 @@ def test_a_killed_local_forcer_delays_the_other_by_nothing(tmp_path):
     assert ran == Counter({**{f"leaf{i}": 2 for i in range(2)}, "group0": 1, "top": 1}) and total == 4
 
 
+# -- a real C build: executions counted where they happen ----------------------------------
+
+
+def graph_thunks(store: LocalStore, targets: list[str]) -> dict[str, Thunk]:
+    """Every thunk ``targets`` depend on, read from the thunks themselves (not from a
+    forcer's trace): what a run with nothing reduced has to execute."""
+    todo = [parse_ref(target).id for target in targets if parse_ref(target).is_thunk]
+    seen: dict[str, Thunk] = {}
+    while todo:
+        ident = todo.pop()
+        if ident not in seen:
+            seen[ident] = store.load_thunk(ident)
+            todo += [item.parsed.id for item in seen[ident].thunks]
+    return seen
+
+
+Origin = tuple[str, tuple[str, ...]]
+
+
+def origin(function_hash: str, args: list[str] | tuple[str, ...], blob: re.Pattern[str] = GGHASH_RE) -> Origin:
+    """Which thunk of the graph an execution is, whatever its ID: a thunk runs rewritten
+    (its thunk inputs replaced by their values, so under another ID), but its function
+    and its arguments, with every blob reference masked, stay what they were."""
+    return function_hash, tuple(blob.sub("@{blob}", arg) for arg in args)
+
+
+def assert_ran_each_once(ran: Counter[Origin], graph: dict[str, Thunk]) -> None:
+    """``ran`` (executions the workers saw) is every thunk of ``graph`` exactly once."""
+    expected = Counter(origin(thunk.function_hash, thunk.args) for thunk in graph.values())
+    assert max(expected.values()) == 1, "two thunks of the graph look alike; the count could not tell them apart"
+    twice = {key: n for key, n in ran.items() if n > 1}
+    assert not twice, f"the workers ran thunks more than once: {twice}"
+    assert set(ran) == set(expected), (f"ran {len(ran)} of {len(expected)}; not in the graph: "
+                                       f"{set(ran) - set(expected)}; never ran: {set(expected) - set(ran)}")
+
+
+EXECVE = re.compile(r'^execve\("((?:\\x[0-9a-f]{2})*)", \[((?:"(?:\\x[0-9a-f]{2})*"(?:, )?)*)\], .*\) = 0$')
+STRING = re.compile(r'"((?:\\x[0-9a-f]{2})*)"')
+
+
+def exec_traced(argv: list[str], log: Path) -> list[str]:
+    """``argv`` under strace, every process it starts followed: each successful
+    ``execve`` lands in ``log.PID`` (strings in hex, so nothing is abbreviated or
+    escaped). ``--seccomp-bpf``: only ``execve`` stops the tracee, nothing else slows."""
+    return ["strace", "-f", "-ff", "--seccomp-bpf", "-qq", "-xx", "-s", "65536", "-e", "trace=execve",
+            "-o", str(log), *argv]
+
+
+def _unhex(text: str) -> str:
+    return bytes.fromhex(text.replace("\\x", "")).decode()
+
+
+def execs(logs: Path) -> list[tuple[str, list[str]]]:
+    """(program, argv) of every successful ``execve`` the kernel reported under ``logs``."""
+    found = []
+    for path in sorted(logs.iterdir()):
+        for line in path.read_text().splitlines():
+            match = EXECVE.match(line)
+            if match:
+                found.append((_unhex(match.group(1)), [_unhex(arg) for arg in STRING.findall(match.group(2))]))
+    return found
+
+
+def functions_run(logs: Path, store: LocalStore) -> Counter[Origin]:
+    """The thunks' functions the local engines started (a thunk runs as one ``execve`` of
+    its function's blob in ``store``), by :func:`origin`."""
+    blobs = str(store.blobs) + "/"
+    blob_path = re.compile(re.escape(blobs) + r"[^/\s]+")
+    return Counter(origin(program[len(blobs):], argv, blob_path)
+                   for program, argv in execs(logs) if program.startswith(blobs))
+
+
 @pytest.mark.slow
 def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
     """examples/cproject inferred once, then forced by two and then (its reductions
-    deleted) four forcers at once on its one ``.gg``, by thunk ID."""
+    deleted) four forcers at once on its one ``.gg``.
+
+    Executions are counted by the kernel, not by the forcers: each forcer runs under
+    ``strace -f -e trace=execve``, and a thunk on the local engine is one ``execve`` of
+    its function's blob (``.gg/blobs/HASH``, the dynamic loader here, with the tool it
+    loads in its arguments). Every thunk of the graph (walked from the targets in the
+    store, recognised after its rewrite by :func:`origin`) must be started exactly once
+    over all forcers of a round. Why not a worker-side file as the synthetic graph has:
+    the compiler thunks' IDs depend on their exact functions and arguments, so they
+    cannot be instrumented without building a different graph; a wrapper around the
+    toolchain would change the thunks the same way. Process spawns are what a local
+    engine's execution is, and the kernel reports them whatever the forcer records."""
+    from .corpus.fetch import ensure_tools
     from .test_infer_support import REPO, gg_infer, tool_env
 
+    ensure_tools(["strace"])  # apt-get install when missing (as root)
     tree = tmp_path / "cproject"
     shutil.copytree(REPO / "examples" / "cproject", tree)
     inferred = gg_infer(tree, "make", "-s")
@@ -227,19 +320,23 @@ def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
         assert placeholder is not None, name
         targets.append(placeholder.ref)
     store = LocalStore.init(tree / ".gg")
+    graph = graph_thunks(store, targets)
     argv = [str(VENV_BIN / "gg-force"), "--no-speculate", "-q", "-j", "2", "--print"]
     answers: list[dict[str, str]] = []
     for forcers in (2, 4):
         for record in store.reductions.iterdir():
             record.unlink()  # the same graph, nothing reduced
-        traces = [tmp_path / f"c{forcers}-{n}.jsonl" for n in range(forcers)]
-        results = finish([start([*argv, "--trace", str(t), *targets], tool_env(), cwd=tree) for t in traces], 300)
+        logs = [tmp_path / f"exec{forcers}-{n}" for n in range(forcers)]
+        for log in logs:
+            log.mkdir()
+        results = finish([start(exec_traced([*argv, *targets], log / "exec"), tool_env(), cwd=tree)
+                          for log in logs], 300)
         for status, _, err in results:
             assert status == 0, err
-        ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
-        assert ran and max(ran.values()) == 1, ran  # once over all forcers ...
-        queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
-        assert set(ran) == queued  # ... and every thunk of the graph by one of them
+        ran: Counter[Origin] = Counter()
+        for log in logs:
+            ran += functions_run(log, store)
+        assert_ran_each_once(ran, graph)
         answers += [printed(out) for _, out, _ in results]
     assert all(answer == answers[0] for answer in answers) and len(answers[0]) == len(set(targets))
     for value in answers[0].values():  # every forcer of both rounds: the same, intact bytes
@@ -330,12 +427,40 @@ def test_a_killed_lambda_forcer_delays_the_others_by_one_lease_period(tmp_path, 
     assert ran["leaf0"] == ran["leaf1"] == 2 and ran["group0"] == ran["top"] == 1, ran
 
 
+def invoked(exchanges: list[tuple[str, str, bytes, int, bytes]]) -> Counter[Origin]:
+    """What the Lambda workers were given to execute, from the Invoke payloads a proxy in
+    front of the endpoint saw (DryRun invokes run nothing). Every invoke must have been
+    answered with a result for each of its thunks: a payload sent but not served would
+    be counted as run."""
+    ran: Counter[Origin] = Counter()
+    for path, kind, body, status, answer in exchanges:
+        if not path.endswith("/invocations") or kind == "DryRun":
+            continue
+        request = protocol.decode_request(body)
+        assert status == 200, (status, answer[:300])
+        served = {result.id for result in protocol.decode_response(answer).results}
+        assert served == {thunk.id for thunk in request.thunks}, (request.thunks, served)
+        for item in request.thunks:
+            thunk = parse_thunk(item.data, expected_id=item.id)
+            ran[origin(thunk.function_hash, thunk.args)] += 1
+    return ran
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
+async def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3_uri, lambda_endpoint_factory):
     """Fresh checkouts of examples/cproject (a ``.gg`` each) forced on Lambda at once
     through one bucket, two and then four (on a fresh prefix, reductions deleted): every
-    thunk ran once over all of them, and every forcer got the same outputs."""
+    thunk ran once over all of them, and every forcer got the same outputs.
+
+    Executions are counted on the workers' side: every forcer invokes the endpoint through
+    one proxy (:class:`FaultProxy`), whose log of Invoke payloads (decoded with
+    ``executor.protocol``) is what the workers were given to run, whichever forcer sent
+    it. Each of the graph's thunks (walked from the targets in the store, recognised
+    after its rewrite by :func:`origin`) must appear in exactly one answered Invoke over
+    all forcers of a round."""
+    import asyncio
+
     from .test_infer_support import REPO, gg_infer, tool_env
 
     endpoint = lambda_endpoint_factory(workers=4, function_timeout=120)
@@ -344,33 +469,33 @@ def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_path, s3
     placeholders = set()
     for tree in trees:
         shutil.copytree(REPO / "examples" / "cproject", tree)
-        inferred = gg_infer(tree, "make", "-s")
+        inferred = await asyncio.to_thread(gg_infer, tree, "make", "-s")
         assert inferred.returncode == 0, inferred.stderr
         placeholders.add(tuple((tree / name).read_bytes() for name in names))
     assert len(placeholders) == 1  # the same thunk IDs in every checkout: one graph
     found = [read_placeholder(trees[0] / name) for name in names]
     targets = sorted({placeholder.ref for placeholder in found if placeholder is not None})
     assert None not in found, "a target is not a placeholder"
+    graph = graph_thunks(LocalStore.init(trees[0] / ".gg"), targets)
     argv = [str(VENV_BIN / "gg-force"), "--engine", "lambda", "--no-speculate", "-q", "-j", "8", "--print"]
     answers: list[dict[str, str]] = []
-    for forcers, prefix in ((2, "/blobs?"), (4, "/four?")):
-        env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri.replace("/blobs?", prefix),
-               "GG_LAMBDA_ENDPOINT": endpoint.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
-               "GG_LAMBDA_TIMEOUT": "120", "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
-        for tree in trees[:forcers]:
-            for record in LocalStore.init(tree / ".gg").reductions.iterdir():
-                record.unlink()
-        traces = [tree / f"trace{forcers}.jsonl" for tree in trees[:forcers]]
-        results = finish([start([*argv, "--trace", str(t), *targets], {**env, "GG_DIR": str(tree / ".gg")},
-                                cwd=tree) for tree, t in zip(trees, traces, strict=False)], 300)
-        for status, _, err in results:
-            assert status == 0, err + endpoint.log()[-2000:]
-        ran = Counter(e["thunk"] for t in traces for e in events(t) if e["event"] == "started")
-        assert ran and max(ran.values()) == 1, ran  # once over all forcers ...
-        queued = {e["thunk"] for t in traces for e in events(t) if e["event"] == "queued"}
-        settled = {e["thunk"] for t in traces for e in events(t) if e["event"] in ("started", "cached", "peer_done")}
-        assert settled == queued and set(ran) <= queued  # ... and nothing left unreduced
-        answers += [printed(out) for _, out, _ in results]
+    async with FaultProxy(endpoint.url, record=True) as proxy:
+        for forcers, prefix in ((2, "/blobs?"), (4, "/four?")):
+            env = {**tool_env(), **FAKE_AWS_ENV, "GG_STORAGE_URI": s3_uri.replace("/blobs?", prefix),
+                   "GG_LAMBDA_ENDPOINT": proxy.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
+                   "GG_LAMBDA_TIMEOUT": "120", "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
+            for tree in trees[:forcers]:
+                for record in LocalStore.init(tree / ".gg").reductions.iterdir():
+                    record.unlink()
+            traces = [tree / f"trace{forcers}.jsonl" for tree in trees[:forcers]]
+            before = len(proxy.exchanges)
+            processes = [start([*argv, "--trace", str(t), *targets], {**env, "GG_DIR": str(tree / ".gg")}, cwd=tree)
+                         for tree, t in zip(trees, traces, strict=False)]
+            results = await asyncio.to_thread(finish, processes, 300)
+            for status, _, err in results:
+                assert status == 0, err + endpoint.log()[-2000:]
+            assert_ran_each_once(invoked(proxy.exchanges[before:]), graph)
+            answers += [printed(out) for _, out, _ in results]
     assert all(answer == answers[0] for answer in answers) and len(answers[0]) == len(targets)
     for tree in trees:  # each user has the bytes (gg-force made every target local)
         store = LocalStore.init(tree / ".gg")

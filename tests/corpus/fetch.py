@@ -39,6 +39,7 @@ TOOL_PACKAGES = {
     "aclocal": "automake",
     "libtoolize": "libtool",
     "ccache": "ccache",
+    "strace": "strace",
 }
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 APT_LOCK = ["-o", "DPkg::Lock::Timeout=600"]
