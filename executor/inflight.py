@@ -84,7 +84,7 @@ def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Claim:
     """The outcome of :meth:`InFlight.claim`: a peer's ``outputs`` (do not run), or the
     right to run (``outputs`` is None) until :meth:`InFlight.done` / :meth:`InFlight.abandon`."""
@@ -95,7 +95,7 @@ class Claim:
     lease: Lease | None = None
     renewer: asyncio.Task[None] | None = None
     slot: bool = False
-    stop: asyncio.Event = field(default_factory=asyncio.Event)  # tells the renewer to stop
+    stop: asyncio.Event | None = None  # tells the renewer to stop (made with the renewer: most claims have none)
 
 
 @dataclass
@@ -113,6 +113,7 @@ class InFlight:
                  local_hit: LocalHit, remote_hit: RemoteHit, *, slots: int, period: float = DEFAULT_LEASE_SECONDS,
                  on_error: Callable[[str], None] = lambda _: None, owner: str | None = None):
         self.store = store
+        self._root = os.fspath(store.root)  # a string once, not per claim
         self.leases = leases
         self.observer = observer
         self.local_hit = local_hit
@@ -135,7 +136,7 @@ class InFlight:
         """Claim ``run_id`` (the thunk about to be dispatched), or wait for a peer's result.
         Waiting claims get a free slot highest ``priority`` first (the scheduler's dispatch
         order: executor/critical_path.py)."""
-        claim = Claim(run_id, lock=ThunkLock(self.store.root, run_id))
+        claim = Claim(run_id, lock=ThunkLock(self._root, run_id))
         waited = False
         try:
             while True:
@@ -161,6 +162,7 @@ class InFlight:
                     claim.lease = lease
                     if (outputs := await self._remote_now(run_id, thunk)) is not None:
                         return self._peer_done(node_id, claim, outputs, waited)
+                    claim.stop = asyncio.Event()
                     claim.renewer = asyncio.get_running_loop().create_task(self._renew(claim))
                     return self._taken(node_id, claim, waited)
                 current = await self._read_lease(run_id)
@@ -246,7 +248,8 @@ class InFlight:
         if renewer is not None:
             # Stopped, not cancelled: a renewal already sent completes and its new ETag is
             # kept, so the release below deletes the lease instead of missing it.
-            claim.stop.set()
+            if claim.stop is not None:
+                claim.stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
         lease, claim.lease = claim.lease, None
@@ -281,12 +284,13 @@ class InFlight:
     async def _renew(self, claim: Claim) -> None:
         """Keep the lease alive while the thunk runs: renew every third of the period, so
         two renewals may fail (a slow store) before a peer may take it over."""
-        assert self.leases is not None
+        assert self.leases is not None and claim.stop is not None
+        stop = claim.stop
         while claim.lease is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(claim.stop.wait(), self.period / 3)
+                await asyncio.wait_for(stop.wait(), self.period / 3)
             lease = claim.lease
-            if lease is None or claim.stop.is_set():
+            if lease is None or stop.is_set():
                 return
             try:
                 renewed = await self.leases.renew(lease, self.period)

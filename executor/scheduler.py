@@ -46,6 +46,7 @@ from ir.thunk import Input, MalformedThunk, Thunk
 from .critical_path import DurationEstimates, PrioritySlots, RemainingPath
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
 from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
+from .gc_pacing import fewer_collections
 from .inflight import DEFAULT_LEASE_SECONDS, Claim, InFlight
 from .observe import RunObserver
 from .remote_results import SharedResults
@@ -244,6 +245,10 @@ class Scheduler:
 
     async def force(self, refs: Sequence[str]) -> dict[str, str]:
         """Reduce every ref (``T``, ``T#tag`` or a value ID) to a value ID."""
+        with fewer_collections():
+            return await self._force(refs)
+
+    async def _force(self, refs: Sequence[str]) -> dict[str, str]:
         parsed = {ref: parse_ref(ref) for ref in refs}
         await self._look_up_graph([p.id for p in parsed.values() if p.is_thunk])
         targets = {ref: self._node(p.id) for ref, p in parsed.items() if p.is_thunk}

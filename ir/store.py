@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # imported where used: the thunk format pulls in protobuf, wh
 VERIFIED_MARK = "verified-inputs"
 VALUE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
+_RECORD_READ = 4096  # bytes asked per read of a reduction record (one line)
 
 
 def reduction_name(ref: str) -> str:
@@ -545,11 +546,19 @@ class LocalStore:
         use; it may have been computed from a corrupt blob, so it is not trusted (the
         thunk runs again, once).
         """
+        # os.open/os.read, no file object: a cold build asks this once or more per node.
         try:
-            with open(self._reduction_dir + reduction_name(ref), "rb", buffering=0) as handle:
-                return decode_reduction(handle.read())
+            fd = os.open(self._reduction_dir + reduction_name(ref), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            data = chunk = os.read(fd, _RECORD_READ)
+            while len(chunk) == _RECORD_READ:  # a record is one short line; read on if not
+                chunk = os.read(fd, _RECORD_READ)
+                data += chunk
+        finally:
+            os.close(fd)
+        return decode_reduction(data)
 
     def put_reduction(self, ref: str, result: str) -> None:
         """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``).

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 LOCKS = "locks"  # directory of lock files inside the store root
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
 class ThunkLock:
@@ -27,9 +28,17 @@ class ThunkLock:
     of the result as soon as it is there and takes over at once if the holder died.
     """
 
-    def __init__(self, store_root: Path, thunk_id: str):
-        self.path = Path(store_root) / LOCKS / thunk_id
+    __slots__ = ("_path", "_fd")
+
+    def __init__(self, store_root: Path | str, thunk_id: str):
+        # A plain string, no Path: one lock per dispatched thunk is on the scheduler's hot path.
+        self._path = f"{os.fspath(store_root)}/{LOCKS}/{thunk_id}"
         self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        """The lock file."""
+        return Path(self._path)
 
     @property
     def held(self) -> bool:
@@ -40,8 +49,11 @@ class ThunkLock:
         """Take the lock if nobody holds it; True if this object now holds it."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self._path, _FLAGS, 0o644)
+        except FileNotFoundError:  # the first lock in this store: make ``locks/`` once
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            fd = os.open(self._path, _FLAGS, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
