@@ -344,7 +344,9 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
         fallback_lines = scheduler.fallback_summary()
         for line in fallback_lines:  # said even when quiet: the result came by another path
             print(f"{options.prog}: {line}", file=sys.stderr)
-        if scheduler.share_errors:  # slower for the next user, not wrong: said once
+        # Slower for the next user, not wrong: said once -- unless a wrong setting stopped the
+        # run, whose one line already says why (lease releases denied meanwhile follow from it).
+        if scheduler.share_errors and scheduler.config_error is None:
             more = f" (and {len(scheduler.share_errors) - 1} more)" if len(scheduler.share_errors) > 1 else ""
             print(f"{options.prog}: remote results: {scheduler.share_errors[0]}{more}", file=sys.stderr)
         traffic, storage, inline = _traffic(every, own_storage)
