@@ -32,7 +32,6 @@ import inspect
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,22 +48,11 @@ try:
     from executor.rundirs import RunDirs  # noqa: E402
 except ImportError:  # a tree from before run directories were reused (run as a baseline)
     RunDirs = None
+from trivial_program import build_trivial  # noqa: E402  (bench/, beside this script)
+
 from executor.scheduler import ForceConfig, Scheduler  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from ir.thunk import Input, Thunk  # noqa: E402
-
-TRIVIAL_C = r"""
-#include <fcntl.h>
-#include <string.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    int fd = open("out", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return 1;
-    const char *text = argc > 1 ? argv[1] : "";
-    if (write(fd, text, strlen(text)) < 0) return 1;
-    return close(fd) != 0;
-}
-"""
 
 
 class Clock:
@@ -81,13 +69,6 @@ class Clock:
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def build_program(workdir: Path) -> Path:
-    source, binary = workdir / "trivial.c", workdir / "trivial"
-    source.write_text(TRIVIAL_C)
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
-    return binary
 
 
 async def bare_asyncio(program: Path, count: int, jobs: int, workdir: Path, salt: str) -> Clock:
@@ -209,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     per_thunk: dict[str, list[tuple[float, float]]] = {key: [] for key in names if key in wanted}
     with tempfile.TemporaryDirectory(prefix="gg-bench-local-") as tmp:
         workdir = Path(tmp)
-        program = build_program(workdir)
+        program = build_trivial(workdir)
         store = LocalStore.init(workdir / ".gg")
         function = store.put_file(program, executable=True)
         for repeat in range(args.repeats):

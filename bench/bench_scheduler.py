@@ -50,26 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if "--source" in sys.argv:  # a null-engine child measuring another source tree (--baseline)
     sys.path.insert(0, sys.argv[sys.argv.index("--source") + 1])
 
+from trivial_program import build_trivial  # noqa: E402  (bench/, beside this script)
+
 from executor.execution import ExecutionResult, Output, execute  # noqa: E402
 from executor.local_engine import LocalEngine  # noqa: E402
 from executor.observe import RunObserver  # noqa: E402
+from executor.rundirs import RunDirs  # noqa: E402
 from executor.scheduler import ForceConfig, Scheduler  # noqa: E402
 from ir.ids import Kind, id_of_bytes  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from ir.thunk import Input, Thunk  # noqa: E402
-
-TRIVIAL_C = r"""
-#include <fcntl.h>
-#include <string.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    int fd = open("out", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return 1;
-    const char *text = argc > 1 ? argv[1] : "";
-    if (write(fd, text, strlen(text)) < 0) return 1;
-    return close(fd) != 0;
-}
-"""
 
 
 @dataclass
@@ -90,10 +80,7 @@ class Row:
 def build_program(kind: str, workdir: Path) -> tuple[Path, list[str]]:
     """(program path, argv prefix); the thunk's index is appended as the last arg."""
     if kind == "c":
-        source, binary = workdir / "trivial.c", workdir / "trivial"
-        source.write_text(TRIVIAL_C)
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
-        return binary, ["trivial"]
+        return build_trivial(workdir), ["trivial"]
     return Path("/bin/sh"), ["sh", "-c", 'printf %s "$1" > out', "sh"]
 
 
@@ -128,14 +115,18 @@ async def core(store: LocalStore, function: str, argv: list[str], count: int, jo
     ids = [store.put_thunk(t) for t in thunks]
     gate = asyncio.Semaphore(jobs)
     runtime = {"GG_PYTHON": sys.executable}
+    rundirs = RunDirs(store.root / "work")  # kept from one thunk to the next, as the local engine does
 
     async def one(ident: str, thunk: Thunk) -> None:
         async with gate:
-            await execute(ident, thunk, store, runtime_env=runtime)
+            await execute(ident, thunk, store, runtime_env=runtime, rundirs=rundirs)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i, t) for i, t in zip(ids, thunks, strict=True)))
-    return time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i, t) for i, t in zip(ids, thunks, strict=True)))
+        return time.perf_counter() - started
+    finally:
+        rundirs.close()
 
 
 def build_graph(
