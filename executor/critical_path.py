@@ -27,6 +27,7 @@ import heapq
 import itertools
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 DURATIONS_FILE = "durations"
@@ -157,11 +158,15 @@ class RemainingPath:
 
 class PrioritySlots:
     """``slots`` concurrent holders; waiting acquirers get a freed slot highest priority
-    first (ties: first come, first served). Like ``asyncio.Semaphore``, but ordered."""
+    first (ties: first come, first served). Like ``asyncio.Semaphore``, but ordered.
+
+    A waiter is a future (:meth:`acquire`) or a callback (:meth:`call_when_free`, called
+    holding the slot): the scheduler queues ready nodes as callbacks, so a node waiting
+    for a slot costs no task."""
 
     def __init__(self, slots: int):
         self._free = slots
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[float, int, asyncio.Future[None] | Callable[[], None]]] = []
         self._sequence = itertools.count()
         self._grant_scheduled = False
 
@@ -176,6 +181,17 @@ class PrioritySlots:
                 self.release()
             raise
 
+    def try_acquire(self) -> bool:
+        """Take a free slot now if nobody waits for one (no priority to respect)."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
+    def call_when_free(self, priority: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._waiting, (-priority, next(self._sequence), callback))
+        self._schedule_grant()
+
     def release(self) -> None:
         self._free += 1
         self._schedule_grant()
@@ -188,8 +204,12 @@ class PrioritySlots:
     def _grant(self) -> None:
         self._grant_scheduled = False
         while self._free > 0 and self._waiting:
-            future = heapq.heappop(self._waiting)[2]
-            if future.done():  # its acquirer was cancelled while waiting
-                continue
-            self._free -= 1
-            future.set_result(None)
+            waiter = heapq.heappop(self._waiting)[2]
+            if isinstance(waiter, asyncio.Future):
+                if waiter.done():  # its acquirer was cancelled while waiting
+                    continue
+                self._free -= 1
+                waiter.set_result(None)
+            else:
+                self._free -= 1
+                waiter()
