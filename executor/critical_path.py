@@ -181,6 +181,11 @@ class PrioritySlots:
                 self.release()
             raise
 
+    @property
+    def waiting(self) -> int:
+        """Acquirers and callbacks waiting for a slot (cancelled ones until popped)."""
+        return len(self._waiting)
+
     def try_acquire(self) -> bool:
         """Take a free slot now if nobody waits for one (no priority to respect)."""
         if self._free > 0 and not self._waiting:

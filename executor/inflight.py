@@ -138,6 +138,11 @@ class InFlight:
         This is the scheduler's ready queue: a ready node waits here as a callback."""
         self._slots.call_when_free(priority, start)
 
+    @property
+    def queued(self) -> int:
+        """Ready nodes and claims waiting for a slot."""
+        return self._slots.waiting
+
     def give_back_slot(self) -> None:
         """Return a slot :meth:`when_free` granted, unused."""
         self._slots.release()

@@ -1,14 +1,18 @@
 """The scheduler: force thunk references to values, running each distinct thunk once.
 
-Each thunk in the graph is a *node* whose work is one asyncio task, memoized by thunk
-ID, so a subgraph shared by many parents runs once. A node:
+Each thunk in the graph is a *node*, memoized by thunk ID, so a subgraph shared by many
+parents runs once. A node is a small record, not a task: the graph is discovered
+top-down in batches, a node counts its dependencies not yet reduced, and the last one
+to finish makes it *ready*; a ready node waits in one priority queue (critical path
+first) and becomes a task only when it gets a slot. Waiting costs no coroutine, so a
+100,000-thunk graph is 100,000 records and a few tasks per engine slot. A node:
 
 1. checks the reductions first — a hit costs no run and loads no dependencies —
    the local ones, then those in the remote store when the run shares results
    (:mod:`executor.remote_results`; every thunk of the graph is looked up in one batch
    before anything is dispatched, and a remote record is a claim whose values are
    verified when used);
-2. loads the thunk and forces its thunk inputs (all at once; they are nodes too);
+2. loads the thunk and forces its thunk inputs (they are nodes too);
 3. rewrites itself with their results — gg's rule: a thunk input becomes a value
    input under the same name and ``@{GGHASH:T[#tag]}`` references follow — and
    stores the rewritten thunk, whose ID is deterministic, so a later run hits the
@@ -87,6 +91,9 @@ class ForceConfig:
     # path first, executor/critical_path.py) or "fifo" (the order they became ready; for
     # comparison, e.g. bench/bench_critical_path.py).
     dispatch: str = "critical-path"
+    # Ready nodes that may wait for a slot before discovery pauses (each holds its thunk
+    # in memory), or 4 per slot if that is more; it resumes when half have started.
+    ready_queue: int = 4096
 
 
 class NodeFailed(Exception):
@@ -177,7 +184,7 @@ class _Node:
     set), so a finished graph holds IDs and outputs, not thunks.
     """
 
-    __slots__ = ("id", "thunk", "run_id", "deps", "pending", "parents", "waiters", "outputs", "error")
+    __slots__ = ("id", "thunk", "run_id", "deps", "pending", "parents", "waiters", "outputs", "error", "priority")
 
     def __init__(self, thunk_id: str):
         self.id = thunk_id
@@ -189,6 +196,7 @@ class _Node:
         self.waiters: list[asyncio.Future[dict[str, str]]] | None = None
         self.outputs: dict[str, str] | None = None
         self.error: BaseException | None = None
+        self.priority = 0.0  # its place in the ready queue (executor/critical_path.py)
 
 
 class _Watch:
@@ -240,6 +248,7 @@ class Scheduler:
         self._nodes: dict[str, _Node] = {}
         self._undiscovered: list[_Node] = []  # new nodes to visit (depth first)
         self._discovering = False  # a _discover_some call is scheduled
+        self._paused = False  # discovery waits for the ready queue to drain (ForceConfig.ready_queue)
         self._settled: collections.deque[_Node] = collections.deque()  # nodes whose news is being passed on
         self._waking = False
         self._active: set[asyncio.Task[None]] = set()  # the nodes running (or following tail calls)
@@ -279,6 +288,7 @@ class Scheduler:
         self._moved: dict[str, tuple[str, str, str]] = {}  # node -> (cause, from engine, reason)
         self._ran_on_fallback: list[str] = []
         leases = shared.storage if shared is not None and shared.writes else None
+        self._ready_high = max(self.config.ready_queue, 4 * sum(e.slots for e in every))
         self._inflight = InFlight(store, leases if isinstance(leases, LeasingStorage) else None, self.observer,
                                   self._local, self._remote_hit, slots=sum(e.slots for e in every),
                                   period=self.config.lease_seconds, on_error=self.share_errors.append)
@@ -369,27 +379,32 @@ class Scheduler:
     def _new_node(self, thunk_id: str) -> _Node:
         node = self._nodes[thunk_id] = _Node(thunk_id)
         self._undiscovered.append(node)
-        if not self._discovering:
+        if not self._discovering and not self._paused:
             self._discovering = True
             asyncio.get_running_loop().call_soon(self._discover_some)
         return node
 
     def _discover_some(self) -> None:
         """Visit up to DISCOVERY_BATCH nodes, then let the loop run (ready nodes start
-        while a large graph is still being discovered)."""
+        while a large graph is still being discovered); pause while the ready queue is
+        full (:meth:`_maybe_resume` goes on)."""
         undiscovered = self._undiscovered
+        inflight, high = self._inflight, self._ready_high
         for _ in range(DISCOVERY_BATCH):
-            if not undiscovered:
+            if not undiscovered or inflight.queued >= high:
                 break
             node = undiscovered.pop()
             try:
                 self._visit(node)
             except Exception as exc:  # noqa: BLE001 -- a bug must fail its node loudly, not stop discovery
                 self._settle_error(node, self._internal(node.id, exc))
-        if undiscovered and not self._stop.is_set():
-            asyncio.get_running_loop().call_soon(self._discover_some)
-        else:
+        if not undiscovered or self._stop.is_set():
             self._discovering = False
+        elif inflight.queued >= high:
+            self._discovering = False
+            self._paused = True
+        else:
+            asyncio.get_running_loop().call_soon(self._discover_some)
 
     def _visit(self, node: _Node) -> None:
         """Load a node's thunk and check its reductions: a hit costs no run and loads
@@ -498,15 +513,25 @@ class Scheduler:
     def _ready(self, node: _Node) -> None:
         """Queue a node that must run: it starts when it gets a claim slot."""
         assert node.thunk is not None
-        priority = self._thunk_priority(node.id, node.thunk)
-        self._inflight.when_free(priority, functools.partial(self._start, node))
+        node.priority = self._thunk_priority(node.id, node.thunk)
+        self._inflight.when_free(node.priority, functools.partial(self._start, node))
 
     def _start(self, node: _Node) -> None:
         """Called with a claim slot held for ``node``: run it as a task."""
+        if self._paused:
+            self._maybe_resume()
         if self._stop.is_set() or node.outputs is not None or node.error is not None:
             self._inflight.give_back_slot()
             return
         self._spawn(node, self._execute(node))
+
+    def _maybe_resume(self) -> None:
+        """Resume discovery paused for a full ready queue once half of it has started."""
+        if self._paused and self._inflight.queued <= self._ready_high // 2:
+            self._paused = False
+            if self._undiscovered and not self._discovering:
+                self._discovering = True
+                asyncio.get_running_loop().call_soon(self._discover_some)
 
     def _spawn(self, node: _Node, work: Coroutine[Any, Any, None]) -> None:
         self._active.add(asyncio.get_running_loop().create_task(self._guarded(node, work)))
@@ -546,7 +571,7 @@ class Scheduler:
             slot = False
             try:
                 claim = await self._inflight.claim(thunk_id, run_id, runnable,
-                                                   self._thunk_priority(thunk_id, runnable), slot=True)
+                                                   node.priority, slot=True)
             except ConfigError as exc:
                 raise self._fatal(thunk_id, exc) from None
         finally:
@@ -635,6 +660,8 @@ class Scheduler:
                             self._settle_error(parent, self._internal(parent.id, exc))
         finally:
             self._waking = False
+        if self._paused:
+            self._maybe_resume()
 
     def _fail(self, failure: NodeFailed) -> NodeFailed:
         self._failures.append(failure)
@@ -780,6 +807,8 @@ class Scheduler:
         self, thunk_id: str, outputs: dict[str, str], chain: tuple[str, ...]
     ) -> dict[str, str]:
         """Replace every output that is a thunk by the value it reduces to (any depth)."""
+        if not any(result[0] == "T" for result in outputs.values()):
+            return outputs  # no tail call: nearly always
         final = {}
         for tag, result in outputs.items():
             ref = parse_ref(result)
