@@ -45,6 +45,7 @@ class DurationEstimates:
         self._loaded = path is None
         self._by_function: dict[str, float] | None = None  # medians, computed on first need
         self._overall: float | None = None
+        self._changes = 0  # records since the medians were computed
 
     @classmethod
     def of_store(cls, root: Path) -> DurationEstimates:
@@ -73,7 +74,7 @@ class DurationEstimates:
     def record(self, thunk_id: str, function: str, seconds: float) -> None:
         """``thunk_id`` (the node's ID in the graph, stable across runs) ran for ``seconds``."""
         self._new[thunk_id] = self._by_thunk[thunk_id] = (function, seconds)
-        self._by_function = None
+        self._changes += 1
 
     def estimate(self, thunk_id: str, function: str) -> float:
         """Seconds ``thunk_id`` is expected to run: measured, else its function's median,
@@ -83,7 +84,11 @@ class DurationEstimates:
         known = self._by_thunk.get(thunk_id)
         if known is not None:
             return known[1]
-        if self._by_function is None:
+        # Medians are recomputed once the records changed by an eighth, not after every
+        # record: a large run asks an estimate per node and records one per run, and
+        # recomputing every time made it quadratic (they only order work, so a little
+        # staleness costs nothing).
+        if self._by_function is None or self._changes >= max(1, len(self._by_thunk) >> 3):
             self._medians()
         assert self._by_function is not None
         guess = self._by_function.get(function)
@@ -92,6 +97,7 @@ class DurationEstimates:
         return DEFAULT_ESTIMATE if self._overall is None else self._overall
 
     def _medians(self) -> None:
+        self._changes = 0
         groups: dict[str, list[float]] = {}
         for function, seconds in self._by_thunk.values():
             groups.setdefault(function, []).append(seconds)
