@@ -27,6 +27,7 @@ import heapq
 import itertools
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 DURATIONS_FILE = "durations"
@@ -44,6 +45,7 @@ class DurationEstimates:
         self._loaded = path is None
         self._by_function: dict[str, float] | None = None  # medians, computed on first need
         self._overall: float | None = None
+        self._changes = 0  # records since the medians were computed
 
     @classmethod
     def of_store(cls, root: Path) -> DurationEstimates:
@@ -72,7 +74,7 @@ class DurationEstimates:
     def record(self, thunk_id: str, function: str, seconds: float) -> None:
         """``thunk_id`` (the node's ID in the graph, stable across runs) ran for ``seconds``."""
         self._new[thunk_id] = self._by_thunk[thunk_id] = (function, seconds)
-        self._by_function = None
+        self._changes += 1
 
     def estimate(self, thunk_id: str, function: str) -> float:
         """Seconds ``thunk_id`` is expected to run: measured, else its function's median,
@@ -82,7 +84,11 @@ class DurationEstimates:
         known = self._by_thunk.get(thunk_id)
         if known is not None:
             return known[1]
-        if self._by_function is None:
+        # Medians are recomputed once the records changed by an eighth, not after every
+        # record: a large run asks an estimate per node and records one per run, and
+        # recomputing every time made it quadratic (they only order work, so a little
+        # staleness costs nothing).
+        if self._by_function is None or self._changes >= max(1, len(self._by_thunk) >> 3):
             self._medians()
         assert self._by_function is not None
         guess = self._by_function.get(function)
@@ -91,6 +97,7 @@ class DurationEstimates:
         return DEFAULT_ESTIMATE if self._overall is None else self._overall
 
     def _medians(self) -> None:
+        self._changes = 0
         groups: dict[str, list[float]] = {}
         for function, seconds in self._by_thunk.values():
             groups.setdefault(function, []).append(seconds)
@@ -157,11 +164,15 @@ class RemainingPath:
 
 class PrioritySlots:
     """``slots`` concurrent holders; waiting acquirers get a freed slot highest priority
-    first (ties: first come, first served). Like ``asyncio.Semaphore``, but ordered."""
+    first (ties: first come, first served). Like ``asyncio.Semaphore``, but ordered.
+
+    A waiter is a future (:meth:`acquire`) or a callback (:meth:`call_when_free`, called
+    holding the slot): the scheduler queues ready nodes as callbacks, so a node waiting
+    for a slot costs no task."""
 
     def __init__(self, slots: int):
         self._free = slots
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[float, int, asyncio.Future[None] | Callable[[], None]]] = []
         self._sequence = itertools.count()
         self._grant_scheduled = False
 
@@ -176,6 +187,22 @@ class PrioritySlots:
                 self.release()
             raise
 
+    @property
+    def waiting(self) -> int:
+        """Acquirers and callbacks waiting for a slot (cancelled ones until popped)."""
+        return len(self._waiting)
+
+    def try_acquire(self) -> bool:
+        """Take a free slot now if nobody waits for one (no priority to respect)."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
+    def call_when_free(self, priority: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._waiting, (-priority, next(self._sequence), callback))
+        self._schedule_grant()
+
     def release(self) -> None:
         self._free += 1
         self._schedule_grant()
@@ -188,8 +215,12 @@ class PrioritySlots:
     def _grant(self) -> None:
         self._grant_scheduled = False
         while self._free > 0 and self._waiting:
-            future = heapq.heappop(self._waiting)[2]
-            if future.done():  # its acquirer was cancelled while waiting
-                continue
-            self._free -= 1
-            future.set_result(None)
+            waiter = heapq.heappop(self._waiting)[2]
+            if isinstance(waiter, asyncio.Future):
+                if waiter.done():  # its acquirer was cancelled while waiting
+                    continue
+                self._free -= 1
+                waiter.set_result(None)
+            else:
+                self._free -= 1
+                waiter()

@@ -132,11 +132,33 @@ class InFlight:
 
     # -- claiming ---------------------------------------------------------------------
 
-    async def claim(self, node_id: str, run_id: str, thunk: Thunk, priority: float = 0.0) -> Claim:
+    def when_free(self, priority: float, start: Callable[[], None]) -> None:
+        """Call ``start`` once a claim slot is free (highest ``priority`` first); the slot
+        is its to pass to :meth:`claim` (``slot=True``) or to :meth:`give_back_slot`.
+        This is the scheduler's ready queue: a ready node waits here as a callback."""
+        self._slots.call_when_free(priority, start)
+
+    @property
+    def queued(self) -> int:
+        """Ready nodes and claims waiting for a slot."""
+        return self._slots.waiting
+
+    def give_back_slot(self) -> None:
+        """Return a slot :meth:`when_free` granted, unused."""
+        self._slots.release()
+
+    def lend_slot(self, claim: Claim) -> None:
+        """``claim`` waits on other work of this run (a lost input being rebuilt) and
+        must not hold a slot that work needs; it runs on without one."""
+        self._release_slot(claim)
+
+    async def claim(self, node_id: str, run_id: str, thunk: Thunk, priority: float = 0.0,
+                    slot: bool = False) -> Claim:
         """Claim ``run_id`` (the thunk about to be dispatched), or wait for a peer's result.
         Waiting claims get a free slot highest ``priority`` first (the scheduler's dispatch
-        order: executor/critical_path.py)."""
-        claim = Claim(run_id, lock=ThunkLock(self._root, run_id))
+        order: executor/critical_path.py); ``slot``: the caller holds one already
+        (:meth:`when_free`), which the claim now owns."""
+        claim = Claim(run_id, lock=ThunkLock(self._root, run_id), slot=slot)
         waited = False
         try:
             while True:

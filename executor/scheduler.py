@@ -1,14 +1,18 @@
 """The scheduler: force thunk references to values, running each distinct thunk once.
 
-Each thunk in the graph is a *node* whose work is one asyncio task, memoized by thunk
-ID, so a subgraph shared by many parents runs once. A node:
+Each thunk in the graph is a *node*, memoized by thunk ID, so a subgraph shared by many
+parents runs once. A node is a small record, not a task: the graph is discovered
+top-down in batches, a node counts its dependencies not yet reduced, and the last one
+to finish makes it *ready*; a ready node waits in one priority queue (critical path
+first) and becomes a task only when it gets a slot. Waiting costs no coroutine, so a
+100,000-thunk graph is 100,000 records and a few tasks per engine slot. A node:
 
 1. checks the reductions first — a hit costs no run and loads no dependencies —
    the local ones, then those in the remote store when the run shares results
    (:mod:`executor.remote_results`; every thunk of the graph is looked up in one batch
    before anything is dispatched, and a remote record is a claim whose values are
    verified when used);
-2. loads the thunk and forces its thunk inputs (all at once; they are nodes too);
+2. loads the thunk and forces its thunk inputs (they are nodes too);
 3. rewrites itself with their results — gg's rule: a thunk input becomes a value
    input under the same name and ``@{GGHASH:T[#tag]}`` references follow — and
    stores the rewritten thunk, whose ID is deterministic, so a later run hits the
@@ -29,10 +33,12 @@ not depend on the failure still finishes.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import re
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,6 +62,10 @@ from .remote_results import SharedResults
 FIRST = ""
 
 DISPATCH_ORDERS = ("critical-path", "fifo")
+
+# Nodes visited per turn of the event loop while a graph is discovered: large enough
+# to cost little, small enough that ready nodes start while a big graph is still read.
+DISCOVERY_BATCH = 512
 
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
 
@@ -81,6 +91,9 @@ class ForceConfig:
     # path first, executor/critical_path.py) or "fifo" (the order they became ready; for
     # comparison, e.g. bench/bench_critical_path.py).
     dispatch: str = "critical-path"
+    # Ready nodes that may wait for a slot before discovery pauses (each holds its thunk
+    # in memory), or 4 per slot if that is more; it resumes when half have started.
+    ready_queue: int = 4096
 
 
 class NodeFailed(Exception):
@@ -162,6 +175,47 @@ def replace_value(thunk: Thunk, old: str, new: str) -> Thunk:
     ).canonical()
 
 
+class _Node:
+    """One thunk of the graph, as the scheduler tracks it (a record, not a task).
+
+    ``pending`` counts dependencies not reduced yet; ``parents`` are the nodes waiting
+    for this one; ``waiters`` are futures handed out by :meth:`Scheduler._node`.
+    ``thunk`` is kept only until the node settles (the rewritten one once ``run_id`` is
+    set), so a finished graph holds IDs and outputs, not thunks.
+    """
+
+    __slots__ = ("id", "thunk", "run_id", "deps", "pending", "parents", "waiters", "outputs", "error", "priority")
+
+    def __init__(self, thunk_id: str):
+        self.id = thunk_id
+        self.thunk: Thunk | None = None
+        self.run_id = thunk_id
+        self.deps: tuple[_Node, ...] = ()
+        self.pending = 0
+        self.parents: list[_Node] | None = None
+        self.waiters: list[asyncio.Future[dict[str, str]]] | None = None
+        self.outputs: dict[str, str] | None = None
+        self.error: BaseException | None = None
+        self.priority = 0.0  # its place in the ready queue (executor/critical_path.py)
+
+
+class _Watch:
+    """An attempt watched for straggling (speculation): when it passes ``deadline`` a
+    duplicate runs; ``outcome`` is what the duplicate brought if it ended first."""
+
+    __slots__ = ("node_id", "engine", "job", "task", "deadline", "duplicate", "outcome", "finished")
+
+    def __init__(self, node_id: str, engine: Engine, job: Job, task: asyncio.Task[Any], deadline: float):
+        self.node_id = node_id
+        self.engine = engine
+        self.job = job
+        self.task = task
+        self.deadline = deadline
+        self.duplicate: asyncio.Task[tuple[ExecutionResult, float]] | None = None
+        self.outcome: tuple[ExecutionResult, float] | BaseException | None = None
+        self.finished = False
+
+
 class Scheduler:
     def __init__(
         self,
@@ -191,7 +245,13 @@ class Scheduler:
         self.shared_written = 0  # reductions this run wrote to the remote store
         self.share_errors: list[str] = []  # remote lookups or writes that failed (said at the end)
         self._sharing: set[asyncio.Task[None]] = set()  # writes of records, off the critical path
-        self._nodes: dict[str, asyncio.Task[dict[str, str]]] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._undiscovered: list[_Node] = []  # new nodes to visit (depth first)
+        self._discovering = False  # a _discover_some call is scheduled
+        self._paused = False  # discovery waits for the ready queue to drain (ForceConfig.ready_queue)
+        self._settled: collections.deque[_Node] = collections.deque()  # nodes whose news is being passed on
+        self._waking = False
+        self._active: set[asyncio.Task[None]] = set()  # the nodes running (or following tail calls)
         # Slots are granted critical-path first: by each node's estimated remaining path
         # (executor/critical_path.py), from ``estimates`` (earlier runs; this run's own
         # measurements are added as it goes).
@@ -201,13 +261,9 @@ class Scheduler:
         if self.config.dispatch not in DISPATCH_ORDERS:
             raise ValueError(f"unknown dispatch order {self.config.dispatch!r}")
         self._fifo = self.config.dispatch == "fifo"
-        # Turns: how many nodes may be inside dispatch, waiting for an engine slot. A
-        # node gives its turn back once it has a slot; the rest wait here, as one
-        # suspended _reduce each, instead of a chain of five coroutines (4 KB a thunk,
-        # most of the memory of a 100,000-thunk run). Granted in the same order as slots.
-        self._turns = PrioritySlots(max(16, 2 * sum(e.slots for e in every)))
-        self._holding_turn: set[str] = set()
         self._durations: list[float] = []
+        self._watching: set[_Watch] = set()  # attempts that may straggle (speculation)
+        self._straggler_timer: asyncio.TimerHandle | None = None
         self._median: tuple[int, float] = (0, 0.0)  # (samples it was computed from, median)
         # Per-thunk trace events cost a dict each: built only when a trace is written.
         self._tracing = self.observer.tracing
@@ -232,6 +288,7 @@ class Scheduler:
         self._moved: dict[str, tuple[str, str, str]] = {}  # node -> (cause, from engine, reason)
         self._ran_on_fallback: list[str] = []
         leases = shared.storage if shared is not None and shared.writes else None
+        self._ready_high = max(self.config.ready_queue, 4 * sum(e.slots for e in every))
         self._inflight = InFlight(store, leases if isinstance(leases, LeasingStorage) else None, self.observer,
                                   self._local, self._remote_hit, slots=sum(e.slots for e in every),
                                   period=self.config.lease_seconds, on_error=self.share_errors.append)
@@ -261,12 +318,15 @@ class Scheduler:
                 pending.discard(stop)
         finally:
             stop.cancel()
+            if self._straggler_timer is not None:
+                self._straggler_timer.cancel()
+                self._straggler_timer = None
             await self._cancel_all()
             await self._flush_sharing()  # what finished is shared even if the run failed
-        for ref, task in targets.items():
-            if task.cancelled() or task.exception() is not None:
+        for ref, future in targets.items():
+            if not future.done() or future.cancelled() or future.exception() is not None:
                 continue
-            outputs = task.result()
+            outputs = future.result()
             tag = parsed[ref].tag
             if tag is not None and tag not in outputs:
                 self._failures.append(NodeFailed(parsed[ref].id, f"thunk {parsed[ref].id} has no output {tag!r}"))
@@ -280,23 +340,328 @@ class Scheduler:
         return results
 
     async def _cancel_all(self) -> None:
-        pending = [task for task in self._nodes.values() if not task.done()]
+        pending = [task for task in self._active if not task.done()]
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        for task in self._nodes.values():  # retrieve exceptions so asyncio does not warn
-            if not task.cancelled():
-                task.exception()
+        for node in self._nodes.values():  # nobody is left to wake them
+            for waiter in node.waiters or ():
+                waiter.cancel()
+            node.waiters = None
 
     # -- nodes ----------------------------------------------------------------------
+    #
+    # A node is a record (_Node), not a task: the graph is discovered top-down in
+    # batches, a node with dependencies counts the ones not reduced yet, and the last of
+    # them to finish makes it ready. A ready node waits in the claim slots' priority
+    # queue (executor/inflight.py, critical path first) as a callback; only when it gets
+    # a slot does it become a task (_execute). So a 100,000-thunk graph is 100,000 small
+    # records and at most a few tasks per engine slot, not 100,000 suspended coroutines.
 
-    def _node(self, thunk_id: str) -> asyncio.Task[dict[str, str]]:
-        task = self._nodes.get(thunk_id)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._reduce(thunk_id), name=thunk_id)
-            self._nodes[thunk_id] = task
-        return task
+    def _node(self, thunk_id: str) -> asyncio.Future[dict[str, str]]:
+        """A future of ``thunk_id``'s outputs (tag -> value ID, plus ``FIRST``); the node
+        is discovered if it is new."""
+        node = self._nodes.get(thunk_id)
+        if node is None:
+            node = self._new_node(thunk_id)
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        if node.outputs is not None:
+            future.set_result(node.outputs)
+        elif node.error is not None:
+            future.set_exception(node.error)
+        elif node.waiters is None:
+            node.waiters = [future]
+        else:
+            node.waiters.append(future)
+        return future
+
+    def _new_node(self, thunk_id: str) -> _Node:
+        node = self._nodes[thunk_id] = _Node(thunk_id)
+        self._undiscovered.append(node)
+        if not self._discovering and not self._paused:
+            self._discovering = True
+            asyncio.get_running_loop().call_soon(self._discover_some)
+        return node
+
+    def _discover_some(self) -> None:
+        """Visit up to DISCOVERY_BATCH nodes, then let the loop run (ready nodes start
+        while a large graph is still being discovered); pause while the ready queue is
+        full (:meth:`_maybe_resume` goes on)."""
+        undiscovered = self._undiscovered
+        inflight, high = self._inflight, self._ready_high
+        for _ in range(DISCOVERY_BATCH):
+            if not undiscovered or inflight.queued >= high:
+                break
+            node = undiscovered.pop()
+            try:
+                self._visit(node)
+            except Exception as exc:  # noqa: BLE001 -- a bug must fail its node loudly, not stop discovery
+                self._settle_error(node, self._internal(node.id, exc))
+        if not undiscovered or self._stop.is_set():
+            self._discovering = False
+        elif inflight.queued >= high:
+            self._discovering = False
+            self._paused = True
+        else:
+            asyncio.get_running_loop().call_soon(self._discover_some)
+
+    def _visit(self, node: _Node) -> None:
+        """Load a node's thunk and check its reductions: a hit costs no run and loads
+        no dependencies; else its dependencies become nodes too."""
+        if node.outputs is not None or node.error is not None:
+            return  # settled meanwhile (a dependency failed)
+        counts = self.observer.counts
+        counts.discovered += 1
+        thunk_id = node.id
+        try:
+            thunk = self.store.load_thunk(thunk_id)
+        except (StoreError, MalformedThunk, InvalidId) as exc:
+            self._settle_error(node, self._fail(NodeFailed(thunk_id, str(exc))))
+            return
+        if self._tracing:
+            self.observer.event("queued", thunk=thunk_id, deps=sorted({item.id for item in thunk.thunks}))
+        else:
+            self.observer.tick()
+        cached = self._local(thunk_id, thunk)
+        if cached is None and self.shared is not None and thunk_id not in self._looked_up:
+            # Off the graph looked up at the start (a tail call, a rebuild): ask first.
+            self._spawn(node, self._visit_after_look_up(node, thunk))
+            return
+        self._visit_loaded(node, thunk, cached)
+
+    async def _visit_after_look_up(self, node: _Node, thunk: Thunk) -> None:
+        await self._look_up(self._refs(node.id, thunk))
+        self._visit_loaded(node, thunk, self._local(node.id, thunk))
+
+    def _visit_loaded(self, node: _Node, thunk: Thunk, cached: dict[str, str] | None) -> None:
+        thunk_id = node.id
+        remote = cached is None and (cached := self._claimed(thunk_id, thunk)) is not None
+        if cached is not None:
+            self._hit(thunk_id, thunk_id, thunk, cached, remote, ran=False)
+            self._finish(node, cached, (thunk_id,))
+            return
+        node.thunk = thunk
+        if not thunk.thunks:
+            node.run_id = thunk_id
+            self._ready(node)
+            return
+        dep_ids = sorted({item.id for item in thunk.thunks})
+        self._paths.below(thunk_id, thunk.function_hash, dep_ids)
+        deps = []
+        pending = 0
+        nodes = self._nodes
+        for dep_id in dep_ids:
+            dep = nodes.get(dep_id)
+            if dep is None:
+                dep = self._new_node(dep_id)
+            deps.append(dep)
+            if dep.error is not None:
+                self.observer.counts.failed += 1
+                self._settle_error(node, DependencyFailed(thunk_id, f"dependency {dep_id} failed"))
+                return
+            if dep.outputs is None:
+                if dep.parents is None:
+                    dep.parents = [node]
+                else:
+                    dep.parents.append(node)
+                pending += 1
+        node.deps = tuple(deps)
+        node.pending = pending
+        if pending == 0:
+            self._deps_done(node)
+
+    def _deps_done(self, node: _Node) -> None:
+        """Every dependency is reduced: rewrite the thunk with their values (gg's rule),
+        store it, and check the rewritten ID's reductions before making it ready."""
+        thunk = node.thunk
+        assert thunk is not None
+        thunk_id = node.id
+        try:
+            runnable = rewrite(thunk, {dep.id: dep.outputs for dep in node.deps if dep.outputs is not None})
+        except KeyError as exc:
+            self._settle_error(node, self._fail(NodeFailed(thunk_id, f"a dependency has no output {exc}")))
+            return
+        node.deps = ()
+        try:
+            run_id = self.store.put_thunk(runnable)
+        except StoreError as exc:
+            self._settle_error(node, self._fail(NodeFailed(thunk_id, f"storing its rewritten thunk: {exc}")))
+            return
+        cached = self._local(run_id, runnable)
+        remote = cached is None and (cached := self._claimed(run_id, runnable)) is not None
+        if cached is not None:
+            self._hit(thunk_id, run_id, runnable, cached, remote, ran=True)
+            if not remote:
+                self._record(thunk_id, runnable, cached)
+            self._finish(node, cached, (thunk_id, run_id))
+            return
+        node.thunk, node.run_id = runnable, run_id
+        self._ready(node)
+
+    def _hit(self, thunk_id: str, run_id: str, thunk: Thunk, cached: dict[str, str], remote: bool,
+             ran: bool) -> None:
+        """A node reduced by a record (local, or a remote claim): said, counted, remembered."""
+        self._remember_producer(thunk_id, run_id, thunk, cached, remote)
+        self.observer.counts.cached += 1
+        self.remote_hits += remote
+        extra: dict[str, Any] = {"ran": run_id} if ran else {}
+        if remote:
+            extra["remote"] = True
+        self.observer.event("cached", thunk=thunk_id, result=cached[FIRST], **extra)
+
+    def _ready(self, node: _Node) -> None:
+        """Queue a node that must run: it starts when it gets a claim slot."""
+        assert node.thunk is not None
+        node.priority = self._thunk_priority(node.id, node.thunk)
+        self._inflight.when_free(node.priority, functools.partial(self._start, node))
+
+    def _start(self, node: _Node) -> None:
+        """Called with a claim slot held for ``node``: run it as a task."""
+        if self._paused:
+            self._maybe_resume()
+        if self._stop.is_set() or node.outputs is not None or node.error is not None:
+            self._inflight.give_back_slot()
+            return
+        self._spawn(node, self._execute(node))
+
+    def _maybe_resume(self) -> None:
+        """Resume discovery paused for a full ready queue once half of it has started."""
+        if self._paused and self._inflight.queued <= self._ready_high // 2:
+            self._paused = False
+            if self._undiscovered and not self._discovering:
+                self._discovering = True
+                asyncio.get_running_loop().call_soon(self._discover_some)
+
+    def _spawn(self, node: _Node, work: Coroutine[Any, Any, None]) -> None:
+        self._active.add(asyncio.get_running_loop().create_task(self._guarded(node, work)))
+
+    async def _guarded(self, node: _Node, work: Coroutine[Any, Any, None]) -> None:
+        """Run a node's async work; whatever fails, the node settles with it."""
+        try:
+            await work
+        except NodeFailed as failure:
+            self._settle_error(node, failure)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
+            self._settle_error(node, self._internal(node.id, exc))
+        finally:
+            self._active.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _internal(self, thunk_id: str, exc: BaseException) -> NodeFailed:
+        return self._fail(NodeFailed(thunk_id, f"internal error: {type(exc).__name__}: {exc}"))
+
+    async def _execute(self, node: _Node) -> None:
+        """Run a ready node: it holds a claim slot (``_start``), claims the thunk
+        (executor/inflight.py; a peer may have it), dispatches it, records it."""
+        thunk_id, run_id, runnable = node.id, node.run_id, node.thunk
+        assert runnable is not None
+        slot = True  # given to the claim below, or back
+        try:
+            if self.shared is not None and run_id != thunk_id:
+                await self._look_up(self._refs(run_id, runnable))  # the rewritten ID: one request
+                cached = self._claimed(run_id, runnable)
+                if cached is not None:
+                    self._inflight.give_back_slot()
+                    slot = False
+                    self._hit(thunk_id, run_id, runnable, cached, True, ran=True)
+                    self._settle(node, await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id)))
+                    return
+            slot = False
+            try:
+                claim = await self._inflight.claim(thunk_id, run_id, runnable,
+                                                   node.priority, slot=True)
+            except ConfigError as exc:
+                raise self._fatal(thunk_id, exc) from None
+        finally:
+            if slot:
+                self._inflight.give_back_slot()
+        if claim.outputs is not None:
+            self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
+            self._settle(node, await self._follow_tail_calls(thunk_id, claim.outputs, (thunk_id, run_id)))
+            return
+        try:
+            result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable, claim)
+            outputs = {o.tag: o.id for o in result.outputs}
+            cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
+            self._lost.difference_update(cached.values())
+            self._remember_producer(thunk_id, run_id, runnable, cached)
+            for ident in {run_id, thunk_id}:
+                self._record(ident, runnable, cached)
+        except BaseException:
+            self._inflight.abandon(claim)
+            raise
+        self._inflight.recorded(claim)
+        if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
+            task = asyncio.get_running_loop().create_task(
+                self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
+            self._sharing.add(task)
+        self._settle(node, await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id)))
+
+    def _finish(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
+        """Settle ``node`` with ``outputs``, after following tail calls if any is a thunk."""
+        if any(result[0] == "T" for result in outputs.values()):
+            self._spawn(node, self._follow_then_settle(node, outputs, chain))
+        else:
+            self._settle(node, outputs)
+
+    async def _follow_then_settle(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
+        self._settle(node, await self._follow_tail_calls(node.id, outputs, chain))
+
+    def _settle(self, node: _Node, outputs: dict[str, str]) -> None:
+        """``node`` is reduced: wake whoever waits, and the parents it was the last
+        dependency of (iteratively: a long chain of cached nodes must not recurse)."""
+        node.outputs = outputs
+        node.thunk = None
+        self._wake(node)
+
+    def _settle_error(self, node: _Node, error: BaseException) -> None:
+        """``node`` failed: so does every parent waiting for it (a DependencyFailed)."""
+        if node.outputs is not None or node.error is not None:
+            return
+        node.error = error
+        node.thunk = None
+        self._wake(node)
+
+    def _wake(self, node: _Node) -> None:
+        self._settled.append(node)
+        if self._waking:
+            return
+        self._waking = True
+        try:
+            settled = self._settled
+            while settled:
+                done = settled.popleft()
+                waiters, done.waiters = done.waiters, None
+                parents, done.parents = done.parents, None
+                error, outputs = done.error, done.outputs
+                for waiter in waiters or ():
+                    if waiter.done():
+                        continue
+                    if outputs is not None:
+                        waiter.set_result(outputs)
+                    elif error is not None:
+                        waiter.set_exception(error)
+                for parent in parents or ():
+                    if parent.outputs is not None or parent.error is not None:
+                        continue
+                    if error is not None:
+                        self.observer.counts.failed += 1
+                        parent.error = DependencyFailed(parent.id, f"dependency {done.id} failed")
+                        parent.thunk = None
+                        settled.append(parent)
+                        continue
+                    parent.pending -= 1
+                    if parent.pending == 0:
+                        try:
+                            self._deps_done(parent)
+                        except Exception as exc:  # noqa: BLE001 -- as in _discover_some
+                            self._settle_error(parent, self._internal(parent.id, exc))
+        finally:
+            self._waking = False
+        if self._paused:
+            self._maybe_resume()
 
     def _fail(self, failure: NodeFailed) -> NodeFailed:
         self._failures.append(failure)
@@ -432,94 +797,6 @@ class Scheduler:
             usable[tag] = result
         return usable
 
-    async def _reduce(self, thunk_id: str) -> dict[str, str]:
-        """Force one node; returns tag -> value ID (plus ``FIRST``)."""
-        counts = self.observer.counts
-        counts.discovered += 1
-        try:
-            thunk = self.store.load_thunk(thunk_id)
-        except (StoreError, MalformedThunk, InvalidId) as exc:
-            raise self._fail(NodeFailed(thunk_id, str(exc))) from None
-        deps = sorted({item.id for item in thunk.thunks})
-        if self._tracing:
-            self.observer.event("queued", thunk=thunk_id, deps=deps)
-        else:
-            self.observer.tick()
-
-        if self.shared is not None and self._local(thunk_id, thunk) is None:
-            await self._look_up(self._refs(thunk_id, thunk))  # a no-op unless off the graph (a tail call)
-        cached = self._local(thunk_id, thunk)
-        remote = cached is None and (cached := self._claimed(thunk_id, thunk)) is not None
-        if cached is not None:
-            self._remember_producer(thunk_id, thunk_id, thunk, cached, remote)
-            counts.cached += 1
-            self.remote_hits += remote
-            self.observer.event("cached", thunk=thunk_id, result=cached[FIRST], **({"remote": True} if remote else {}))
-            return await self._follow_tail_calls(thunk_id, cached, (thunk_id,))
-
-        if deps:
-            self._paths.below(thunk_id, thunk.function_hash, deps)
-            outcomes = await asyncio.gather(*(self._node(dep) for dep in deps), return_exceptions=True)
-            dep_results: dict[str, dict[str, str]] = {}
-            for dep, outcome in zip(deps, outcomes, strict=True):
-                if isinstance(outcome, asyncio.CancelledError):
-                    raise outcome
-                if isinstance(outcome, BaseException):
-                    counts.failed += 1
-                    raise DependencyFailed(thunk_id, f"dependency {dep} failed") from None
-                dep_results[dep] = outcome
-            try:
-                runnable = rewrite(thunk, dep_results)
-            except KeyError as exc:
-                raise self._fail(NodeFailed(thunk_id, f"a dependency has no output {exc}")) from None
-            run_id = self.store.put_thunk(runnable)
-            if self.shared is not None and self._local(run_id, runnable) is None:
-                await self._look_up(self._refs(run_id, runnable))  # the rewritten ID: one request
-            cached = self._local(run_id, runnable)
-            remote = cached is None and (cached := self._claimed(run_id, runnable)) is not None
-        else:
-            runnable, run_id = thunk, thunk_id
-
-        if cached is None:
-            # Claimed (or reduced meanwhile by a concurrent run): executor/inflight.py. The
-            # claim comes first, so a node waiting on another process holds no dispatch turn.
-            try:
-                claim = await self._inflight.claim(thunk_id, run_id, runnable, self._thunk_priority(thunk_id, runnable))
-            except ConfigError as exc:
-                raise self._fatal(thunk_id, exc) from None
-            if claim.outputs is not None:
-                self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
-                return await self._follow_tail_calls(thunk_id, claim.outputs, (thunk_id, run_id))
-            try:
-                await self._take_turn(thunk_id, runnable)
-                try:
-                    result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable)
-                finally:
-                    self._end_turn(thunk_id)
-                outputs = {o.tag: o.id for o in result.outputs}
-                cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
-                self._lost.difference_update(cached.values())
-                self._remember_producer(thunk_id, run_id, runnable, cached)
-                for ident in {run_id, thunk_id}:
-                    self._record(ident, runnable, cached)
-            except BaseException:
-                self._inflight.abandon(claim)
-                raise
-            self._inflight.recorded(claim)
-            if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
-                task = asyncio.get_running_loop().create_task(
-                    self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
-                self._sharing.add(task)
-        else:
-            self._remember_producer(thunk_id, run_id, runnable, cached, remote)
-            counts.cached += 1
-            self.remote_hits += remote
-            self.observer.event("cached", thunk=thunk_id, ran=run_id, result=cached[FIRST],
-                                **({"remote": True} if remote else {}))
-            if not remote:
-                self._record(thunk_id, runnable, cached)
-        return await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id))
-
     def _record(self, thunk_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
         for tag in thunk.outputs:
             self.store.put_reduction(f"{thunk_id}#{tag}", outputs[tag])
@@ -530,6 +807,8 @@ class Scheduler:
         self, thunk_id: str, outputs: dict[str, str], chain: tuple[str, ...]
     ) -> dict[str, str]:
         """Replace every output that is a thunk by the value it reduces to (any depth)."""
+        if not any(result[0] == "T" for result in outputs.values()):
+            return outputs  # no tail call: nearly always
         final = {}
         for tag, result in outputs.items():
             ref = parse_ref(result)
@@ -558,8 +837,8 @@ class Scheduler:
             if vouched:
                 self._vouched[result] = (node_id, tag)
 
-    async def _dispatch_regenerating(self, node_id: str, run_id: str,
-                                     thunk: Thunk) -> tuple[ExecutionResult, str, Thunk]:
+    async def _dispatch_regenerating(self, node_id: str, run_id: str, thunk: Thunk,
+                                     claim: Claim) -> tuple[ExecutionResult, str, Thunk]:
         """Dispatch; if an input is gone from every store, rebuild it once and retry.
         Returns the result and the thunk that ran (and its ID).
 
@@ -573,7 +852,7 @@ class Scheduler:
         try:
             return await self._dispatch(node_id, run_id, thunk), run_id, thunk
         except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
-            self._end_turn(node_id)  # the producer needs one; this node waits for it holding none
+            self._inflight.lend_slot(claim)  # the producer needs one; this node waits for it holding none
             replacement = await self._regenerate(missing.ident)
             if replacement is None:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
@@ -777,27 +1056,16 @@ class Scheduler:
     def _priority(self, node_id: str, job: Job) -> float:
         return self._thunk_priority(node_id, job.thunk)
 
-    async def _take_turn(self, node_id: str, thunk: Thunk) -> None:
-        await self._turns.acquire(self._thunk_priority(node_id, thunk))
-        self._holding_turn.add(node_id)
-
-    def _end_turn(self, node_id: str) -> None:
-        """Give ``node_id``'s turn back (it has a slot now, or left dispatch); idempotent."""
-        if node_id in self._holding_turn:
-            self._holding_turn.discard(node_id)
-            self._turns.release()
-
     async def _run_once(
         self, node_id: str, engine: Engine, job: Job, holding: bool = False
     ) -> tuple[ExecutionResult, float]:
-        """Run with a slot (critical path first): waited for here, or already held by
-        the caller (``holding``, who then releases it). Returns the result and the time
-        it ran (not queued)."""
+        """Run with a slot (critical path first): taken at once if free, else waited for
+        here; or already held by the caller (``holding``, who then releases it). Returns
+        the result and the time it ran (not queued)."""
         counts = self.observer.counts
         slots = self._slots[id(engine)]
-        if not holding:
+        if not holding and not slots.try_acquire():
             await slots.acquire(self._priority(node_id, job))
-            self._end_turn(node_id)
         try:
             counts.running += 1
             if self._tracing:
@@ -816,10 +1084,10 @@ class Scheduler:
         """One attempt, duplicated once if it straggles; the first success wins.
 
         The straggler clock starts when the attempt gets a slot, not when it is queued:
-        waiting for a slot is not straggling. Without speculation the attempt runs in
-        this task. With it, this task waits for the slot itself (a thunk waiting for a
-        slot costs no task of its own), then runs the attempt as a task, the clock as
-        a timer, and sleeps on one future that either of them wakes.
+        waiting for a slot is not straggling. The attempt runs in the node's own task
+        either way; with speculation it is also *watched* (one timer for the whole run,
+        :meth:`_check_stragglers`, not one per attempt), and a straggler's duplicate runs
+        as a task that, if it wins, interrupts this one.
         """
         delay = self._speculation_delay()
         if delay is None:
@@ -827,62 +1095,94 @@ class Scheduler:
             self._finished(node_id, engine, job, result, duration)
             return result
         slots = self._slots[id(engine)]
-        await slots.acquire(self._priority(node_id, job))
-        self._end_turn(node_id)
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[None] = loop.create_future()
-        straggling = False
-
-        def wake_up(_: object = None) -> None:
-            if not wake.done():
-                wake.set_result(None)
-
-        def straggle() -> None:
-            nonlocal straggling
-            straggling = True
-            wake_up()
-
-        attempts: list[asyncio.Task[tuple[ExecutionResult, float]]] = []
-        timer: asyncio.TimerHandle | None = None
-        speculated = False
-        error: BaseException | None = None
+        if not slots.try_acquire():
+            await slots.acquire(self._priority(node_id, job))
         try:
-            primary = loop.create_task(self._run_once(node_id, engine, job, holding=True))
-            primary.add_done_callback(wake_up)
-            attempts.append(primary)
-            timer = loop.call_later(delay, straggle)
-            while True:
-                await wake
-                wake = loop.create_future()
-                for task in [task for task in attempts if task.done()]:
-                    attempts.remove(task)
-                    exception = task.exception()
-                    if exception is None:
-                        result, duration = task.result()
-                        self._finished(node_id, engine, job, result, duration)
-                        return result
-                    # An execution failure is final even if a duplicate is still running.
-                    if isinstance(exception, ExecutionFailed) or error is None:
-                        error = exception
-                    if isinstance(error, ExecutionFailed):
-                        raise error
-                if not attempts:
-                    assert error is not None
-                    raise error
-                if straggling and not speculated:
-                    speculated = True
-                    self.observer.event("speculated", thunk=node_id, engine=engine.name)
-                    duplicate = loop.create_task(self._run_once(node_id, engine, job))
-                    duplicate.add_done_callback(wake_up)
-                    attempts.append(duplicate)
+            return await self._watched(node_id, engine, job, delay)
         finally:
+            slots.release()  # the primary's slot: it has ended by now
+
+    async def _watched(self, node_id: str, engine: Engine, job: Job, delay: float) -> ExecutionResult:
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(node_id, engine, job, task, asyncio.get_running_loop().time() + delay)
+        self._watch(watch)
+        try:
+            try:
+                result, duration = await self._run_once(node_id, engine, job, holding=True)
+            except asyncio.CancelledError:
+                # Interrupted by the duplicate (it won, or failed for good), unless this
+                # task was also cancelled from outside.
+                outcome = watch.outcome
+                if outcome is None or task.uncancel() > 0:
+                    raise
+                if isinstance(outcome, BaseException):
+                    raise outcome from None
+                result, duration = outcome
+            except ExecutionFailed:
+                raise  # final, even if a duplicate is still running
+            except BaseException as error:
+                duplicate = watch.duplicate
+                if duplicate is None or isinstance(error, ConfigError):
+                    raise
+                watch.finished = True
+                try:  # the duplicate may still succeed
+                    result, duration = await duplicate
+                except ExecutionFailed:
+                    raise
+                except Exception:  # noqa: BLE001 -- both failed: the first failure is the one to report
+                    raise error from None
+        finally:
+            watch.finished = True
+            self._watching.discard(watch)
+            duplicate = watch.duplicate
+            if duplicate is not None and not duplicate.done():
+                duplicate.cancel()
+                await asyncio.gather(duplicate, return_exceptions=True)
+        self._finished(node_id, engine, job, result, duration)
+        return result
+
+    def _watch(self, watch: _Watch) -> None:
+        self._watching.add(watch)
+        timer = self._straggler_timer
+        if timer is None or timer.when() > watch.deadline:
             if timer is not None:
                 timer.cancel()
-            for task in attempts:
-                task.cancel()
-            if attempts:
-                await asyncio.gather(*attempts, return_exceptions=True)
-            slots.release()  # the primary's slot: it has ended (or never started) by now
+            self._straggler_timer = asyncio.get_running_loop().call_at(watch.deadline, self._check_stragglers)
+
+    def _check_stragglers(self) -> None:
+        """Duplicate every watched attempt past its deadline; wake again at the next one."""
+        self._straggler_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        next_deadline = None
+        for watch in [w for w in self._watching if w.deadline <= now]:
+            self._watching.discard(watch)
+            self.observer.event("speculated", thunk=watch.node_id, engine=watch.engine.name)
+            duplicate = loop.create_task(self._run_once(watch.node_id, watch.engine, watch.job))
+            watch.duplicate = duplicate
+            duplicate.add_done_callback(functools.partial(self._duplicate_done, watch))
+        for watch in self._watching:
+            if next_deadline is None or watch.deadline < next_deadline:
+                next_deadline = watch.deadline
+        if next_deadline is not None:
+            self._straggler_timer = loop.call_at(next_deadline, self._check_stragglers)
+
+    @staticmethod
+    def _duplicate_done(watch: _Watch, duplicate: asyncio.Task[tuple[ExecutionResult, float]]) -> None:
+        """A duplicate ended while its primary still runs: a success (or a final failure)
+        interrupts the primary with it; an infrastructure failure leaves the primary be."""
+        if watch.finished or duplicate.cancelled():
+            return
+        error = duplicate.exception()
+        if error is None:
+            watch.outcome = duplicate.result()
+        elif isinstance(error, ExecutionFailed):
+            watch.outcome = error
+        else:
+            return
+        watch.finished = True
+        watch.task.cancel()
 
     def _finished(self, node_id: str, engine: Engine, job: Job, result: ExecutionResult, duration: float) -> None:
         self._durations.append(duration)
