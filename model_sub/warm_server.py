@@ -214,6 +214,10 @@ def main(argv: list[str]) -> int:
               file=sys.stderr, flush=True)
         return 1
     _preload()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the imported objects are never collected: a worker's GC then never touches (copies) their pages
     listener = _bind(path)
     print(f"gg-infer server {os.getpid()}: serving {store_root} on {path.name}", file=sys.stderr, flush=True)
     os.write(ready_fd, b"R")
