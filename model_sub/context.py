@@ -72,6 +72,21 @@ class ModelContext:
             forcer=Forcer(str(store.root)),
         )
 
+    def cache_snapshot(self) -> dict[str, dict]:
+        """What a later run may start from (see :meth:`seed_caches`)."""
+        return {"ids": self.ids.snapshot(), "scans": self.scanner.snapshot(), "driver": self.driver.snapshot()}
+
+    def seed_caches(self, snapshot: dict[str, dict]) -> None:
+        """Start from earlier runs' in-memory caches (the warm model server keeps them).
+
+        Each is the in-memory copy of an on-disk cache the run would read anyway, and
+        is checked the same way before use (file IDs by stat identity, scans by their
+        files' IDs, driver answers by the driver's mtime in their key): seeding saves
+        the reads, never a check."""
+        self.ids.seed(snapshot.get("ids", {}))
+        self.scanner.seed(snapshot.get("scans", {}))
+        self.driver.seed(snapshot.get("driver", {}))
+
     def close(self) -> None:
         """Release what the run's helpers hold (the driver's empty directory, the log)."""
         self.driver.close()

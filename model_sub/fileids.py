@@ -45,6 +45,19 @@ class FileIds:
         self._present: set[str] = set()
         self._executable: set[str] = set()
 
+    def snapshot(self) -> dict[str, tuple[StatKey, str]]:
+        """The remembered IDs (trusted entries only, each keyed by its full stat identity),
+        for the next run (the warm model server seeds its workers with them)."""
+        with self._lock:
+            return dict(self._memo)
+
+    def seed(self, memo: dict[str, tuple[StatKey, str]]) -> None:
+        """Start from another run's :meth:`snapshot`: each entry is used only while the
+        file's stat identity is the same, the rule the on-disk hash cache follows. (Blobs
+        seen in the store are not carried over: a ``gg gc`` between runs may remove them.)"""
+        with self._lock:
+            self._memo.update(memo)
+
     def has_blob(self, ident: str) -> bool:
         """Whether blob ``ident`` is in the store (remembered once seen)."""
         return self._has(ident)

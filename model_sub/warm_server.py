@@ -12,7 +12,10 @@ Then, one connection at a time on its socket (each is short):
   build root, PATH and environment. The server forks; the child is that run's worker
   (``warm_worker.py``) and the server goes back to its socket. The server has no
   threads, so forking it is safe, and each run gets the models' state fresh, exactly as
-  in gg-infer's own process; only the imports are shared;
+  in gg-infer's own process, except for the imports and a *seed*: the in-memory copies
+  of the on-disk caches (file IDs, dependency scans, driver answers) that earlier
+  workers reported through a pipe when they ended, each checked before use exactly as
+  the on-disk entry would be (``ModelContext.seed_caches``);
 - ``status``: its pid, fingerprint, runs served, active workers, idle timeout;
 - ``stop``: stop accepting, wait for the workers, exit.
 
@@ -25,6 +28,8 @@ removed or replaced (store deleted, a newer server started).
 
 from __future__ import annotations
 
+import gc
+import marshal
 import os
 import select
 import socket
@@ -37,6 +42,7 @@ from .warm import MAGIC, code_fingerprint, connectable, decode_fields, read_fram
 
 CONNECTION_TIMEOUT = 10.0  # a client that stops talking mid-message never blocks the server longer
 SOCKET_CHECK_SECONDS = 5.0
+MAX_SEED_ENTRIES = 1_000_000
 
 
 class WarmServer:
@@ -51,6 +57,8 @@ class WarmServer:
         self.started = time.time()
         self.runs = 0
         self.workers: dict[int, int] = {}  # pidfd -> pid
+        self.reports: dict[int, bytearray] = {}  # a worker's pipe -> what it sent so far
+        self.seed: dict[str, dict] = {}  # the runs' in-memory caches, merged (see warm_worker)
         self.last_active = time.monotonic()
 
     def serve(self) -> None:
@@ -73,6 +81,8 @@ class WarmServer:
             for fd, _ in poller.poll(max(0, int(wait * 1000)) + 1):
                 if fd in self.workers:
                     self._reap(poller, fd)
+                elif fd in self.reports:
+                    self._read_report(poller, fd)
                 elif self.listener is not None and fd == self.listener.fileno():
                     self._accept(poller)
 
@@ -85,6 +95,27 @@ class WarmServer:
         except ChildProcessError:
             pass
         self.last_active = time.monotonic()
+
+    def _read_report(self, poller: select.poll, fd: int) -> None:
+        """Collect a worker's cache report; at its end, merge it into the seed."""
+        data = os.read(fd, 1 << 20)
+        if data:
+            self.reports[fd] += data
+            return
+        poller.unregister(fd)
+        os.close(fd)
+        report = bytes(self.reports.pop(fd))
+        if not report:
+            return  # the worker ended without one (it failed, or was killed)
+        try:
+            delta = marshal.loads(report)
+        except (EOFError, ValueError, TypeError):
+            return
+        if sum(len(section) for section in self.seed.values()) > MAX_SEED_ENTRIES:
+            self.seed = {}  # a server used for very many trees: start over rather than grow
+        for name, section in delta.items():
+            self.seed.setdefault(name, {}).update(section)
+        gc.freeze()  # as at start: the next worker's GC leaves these pages alone
 
     def _wind_down(self, poller: select.poll, why: str) -> None:
         """Take no more connections; the loop ends when the last worker has."""
@@ -141,23 +172,28 @@ class WarmServer:
                 f"idle {self.idle_seconds:g}\n")
 
     def _fork_worker(self, conn: socket.socket, listen_fd: int, fields: list[str], poller: select.poll) -> None:
+        report_read, report_write = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the server's loop
             status = 1
             try:
+                os.close(report_read)
                 if self.listener is not None:
                     self.listener.close()
-                for pidfd in self.workers:
-                    os.close(pidfd)
+                for fd in (*self.workers, *self.reports):
+                    os.close(fd)
                 from .warm_worker import run_worker
 
                 conn.settimeout(None)
-                status = run_worker(conn, listen_fd, fields)
+                status = run_worker(conn, listen_fd, fields, self.seed, report_write)
             except BaseException:  # noqa: BLE001 - reported in the server log; the client falls back
                 traceback.print_exc()
             finally:
                 os._exit(status)
         os.close(listen_fd)
+        os.close(report_write)
+        self.reports[report_read] = bytearray()
+        poller.register(report_read, select.POLLIN)
         self.runs += 1
         pidfd = os.pidfd_open(pid)
         self.workers[pidfd] = pid
@@ -214,8 +250,6 @@ def main(argv: list[str]) -> int:
               file=sys.stderr, flush=True)
         return 1
     _preload()
-    import gc
-
     gc.collect()
     gc.freeze()  # the imported objects are never collected: a worker's GC then never touches (copies) their pages
     listener = _bind(path)

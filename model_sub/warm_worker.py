@@ -14,6 +14,7 @@ worker is gone the moment it becomes readable without a summary having been aske
 
 from __future__ import annotations
 
+import marshal
 import os
 import signal
 import socket
@@ -24,8 +25,12 @@ from .listener import Models, ModelServer
 from .warm import encode_fields, frame
 
 
-def run_worker(conn: socket.socket, listen_fd: int, fields: list[str]) -> int:
-    """Serve one run; the exit status for the worker process."""
+def run_worker(conn: socket.socket, listen_fd: int, fields: list[str], seed: dict[str, dict],
+               report_fd: int) -> int:
+    """Serve one run; the exit status for the worker process.
+
+    ``seed`` is what earlier runs' caches held (the server's); what this run added to
+    them is written to ``report_fd`` at the end, after the client has its summary."""
     cwd, umask, client_pid, store_root, build_root, real_path, *env = fields
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the client's ^C ends the run: it closes the connection
     os.environ.clear()
@@ -39,6 +44,7 @@ def run_worker(conn: socket.socket, listen_fd: int, fields: list[str]) -> int:
         from .context import ModelContext
 
         ctx = ModelContext.create(LocalStore.init(Path(store_root)), build_root, real_path)
+        ctx.seed_caches(seed)
     except Exception as exc:  # noqa: BLE001 - the client falls back and says why
         conn.sendall(f"ERR {type(exc).__name__}: {exc}\n".replace("\n", " ").strip().encode() + b"\n")
         return 1
@@ -54,8 +60,20 @@ def run_worker(conn: socket.socket, listen_fd: int, fields: list[str]) -> int:
             summary = [f"L{line}" for line in local_run_lines(ctx)]
             summary += [f"S{path}" for path in server.notes.static_programs]
             conn.sendall(frame(encode_fields(summary)))
+        conn.close()
+        listener.close()
+        _report(ctx.cache_snapshot(), seed, report_fd)
         return 0
     finally:
         ctx.close()
         listener.close()
+
+
+def _report(snapshot: dict[str, dict], seed: dict[str, dict], fd: int) -> None:
+    """Send the server the cache entries it does not have yet (marshal: plain data)."""
+    delta = {name: {key: value for key, value in section.items() if seed.get(name, {}).get(key) != value}
+             for name, section in snapshot.items()}
+    data = marshal.dumps(delta)
+    with open(fd, "wb", closefd=True) as pipe:
+        pipe.write(data)
 

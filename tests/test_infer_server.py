@@ -241,3 +241,39 @@ def test_gg_infer_server_status_and_stop(tmp_path):
     stopped = subprocess.run([*gg, "stop"], cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert stopped.returncode == 0
     assert _wait_gone(pid)
+
+
+def test_caches_seeded_from_earlier_runs_never_hide_a_change(tmp_path):
+    """The server seeds each worker with earlier runs' file IDs and scans; a header
+    changed between runs still gives the thunk a run without the server gives. (Files
+    are remembered only once their mtime and ctime are older than the racy window: the
+    sleeps make the seeded entries the ones consulted.)"""
+    root = project(tmp_path)
+    (root / "h.h").write_text("#define V 1\n")
+    (root / "b.c").write_text('#include "h.h"\nint b(void) { return V; }\n')
+    (root / "Makefile").write_text("app: a.o b.o\n\tcc -o app a.o b.o\n%.o: %.c h.h\n\tcc -c $< -o $@\n"
+                                   "clean:\n\trm -f app *.o\n")
+    old = time.time() - 3600
+    for name in ("a.c", "b.c", "h.h", "Makefile"):
+        os.utime(root / name, (old, old))
+    time.sleep(2.5)  # ctime, too, must be older than the racy window (2 s)
+    for _ in range(2):  # the second run's worker starts from the first run's caches
+        assert infer(root, "make", "-s", "clean").returncode == 0
+        assert infer(root, "make", "-s").returncode == 0
+    before = (root / "b.o").read_bytes()
+
+    (root / "h.h").write_text("#define V 2\n")
+    os.utime(root / "h.h", (old + 60, old + 60))
+    time.sleep(2.5)
+    assert infer(root, "make", "-s", "clean").returncode == 0
+    changed = infer(root, "make", "-s")
+    assert changed.returncode == 0 and "note:" not in changed.stderr, changed.stderr
+    after = (root / "b.o").read_bytes()
+    assert after != before
+
+    plain = tmp_path / "plain"
+    shutil.copytree(root, plain, ignore=shutil.ignore_patterns(".gg"))
+    assert infer(plain, "make", "-s", "clean", GG_INFER_SERVER="off").returncode == 0
+    assert infer(plain, "make", "-s", GG_INFER_SERVER="off").returncode == 0
+    assert (plain / "b.o").read_bytes() == after
+    stop(root)
