@@ -8,9 +8,9 @@ worker per gg-infer run (``warm_server.py``); the worker serves that run's reque
 Identity rules, so that a server is never used where it would answer differently from
 the models in gg-infer's own process:
 
-- **code**: :func:`code_fingerprint` (the interpreter and every source file of the
-  packages the models import, by name, size and mtime, and the installed packages'
-  directory); a server with another fingerprint says ``STALE`` and exits, and the client
+- **code**: :func:`code_fingerprint` (the interpreter, its file-system encoding, every
+  source file of the packages the models import, by name, size and mtime, and the
+  installed packages' directory); a server with another fingerprint says ``STALE`` and exits, and the client
   starts a new one;
 - **view of the machine**: the socket's name carries :func:`namespace_key` (mount, pid
   and user namespaces and the root directory), so a gg-infer in another mount namespace
@@ -88,7 +88,8 @@ def code_fingerprint() -> str:
 
     Source files by (path, size, mtime): an edit, a reinstall or a checkout of other
     code changes it. ~1 ms: it is computed on the first tool call only."""
-    parts = [sys.executable, sys.version]
+    # and how paths and environment are decoded (a server takes its locale from the run that started it)
+    parts = [sys.executable, sys.version, sys.getfilesystemencoding(), str(sys.flags.utf8_mode)]
     base = Path(__file__).resolve().parent.parent
     for package in _PACKAGES:
         parts += _tree_stats(base / package)
