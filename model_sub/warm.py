@@ -36,7 +36,7 @@ from ir.errors import ConfigError
 
 MAGIC = b"GGS1"
 DEFAULT_IDLE_SECONDS = 600.0
-_PACKAGES = ("ir", "model_sub", "executor")  # what the models import from this project
+_PACKAGES = ("ir", "model_sub")  # what the server imports from this project (gg-force runs as its own process)
 _HEADER = struct.Struct("!I")
 
 
