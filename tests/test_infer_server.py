@@ -277,3 +277,31 @@ def test_caches_seeded_from_earlier_runs_never_hide_a_change(tmp_path):
     assert infer(plain, "make", "-s", GG_INFER_SERVER="off").returncode == 0
     assert (plain / "b.o").read_bytes() == after
     stop(root)
+
+
+def test_the_summary_lines_are_the_same_with_and_without_the_server(tmp_path):
+    """The worker's count of calls that ran the real tool (and the static programs it
+    was told of) reach gg-infer's summary as they would from its own process."""
+    results = []
+    for name, extra in (("on", {}), ("off", {"GG_INFER_SERVER": "off"})):
+        root = project(tmp_path, name)
+        (root / "Makefile").write_text("syms.txt: b.o\n\tnm b.o > syms.txt\n%.o: %.c\n\tcc -c $< -o $@\n")
+        result = infer(root, "make", "-s", **extra)
+        assert result.returncode == 0, result.stderr
+        assert "b" in (root / "syms.txt").read_text()
+        results.append(result.stderr)
+    assert "ran locally" in results[0]
+    assert results[0] == results[1]
+    stop(tmp_path / "on")
+
+
+def test_a_server_that_cannot_be_used_is_said_in_one_line_and_the_build_is_modelled(tmp_path):
+    root = project(tmp_path)
+    (root / ".gg" / "infer").mkdir(parents=True)
+    (root / ".gg" / "infer" / "server").write_text("not a directory\n")
+    result = infer(root, "make", "-s")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "model server" in line]
+    assert len(notes) == 1 and "the models ran in this process" in notes[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_placeholder(root / "app") is not None
