@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import TextIO
 
@@ -130,7 +131,10 @@ class ModelContext:
         thunk's fields (canonical order, length-prefixed); a recorded ID is used only
         while its blob is in the store. A miss builds, validates and stores as before.
         """
-        values, thunks, execs = sorted(set(inputs.values)), sorted(set(inputs.thunks)), sorted(set(executables))
+        # Input's own order (dataclass order=True: by ref, then name), without a Python
+        # __lt__ call per comparison (~1,500 of them for a compile's ~85 inputs)
+        values, thunks, execs = (sorted(set(group), key=_INPUT_ORDER)
+                                 for group in (inputs.values, inputs.thunks, executables))
         parts = [function_hash, *_counted(args), *_counted(outputs), *_counted(THUNK_ENV)]
         for group in (values, thunks, execs):
             parts.append(str(len(group)))
@@ -165,6 +169,9 @@ class ModelContext:
             os.utime(path)
             return
         write_placeholder(path, ref, mode=mode)
+
+
+_INPUT_ORDER = attrgetter("ref", "name")
 
 
 def _counted(words) -> list[str]:

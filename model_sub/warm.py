@@ -89,7 +89,9 @@ def code_fingerprint() -> str:
     Source files by (path, size, mtime): an edit, a reinstall or a checkout of other
     code changes it. ~1 ms: it is computed on the first tool call only."""
     # and how paths and environment are decoded (a server takes its locale from the run that started it)
-    parts = [sys.executable, sys.version, sys.getfilesystemencoding(), str(sys.flags.utf8_mode)]
+    # and where else modules may come from (protobuf, xxhash)
+    parts = [sys.executable, sys.version, sys.getfilesystemencoding(), str(sys.flags.utf8_mode),
+             os.environ.get("PYTHONPATH", ""), os.environ.get("PYTHONHOME", "")]
     base = Path(__file__).resolve().parent.parent
     for package in _PACKAGES:
         parts += _tree_stats(base / package)
