@@ -117,6 +117,9 @@ class FileIds:
     def unchanged(self, path: str, ident: str) -> bool:
         """True if ``path`` still has content ``ident`` (and that blob is stored)."""
         try:
+            hit = self._memo.get(path)
+            if hit is not None and hit[1] == ident and stat_key(os.stat(path)) == hit[0]:
+                return True  # what stored() answers for a remembered file: one stat, no more
             return self.stored(path) == ident
         except OSError:
             return False
