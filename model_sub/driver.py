@@ -152,6 +152,16 @@ class Driver:
         self._memo: dict[str, object] = {}
         self._empty: str | None = None
 
+    def snapshot(self) -> dict[str, object]:
+        """The driver's answers of this run (the on-disk cache's, without the reads)."""
+        with self._lock:
+            return dict(self._memo)
+
+    def seed(self, memo: dict[str, object]) -> None:
+        with self._lock:
+            for key, value in memo.items():
+                self._memo.setdefault(key, value)
+
     def _cached(self, key_parts: list[str], compute):
         key = xxhash.xxh3_128_hexdigest("\0".join([_CACHE_VERSION, *key_parts]).encode())
         with self._lock:

@@ -45,6 +45,19 @@ class FileIds:
         self._present: set[str] = set()
         self._executable: set[str] = set()
 
+    def snapshot(self) -> dict[str, tuple[StatKey, str]]:
+        """The remembered IDs (trusted entries only, each keyed by its full stat identity),
+        for the next run (the warm model server seeds its workers with them)."""
+        with self._lock:
+            return dict(self._memo)
+
+    def seed(self, memo: dict[str, tuple[StatKey, str]]) -> None:
+        """Start from another run's :meth:`snapshot`: each entry is used only while the
+        file's stat identity is the same, the rule the on-disk hash cache follows. (Blobs
+        seen in the store are not carried over: a ``gg gc`` between runs may remove them.)"""
+        with self._lock:
+            self._memo.update(memo)
+
     def has_blob(self, ident: str) -> bool:
         """Whether blob ``ident`` is in the store (remembered once seen)."""
         return self._has(ident)
@@ -104,6 +117,9 @@ class FileIds:
     def unchanged(self, path: str, ident: str) -> bool:
         """True if ``path`` still has content ``ident`` (and that blob is stored)."""
         try:
+            hit = self._memo.get(path)
+            if hit is not None and hit[1] == ident and stat_key(os.stat(path)) == hit[0]:
+                return True  # what stored() answers for a remembered file: one stat, no more
             return self.stored(path) == ident
         except OSError:
             return False

@@ -25,12 +25,14 @@ from ir.store_root import locate_root
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
 from .toolnames import which
+from .warm import ServerSettings
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     import argparse
 
     from .context import ModelContext
+    from .warm_client import Handoff
 
 # CMD's own exec happens in a (dynamic, preloaded) shell, so the library decides it too.
 EXEC_THROUGH_SHELL = ("/bin/sh", "-c", 'exec "$@"', "gg-infer")
@@ -64,10 +66,11 @@ def _found(program: str, path: str) -> bool:
     return which(program, path) is not None
 
 
-def run_infer(command: list[str], root: Path | None = None) -> int:
+def run_infer(command: list[str], root: Path | None = None, no_server: bool = False) -> int:
     store_root, _ = locate_root(create=True)
     assert store_root is not None  # with create, there always is one
     environ = {k: v for k, v in os.environ.items() if k != "GG_INFER_EXEC"}
+    settings = ServerSettings.from_environ(environ, disabled=no_server)
     real_path = real_path_of(environ)
     infer_dir = store_root / "infer"
     shim = shim_binary(infer_dir, real_path)
@@ -88,21 +91,27 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
         return ModelContext.create(LocalStore.init(store_root), build_root, real_path)
 
     models = Models(load)
+    handoff = _handoff(store_root, build_root, real_path, environ, settings)
     sock_dir = _private_directory()
     try:
         socket_path = os.path.join(sock_dir, "models.sock")
         try:
             with ModelServer(models, socket_path) as server:
                 env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
+                statics: list[str] = []
                 try:
-                    status = _run([*EXEC_THROUGH_SHELL, *command], env, server)
+                    status = _run([*EXEC_THROUGH_SHELL, *command], env, server, handoff)
                 except KeyboardInterrupt:
                     return 130
                 finally:
+                    lines, statics = handoff.finish() if handoff is not None else ([], [])
                     ctx = models.loaded
-                    if ctx is not None:
-                        _print_local_runs(ctx)
-                for program in server.notes.static_programs:
+                    lines += local_run_lines(ctx) if ctx is not None else []
+                    if handoff is not None and handoff.note:
+                        lines.append(f"gg-infer: note: {handoff.note}")
+                    for line in lines:
+                        print(line, file=sys.stderr)
+                for program in dict.fromkeys([*statics, *server.notes.static_programs]):
                     print(f"gg-infer: warning: static program {program} ran; tools it runs by absolute path "
                           f"are not seen (see .gg/infer/log)", file=sys.stderr)
                 return status
@@ -115,6 +124,16 @@ def run_infer(command: list[str], root: Path | None = None) -> int:
             os.rmdir(sock_dir)  # empty: the server removed its socket
         except OSError:
             pass
+
+
+def _handoff(store_root: Path, build_root: str, real_path: str, environ: dict[str, str],
+             settings: ServerSettings) -> Handoff | None:
+    """The warm server's hand-off for this run (None: models in this process, as asked)."""
+    if not settings.enabled:
+        return None
+    from .warm_client import Handoff  # small; the server itself is contacted on the first tool call
+
+    return Handoff(store_root, build_root, real_path, environ, settings)
 
 
 def _private_directory() -> str:
@@ -140,7 +159,7 @@ def _private_directory() -> str:
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _run(argv: list[str], env: dict[str, str], server: ModelServer) -> int:
+def _run(argv: list[str], env: dict[str, str], server: ModelServer, handoff: Handoff | None = None) -> int:
     """Run ``argv``, serving model requests until it exits; its exit status, as a
     shell reports it (128 + signal).
 
@@ -150,7 +169,7 @@ def _run(argv: list[str], env: dict[str, str], server: ModelServer) -> int:
     ``subprocess.run`` does."""
     pid = os.posix_spawn(argv[0], argv, env, setsigdef=_DEFAULT_SIGNALS)
     try:
-        status = server.serve_until_exit(pid)
+        status = server.serve_until_exit(pid, handoff)
     except BaseException:
         _stop_child(pid)
         raise
@@ -176,7 +195,7 @@ def _stop_child(pid: int, grace: float = 0.25) -> None:
         pass
 
 
-def _print_local_runs(ctx: ModelContext) -> None:
+def local_run_lines(ctx: ModelContext) -> list[str]:
     """One line saying which calls ran the real tool instead of becoming thunks, and one
     for the calls whose output the build read at once (run for real by design)."""
     try:
@@ -184,9 +203,7 @@ def _print_local_runs(ctx: ModelContext) -> None:
     except ValueError:
         hint = str(ctx.log_path)
     hint = hint if not hint.startswith("../..") else str(ctx.log_path)
-    for line in (ctx.local_runs.summary(hint), ctx.local_runs.read_at_once_summary(hint)):
-        if line:
-            print(line, file=sys.stderr)
+    return [line for line in (ctx.local_runs.summary(hint), ctx.local_runs.read_at_once_summary(hint)) if line]
 
 
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
@@ -199,6 +216,8 @@ def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     import argparse
 
     parser.add_argument("--root", type=Path, help="build root for checkout-independent names (default: cwd)")
+    parser.add_argument("--no-server", action="store_true",
+                        help="model in this process, not in the store's warm model server (also GG_INFER_SERVER=off)")
     add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD...", help="the build command, e.g. make")
     return parser
@@ -207,7 +226,7 @@ def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _infer(args: argparse.Namespace | SimpleNamespace) -> int:
     if not args.command:
         raise UsageError("no command given (e.g. gg-infer make)")
-    return run_infer(args.command, args.root)
+    return run_infer(args.command, args.root, no_server=args.no_server)
 
 
 def add(subparsers) -> None:
@@ -230,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         # `gg-infer CMD...`, the usual form: exactly what the parser returns for it (CMD
         # is a remainder), without importing argparse, which brings shutil, gettext and
         # locale with it: ~6 ms of a start that should take ~50. Options: the parser.
-        args = SimpleNamespace(command=argv, root=None)
+        args = SimpleNamespace(command=argv, root=None, no_server=False)
     else:
         args = build_parser().parse_args(argv)
     return run_command("gg-infer", lambda: _infer(args), args)

@@ -87,10 +87,17 @@ def make_shim_dir(directory: Path, binary: Path, real_path: str) -> Path:
     ``.gg/infer/bin``, and ``.gg/infer/lib/gcc`` (and ``libexec/gcc``) point at the
     real gcc's, so gcc still finds its programs."""
     directory.mkdir(parents=True, exist_ok=True)
+    # which names already are hard links to ``binary``: one directory read (inode numbers
+    # and types come with the entries) instead of three stats per name on every start
+    target = os.stat(binary)
+    linked: set[str] = set()
+    if os.stat(directory).st_dev == target.st_dev:
+        with os.scandir(directory) as entries:
+            linked = {e.name for e in entries if e.inode() == target.st_ino and not e.is_symlink()}
     for name in SHIM_NAMES:
-        link = directory / name
-        if not link.is_symlink() and link.exists() and os.path.samefile(link, binary):
+        if name in linked:
             continue
+        link = directory / name
         temp = directory / f".{name}.tmp"
         if temp.is_symlink() or temp.exists():
             temp.unlink()

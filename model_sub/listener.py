@@ -21,6 +21,7 @@ from ir.atomic import unlink_quietly
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from .context import ModelContext
+    from .warm_client import Handoff
 
 
 class Models:
@@ -87,19 +88,31 @@ def _receive_all(conn: socket.socket) -> bytes:
 
 
 class ModelServer:
-    """Serves model requests on ``socket_path`` while the build runs.
+    """Serves model requests on ``socket_path`` (or an already bound ``listener``) while
+    the build runs.
 
     The thread that runs the build waits in :meth:`serve_until_exit`, polling the
     socket and a pidfd of the build's process: it accepts requests until the build
     exits, and each request is answered on a thread of its own (a parallel build calls
     many tools at once). So a run that calls no tool starts no thread and needs no
     stop signal, and the loop ends the moment the build does. Plain sockets and
-    threads, not ``socketserver``: importing it cost more than this loop."""
+    threads, not ``socketserver``: importing it cost more than this loop.
 
-    def __init__(self, models: Models, socket_path: str):
+    With a :class:`~.warm_client.Handoff`, the first request hands the socket to a warm server's
+    worker instead (the models are already imported there), and this loop only watches
+    the build and the worker; should the worker end early, it serves here again.
+    ``stop_pid`` ends the walk up a caller's processes (default: this process)."""
+
+    def __init__(self, models: Models, socket_path: str | None = None, listener: socket.socket | None = None,
+                 stop_pid: int | None = None):
         self.socket_path = socket_path
         self.models = models
         self.notes = RunNotes()
+        self.stop_pid = os.getpid() if stop_pid is None else stop_pid
+        if listener is not None:
+            self._socket = listener
+            return
+        assert socket_path is not None
         if os.path.exists(socket_path):
             os.unlink(socket_path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -111,21 +124,47 @@ class ModelServer:
             unlink_quietly(socket_path)
             raise
 
-    def serve_until_exit(self, pid: int) -> int:
+    def serve_until_exit(self, pid: int, handoff: Handoff | None = None) -> int:
         """Answer requests until process ``pid`` (a child) exits; reap it and return
         its wait status. A ^C (KeyboardInterrupt) leaves the child to the caller."""
         pidfd = os.pidfd_open(pid)
+        listening = self._socket.fileno()
+        control: int | None = None
         try:
             poller = select.poll()
-            poller.register(self._socket.fileno(), select.POLLIN)
+            poller.register(listening, select.POLLIN)
             poller.register(pidfd, select.POLLIN)
             while True:
                 for fd, _ in poller.poll():
                     if fd == pidfd:
                         return os.waitpid(pid, 0)[1]
-                    self._accept()
+                    if fd == control:
+                        assert handoff is not None
+                        handoff.lost()
+                        poller.unregister(control)
+                        control = None
+                        poller.register(listening, select.POLLIN)
+                    elif fd == listening and control is None:
+                        if handoff is not None and handoff.usable:
+                            control = handoff.start(self._socket)
+                            if control is not None:
+                                poller.unregister(listening)
+                                poller.register(control, select.POLLIN)
+                                continue
+                        self._accept()
         finally:
             os.close(pidfd)
+
+    def serve_until_readable(self, fd: int) -> None:
+        """Answer requests until ``fd`` becomes readable (a warm worker's control connection)."""
+        poller = select.poll()
+        poller.register(self._socket.fileno(), select.POLLIN)
+        poller.register(fd, select.POLLIN)
+        while True:
+            for ready, _ in poller.poll():
+                if ready == fd:
+                    return
+                self._accept()
 
     def _accept(self) -> None:
         try:
@@ -154,11 +193,12 @@ class ModelServer:
             request = decode_request(data, _peer_pid(conn))
         except (ValueError, IndexError):
             return b"X"
-        return handle(self.models.get(), request).encode()
+        return handle(self.models.get(), request, self.stop_pid).encode()
 
     def __enter__(self) -> ModelServer:
         return self
 
     def __exit__(self, *exc) -> None:
         self._socket.close()
-        unlink_quietly(self.socket_path)
+        if self.socket_path is not None:
+            unlink_quietly(self.socket_path)

@@ -15,7 +15,7 @@ linker scripts such as ``libc.so`` resolve to the laid-out copies.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROOT_PREFIX = "r"
 ABS_PREFIX = "a"
@@ -25,6 +25,9 @@ TOOL_PREFIX = "gg"
 @dataclass(frozen=True)
 class PathMap:
     root: str  # absolute, normalized build root
+    # to_thunk's answers: a compile names ~80 headers, the same ones in every compile
+    # (a pure function of its arguments and the root; a dict's get/set are atomic)
+    _names: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def for_root(cls, root: str) -> PathMap:
@@ -35,12 +38,19 @@ class PathMap:
 
     def to_thunk(self, path: str, cwd: str) -> str:
         """The relative name of host ``path`` (relative to ``cwd``) inside a thunk."""
+        known = self._names.get((path, cwd))
+        if known is not None:
+            return known
         full = self.absolute(path, cwd)
         if full == self.root:
-            return ROOT_PREFIX
-        if full.startswith(self.root + "/"):
-            return f"{ROOT_PREFIX}/{full[len(self.root) + 1:]}"
-        return f"{ABS_PREFIX}{full}" if full != "/" else ABS_PREFIX
+            name = ROOT_PREFIX
+        elif full.startswith(self.root + "/"):
+            name = f"{ROOT_PREFIX}/{full[len(self.root) + 1:]}"
+        else:
+            name = f"{ABS_PREFIX}{full}" if full != "/" else ABS_PREFIX
+        if len(self._names) < 200_000:
+            self._names[(path, cwd)] = name
+        return name
 
     def to_host(self, name: str) -> str:
         """Inverse of :meth:`to_thunk` for names it produced (others are returned as is)."""

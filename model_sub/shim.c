@@ -147,6 +147,25 @@ static void put_num(buffer *b, long n) {
     put_str(b, tmp);
 }
 
+/* Connect to the server and send the request: the connected socket; -2 if nothing
+ * listens (no server), -1 if the request could not be sent. */
+static int ask(const char *sock_path, const buffer *req) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, sock_path);
+    if (fd < 0) return -2;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) { close(fd); return -2; }
+    for (size_t off = 0; off < req->len;) {
+        ssize_t n = write(fd, req->data + off, req->len - off);
+        if (n < 0) { if (errno == EINTR) continue; close(fd); return -1; }
+        off += (size_t)n;
+    }
+    shutdown(fd, SHUT_WR);
+    return fd;
+}
+
 int main(int argc, char **argv) {
     /* GG_INFER_EXEC=KIND:PROGRAM from the preload library; gone before anything runs */
     static char spec[PATH_MAX + 16];
@@ -166,13 +185,6 @@ int main(int argc, char **argv) {
     const char *sock_path = getenv("GG_INFER_SOCKET");
     if (!sock_path || strlen(sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
         exec_real(kind, program, argv);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    strcpy(addr.sun_path, sock_path);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) exec_real(kind, program, argv);
-
     buffer req = {0};
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd)) exec_real(kind, program, argv);
@@ -185,17 +197,24 @@ int main(int argc, char **argv) {
     for (char **e = environ; *e; e++) envc++;
     put_num(&req, envc);
     for (char **e = environ; *e; e++) put_str(&req, *e);
-    for (size_t off = 0; off < req.len;) {
-        ssize_t n = write(fd, req.data + off, req.len - off);
-        if (n < 0) { if (errno == EINTR) continue; exec_real(kind, program, argv); }
-        off += (size_t)n;
-    }
-    shutdown(fd, SHUT_WR);
 
+    /* A server that accepted the request and closed without a reply had its worker end
+     * (gg-infer's warm model server, model_sub/warm_server.py); gg-infer then serves the
+     * socket itself, so the request is sent once more before the real tool runs. */
     char reply;
+    int fd = -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        fd = ask(sock_path, &req);
+        if (fd == -2) exec_real(kind, program, argv); /* no server at all */
+        if (fd < 0) continue;
+        ssize_t n;
+        do { n = read(fd, &reply, 1); } while (n < 0 && errno == EINTR);
+        if (n == 1) break;
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0 || reply == 'X') { if (fd >= 0) close(fd); exec_real(kind, program, argv); }
     ssize_t n;
-    do { n = read(fd, &reply, 1); } while (n < 0 && errno == EINTR);
-    if (n != 1 || reply == 'X') { close(fd); exec_real(kind, program, argv); }
     char line[32];
     size_t pos = 0;
     while (pos + 1 < sizeof line) {

@@ -1,11 +1,17 @@
 """Shared pytest set-up: the real local AWS stand-ins and a fresh store per test."""
 
+import os
+
 import pytest
 
 from ir.store import LocalStore
 from tests.forcing import ShellThunks
 
 pytest_plugins = ["tests.aws_fixtures"]
+
+# gg-infer's warm model server outlives a run by GG_INFER_SERVER_IDLE (default 10 min);
+# a test's store is thrown away, so its server need not wait that long
+os.environ.setdefault("GG_INFER_SERVER_IDLE", "15")
 
 CORPUS_REPORT = pytest.StashKey[list[str]]()
 
