@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from sys import intern
 
 from google.protobuf.message import DecodeError
 
@@ -394,8 +395,10 @@ def _lazy_thunk(msg: thunk_pb2.Thunk, data: bytes) -> Thunk | None:
         return None
     thunk = object.__new__(Thunk)
     fields = thunk.__dict__
-    fields["function_hash"] = function_hash
-    fields["outputs"] = outputs
+    # Interned: a graph has few functions and output tags, and a scheduler may hold a
+    # hundred thousand loaded thunks at once.
+    fields["function_hash"] = intern(function_hash)
+    fields["outputs"] = tuple(map(intern, outputs))
     fields["timeout_ms"] = present.get(_TIMEOUT, 0)
     fields["thunks"] = tuple(map(_input, thunks))
     fields["_data"] = data
