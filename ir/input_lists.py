@@ -36,18 +36,21 @@ _NAME = rf"(?=[^/\x00]){_NAME_PART}(?:/{_NAME_PART})*"
 
 _VALUE = rf"V{_ID_BODY}(?:={_NAME})?"
 _THUNK = rf"T{_ID_BODY}(?:#{_TAG})?(?:={_NAME})?"
-_VALUE_ID_RE = re.compile(rf"V{_ID_BODY}")
-_VALUES_RE = re.compile(rf"{_VALUE}(?:\x00{_VALUE})*")
-_THUNKS_RE = re.compile(rf"{_THUNK}(?:\x00{_THUNK})*")
+# (one entry, a NUL-joined list of entries): most lists have one entry, which needs
+# neither the join nor the separator count (no entry's grammar admits a NUL).
+_VALUES_RE = (re.compile(_VALUE), re.compile(rf"{_VALUE}(?:\x00{_VALUE})*"))
+_THUNKS_RE = (re.compile(_THUNK), re.compile(rf"{_THUNK}(?:\x00{_THUNK})*"))
+_TAGS_RE = (re.compile(_TAG), re.compile(rf"{_TAG}(?:\x00{_TAG})*"))
 _NAMES_RE = re.compile(r"(?:^|\x00)[^=\x00]*=([^\x00]*)")
-# One output tag list (validate_tag's grammar), for thunks with several outputs.
-_TAGS_RE = re.compile(rf"{_TAG}(?:\x00{_TAG})*")
 
 
-def _joined(texts: Sequence[str], pattern: re.Pattern[str]) -> str | None:
-    """The list joined with NUL if every entry matches ``pattern``, else None."""
+def _joined(texts: Sequence[str], patterns: tuple[re.Pattern[str], re.Pattern[str]]) -> str | None:
+    """The list joined with NUL if every entry matches, else None."""
+    if len(texts) == 1:
+        text = texts[0]
+        return text if patterns[0].fullmatch(text) is not None else None
     joined = _SEP.join(texts)
-    if pattern.fullmatch(joined) is None or joined.count(_SEP) != len(texts) - 1:
+    if patterns[1].fullmatch(joined) is None or joined.count(_SEP) != len(texts) - 1:
         return None
     return joined
 
@@ -57,11 +60,12 @@ def inputs_certainly_valid(
 ) -> bool:
     """True if the three encoded input lists pass every check of ``Thunk.validate`` on
     inputs: grammar and kind of each reference, safe names, no name given to two inputs,
-    and ``function_hash`` among the executables. False means "ask the slow path"."""
-    if not executables or not isinstance(function_hash, str) or _VALUE_ID_RE.fullmatch(function_hash) is None:
+    and ``function_hash`` among the executables (so it is a valid value ID too). False
+    means "ask the slow path"."""
+    if not executables:
         return False
     execs = _joined(executables, _VALUES_RE)
-    if execs is None:
+    if execs is None or not any(text.partition("=")[0] == function_hash for text in executables):
         return False
     parts = [execs]
     if values:
@@ -74,13 +78,12 @@ def inputs_certainly_valid(
         if joined is None:
             return False
         parts.append(joined)
-    everything = _SEP.join(parts)
+    everything = _SEP.join(parts) if len(parts) > 1 else execs
     if "=" in everything:
         names = _NAMES_RE.findall(everything)
         if len(set(names)) != len(names):
             return False  # maybe the same input twice (allowed), maybe a conflict: the slow path says
-    bounded = _SEP + execs + _SEP
-    return (_SEP + function_hash + _SEP) in bounded or (_SEP + function_hash + "=") in bounded
+    return True
 
 
 def tags_certainly_valid(outputs: Sequence[str]) -> bool:
