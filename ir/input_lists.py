@@ -41,7 +41,9 @@ _THUNK = rf"T{_ID_BODY}(?:#{_TAG})?(?:={_NAME})?"
 _VALUES_RE = (re.compile(_VALUE), re.compile(rf"{_VALUE}(?:\x00{_VALUE})*"))
 _THUNKS_RE = (re.compile(_THUNK), re.compile(rf"{_THUNK}(?:\x00{_THUNK})*"))
 _TAGS_RE = (re.compile(_TAG), re.compile(rf"{_TAG}(?:\x00{_TAG})*"))
-_NAMES_RE = re.compile(r"(?:^|\x00)[^=\x00]*=([^\x00]*)")
+# Every name of a NUL-joined list that matched the grammar above: no reference contains
+# "=", so a name is what follows an entry's first "=" (a literal prefix: a fast scan).
+_NAMES_RE = re.compile(r"=([^\x00]*)")
 
 
 def _joined(texts: Sequence[str], patterns: tuple[re.Pattern[str], re.Pattern[str]]) -> str | None:
