@@ -432,7 +432,7 @@ class _Decoded:
             return self
         fields = thunk.__dict__
         msg = thunk_pb2.Thunk()
-        msg.ParseFromString(memoryview(fields["_data"])[len(MAGIC) :])  # parsed once already: cannot fail
+        msg.ParseFromString(fields["_data"][len(MAGIC) :])  # parsed once already: cannot fail
         for name, decode in _DECODERS.items():
             fields.setdefault(name, decode(msg))  # a frozen dataclass: set like cached_property does
         fields.pop("_data", None)
@@ -474,7 +474,7 @@ def parse_thunk(data: bytes, where: str = "thunk", expected_id: str | None = Non
         _check_against_id(data, where, expected_id)
     msg = thunk_pb2.Thunk()
     try:
-        msg.ParseFromString(memoryview(data)[len(MAGIC) :])
+        msg.ParseFromString(data[len(MAGIC) :])
     except DecodeError:
         raise MalformedThunk(f"{where}: truncated or corrupt thunk encoding") from None
     thunk = _lazy_thunk(msg, data)
