@@ -431,8 +431,11 @@ class _Decoded:
         if thunk is None:
             return self
         fields = thunk.__dict__
+        data = fields.get("_data")
+        if data is None:  # another thread decoded them between the lookup and here
+            return fields[self.name]
         msg = thunk_pb2.Thunk()
-        msg.ParseFromString(fields["_data"][len(MAGIC) :])  # parsed once already: cannot fail
+        msg.ParseFromString(data[len(MAGIC) :])  # parsed once already: cannot fail
         for name, decode in _DECODERS.items():
             fields.setdefault(name, decode(msg))  # a frozen dataclass: set like cached_property does
         fields.pop("_data", None)

@@ -65,6 +65,8 @@ def test_loaded_thunk_decodes_the_rest_on_first_read():
     assert loaded.executables == (Input(SH, "sh"),)  # one read decodes every remaining field
     assert "_data" not in vars(loaded) and {"args", "envars", "values", "links", "resources"} <= set(vars(loaded))
     assert loaded.values == (Input(vid(77)), Input(vid(78), "z=1"))
+    # A second thread that looked the field up before the first finished decoding finds it done.
+    assert vars(Thunk)["values"].__get__(loaded, Thunk) is loaded.values
     assert loaded.resources == Resources() and not loaded.links
     assert loaded == thunk.canonical() and hash(loaded) == hash(thunk.canonical())
 
