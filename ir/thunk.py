@@ -135,7 +135,8 @@ class Thunk:
             self.canonical().validate()
         else:
             self._validate_numbers()  # the encoder would fail on these with a bare ValueError
-        encoded = MAGIC + self._message(values, thunks, executables).SerializeToString(deterministic=True)
+        msg = self._message(values, thunks, executables, sorted(set(self.links)))
+        encoded = MAGIC + msg.SerializeToString(deterministic=True)
         self.__dict__["_encoded"] = encoded
         return encoded
 
@@ -143,9 +144,15 @@ class Thunk:
     def id(self) -> str:
         return id_of_bytes(self.serialize(), Kind.THUNK)
 
-    def _message(self, values: list[str], thunks: list[str], executables: list[str]) -> thunk_pb2.Thunk:
-        """:meth:`to_proto` of :meth:`canonical` given its encoded input lists, without
-        building the canonical thunk."""
+    def to_proto(self) -> thunk_pb2.Thunk:
+        """The message of this thunk's lists as they are (:meth:`serialize` canonicalizes)."""
+        return self._message([str(i) for i in self.values], [str(i) for i in self.thunks],
+                             [str(i) for i in self.executables], self.links)
+
+    def _message(
+        self, values: list[str], thunks: list[str], executables: list[str], links: Iterable[Link]
+    ) -> thunk_pb2.Thunk:
+        """The message with these encoded input lists and links (the other fields as they are)."""
         msg = thunk_pb2.Thunk()
         function = msg.function
         function.hash = self.function_hash
@@ -156,31 +163,13 @@ class Thunk:
         msg.executables.extend(executables)
         msg.outputs.extend(self.outputs)
         msg.timeout = self.timeout_ms
-        for link in sorted(set(self.links)):
+        for link in links:
             msg.links.add(name=link.name, target=link.target)
         resources = self.resources
         if resources:
             msg.resources.memory_mib = resources.memory_mib
             msg.resources.cpus = resources.cpus
             msg.resources.disk_mib = resources.disk_mib
-        return msg
-
-    def to_proto(self) -> thunk_pb2.Thunk:
-        msg = thunk_pb2.Thunk()
-        msg.function.hash = self.function_hash
-        msg.function.args.extend(self.args)
-        msg.function.envars.extend(self.envars)
-        msg.values.extend(str(i) for i in self.values)
-        msg.thunks.extend(str(i) for i in self.thunks)
-        msg.executables.extend(str(i) for i in self.executables)
-        msg.outputs.extend(self.outputs)
-        msg.timeout = self.timeout_ms
-        for link in self.links:
-            msg.links.add(name=link.name, target=link.target)
-        if self.resources:
-            msg.resources.memory_mib = self.resources.memory_mib
-            msg.resources.cpus = self.resources.cpus
-            msg.resources.disk_mib = self.resources.disk_mib
         return msg
 
     @classmethod
