@@ -37,6 +37,9 @@ class Kind(StrEnum):
 
 # Algorithm letter -> (digest length in hex characters, hasher factory).
 ALGORITHMS = {"x": (32, xxhash.xxh3_128)}
+# Algorithm letter -> hex digest of a whole bytes object in one call (no hasher object:
+# a scheduler hashes every thunk it loads and every small record it writes).
+_ONE_SHOT = {"x": xxhash.xxh3_128_hexdigest}
 DEFAULT_ALGORITHM = "x"
 
 _ID_RE = re.compile(r"([VT])([a-z])([0-9a-f]+)_(0|[1-9a-f][0-9a-f]*)")
@@ -116,7 +119,9 @@ def _explain_malformed(text: str) -> NoReturn:
 
 
 def make_id(kind: Kind, digest: str, size: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    return f"{kind.value}{algorithm}{digest}_{size:x}"  # str(ObjectId(...)) without building one
+    # str(ObjectId(...)) without building one. A Kind is a str ("V"/"T"): concatenating
+    # it skips the enum's slow ``.value`` property.
+    return kind + algorithm + digest + "_" + format(size, "x")
 
 
 def new_hasher(algorithm: str = DEFAULT_ALGORITHM):
@@ -180,6 +185,4 @@ def id_of_blob(data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> str:
 
 
 def id_of_bytes(data: bytes, kind: Kind, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    hasher = new_hasher(algorithm)
-    hasher.update(data)
-    return make_id(kind, hasher.hexdigest(), len(data), algorithm)
+    return make_id(kind, _ONE_SHOT[algorithm](data), len(data), algorithm)

@@ -9,13 +9,15 @@ malformed thunk found deep inside a forced graph must be reported, not crash a r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from sys import intern
 
 from google.protobuf.message import DecodeError
 
 from . import thunk_pb2
 from .ids import MAGIC, InvalidId, Kind, Ref, id_of_bytes, parse_id, parse_ref, validate_tag
+from .input_lists import inputs_certainly_valid, tags_certainly_valid
 
 _UINT32 = 1 << 32
 _UINT64 = 1 << 64
@@ -109,38 +111,65 @@ class Thunk:
             args=tuple(self.args),
             outputs=tuple(self.outputs),
             envars=tuple(self.envars),
-            values=tuple(sorted(set(self.values))),
-            thunks=tuple(sorted(set(self.thunks))),
-            executables=tuple(sorted(set(self.executables))),
+            values=_canonical_inputs(self.values),
+            thunks=_canonical_inputs(self.thunks),
+            executables=_canonical_inputs(self.executables),
             links=tuple(sorted(set(self.links))),
         )
 
     def serialize(self) -> bytes:
-        """Validated, canonical thunk-file bytes (``MAGIC`` + protobuf)."""
-        thunk = self.canonical()
-        thunk.validate()
-        return MAGIC + thunk.to_proto().SerializeToString(deterministic=True)
+        """Validated, canonical thunk-file bytes (``MAGIC`` + protobuf).
+
+        Remembered on the instance (a thunk is immutable): the Lambda engine asks twice
+        per job, and ``id`` asks again. The message is checked by the same whole-list
+        checks as a loaded thunk; only a thunk they do not vouch for pays for
+        :meth:`validate`, which then names the problem.
+        """
+        encoded = self.__dict__.get("_encoded")
+        if encoded is not None:
+            return encoded
+        values, thunks, executables = (_encode_inputs(self.values), _encode_inputs(self.thunks),
+                                       _encode_inputs(self.executables))
+        if self.links or not _certainly_valid(self.function_hash, bool(self.args), self.envars, self.outputs,
+                                              values, thunks, executables):
+            self.canonical().validate()
+        else:
+            self._validate_numbers()  # the encoder would fail on these with a bare ValueError
+        msg = self._message(values, thunks, executables, sorted(set(self.links)))
+        encoded = MAGIC + msg.SerializeToString(deterministic=True)
+        self.__dict__["_encoded"] = encoded
+        return encoded
 
     @property
     def id(self) -> str:
         return id_of_bytes(self.serialize(), Kind.THUNK)
 
     def to_proto(self) -> thunk_pb2.Thunk:
+        """The message of this thunk's lists as they are (:meth:`serialize` canonicalizes)."""
+        return self._message([str(i) for i in self.values], [str(i) for i in self.thunks],
+                             [str(i) for i in self.executables], self.links)
+
+    def _message(
+        self, values: list[str], thunks: list[str], executables: list[str], links: Iterable[Link]
+    ) -> thunk_pb2.Thunk:
+        """The message with these encoded input lists and links (the other fields as they are)."""
         msg = thunk_pb2.Thunk()
-        msg.function.hash = self.function_hash
-        msg.function.args.extend(self.args)
-        msg.function.envars.extend(self.envars)
-        msg.values.extend(str(i) for i in self.values)
-        msg.thunks.extend(str(i) for i in self.thunks)
-        msg.executables.extend(str(i) for i in self.executables)
+        function = msg.function
+        function.hash = self.function_hash
+        function.args.extend(self.args)
+        function.envars.extend(self.envars)
+        msg.values.extend(values)
+        msg.thunks.extend(thunks)
+        msg.executables.extend(executables)
         msg.outputs.extend(self.outputs)
         msg.timeout = self.timeout_ms
-        for link in self.links:
+        for link in links:
             msg.links.add(name=link.name, target=link.target)
-        if self.resources:
-            msg.resources.memory_mib = self.resources.memory_mib
-            msg.resources.cpus = self.resources.cpus
-            msg.resources.disk_mib = self.resources.disk_mib
+        resources = self.resources
+        if resources:
+            msg.resources.memory_mib = resources.memory_mib
+            msg.resources.cpus = resources.cpus
+            msg.resources.disk_mib = resources.disk_mib
         return msg
 
     @classmethod
@@ -300,12 +329,134 @@ def _parse_inputs(field_name: str, texts: Iterable[str]) -> tuple[Input, ...]:
         raise MalformedThunk(f"{field_name}: {exc}") from None
 
 
+def _canonical_inputs(items: Iterable[Input]) -> tuple[Input, ...]:
+    """``tuple(sorted(set(items)))``, compared as (ref, name) tuples in C rather than by
+    the dataclass's generated methods (the same order and the same equality)."""
+    unique = {(item.ref, item.name): item for item in items}
+    return tuple(unique[key] for key in sorted(unique))
+
+
+def _encode_inputs(items: Iterable[Input]) -> list[str]:
+    """The canonical list of ``REF`` / ``REF=NAME`` strings for one input list."""
+    return [ref + "=" + name if name else ref for ref, name in sorted({(i.ref, i.name) for i in items})]
+
+
+def _input(text: str) -> Input:
+    """An already validated ``REF`` / ``REF=NAME`` string as an :class:`Input`."""
+    ref, _, name = text.partition("=")
+    return Input(ref, name)
+
+
+def _certainly_valid(
+    function_hash: str,
+    has_args: bool,
+    envars: Sequence[str],
+    outputs: Sequence[str],
+    values: Sequence[str],
+    thunks: Sequence[str],
+    executables: Sequence[str],
+) -> bool:
+    """True if a thunk without links made of these (encoded) lists passes every check
+    of :meth:`Thunk.validate` but the numeric ranges; False if only those checks can tell
+    (an unusual list, or a real problem, which they then name)."""
+    if not has_args or not tags_certainly_valid(outputs):
+        return False
+    for envar in envars:
+        if "=" not in envar or envar[0] == "=":
+            return False
+    return inputs_certainly_valid(function_hash, values, thunks, executables)
+
+
+def _lazy_thunk(msg: thunk_pb2.Thunk, data: bytes) -> Thunk | None:
+    """A :class:`Thunk` of file ``data`` (parsed as ``msg``) with the fields every user
+    reads decoded, if the whole-list checks vouch for it; None if the full checks must
+    run. Fields are read with one ``ListFields`` (each attribute read of a upb message
+    builds a wrapper object: about a microsecond per field)."""
+    present = {field.number: value for field, value in msg.ListFields()}
+    if _LINKS in present or _FUNCTION not in present:
+        return None
+    function = {field.number: value for field, value in present[_FUNCTION].ListFields()}
+    function_hash = function.get(_HASH, "")
+    outputs = tuple(present.get(_OUTPUTS, ()))
+    thunks = present.get(_THUNKS, ())
+    if not _certainly_valid(function_hash, _ARGS in function, function.get(_ENVARS, ()), outputs,
+                            present.get(_VALUES, ()), thunks, present.get(_EXECUTABLES, ())):
+        return None
+    thunk = object.__new__(Thunk)
+    fields = thunk.__dict__
+    # Interned: a graph has few functions and output tags, and a scheduler may hold a
+    # hundred thousand loaded thunks at once.
+    fields["function_hash"] = intern(function_hash)
+    fields["outputs"] = tuple(map(intern, outputs))
+    fields["timeout_ms"] = present.get(_TIMEOUT, 0)
+    fields["thunks"] = tuple(map(_input, thunks))
+    fields["_data"] = data
+    return thunk
+
+
+# Field numbers of gg.protobuf.Thunk and Function (ir/thunk.proto), for ListFields.
+_FUNCTION, _VALUES, _THUNKS, _EXECUTABLES, _OUTPUTS, _TIMEOUT, _LINKS = 1, 2, 3, 4, 5, 6, 7
+_HASH, _ARGS, _ENVARS = 1, 2, 3
+
+
+class _Decoded:
+    """A field of a thunk made by :func:`parse_thunk` that is decoded only when read.
+
+    Loading a thunk is most of what a scheduler does per node, and it reads only a few
+    fields of most thunks (outputs, dependencies, the function); those are decoded on
+    load. The file's bytes are kept instead of the rest (a fraction of the memory of a
+    decoded message or of the fields), and the first read of any other field decodes
+    them all into the instance. A non-data descriptor, so a thunk made by the
+    constructor (every field in its ``__dict__``) never reaches it, and
+    ``dataclasses.replace``, equality and hashing see plain fields either way.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, thunk: Thunk | None, owner: type | None = None) -> object:
+        if thunk is None:
+            return self
+        fields = thunk.__dict__
+        data = fields.get("_data")
+        if data is None:  # another thread decoded them between the lookup and here
+            return fields[self.name]
+        msg = thunk_pb2.Thunk()
+        msg.ParseFromString(data[len(MAGIC) :])  # parsed once already: cannot fail
+        for name, decode in _DECODERS.items():
+            fields.setdefault(name, decode(msg))  # a frozen dataclass: set like cached_property does
+        fields.pop("_data", None)
+        return fields[self.name]
+
+
+_NO_RESOURCES = Resources()
+_DECODERS: dict[str, Callable[[thunk_pb2.Thunk], object]] = {
+    "args": lambda msg: tuple(msg.function.args),
+    "envars": lambda msg: tuple(msg.function.envars),
+    "values": lambda msg: tuple(map(_input, msg.values)),
+    "executables": lambda msg: tuple(map(_input, msg.executables)),
+    "links": lambda msg: tuple(Link(link.name, link.target) for link in msg.links),
+    "resources": lambda msg: (
+        Resources(msg.resources.memory_mib, msg.resources.cpus, msg.resources.disk_mib)
+        if msg.HasField("resources") else _NO_RESOURCES
+    ),
+}
+for _name in _DECODERS:
+    setattr(Thunk, _name, _Decoded(_name))
+
+
 def parse_thunk(data: bytes, where: str = "thunk", expected_id: str | None = None) -> Thunk:
     """Parse thunk-file bytes; every problem becomes one :class:`MalformedThunk` line.
 
     A file cut exactly at a field boundary can still decode as a (different, valid
     looking) protobuf message, so pass ``expected_id`` whenever the thunk's ID is known
     (the store always does): its size and digest catch any truncation or corruption.
+
+    A thunk the whole-list checks vouch for is decoded lazily (see :class:`_Decoded`);
+    any other goes through :meth:`Thunk.from_proto` and :meth:`Thunk.validate`, which
+    accept it or say what is wrong.
     """
     if not data.startswith(MAGIC):
         if MAGIC.startswith(data):
@@ -318,6 +469,9 @@ def parse_thunk(data: bytes, where: str = "thunk", expected_id: str | None = Non
         msg.ParseFromString(data[len(MAGIC) :])
     except DecodeError:
         raise MalformedThunk(f"{where}: truncated or corrupt thunk encoding") from None
+    thunk = _lazy_thunk(msg, data)
+    if thunk is not None:
+        return thunk
     try:
         thunk = Thunk.from_proto(msg)
         thunk.validate()
