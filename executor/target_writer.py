@@ -123,7 +123,7 @@ class TargetWriter:
         seen = target.seen
         if seen is None:
             return self._write_by_rename(target, value_id)
-        head, name = os.path.split(str(target.path))
+        head, name = os.path.split(target.text)  # the path as given (Target.path is the same, as a Path)
         directory = self._directory(head or ".")
         exchange = self._exchange_call()
         if exchange is None or not directory.exchange_works:
