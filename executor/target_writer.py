@@ -100,7 +100,7 @@ class TargetWriter:
         self._directories: dict[str, _Directory] = {}
         self._pending: _Pending | None = None
         self._names = 0
-        self._buffer = bytearray(CHUNK)
+        self._buffer: bytearray | None = None  # for values of CHUNK bytes and more
         self.reused = 0  # spares that were a replaced placeholder (for tests and benches)
 
     def __enter__(self) -> TargetWriter:
@@ -186,7 +186,8 @@ class TargetWriter:
     def _directory(self, path: str) -> _Directory:
         directory = self._directories.get(path)
         if directory is None:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # O_PATH: a directory the user may write but not list still works.
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             directory = self._directories[path] = _Directory(fd)
         return directory
 
@@ -240,6 +241,8 @@ class TargetWriter:
         """Stream ``source`` into ``sink`` from offset 0 through one reused buffer,
         hashing it: (the ID of what was read, its size)."""
         hasher = new_hasher(algorithm)
+        if self._buffer is None:
+            self._buffer = bytearray(CHUNK)
         buffer, view = self._buffer, memoryview(self._buffer)
         head = b""
         size = 0
@@ -300,8 +303,13 @@ class TargetWriter:
         try:
             fd = os.open(spare.name, os.O_RDWR | flags, dir_fd=directory.fd)
         except PermissionError:  # a read-only placeholder: check it, never reuse it
-            fd = os.open(spare.name, os.O_RDONLY | flags, dir_fd=directory.fd)
             writable = False
+            try:
+                fd = os.open(spare.name, os.O_RDONLY | flags, dir_fd=directory.fd)
+            except OSError:
+                return None  # unreadable now: not provably the placeholder, so it goes back
+        except OSError:
+            return None
         try:
             st = os.fstat(fd)
             same = st.st_ino == seen.ino and os.pread(fd, len(seen.data) + 1, 0) == seen.data
