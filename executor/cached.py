@@ -12,7 +12,7 @@ only written after a verified run (``LocalStore.get_reduction`` returns None for
 other), a thunk's bare record is written after its tagged ones (a ``T#tag`` target
 also needs the bare ``T`` record, so the thunk's records were complete), and the value
 must be in the local store, where writing the target hashes it again on the way out
-(``targets.write_target``). (The scheduler, which loads the thunk, additionally wants
+(``TargetWriter.write`` in :mod:`executor.target_writer`). (The scheduler, which loads the thunk, additionally wants
 the record of every output before it counts a hit; a bare record without them only
 arises from a run killed while dropping records, and its value is checked here all
 the same.) Any

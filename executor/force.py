@@ -36,7 +36,8 @@ from .engines import ENGINES, EngineOptions, EngineRegistry
 from .observe import RunObserver
 from .progress import ProgressDisplay
 from .remote_results import RemoteResultsMode, SharedResults
-from .targets import Target, materialize, parse_target, thin_archive_placeholders, write_target
+from .target_writer import TargetWriter
+from .targets import Target, materialize, parse_target, thin_archive_placeholders
 from .trace import TraceWriter
 
 if TYPE_CHECKING:  # the scheduler path's types; imported where used (see the module docstring)
@@ -208,15 +209,15 @@ def _first_remote(engines: Sequence[Engine]):
     return next((e.remote for e in engines if e.remote is not None), None)
 
 
-async def _materialize_or_rebuild(store: LocalStore, scheduler: Scheduler, target: Target, value_id: str,
-                                  remote) -> tuple[bool, str]:
+async def _materialize_or_rebuild(store: LocalStore, writer: TargetWriter, scheduler: Scheduler, target: Target,
+                                  value_id: str, remote) -> tuple[bool, str]:
     """Write a target: (written, the value written). A value gone from every store is
     rebuilt by its producer first (a bucket's expiry rule makes that normal), as the
     scheduler does for inputs; if only a remote record vouched for it, the rebuilt
     value may be another one (the record was wrong), and that one is written."""
     local = store.has(value_id)
     try:
-        return await materialize(store, target, value_id, remote), value_id
+        return await materialize(store, writer, target, value_id, remote), value_id
     except (MissingBlob, CorruptBlob) as missing:
         # Corrupt in the remote store: as good as gone. (Corrupt locally: reported, and
         # the next run rebuilds it, as before.)
@@ -225,7 +226,7 @@ async def _materialize_or_rebuild(store: LocalStore, scheduler: Scheduler, targe
             raise
         if missing.ident == value_id:
             value_id = rebuilt
-    return await materialize(store, target, value_id, remote), value_id
+    return await materialize(store, writer, target, value_id, remote), value_id
 
 
 def _expand(texts: Sequence[str], options: ForceOptions) -> list[Target]:
@@ -266,10 +267,11 @@ def _force_cached(expanded: Sequence[Target], options: ForceOptions, store: Loca
     status = "failed"
     values: dict[str, str] = {}
     try:
-        for target in expanded:
-            if target.ref is not None:
-                written += write_target(store, target, found.values[target.ref])
-                values[target.text] = found.values[target.ref]
+        with TargetWriter(store) as writer:
+            for target in expanded:
+                if target.ref is not None:
+                    written += writer.write(target, found.values[target.ref])
+                    values[target.text] = found.values[target.ref]
         status = "ok"
     finally:
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status, executed=0,
@@ -322,6 +324,7 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
     theirs: set[Path] = set()  # ... and those already replaced when it came to them
     status = "failed"
     values: dict[str, str] = {}
+    writer = TargetWriter(store)
     try:
         try:
             results = await scheduler.force(refs)
@@ -329,11 +332,12 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
             # Targets that did reduce are still written: nothing done is thrown away.
             for target in expanded:
                 if target.ref in failed.results:
-                    await _materialize_or_rebuild(store, scheduler, target, failed.results[target.ref], remote)
+                    await _materialize_or_rebuild(store, writer, scheduler, target, failed.results[target.ref],
+                                                  remote)
             raise
         for target in expanded:
             if target.ref is not None:
-                wrote, results[target.ref] = await _materialize_or_rebuild(store, scheduler, target,
+                wrote, results[target.ref] = await _materialize_or_rebuild(store, writer, scheduler, target,
                                                                            results[target.ref], remote)
                 written += wrote
                 if target.path is not None:
@@ -341,6 +345,7 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
                 values[target.text] = results[target.ref]  # rebuilt: maybe not what a record claimed
         status = "ok"
     finally:
+        writer.close()
         fallback_lines = scheduler.fallback_summary()
         for line in fallback_lines:  # said even when quiet: the result came by another path
             print(f"{options.prog}: {line}", file=sys.stderr)

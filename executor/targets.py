@@ -7,7 +7,8 @@ that read them as data): that is an error, never "already real". A result replac
 its placeholder atomically, copied out of the store
 (the store's blob stays read-only and shared), with mode 0755 if the output was
 executable and 0644 otherwise, less the umask — and only if the file is still the
-same placeholder, so a concurrent build step that wrote the real file is not undone.
+same placeholder, so a concurrent build step that wrote the real file is not undone
+(how: :mod:`executor.target_writer`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ir.archives import is_thin_archive, thin_members
-from ir.atomic import atomic_write
 from ir.errors import UserError
-from ir.hashing import hash_stream
 from ir.ids import InvalidId, parse_ref
-from ir.placeholder import find_embedded_placeholder, read_placeholder
-from ir.store import CorruptBlob, LocalStore
+from ir.placeholder import Placeholder, find_embedded_placeholder, parse_placeholder, read_placeholder
+from ir.placeholder_format import MAX_PLACEHOLDER_SIZE
+from ir.store import LocalStore
 
-if TYPE_CHECKING:  # a type only: gg-force's cached fast path never opens a remote store
+if TYPE_CHECKING:  # types only: gg-force's cached fast path never opens a remote store
     from ir.storage import RemoteStorage
+
+    from .target_writer import TargetWriter
 
 
 class TargetError(UserError):
@@ -36,10 +38,50 @@ class TargetError(UserError):
 
 
 @dataclass(frozen=True)
+class Seen:
+    """The placeholder file as it was parsed: which inode, its bytes and times. Writing
+    the result replaces exactly this file or nothing (:mod:`executor.target_writer`)."""
+
+    dev: int
+    ino: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Target:
     text: str  # as the user gave it
     ref: str | None  # None: a real file, nothing to force
     path: Path | None = None  # the placeholder to replace
+    seen: Seen | None = None  # None: the writer reads the placeholder again (a symbolic link)
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def read_seen(path: str) -> tuple[Placeholder, Seen] | None:
+    """The placeholder at ``path`` and how it was seen, read with one ``open``; None
+    if ``path`` is not a regular file that is a placeholder (a symbolic link is not
+    followed: None, and callers use :func:`read_placeholder`)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PLACEHOLDER_SIZE:
+            return None
+        data = os.read(fd, MAX_PLACEHOLDER_SIZE + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    placeholder = parse_placeholder(data)
+    if placeholder is None:
+        return None
+    return placeholder, Seen(st.st_dev, st.st_ino, len(data), st.st_atime_ns, st.st_mtime_ns, data)
 
 
 def _stat_or_none(path: Path) -> os.stat_result | None:
@@ -56,6 +98,9 @@ def _stat_or_none(path: Path) -> os.stat_result | None:
 
 
 def parse_target(text: str) -> Target:
+    found = read_seen(text)
+    if found is not None:  # the usual case: one open, one read
+        return Target(text, found[0].ref, Path(text), found[1])
     path = Path(text)
     st = _stat_or_none(path)
     if st is not None:
@@ -89,19 +134,16 @@ def thin_archive_placeholders(target: Target) -> list[Target]:
         raise TargetError(f"{target.text}: unreadable thin archive: {exc}") from None
     out = []
     for member in members:
-        placeholder = read_placeholder(Path(member))
-        if placeholder is not None:
+        found = read_seen(member)
+        if found is not None:
+            out.append(Target(member, found[0].ref, Path(member), found[1]))
+        elif (placeholder := read_placeholder(Path(member))) is not None:  # a symbolic link to one
             out.append(Target(member, placeholder.ref, Path(member)))
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-async def materialize(store: LocalStore, target: Target, value_id: str, remote: RemoteStorage | None) -> bool:
+async def materialize(store: LocalStore, writer: TargetWriter, target: Target, value_id: str,
+                      remote: RemoteStorage | None) -> bool:
     """Bring the result into the local store and write it over the target's placeholder.
 
     Returns False when there was no placeholder to replace (an ID target, or a file
@@ -111,40 +153,4 @@ async def materialize(store: LocalStore, target: Target, value_id: str, remote: 
         if remote is None:
             raise TargetError(f"{target.text}: result {value_id} is not in the local store")
         await remote.download(store, value_id)
-    return write_target(store, target, value_id)
-
-
-def write_target(store: LocalStore, target: Target, value_id: str) -> bool:
-    """Write local value ``value_id`` over the target's placeholder (see :func:`materialize`).
-
-    The copy is hashed as it is made: a corrupt blob never becomes a user's file
-    (:class:`CorruptBlob`, and the blob is dropped so the next run rebuilds it).
-    """
-    if target.path is None:
-        return False
-    current = read_placeholder(target.path)
-    if current is None or current.ref != target.ref:
-        return False
-    placeholder_stat = os.stat(target.path)
-    blob = store.blob_path(value_id)
-    executable = os.access(blob, os.X_OK)
-    mode = (0o755 if executable else 0o644) & ~_umask()
-    # The real file keeps the placeholder's timestamps: make compared them when it
-    # wrote the placeholders, and forcing an object after the archive that contains
-    # it must not make the archive look out of date.
-    atomic_write(target.path, lambda handle: _copy_verified(store, value_id, handle), mode,
-                 times_ns=(placeholder_stat.st_atime_ns, placeholder_stat.st_mtime_ns))
-    return True
-
-
-def _copy_verified(store: LocalStore, value_id: str, sink) -> None:
-    """Copy a blob while re-hashing it: a corrupt blob never becomes a user's file.
-
-    The corrupt blob is dropped, so its reduction no longer counts as a hit and the
-    next run rebuilds it.
-    """
-    with open(store.blob_path(value_id), "rb") as source:
-        actual = hash_stream(source, sink=sink)
-    if actual != value_id:
-        store.remove_corrupt(value_id)
-        raise CorruptBlob(value_id, actual, f"{store.blobs} (removed; run again to rebuild it)")
+    return writer.write(target, value_id)

@@ -146,7 +146,7 @@ def test_sigterm_during_the_cached_path_is_an_interrupt(store, sh, tmp_path, mon
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr(force_module, "write_target", terminated)
+    monkeypatch.setattr(force_module.TargetWriter, "write", terminated)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         force_module.force([str(target)], store=store)

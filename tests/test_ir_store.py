@@ -56,7 +56,11 @@ def test_init_layout(store):
     assert LocalStore.init(store.root).root == store.root  # harmless if it exists
 
 
-def test_put_bytes(store):
+@pytest.mark.parametrize("anonymous_temps", [True, False], ids=["O_TMPFILE", "named temp"])
+def test_put_bytes(store, anonymous_temps):
+    """Both ways of writing a blob (a nameless temp file linked into place, or a named
+    temp where the file system has no O_TMPFILE) give the same blob and leave nothing."""
+    store._anonymous_temps = anonymous_temps
     ident = store.put_bytes(b"hello")
     assert ident == id_of_bytes(b"hello", Kind.VALUE)
     path = store.blob_path(ident)

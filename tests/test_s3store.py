@@ -28,6 +28,17 @@ def other(tmp_path) -> LocalStore:
     return LocalStore.init(tmp_path / "b" / ".gg")
 
 
+@pytest.fixture(params=["writes inline", "writes in a thread"])
+def write_path(request, monkeypatch) -> str:
+    """Downloads write on the event loop until one write is slow, then in a thread:
+    both paths keep every check (a negative threshold makes every write slow)."""
+    if request.param == "writes in a thread":
+        import ir.storage.s3 as s3_module
+
+        monkeypatch.setattr(s3_module, "SLOW_WRITE", -1.0)
+    return request.param
+
+
 def small_multipart(uri: str) -> S3Config:
     """Multipart from 6 MiB, so tests exercise it without huge files."""
     config = parse_s3_uri(uri)
@@ -80,7 +91,7 @@ async def test_roundtrip_empty_and_tiny(s3_uri, store, other, boto3_s3):
     assert await roundtrip(config, store, other, b"x", boto3_s3) == "identity"
 
 
-async def test_roundtrip_large_multipart(s3_uri, store, other, boto3_s3):
+async def test_roundtrip_large_multipart(s3_uri, store, other, boto3_s3, write_path):
     config = small_multipart(s3_uri)
     random_part = os.urandom(13 * MIB)
     assert await roundtrip(config, store, other, random_part, boto3_s3) == "identity"
@@ -109,7 +120,7 @@ async def test_corrupt_zstd_frames_are_detected(s3_uri, store, other, boto3_s3):
         await storage.close()
 
 
-async def test_oversized_objects_stop_early(s3_uri, store, other, boto3_s3):
+async def test_oversized_objects_stop_early(s3_uri, store, other, boto3_s3, write_path):
     """An object (plain, or a zstd frame that expands) longer than its ID says is not
     read to the end: corrupt, nothing cached, no temp file left."""
     import zstandard
