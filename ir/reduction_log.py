@@ -197,8 +197,15 @@ class ReductionLog:
             view = memoryview(data)
             while view:  # a short write only on a full disk; the rest then follows as garbage lines
                 view = view[os.write(fd, view):]
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was just written
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+        if self._read_key == self._append_key and self._offset == self._seen_size == end - len(data):
+            # Nothing else was appended since the index's end: index these records
+            # directly instead of reading them back (the next lookup would, per thunk).
+            self._index.update(records)
+            self._lines += len(records)
+            self._offset = self._seen_size = end
         if not self._compaction_considered:
             self._compaction_considered = True
             self._compact_if_worthwhile()

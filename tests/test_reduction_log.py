@@ -104,6 +104,11 @@ def test_a_reader_sees_a_peers_records_written_after_it_loaded(store):
     assert store.get_reduction(thunk_id(1)) == value_id(10)
     peer(store, f"store.forget_reduction({thunk_id(1)!r})")
     assert store.get_reduction(thunk_id(1)) is None  # a hit earlier is no reason to miss a peer's tombstone
+    store.put_reductions(group(2, 20))  # indexed directly: nothing else was appended meanwhile
+    peer(store, f"store.put_reductions({group(3, 30)!r})")
+    store.put_reductions(group(4, 40))  # not indexed directly: the peer's records come first
+    assert store.reduction_records() == {**dict(group(1, 10)[:2]), **dict(group(2, 20)), **dict(group(3, 30)),
+                                         **dict(group(4, 40))}
 
 
 def test_compaction_keeps_live_records_and_readers_follow_the_new_log(store):
