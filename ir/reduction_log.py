@@ -44,6 +44,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,24 @@ def decode_line(line: bytes) -> tuple[str, str | None] | None:
     return ref, None
 
 
+class _Descriptors:
+    """The open descriptors of a :class:`ReductionLog` (apart from it, so a finalizer
+    can close them without keeping the log alive)."""
+
+    __slots__ = ("read", "append", "lock")
+
+    def __init__(self) -> None:
+        self.read: int | None = None
+        self.append: int | None = None
+        self.lock: int | None = None
+
+    def close(self) -> None:
+        for fd in (self.read, self.append, self.lock):
+            if fd is not None:
+                os.close(fd)
+        self.read = self.append = self.lock = None
+
+
 class ReductionLog:
     """The reduction records of one local store (see the module docstring).
 
@@ -99,13 +118,15 @@ class ReductionLog:
         self.legacy_dir = legacy_dir
         self._index: dict[str, str | None] = {}
         self._lines = 0  # valid lines applied to the index since it was (re)loaded
-        self._read_fd: int | None = None
         self._read_key: tuple[int, int] | None = None  # (dev, inode) of the file read
         self._offset = 0  # the index covers the log up to here (a line boundary)
         self._seen_size = -1  # the log's size at the last catch-up
-        self._append_fd: int | None = None
         self._append_key: tuple[int, int] | None = None
-        self._lock_fd: int | None = None
+        # Descriptors of the log (read, append) and the lock file, kept open for the
+        # hot path; closed when this object goes (a test or a long-lived process may
+        # make many store objects) or by close().
+        self._fds = _Descriptors()
+        weakref.finalize(self, self._fds.close)
         self._migrated = False
         self._compaction_considered = False
         self._temp_serial = 0
@@ -145,19 +166,19 @@ class ReductionLog:
         self._catch_up()
 
     def _reset(self, fd: int | None, key: tuple[int, int] | None) -> None:
-        if self._read_fd is not None:
-            os.close(self._read_fd)
-        self._read_fd, self._read_key = fd, key
+        if self._fds.read is not None:
+            os.close(self._fds.read)
+        self._fds.read, self._read_key = fd, key
         self._index = {}
         self._lines = 0
         self._offset = 0
         self._seen_size = -1
 
     def _catch_up(self) -> None:
-        assert self._read_fd is not None
+        assert self._fds.read is not None
         chunks = []
         offset = self._offset
-        while chunk := os.pread(self._read_fd, _READ, offset):
+        while chunk := os.pread(self._fds.read, _READ, offset):
             chunks.append(chunk)
             offset += len(chunk)
         self._seen_size = offset
@@ -211,9 +232,9 @@ class ReductionLog:
             self._compact_if_worthwhile()
 
     def _lock(self) -> int:
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        return self._lock_fd
+        if self._fds.lock is None:
+            self._fds.lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return self._fds.lock
 
     def _current_append_fd(self) -> int:
         """The append descriptor of the log's current inode (under a shared or exclusive lock)."""
@@ -222,14 +243,14 @@ class ReductionLog:
             current: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             current = None
-        if self._append_fd is None or current != self._append_key:
-            if self._append_fd is not None:
-                os.close(self._append_fd)
-                self._append_fd = None
+        if self._fds.append is None or current != self._append_key:
+            if self._fds.append is not None:
+                os.close(self._fds.append)
+                self._fds.append = None
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             opened = os.fstat(fd)
-            self._append_fd, self._append_key = fd, (opened.st_dev, opened.st_ino)
-        return self._append_fd
+            self._fds.append, self._append_key = fd, (opened.st_dev, opened.st_ino)
+        return self._fds.append
 
     # -- compaction ------------------------------------------------------------------
 
@@ -258,7 +279,7 @@ class ReductionLog:
         try:
             self._reset(None, None)
             self.refresh()  # the whole log, read while no one can append
-            if self._read_fd is None:
+            if self._fds.read is None:
                 return
             data = b"".join(encode_line(ref, result) for ref, result in self._index.items() if result is not None)
             temp = self._fresh_temp()
@@ -311,10 +332,7 @@ class ReductionLog:
 
     def close(self) -> None:
         """Close the log's descriptors (they are also closed with the process)."""
-        for fd in (self._read_fd, self._append_fd, self._lock_fd):
-            if fd is not None:
-                os.close(fd)
-        self._read_fd = self._append_fd = self._lock_fd = None
+        self._fds.close()
         self._read_key = self._append_key = None
         self._seen_size = -1
 

@@ -269,3 +269,17 @@ def test_kill_9_of_a_writer_leaves_only_valid_lines(store):
         assert LocalStore(store.root).get_reduction(thunk_id(10_000 + attempt)) == value_id(attempt)
         after = check_log(store.reduction_log.path)  # a torn tail became one ignored line of its own
         assert after.invalid == invalid_before + (check.tail > 0) and after.tail == 0
+
+
+def test_a_dropped_store_object_closes_its_descriptors(store):
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    store.put_reductions(group(1, 10))
+    before = open_fds()
+    for n in range(50):
+        other = LocalStore(store.root)
+        other.put_reductions(group(n, n))
+        assert other.get_reduction(thunk_id(1)) is not None
+    del other
+    assert open_fds() <= before
