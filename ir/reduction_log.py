@@ -150,7 +150,8 @@ class ReductionLog:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._reset(None, None)
+            if self._read_key is not None or self._index:
+                self._reset(None, None)
             return
         key = (st.st_dev, st.st_ino)
         if key == self._read_key and st.st_size == self._seen_size:

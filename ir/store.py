@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
-from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref
+from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref, validate_tag
 from .reduction_log import VERIFIED_MARK, ReductionLog
 from .store_root import locate_root
 
@@ -79,6 +79,26 @@ def decode_reduction(data: bytes) -> str | None:
     except InvalidId:
         return None
     return fields[0]
+
+
+def _check_ref(ref: str) -> bool:
+    """Check ``ID`` or ``THUNK#tag`` like ``parse_ref`` (InvalidId); True for a thunk's.
+
+    Not ``parse_ref`` itself: a record's ref is a fresh string per thunk (``T#tag``),
+    which would miss its cache and fill it; the ID and the tag alone are cache hits.
+    """
+    ident, sep, tag = ref.partition("#")
+    is_thunk = parse_id(ident).is_thunk
+    if sep:
+        if not is_thunk:
+            raise InvalidId(f"reference {ref!r} puts an output tag on a value ID")
+        validate_tag(tag)
+    return is_thunk
+
+
+def _check_thunk_ref(ref: str) -> None:
+    if not _check_ref(ref):
+        raise InvalidId(f"only thunks reduce; {ref} is a value")
 
 
 class StoreError(Exception):
@@ -546,13 +566,12 @@ class LocalStore:
         :data:`VERIFIED_MARK` was written before inputs were verified on use; it may have
         been computed from a corrupt blob, so it is not trusted (the thunk runs again, once).
         """
-        if not parse_ref(ref).is_thunk:
-            raise InvalidId(f"only thunks reduce; {ref} is a value")
+        _check_thunk_ref(ref)
         result = self.reduction_log.get(ref)
         if result is None:
             return None
         try:
-            parse_ref(result)
+            _check_ref(result)
         except InvalidId:
             return None
         return result
@@ -567,9 +586,8 @@ class LocalStore:
         nothing) if a ref is not a thunk's or a result does not parse.
         """
         for ref, result in records:
-            if not parse_ref(ref).is_thunk:
-                raise InvalidId(f"only thunks reduce; {ref} is a value")
-            parse_ref(result)
+            _check_thunk_ref(ref)
+            _check_ref(result)
         self.reduction_log.append(records)
 
     def put_reduction(self, ref: str, result: str) -> None:
@@ -578,8 +596,7 @@ class LocalStore:
 
     def forget_reduction(self, ref: str) -> None:
         """Drop the record for ``ref`` (its result was lost), so it is reduced again."""
-        if not parse_ref(ref).is_thunk:
-            raise InvalidId(f"only thunks reduce; {ref} is a value")
+        _check_thunk_ref(ref)
         self.reduction_log.append(((ref, None),))
 
     def reduction_records(self) -> dict[str, str]:
