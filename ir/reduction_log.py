@@ -36,7 +36,8 @@ Guarantees, the same as a file per record had:
   so a lookup sees every record written before it started, a peer's included.
 
 Stores from before the log kept ``.gg/reductions/<ref>`` files; they are imported once
-(trusted records only, never over a ref the log already has) and the directory removed.
+(trusted records only, never over a ref the log already has a line for) and the
+directory removed.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ class _Descriptors:
 
 class ReductionLog:
     """The reduction records of one local store (see the module docstring).
+
+    One thread at a time per object (the scheduler's event loop); processes, and other
+    objects on the same log, may write concurrently.
 
     ``path`` is the log, ``lock_path`` the file whose ``flock`` orders appends against
     compaction, ``tmp_dir`` where a compaction writes the new log, ``legacy_dir`` the
@@ -256,16 +260,18 @@ class ReductionLog:
     # -- compaction ------------------------------------------------------------------
 
     def _compact_if_worthwhile(self) -> None:
+        """Compact a log of at least :data:`COMPACT_MIN_BYTES` whose lines are mostly
+        superseded. A compaction that fails (a full disk, say) is skipped: the records
+        were appended, and the log stays valid, only longer."""
         try:
-            size = os.stat(self.path).st_size
-        except FileNotFoundError:
+            if os.stat(self.path).st_size < COMPACT_MIN_BYTES:
+                return
+            self.refresh()
+            live = sum(1 for result in self._index.values() if result is not None)
+            if 2 * live < self._lines:
+                self.compact()
+        except OSError:
             return
-        if size < COMPACT_MIN_BYTES:
-            return
-        self.refresh()
-        live = sum(1 for result in self._index.values() if result is not None)
-        if 2 * live < self._lines:
-            self.compact()
 
     def compact(self) -> None:
         """Rewrite the log with only its live trusted records (exclusive lock held).
@@ -283,6 +289,7 @@ class ReductionLog:
             if self._fds.read is None:
                 return
             data = b"".join(encode_line(ref, result) for ref, result in self._index.items() if result is not None)
+            os.makedirs(self.tmp_dir, exist_ok=True)
             temp = self._fresh_temp()
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -320,7 +327,7 @@ class ReductionLog:
                 return
             self.refresh()
             found = [(ref, result) for ref, result in legacy_records(self.legacy_dir)
-                     if self._index.get(ref) is None]
+                     if ref not in self._index]  # the log's record or tombstone is newer
             if found:
                 data = b"\n" + b"".join(encode_line(ref, result) for ref, result in found)
                 fd = self._current_append_fd()
