@@ -160,7 +160,7 @@ class ReductionLog:
         key = (st.st_dev, st.st_ino)
         if key == self._read_key and st.st_size == self._seen_size:
             return
-        if key != self._read_key:
+        if key != self._read_key or st.st_size < self._seen_size:  # replaced (compacted), or truncated
             try:
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:

@@ -283,3 +283,12 @@ def test_a_dropped_store_object_closes_its_descriptors(store):
         assert other.get_reduction(thunk_id(1)) is not None
     del other
     assert open_fds() <= before
+
+
+def test_a_truncated_log_is_read_again(store):
+    store.put_reductions(group(1, 10))
+    assert store.get_reduction(thunk_id(1)) == value_id(10)
+    os.truncate(store.reduction_log.path, 0)  # someone emptied it in place (same inode)
+    assert store.get_reduction(thunk_id(1)) is None
+    store.put_reductions(group(2, 20))
+    assert store.reduction_records() == dict(group(2, 20))
