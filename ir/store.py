@@ -7,6 +7,7 @@ Layout::
                                 per line, ``REF`` being ``THUNK`` (its first output) or
                                 ``THUNK#tag`` (see ir.reduction_log)
     .gg/reductions.lock         orders appends against the log's compaction (flock)
+    .gg/thunk-locks             one byte per running thunk, locked by its forcer (ir.thunk_lock)
     .gg/hash_cache/             see ir.hashing.HashCache
     .gg/tmp/                    temp files, renamed into place when complete
 
