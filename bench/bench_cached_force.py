@@ -3,7 +3,7 @@
 Issue 13's target: all 10,000 targets cached, fresh ``gg-force`` process, ≤ 0.5 s. The
 store holds ``--targets`` trivial leaf thunks (``sh -c 'printf %s "$1" > out'``), each
 with its value and reduction records (``T#out``, then ``T``), written with
-``LocalStore.put_reduction`` as a run writes them (``--execute`` runs the thunks
+``LocalStore.put_reductions`` as a run writes them (``--execute`` runs the thunks
 with gg-force instead, which takes minutes). Rows, interleaved and repeated
 (``--rounds``), medians of wall and CPU (user + system) time, with the load average
 (on a shared machine the CPU column is the steadier one):
@@ -14,6 +14,9 @@ with gg-force instead, which takes minutes). Rows, interleaved and repeated
 * ``gg-force`` on placeholders (each replaced by its value, hashed on the way);
 * with ``--source DIR``, the same two rows from another checkout (``python -m
   executor.force_cli`` with ``PYTHONPATH=DIR``), e.g. the commit before the fast path.
+  Each source gets its own copy of the store that also has the records as the files of
+  stores from before the reduction log (``.gg/reductions/<ref>``), which older
+  checkouts read (a newer one imports them into its log on its first run).
 
 The placeholders are rewritten before every timed run (untimed). A benchmark, not a
 test: it asserts nothing about speed.
@@ -37,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ir.placeholder import write_placeholder  # noqa: E402
-from ir.store import LocalStore  # noqa: E402
+from ir.store import LocalStore, encode_reduction, reduction_name  # noqa: E402
 from ir.thunk import Input, Thunk  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -56,10 +59,19 @@ def make_store(work: Path, count: int, execute: bool, env: dict[str, str]) -> tu
     else:
         values = [store.put_bytes(f"value {i}\n".encode()) for i in range(count)]
         for thunk, value in zip(thunks, values, strict=True):  # as the scheduler records a run
-            store.put_reduction(f"{thunk}#out", value)
-            store.put_reduction(thunk, value)
+            store.put_reductions([(f"{thunk}#out", value), (thunk, value)])
     assert all(values)
     return thunks, [v for v in values if v]
+
+
+def store_for_older_checkouts(store: LocalStore, where: Path) -> Path:
+    """A copy of ``store`` whose records are also files, the layout before the reduction log."""
+    shutil.copytree(store.root, where)
+    legacy = where / "reductions"
+    legacy.mkdir(exist_ok=True)
+    for ref, result in store.reduction_records().items():
+        (legacy / reduction_name(ref)).write_bytes(encode_reduction(result))
+    return where
 
 
 def reset_placeholders(directory: Path, thunks: list[str]) -> list[str]:
@@ -101,9 +113,10 @@ def main() -> int:
         blobs = [str(store.blob_path(v)) for v in values]
         targets = work / "targets"
         forcers = {"gg-force": ([str(VENV_BIN / "gg-force")], env)}
-        for source in args.source:
+        for number, source in enumerate(args.source):
+            gg_dir = store_for_older_checkouts(store, work / f"gg-source-{number}")
             forcers[f"{source}"] = ([sys.executable, "-m", "executor.force_cli"],
-                                    {**env, "PYTHONPATH": str(source.resolve())})
+                                    {**env, "GG_DIR": str(gg_dir), "PYTHONPATH": str(source.resolve())})
         rows: dict[str, list[tuple[float, float]]] = {"python -c pass": [], f"cp of the {len(values)} values": []}
         for name in forcers:
             rows[f"{name}: IDs (--print)"] = []

@@ -14,7 +14,6 @@ Run: .venv/bin/python bench/bench_verify.py [ROUNDS]
 from __future__ import annotations
 
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from executor.force import force  # noqa: E402
+from ir.atomic import unlink_quietly  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
 from tests.test_infer_support import VENV_BIN, extract_lua54, tool_env  # noqa: E402
 
@@ -68,8 +68,7 @@ def _trusted(store: LocalStore, ident: str) -> bool:
 def force_once(root: Path, targets: list[str]) -> tuple[float, float, int]:
     """Force ``targets`` in ``root`` from an empty reduction cache; (wall s, CPU s, thunks run)."""
     store = LocalStore.locate(root)
-    shutil.rmtree(store.reductions)
-    store.reductions.mkdir()
+    unlink_quietly(store.reduction_log.path)
     before = _cpu()
     started = time.perf_counter()
     summary = force([str(root / t) for t in targets], ("local",), store=store, jobs=2, quiet=True)

@@ -4,11 +4,12 @@ the local store's reduction records, without loading a thunk.
 Why: after a no-op build (``make`` that changed nothing, then ``gg-force`` on every
 target), the scheduler path costs far more than the answer: it imports asyncio, the
 engines and protobuf, opens the engines, parses every target thunk and runs a task per
-node — seconds for 10,000 targets. The answer needs only, per target: its reference, the
-reduction record (one small file) and the value's presence in the store.
+node — seconds for 10,000 targets. The answer needs only, per target: its reference, its
+reduction records (all of them read at once from the log, ``LocalStore.reduction_records``)
+and the value's presence in the store.
 
 Sound because every record it follows is a claim the scheduler trusts too: a record is
-only written after a verified run (``LocalStore.get_reduction`` returns None for any
+only written after a verified run (``LocalStore.reduction_records`` leaves out any
 other), a thunk's bare record is written after its tagged ones (a ``T#tag`` target
 also needs the bare ``T`` record, so the thunk's records were complete), and the value
 must be in the local store, where writing the target hashes it again on the way out
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ir.ids import InvalidId
+from ir.ids import InvalidId, parse_ref
 from ir.store import LocalStore, StoreError
 
 
@@ -46,8 +47,9 @@ def resolve_cached(store: LocalStore, refs: Iterable[str]) -> CachedResults | No
     found = CachedResults()
     seen: set[str] = set()
     try:
+        records = store.reduction_records()
         for ref in refs:
-            value = _resolve(store, ref, found, seen)
+            value = _resolve(store, records, ref, found, seen)
             if value is None:
                 return None
             found.values[ref] = value
@@ -56,7 +58,8 @@ def resolve_cached(store: LocalStore, refs: Iterable[str]) -> CachedResults | No
     return found
 
 
-def _resolve(store: LocalStore, ref: str, found: CachedResults, seen: set[str]) -> str | None:
+def _resolve(store: LocalStore, records: dict[str, str], ref: str, found: CachedResults,
+             seen: set[str]) -> str | None:
     """Follow ``ref``'s records (tail calls included) to a value that is in the store."""
     chain: set[str] = set()
     while ref[:1] == "T":
@@ -64,12 +67,13 @@ def _resolve(store: LocalStore, ref: str, found: CachedResults, seen: set[str]) 
             return None  # a tail-call cycle: the scheduler path reports it
         chain.add(ref)
         thunk_id, _, tag = ref.partition("#")
-        first = store.get_reduction(thunk_id)  # written last of the thunk's records
+        first = records.get(thunk_id)  # written last of the thunk's records
         if first is None:
             return None
-        result = store.get_reduction(ref) if tag else first
+        result = records.get(ref) if tag else first
         if result is None:
             return None
+        parse_ref(result)  # as written in the log: checked here (InvalidId: the scheduler path)
         if thunk_id not in seen:
             seen.add(thunk_id)
             found.nodes += 1

@@ -4,7 +4,7 @@ Two forcers that reach the same thunk at the same time (two ``gg-force`` on one 
 store, or ten CI runners on one bucket) should run it once between them. Before the
 scheduler dispatches a thunk it asks :meth:`InFlight.claim`:
 
-* the **local lock** (:mod:`ir.thunk_lock`, a ``flock`` in ``.gg/locks``) merges forcers
+* the **local lock** (:mod:`ir.thunk_lock`, a byte of ``.gg/thunk-locks``) merges forcers
   that share a ``.gg`` store; the kernel drops it when its holder dies, so a local
   takeover is immediate;
 * the **remote lease** (:mod:`ir.storage.lease`, ``leases/<THUNK>`` in the store) merges

@@ -798,10 +798,9 @@ class Scheduler:
         return usable
 
     def _record(self, thunk_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
-        for tag in thunk.outputs:
-            self.store.put_reduction(f"{thunk_id}#{tag}", outputs[tag])
-        # The bare ID last: its presence is what _local() checks first.
-        self.store.put_reduction(thunk_id, outputs[FIRST])
+        # One append; the bare ID last: its presence is what _local() checks first.
+        self.store.put_reductions([*((f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs),
+                                   (thunk_id, outputs[FIRST])])
 
     async def _follow_tail_calls(
         self, thunk_id: str, outputs: dict[str, str], chain: tuple[str, ...]

@@ -3,16 +3,20 @@
 Layout::
 
     .gg/blobs/<ID>              content, read-only (0444, or 0555 if executable)
-    .gg/reductions/<THUNK>      "ID verified-inputs": what the thunk's first output reduced to
-    .gg/reductions/<THUNK>#tag  the same for a named output ('/' in a tag written as %2F)
+    .gg/reductions.log          reduction records, appended: ``REF RESULT verified-inputs CRC``
+                                per line, ``REF`` being ``THUNK`` (its first output) or
+                                ``THUNK#tag`` (see ir.reduction_log)
+    .gg/reductions.lock         orders appends against the log's compaction (flock)
+    .gg/thunk-locks             one byte per running thunk, locked by its forcer (ir.thunk_lock)
     .gg/hash_cache/             see ir.hashing.HashCache
     .gg/tmp/                    temp files, renamed into place when complete
 
-Every write is a temp file in the store plus a rename (a hard link for blobs, so the
-first complete copy wins and its mode is never replaced by a racing writer's), so two
-processes writing the same store, or a process killed mid-write, never leave a partial
-blob or reduction. A reduction's result is an ID or, for a tail call that hands a named
-output on, ``THUNK'#tag``.
+Every blob write is a temp file in the store plus a hard link (so the first complete
+copy wins and its mode is never replaced by a racing writer's), and every reduction
+write one checksummed append, so two processes writing the same store, or a process
+killed mid-write, never leave a partial blob or a reduction that is read. A
+reduction's result is an ID or, for a tail call that hands a named output on,
+``THUNK'#tag``.
 Blobs are named by the hash of their content and checked on the way in; a blob can be
 re-verified against its ID on the way out, and is before every use
 (:meth:`LocalStore.verify_for_use`): a blob is a file any process of the same user
@@ -27,30 +31,29 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
-from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref
+from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref, validate_tag
+from .reduction_log import VERIFIED_MARK, ReductionLog
 from .store_root import locate_root
 
 if TYPE_CHECKING:  # imported where used: the thunk format pulls in protobuf, which gg-infer's start does not need
     from .thunk import Thunk
 
-# Second field of a reduction record: the inputs of the run it records were verified
-# against their IDs before and after it (records from before verify-on-use lack it).
-VERIFIED_MARK = "verified-inputs"
+# The record directory of stores from before the reduction log (imported once).
+LEGACY_REDUCTIONS = "reductions"
 VALUE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
-_RECORD_READ = 4096  # bytes asked per read of a reduction record (one line)
 
 
 def reduction_name(ref: str) -> str:
-    """The file (or object) name of the reduction record of ``ref``: ``THUNK`` or
-    ``THUNK#tag`` with '/' in the tag written as %2F. The local store and every remote
-    store's ``reductions/`` namespace use the same names."""
+    """The object name of the reduction record of ``ref`` in a remote store's
+    ``reductions/`` namespace: ``THUNK`` or ``THUNK#tag`` with '/' in the tag written as
+    %2F (older local stores used the same names for their record files)."""
     parsed = parse_ref(ref)
     if not parsed.is_thunk:
         raise InvalidId(f"only thunks reduce; {ref} is a value")
@@ -77,6 +80,26 @@ def decode_reduction(data: bytes) -> str | None:
     except InvalidId:
         return None
     return fields[0]
+
+
+def _check_ref(ref: str) -> bool:
+    """Check ``ID`` or ``THUNK#tag`` like ``parse_ref`` (InvalidId); True for a thunk's.
+
+    Not ``parse_ref`` itself: a record's ref is a fresh string per thunk (``T#tag``),
+    which would miss its cache and fill it; the ID and the tag alone are cache hits.
+    """
+    ident, sep, tag = ref.partition("#")
+    is_thunk = parse_id(ident).is_thunk
+    if sep:
+        if not is_thunk:
+            raise InvalidId(f"reference {ref!r} puts an output tag on a value ID")
+        validate_tag(tag)
+    return is_thunk
+
+
+def _check_thunk_ref(ref: str) -> None:
+    if not _check_ref(ref):
+        raise InvalidId(f"only thunks reduce; {ref} is a value")
 
 
 class StoreError(Exception):
@@ -186,14 +209,14 @@ class LocalStore:
     def __init__(self, root: Path):
         self.root = Path(root).absolute()
         self.blobs = self.root / "blobs"
-        self.reductions = self.root / "reductions"
+        self.reduction_log = ReductionLog(f"{self.root}/reductions.log", f"{self.root}/reductions.lock",
+                                          f"{self.root}/tmp", f"{self.root}/{LEGACY_REDUCTIONS}")
         self.tmp = self.root / "tmp"
         self.hash_cache = HashCache(self.root / "hash_cache")
         self.verified = VerifiedBlobs()
         # The same directories as plain strings with a trailing '/': the hot paths (has,
-        # read, reductions) build file names by concatenation, not Path objects.
+        # read) build file names by concatenation, not Path objects.
         self._blob_dir = f"{self.blobs}/"
-        self._reduction_dir = f"{self.reductions}/"
         self._temp_names = itertools.count()
         self._tmp_dir = str(self.tmp)
         self._anonymous_temps = hasattr(os, "O_TMPFILE")  # until the file system says otherwise
@@ -203,7 +226,7 @@ class LocalStore:
     @classmethod
     def init(cls, root: Path) -> LocalStore:
         store = cls(root)
-        for directory in (store.root, store.blobs, store.reductions, store.tmp, store.hash_cache.directory):
+        for directory in (store.root, store.blobs, store.tmp, store.hash_cache.directory):
             directory.mkdir(parents=True, exist_ok=True)
         return store
 
@@ -601,51 +624,52 @@ class LocalStore:
 
     # -- reductions -----------------------------------------------------------------
 
-    def _reduction_path(self, ref: str) -> Path:
-        return self.reductions / reduction_name(ref)
-
     def get_reduction(self, ref: str) -> str | None:
         """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None.
 
-        A record without :data:`VERIFIED_MARK` was written before inputs were verified on
-        use; it may have been computed from a corrupt blob, so it is not trusted (the
-        thunk runs again, once).
+        Sees every record written before the call, by any process (the log is caught up
+        first: one ``stat``, and a read of what was appended since). A record without
+        :data:`VERIFIED_MARK` was written before inputs were verified on use; it may have
+        been computed from a corrupt blob, so it is not trusted (the thunk runs again, once).
         """
-        # os.open/os.read, no file object: a cold build asks this once or more per node.
-        try:
-            fd = os.open(self._reduction_dir + reduction_name(ref), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        _check_thunk_ref(ref)
+        result = self.reduction_log.get(ref)
+        if result is None:
             return None
         try:
-            data = chunk = os.read(fd, _RECORD_READ)
-            while len(chunk) == _RECORD_READ:  # a record is one short line; read on if not
-                chunk = os.read(fd, _RECORD_READ)
-                data += chunk
-        finally:
-            os.close(fd)
-        return decode_reduction(data)
+            _check_ref(result)
+        except InvalidId:
+            return None
+        return result
 
-    def put_reduction(self, ref: str, result: str) -> None:
-        """Record that ``ref`` reduced to ``result`` (a value, a thunk, or ``THUNK#tag``).
+    def put_reductions(self, records: Sequence[tuple[str, str]]) -> None:
+        """Record that each ``ref`` reduced to its ``result`` (a value, a thunk, or
+        ``THUNK#tag``), all in one append: a thunk's records go together, the bare ID
+        last (a reader that finds the bare record finds the tagged ones).
 
         Every caller records what an execution with verified inputs produced (or what
-        such a record says), hence the mark. Atomic like every write here (a complete
-        temp file renamed over the record), but without ``mkstemp``'s random names and
-        ``Path`` objects: this runs twice or more per thunk of a build.
+        such a record says), hence the mark. Raises :class:`InvalidId` (and writes
+        nothing) if a ref is not a thunk's or a result does not parse.
         """
-        target = self._reduction_dir + reduction_name(ref)
-        data = memoryview(encode_reduction(result))
-        fd, temp = self._fresh(self._reduction_dir + ".tmp-", 0o644)
-        try:
-            try:
-                while data:
-                    data = data[os.write(fd, data):]
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-        except BaseException:
-            unlink_quietly(temp)
-            raise
+        for ref, result in records:
+            _check_thunk_ref(ref)
+            _check_ref(result)
+        self.reduction_log.append(records)
+
+    def put_reduction(self, ref: str, result: str) -> None:
+        """:meth:`put_reductions` of one record."""
+        self.put_reductions(((ref, result),))
+
+    def forget_reduction(self, ref: str) -> None:
+        """Drop the record for ``ref`` (its result was lost), so it is reduced again."""
+        _check_thunk_ref(ref)
+        self.reduction_log.append(((ref, None),))
+
+    def reduction_records(self) -> dict[str, str]:
+        """Every trusted reduction record now in the store: ``{ref: result}`` (a copy;
+        results as written, unchecked). One read of the log, then no further I/O: for
+        a whole-store view such as gg-force's cached fast path, and for tests."""
+        return self.reduction_log.records()
 
     def _fresh(self, prefix: str, mode: int = 0o600) -> tuple[int, str]:
         """A new, exclusively created temp file ``prefix<pid>-<n>``: unique without
@@ -658,10 +682,6 @@ class LocalStore:
                 return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), temp
             except FileExistsError:
                 continue
-
-    def forget_reduction(self, ref: str) -> None:
-        """Drop the record for ``ref`` (its result was lost), so it is reduced again."""
-        unlink_quietly(self._reduction_path(ref))
 
     def resolve(self, ref: str) -> str | None:
         """Follow reductions (tail calls included) from ``ref`` to a value ID, or None."""

@@ -41,8 +41,8 @@ def test_leaves_start_in_order_of_the_path_above_them(store, sh, tmp_path):
     function = store.load_thunk(root).function_hash
     for order, seconds in ((("b", "c", "a"), {"a": 1.0, "b": 9.0, "c": 5.0}),
                            (("a", "c", "b"), {"a": 9.0, "b": 1.0, "c": 5.0})):
-        for ref in store.reductions.iterdir():  # run everything again, with other estimates
-            ref.unlink()
+        for ref in store.reduction_records():  # run everything again, with other estimates
+            store.forget_reduction(ref)
         estimates = DurationEstimates()
         for name in "abc":
             estimates.record(groups[name], function, seconds[name])

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ir.placeholder import read_placeholder, write_placeholder
+from ir.reduction_log import check_log
 from ir.store import LocalStore
 from tests.forcing import VENV_BIN, gg_env, gg_force
 
@@ -76,11 +77,12 @@ def _expected(n: int) -> str:
 def _assert_store_sound(store: LocalStore) -> None:
     for blob in store.blobs.iterdir():
         assert store.verify(blob.name), f"corrupt blob {blob.name}"
-    for record in store.reductions.iterdir():
-        if record.name.startswith(".tmp-"):
-            continue  # a record's temp file a kill -9 interrupted: never read as a record
-        result = record.read_text().split()[0]
-        assert store.has(result), f"reduction {record.name} points at missing {result}"
+    # Every complete line of the reduction log is a valid record (a torn tail is allowed:
+    # it is ignored, and the next append starts a line of its own).
+    check = check_log(store.reduction_log.path)
+    assert check.invalid == 0, check
+    for ref, result in LocalStore(store.root).reduction_records().items():
+        assert store.has(result), f"reduction {ref} points at missing {result}"
 
 
 def test_kill_9_mid_run_then_rerun_finishes_correctly(store, sh, tmp_path):
@@ -90,12 +92,12 @@ def test_kill_9_mid_run_then_rerun_finishes_correctly(store, sh, tmp_path):
     process = subprocess.Popen([VENV_BIN / "gg-force", "-j", "2", "--quiet", "result.txt"],
                                env=gg_env(store.root), cwd=tmp_path)
     deadline = time.monotonic() + 60
-    while len(list(store.reductions.iterdir())) < 6 and time.monotonic() < deadline:
+    while len(store.reduction_records()) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert read_placeholder(target).ref == top  # untouched: no half-written output
-    done_before = len(list(store.reductions.iterdir()))
+    done_before = len(store.reduction_records())
     assert 0 < done_before
     _assert_store_sound(store)
     result = gg_force(store.root, "result.txt", cwd=tmp_path)

@@ -324,8 +324,8 @@ def test_concurrent_local_forcers_of_a_c_build_run_each_thunk_once(tmp_path):
     argv = [str(VENV_BIN / "gg-force"), "--no-speculate", "-q", "-j", "2", "--print"]
     answers: list[dict[str, str]] = []
     for forcers in (2, 4):
-        for record in store.reductions.iterdir():
-            record.unlink()  # the same graph, nothing reduced
+        for ref in store.reduction_records():
+            store.forget_reduction(ref)  # the same graph, nothing reduced
         logs = [tmp_path / f"exec{forcers}-{n}" for n in range(forcers)]
         for log in logs:
             log.mkdir()
@@ -485,8 +485,9 @@ async def test_concurrent_lambda_forcers_of_a_c_build_run_each_thunk_once(tmp_pa
                    "GG_LAMBDA_ENDPOINT": proxy.url, "GG_LAMBDA_FUNCTION": endpoint.function_name,
                    "GG_LAMBDA_TIMEOUT": "120", "GG_REMOTE_RESULTS": "read-write", "GG_LEASE_SECONDS": "30"}
             for tree in trees[:forcers]:
-                for record in LocalStore.init(tree / ".gg").reductions.iterdir():
-                    record.unlink()
+                tree_store = LocalStore.init(tree / ".gg")
+                for ref in tree_store.reduction_records():
+                    tree_store.forget_reduction(ref)
             traces = [tree / f"trace{forcers}.jsonl" for tree in trees[:forcers]]
             before = len(proxy.exchanges)
             processes = [start([*argv, "--trace", str(t), *targets], {**env, "GG_DIR": str(tree / ".gg")}, cwd=tree)

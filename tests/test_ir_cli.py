@@ -86,7 +86,7 @@ def test_init(tmp_path):
     assert (tmp_path / ".gg" / "blobs").is_dir()
     gg("init", cwd=tmp_path)  # harmless twice
     gg("init", str(tmp_path / "other"), cwd=tmp_path)
-    assert (tmp_path / "other" / ".gg" / "reductions").is_dir()
+    assert (tmp_path / "other" / ".gg" / "blobs").is_dir()
     target = tmp_path / "via-env"
     assert gg("init", cwd=tmp_path, env={"GG_DIR": str(target)}).stdout.strip() == str(target)
     assert (target / "hash_cache").is_dir()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import zlib
 from pathlib import Path
 
 import pytest
 
 from ir.ids import InvalidId, Kind, id_of_bytes
+from ir.reduction_log import LogCheck, check_log, encode_line
 from ir.store import (
     EXECUTABLE_MODE,
     VALUE_MODE,
@@ -40,7 +42,7 @@ def a_thunk(n: int = 0, outputs: tuple[str, ...] = ("out",)) -> Thunk:
 def leftovers(store: LocalStore) -> list[str]:
     """Temp files anywhere in the store (there must never be any after a write)."""
     found = [p.name for p in store.tmp.iterdir()]
-    for directory in (store.blobs, store.reductions, store.hash_cache.directory):
+    for directory in (store.blobs, store.hash_cache.directory):
         found += [p.name for p in directory.iterdir() if p.name.startswith(".tmp-")]
     return found
 
@@ -51,8 +53,9 @@ def store(tmp_path) -> LocalStore:
 
 
 def test_init_layout(store):
-    for name in ("blobs", "reductions", "hash_cache", "tmp"):
+    for name in ("blobs", "hash_cache", "tmp"):
         assert (store.root / name).is_dir()
+    assert not (store.root / "reductions").exists()  # records live in reductions.log, made on the first write
     assert LocalStore.init(store.root).root == store.root  # harmless if it exists
 
 
@@ -174,9 +177,8 @@ def test_reductions_and_tags(store):
     assert store.get_reduction(f"{t}#lib/x.o") == w
     assert store.resolve(f"{t}#log") == w
     assert store.resolve(v) == v  # a value is already resolved
-    assert sorted(p.name for p in store.reductions.iterdir()) == sorted(
-        [t, f"{t}#log", f"{t}#lib%2Fx.o"]
-    )
+    assert store.reduction_records() == {t: v, f"{t}#log": w, f"{t}#lib/x.o": w}
+    assert LocalStore(store.root).reduction_records() == {t: v, f"{t}#log": w, f"{t}#lib/x.o": w}
     assert leftovers(store) == []
 
 
@@ -203,8 +205,13 @@ def test_reduction_cycle_and_bad_records(store):
         store.put_reduction(id_of_bytes(b"v", Kind.VALUE), t1)
     with pytest.raises(InvalidId):
         store.put_reduction(t1, "garbage")
-    (store.reductions / t2).write_text("garbage\n")
+    with open(store.reduction_log.path, "ab") as log:  # well-framed lines that are no records to trust
+        log.write(b"\n" + encode_line(t2, "garbage"))
+        body = f"{t1} {t2}".encode()  # the record format before verify-on-use: no mark
+        log.write(b"%s %08x\n" % (body, zlib.crc32(body)))
     assert store.get_reduction(t2) is None  # an unreadable record is redone, not trusted
+    assert store.get_reduction(t1) is None
+    assert t1 not in LocalStore(store.root).reduction_records()
 
 
 # -- locating -----------------------------------------------------------------------------
@@ -293,6 +300,7 @@ def test_concurrent_writers(tmp_path):
         assert store.get_reduction(a_thunk(round_).id) == got[0][0]
         for w in range(workers):
             assert store.get_reduction(f"{a_thunk(round_).id}#w{w}") is not None
+    assert check_log(store.reduction_log.path) == LogCheck(valid=5 * 2 * workers, invalid=0, tail=0)
     assert leftovers(store) == []
 
 
@@ -301,11 +309,12 @@ def test_a_temp_name_left_by_a_killed_writer_is_skipped(store):
     process that had this pid must not block or corrupt a write."""
     t = a_thunk().id
     v = id_of_bytes(b"v", Kind.VALUE)
-    stale = [store.reductions / f".tmp-{os.getpid()}-{n}" for n in range(3)]
+    stale = [store.tmp / f".reductions-{os.getpid()}-{n}" for n in range(1, 4)]
     stale += [store.tmp / f"in-{os.getpid()}-{n}" for n in range(3)]
     for path in stale:
         path.write_bytes(b"half a record")
     store.put_reduction(t, v)
+    store.reduction_log.compact()
     assert store.get_reduction(t) == v
     ident = store.put_bytes(b"after a crash")
     assert store.verify(ident)

@@ -166,7 +166,7 @@ def test_a_second_user_runs_nothing_and_gets_the_same_bytes(tmp_path, shared):
     assert bob.read_bytes(second.results[top], verify=True) == alice.read_bytes(first.results[top]) == expected
     started = [json.loads(line) for line in trace.read_text().splitlines() if '"started"' in line]
     assert started == []
-    assert not any(bob.reductions.iterdir())  # a claim is not copied into the local store
+    assert not bob.reduction_records()  # a claim is not copied into the local store
     assert not any(bob.has(v) for v in leaf_values(alice, top))  # intermediates stayed in the store
 
 
@@ -175,8 +175,8 @@ def test_deleting_local_reductions_runs_nothing_again(tmp_path, shared):
     alice = user(tmp_path, "alice")
     top, expected = graph(alice, witness)
     assert run(alice, top, shared.uri).executed == 3
-    for record in alice.reductions.iterdir():
-        record.unlink()
+    for ref in alice.reduction_records():
+        alice.forget_reduction(ref)
     again = run(alice, top, shared.uri)
     assert again.executed == 0 and alice.read_bytes(again.results[top]) == expected
     assert len(ran(witness)) == 3
@@ -367,8 +367,8 @@ def test_cli_flags_and_environment(tmp_path, file_storage_uri, monkeypatch):
     graph(bob)
     ignored = gg_force(bob.root, "--no-remote-results", top)
     assert ignored.returncode == 0 and "3 thunk(s) run" in ignored.stderr, ignored.stderr
-    for record in bob.reductions.iterdir():
-        record.unlink()
+    for ref in bob.reduction_records():
+        bob.forget_reduction(ref)
     used = gg_force(bob.root, "--remote-results", "read-only", top)
     assert used.returncode == 0 and "0 thunk(s) run, 1 from remote results" in used.stderr, used.stderr
 
@@ -484,4 +484,4 @@ def test_a_wrong_storage_uri_is_one_line_before_anything_runs(tmp_path, mode, mo
     result = gg_force(alice.root, "-q", top)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "does not exist (GG_STORAGE_URI=" in result.stderr
-    assert not any(alice.reductions.iterdir())  # nothing ran
+    assert not alice.reduction_records()  # nothing ran

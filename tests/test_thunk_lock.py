@@ -66,3 +66,17 @@ def test_lock_held_by_another_process_then_freed_by_kill_9(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_one_lock_file_for_every_thunk(tmp_path: Path) -> None:
+    """No file creation per thunk: every lock is a byte of one file."""
+    locks = [ThunkLock(tmp_path, f"T{n:064x}") for n in range(200)]
+    assert all(lock.try_acquire() for lock in locks)
+    assert os.listdir(tmp_path) == ["thunk-locks"]
+    assert not any(ThunkLock(tmp_path, f"T{n:064x}").try_acquire() for n in range(200))
+    for lock in locks[::2]:
+        lock.release()
+    again = [ThunkLock(tmp_path, f"T{n:064x}") for n in range(200)]
+    assert [lock.try_acquire() for lock in again] == [n % 2 == 0 for n in range(200)]
+    for lock in locks + again:
+        lock.release()

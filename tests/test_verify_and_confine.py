@@ -69,9 +69,10 @@ def test_a_result_cached_before_inputs_were_verified_is_not_trusted(store, sh):
     the repair the thunk runs again and the right result replaces the wrong one."""
     ident = sh.thunk("cat src.c > out", values={"src.c": "int answer = 42;\n"})
     wrong = store.put_bytes(b"int answer = 13;\n")
-    store._reduction_path(ident).parent.mkdir(parents=True, exist_ok=True)
-    store._reduction_path(ident).write_text(wrong + "\n")  # the record format before verify-on-use
-    store._reduction_path(f"{ident}#out").write_text(wrong + "\n")
+    legacy = store.root / "reductions"  # an older store's record files, imported by the next run
+    legacy.mkdir(parents=True, exist_ok=True)
+    (legacy / ident).write_text(wrong + "\n")  # the record format before verify-on-use
+    (legacy / f"{ident}#out").write_text(wrong + "\n")
     result = gg_force(store.root, "--print", ident)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [ident, store.put_bytes(b"int answer = 42;\n")]
