@@ -90,7 +90,9 @@ def code_fingerprint() -> str:
     code changes it. ~1 ms: it is computed on the first tool call only."""
     # and how paths and environment are decoded (a server takes its locale from the run that started it)
     # and where else modules may come from (protobuf, xxhash)
-    parts = [sys.executable, sys.version, sys.getfilesystemencoding(), str(sys.flags.utf8_mode),
+    # The interpreter by what it is (``python`` and ``python3`` in a venv are one) and the
+    # environment it runs in (``sys.prefix``: the venv).
+    parts = [os.path.realpath(sys.executable), sys.prefix, sys.version, sys.getfilesystemencoding(), str(sys.flags.utf8_mode),
              os.environ.get("PYTHONPATH", ""), os.environ.get("PYTHONHOME", "")]
     base = Path(__file__).resolve().parent.parent
     for package in _PACKAGES:
