@@ -423,7 +423,7 @@ class Scheduler:
             self.observer.event("queued", thunk=thunk_id, deps=sorted({item.id for item in thunk.thunks}))
         else:
             self.observer.tick()
-        cached = self._local(thunk_id, thunk)
+        cached = self._local(thunk_id, thunk, fresh=False)
         if cached is None and self.shared is not None and thunk_id not in self._looked_up:
             # Off the graph looked up at the start (a tail call, a rebuild): ask first.
             self._spawn(node, self._visit_after_look_up(node, thunk))
@@ -432,7 +432,7 @@ class Scheduler:
 
     async def _visit_after_look_up(self, node: _Node, thunk: Thunk) -> None:
         await self._look_up(self._refs(node.id, thunk))
-        self._visit_loaded(node, thunk, self._local(node.id, thunk))
+        self._visit_loaded(node, thunk, self._local(node.id, thunk, fresh=False))
 
     def _visit_loaded(self, node: _Node, thunk: Thunk, cached: dict[str, str] | None) -> None:
         thunk_id = node.id
@@ -488,7 +488,7 @@ class Scheduler:
         except StoreError as exc:
             self._settle_error(node, self._fail(NodeFailed(thunk_id, f"storing its rewritten thunk: {exc}")))
             return
-        cached = self._local(run_id, runnable)
+        cached = self._local(run_id, runnable, fresh=False)
         remote = cached is None and (cached := self._claimed(run_id, runnable)) is not None
         if cached is not None:
             self._hit(thunk_id, run_id, runnable, cached, remote, ran=True)
@@ -694,7 +694,7 @@ class Scheduler:
                 thunk = self.store.load_thunk(thunk_id)
             except (StoreError, MalformedThunk, InvalidId):
                 continue  # its node reports it
-            if self._local(thunk_id, thunk) is not None:
+            if self._local(thunk_id, thunk, fresh=False) is not None:
                 continue
             refs += self._refs(thunk_id, thunk)
             stack += [item.id for item in thunk.thunks]
@@ -761,15 +761,19 @@ class Scheduler:
         except StoreError as exc:
             self.share_errors.append(f"sharing the reduction of {thunk_ids[0]}: {exc}")
 
-    def _local(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:
+    def _local(self, thunk_id: str, thunk: Thunk, fresh: bool = True) -> dict[str, str] | None:
+        """The local records of ``thunk_id``, if usable. ``fresh=False`` (discovery) may
+        miss a concurrent run's record of the last 50 ms: the claim, which re-checks
+        freshly under the thunk's lock (executor/inflight.py), finds it then."""
         # The bare ID's record is written last: without it there is no hit, and a cold
-        # build asks only this one file per node.
-        first = self.store.get_reduction(thunk_id)
+        # build asks only this one record per node.
+        get = self.store.get_reduction
+        first = get(thunk_id, fresh)
         if first is None:
             return None
         outputs: dict[str, str | None] = {FIRST: first}
         for tag in thunk.outputs:
-            outputs[tag] = self.store.get_reduction(f"{thunk_id}#{tag}")
+            outputs[tag] = get(f"{thunk_id}#{tag}", fresh)
         return self._usable(outputs)
 
     def _claimed(self, thunk_id: str, thunk: Thunk) -> dict[str, str] | None:

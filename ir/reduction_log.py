@@ -45,6 +45,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 import weakref
 import zlib
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,8 @@ _TOMBSTONE = b"-"
 _READ = 1 << 20  # bytes asked per read when catching up with the log
 # Compaction is considered once per log object, at its first append, for a log of at
 # least this size whose lines are mostly superseded (or dropped).
+# How far behind other processes a lookup with ``fresh=False`` may be (see ReductionLog.get).
+STALE_SECONDS = 0.05
 COMPACT_MIN_BYTES = 1 << 20
 
 
@@ -132,14 +135,21 @@ class ReductionLog:
         self._fds = _Descriptors()
         weakref.finalize(self, self._fds.close)
         self._migrated = False
+        self._refreshed_at = -1.0  # time.monotonic() of the last refresh (-1: never)
         self._compaction_considered = False
         self._temp_serial = 0
 
     # -- reading ---------------------------------------------------------------------
 
-    def get(self, ref: str) -> str | None:
-        """The trusted result recorded last for ``ref`` (as written; callers check it), or None."""
-        self.refresh()
+    def get(self, ref: str, fresh: bool = True) -> str | None:
+        """The trusted result recorded last for ``ref`` (as written; callers check it), or None.
+
+        ``fresh=False``: the index may be up to :data:`STALE_SECONDS` behind other
+        processes' appends (no ``stat`` per lookup). For a caller that checks again
+        freshly before acting on a miss -- the scheduler's discovery, whose claim
+        re-reads the record under the thunk's lock -- a stale miss costs nothing."""
+        if fresh or time.monotonic() - self._refreshed_at > STALE_SECONDS:
+            self.refresh()
         return self._index.get(ref)
 
     def records(self) -> dict[str, str]:
@@ -149,6 +159,7 @@ class ReductionLog:
 
     def refresh(self) -> None:
         """Bring the index up to the log's current end (complete lines only)."""
+        self._refreshed_at = time.monotonic()
         if not self._migrated:
             self._migrate()
         try:
@@ -232,6 +243,11 @@ class ReductionLog:
             self._index.update(records)
             self._lines += len(records)
             self._offset = self._seen_size = end
+        else:
+            # Others appended too: ours are indexed now all the same (a lookup that may
+            # be stale, ``fresh=False``, must still see this process's own writes); the
+            # catch-up re-reads the file in order, so a later line of a peer still wins.
+            self._index.update(records)
         if not self._compaction_considered:
             self._compaction_considered = True
             self._compact_if_worthwhile()

@@ -624,16 +624,18 @@ class LocalStore:
 
     # -- reductions -----------------------------------------------------------------
 
-    def get_reduction(self, ref: str) -> str | None:
+    def get_reduction(self, ref: str, fresh: bool = True) -> str | None:
         """What ``ref`` (``THUNK`` or ``THUNK#tag``) was reduced to, one step; or None.
 
         Sees every record written before the call, by any process (the log is caught up
-        first: one ``stat``, and a read of what was appended since). A record without
+        first: one ``stat``, and a read of what was appended since); with ``fresh=False``
+        other processes' records may be seen up to 50 ms late (``ReductionLog.get``: for
+        callers that re-check a miss freshly before acting on it). A record without
         :data:`VERIFIED_MARK` was written before inputs were verified on use; it may have
         been computed from a corrupt blob, so it is not trusted (the thunk runs again, once).
         """
         _check_thunk_ref(ref)
-        result = self.reduction_log.get(ref)
+        result = self.reduction_log.get(ref, fresh)
         if result is None:
             return None
         try:

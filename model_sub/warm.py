@@ -92,7 +92,8 @@ def code_fingerprint() -> str:
     # and where else modules may come from (protobuf, xxhash)
     # The interpreter by what it is (``python`` and ``python3`` in a venv are one) and the
     # environment it runs in (``sys.prefix``: the venv).
-    parts = [os.path.realpath(sys.executable), sys.prefix, sys.version, sys.getfilesystemencoding(), str(sys.flags.utf8_mode),
+    parts = [os.path.realpath(sys.executable), sys.prefix, sys.version, sys.getfilesystemencoding(),
+             str(sys.flags.utf8_mode),
              os.environ.get("PYTHONPATH", ""), os.environ.get("PYTHONHOME", "")]
     base = Path(__file__).resolve().parent.parent
     for package in _PACKAGES:
