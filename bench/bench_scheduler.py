@@ -213,18 +213,28 @@ def null_child(thunks: int, fan_in: int, slots: int, profile: str | None, where:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def null_rows(args: argparse.Namespace) -> int:
-    """Interleave the variants ``--repeat`` times, each in a fresh process; print medians."""
-    variants = [("this tree", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+def interleaved_children(script: str, child_args: list[str], baseline: str | None,
+                         repeat: int) -> tuple[list[str], dict[str, list[dict[str, float]]]]:
+    """Run ``script child_args`` for this tree and the ``baseline`` tree (if any),
+    interleaved ``repeat`` times, each in a fresh process (so peak RSS is its own); the
+    child prints one JSON line last. Returns the variant names and their samples."""
+    variants = [("this tree", None)] + ([("baseline", baseline)] if baseline else [])
     samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for name, source in variants:
-            command = [sys.executable, str(Path(__file__).resolve()), "--null-child", "--thunks", str(args.thunks),
-                       "--fan-in", str(args.fan_in), "-j", str(args.jobs)] + (["--dir", args.dir] if args.dir else [])
+            command = [sys.executable, str(Path(script).resolve()), *child_args]
             if source:
                 command += ["--source", str(Path(source).resolve())]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             samples[name].append(json.loads(out.splitlines()[-1]))
+    return [name for name, _ in variants], samples
+
+
+def null_rows(args: argparse.Namespace) -> int:
+    """Interleave the variants ``--repeat`` times, each in a fresh process; print medians."""
+    names, samples = interleaved_children(
+        __file__, ["--null-child", "--thunks", str(args.thunks), "--fan-in", str(args.fan_in), "-j", str(args.jobs),
+                   *(["--dir", args.dir] if args.dir else [])], args.baseline, args.repeat)
     print(f"null engine: {args.thunks} thunks (two-level, fan-in {args.fan_in}), {args.jobs} slots, "
           f"store in {args.dir or tempfile.gettempdir()}, "
           f"median of {args.repeat} interleaved runs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -233,7 +243,7 @@ def null_rows(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     medians = {}
-    for name, _ in variants:
+    for name in names:
         rows = samples[name]
         keys = ("build_s", "force_s", "force_cpu_s", "peak_rss_mb")
         med = {key: statistics.median(r[key] for r in rows) for key in keys}

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if "--source" in sys.argv:  # a child measuring another source tree (--baseline)
     sys.path.insert(0, sys.argv[sys.argv.index("--source") + 1])
 
-from bench_scheduler import build_graph  # noqa: E402  (bench/, beside this script)
+from bench_scheduler import build_graph, interleaved_children  # noqa: E402  (bench/, beside this script)
 
 from executor.scheduler import FIRST, rewrite  # noqa: E402
 from ir.ids import Kind, id_of_bytes  # noqa: E402
@@ -96,17 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child or args.profile:
         print(json.dumps(child(args.thunks, args.fan_in, args.dir, args.profile)))
         return 0
-    variants = [("this tree", None)] + ([("baseline", args.baseline)] if args.baseline else [])
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
     load_before = os.getloadavg()
-    for _ in range(args.repeat):
-        for name, source in variants:
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", "--thunks", str(args.thunks),
-                       "--fan-in", str(args.fan_in)] + (["--dir", args.dir] if args.dir else [])
-            if source:
-                command += ["--source", str(Path(source).resolve())]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            samples[name].append(json.loads(out.splitlines()[-1]))
+    names, samples = interleaved_children(
+        __file__, ["--child", "--thunks", str(args.thunks), "--fan-in", str(args.fan_in),
+                   *(["--dir", args.dir] if args.dir else [])], args.baseline, args.repeat)
     n = args.thunks
     print(f"{n} thunks (two-level, fan-in {args.fan_in}), store in {args.dir or tempfile.gettempdir()}, "
           f"median of {args.repeat} interleaved runs; load average before "
@@ -116,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     medians = {}
-    for name, _ in variants:
+    for name in names:
         rows = samples[name]
         med = {key: statistics.median(r[key] for r in rows)
                for key in ("write_s", "load_s", "load_cpu_s", "rewrite_s", "kb_per_thunk")}
