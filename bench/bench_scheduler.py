@@ -213,11 +213,11 @@ def null_child(thunks: int, fan_in: int, slots: int, profile: str | None, where:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def interleaved_children(script: str, child_args: list[str], baseline: str | None,
-                         repeat: int) -> tuple[list[str], dict[str, list[dict[str, float]]]]:
+def interleaved_medians(script: str, child_args: list[str], baseline: str | None, repeat: int,
+                        keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Run ``script child_args`` for this tree and the ``baseline`` tree (if any),
     interleaved ``repeat`` times, each in a fresh process (so peak RSS is its own); the
-    child prints one JSON line last. Returns the variant names and their samples."""
+    child prints one JSON line last. Returns each variant's medians of ``keys``."""
     variants = [("this tree", None)] + ([("baseline", baseline)] if baseline else [])
     samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
     for _ in range(repeat):
@@ -227,14 +227,15 @@ def interleaved_children(script: str, child_args: list[str], baseline: str | Non
                 command += ["--source", str(Path(source).resolve())]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             samples[name].append(json.loads(out.splitlines()[-1]))
-    return [name for name, _ in variants], samples
+    return {name: {key: statistics.median(r[key] for r in rows) for key in keys} for name, rows in samples.items()}
 
 
 def null_rows(args: argparse.Namespace) -> int:
     """Interleave the variants ``--repeat`` times, each in a fresh process; print medians."""
-    names, samples = interleaved_children(
+    medians = interleaved_medians(
         __file__, ["--null-child", "--thunks", str(args.thunks), "--fan-in", str(args.fan_in), "-j", str(args.jobs),
-                   *(["--dir", args.dir] if args.dir else [])], args.baseline, args.repeat)
+                   *(["--dir", args.dir] if args.dir else [])], args.baseline, args.repeat,
+        ("build_s", "force_s", "force_cpu_s", "peak_rss_mb"))
     print(f"null engine: {args.thunks} thunks (two-level, fan-in {args.fan_in}), {args.jobs} slots, "
           f"store in {args.dir or tempfile.gettempdir()}, "
           f"median of {args.repeat} interleaved runs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -242,12 +243,7 @@ def null_rows(args: argparse.Namespace) -> int:
               f"{'peak RSS MB':>12}")
     print(header)
     print("-" * len(header))
-    medians = {}
-    for name in names:
-        rows = samples[name]
-        keys = ("build_s", "force_s", "force_cpu_s", "peak_rss_mb")
-        med = {key: statistics.median(r[key] for r in rows) for key in keys}
-        medians[name] = med
+    for name, med in medians.items():
         print(f"{name:<12} {med['build_s']:>14.2f} {med['force_s']:>9.2f} {args.thunks / med['force_s']:>10.0f} "
               f"{med['force_cpu_s']:>12.2f} {med['peak_rss_mb']:>12.0f}")
     if args.baseline:

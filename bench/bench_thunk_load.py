@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if "--source" in sys.argv:  # a child measuring another source tree (--baseline)
     sys.path.insert(0, sys.argv[sys.argv.index("--source") + 1])
 
-from bench_scheduler import build_graph, interleaved_children  # noqa: E402  (bench/, beside this script)
+from bench_scheduler import build_graph, interleaved_medians  # noqa: E402  (bench/, beside this script)
 
 from executor.scheduler import FIRST, rewrite  # noqa: E402
 from ir.ids import Kind, id_of_bytes  # noqa: E402
@@ -96,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.thunks, args.fan_in, args.dir, args.profile)))
         return 0
     load_before = os.getloadavg()
-    names, samples = interleaved_children(
+    medians = interleaved_medians(
         __file__, ["--child", "--thunks", str(args.thunks), "--fan-in", str(args.fan_in),
-                   *(["--dir", args.dir] if args.dir else [])], args.baseline, args.repeat)
+                   *(["--dir", args.dir] if args.dir else [])], args.baseline, args.repeat,
+        ("write_s", "load_s", "load_cpu_s", "rewrite_s", "kb_per_thunk"))
     n = args.thunks
     print(f"{n} thunks (two-level, fan-in {args.fan_in}), store in {args.dir or tempfile.gettempdir()}, "
           f"median of {args.repeat} interleaved runs; load average before "
@@ -107,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'rewrite+put s':>14} {'KB/thunk':>9}")
     print(header)
     print("-" * len(header))
-    medians = {}
-    for name in names:
-        rows = samples[name]
-        med = {key: statistics.median(r[key] for r in rows)
-               for key in ("write_s", "load_s", "load_cpu_s", "rewrite_s", "kb_per_thunk")}
-        medians[name] = med
+    for name, med in medians.items():
         print(f"{name:<10} {med['write_s']:>8.2f} {med['load_s']:>7.2f} {1e6 * med['load_s'] / n:>14.1f} "
               f"{med['load_cpu_s']:>11.2f} {med['rewrite_s']:>14.2f} {med['kb_per_thunk']:>9.2f}")
     if args.baseline:
