@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from executor.local_engine import LocalEngine
 from executor.observe import RunObserver
-from executor.scheduler import ForceConfig, Scheduler
+from executor.scheduler import ForceConfig, ForceFailed, Scheduler
+from tests.forcing import force
 
 LEAVES = 120
 GROUPS = 4
@@ -48,3 +51,19 @@ def test_a_wide_graph_waits_as_records_and_discovery_pauses(store, sh):
     # the queue never held the 120 leaves at once (parents made ready by their last
     # dependency join it whatever discovery does: at most the groups and the root).
     assert 1 < max(queued for _, queued in samples) <= 8 + GROUPS + 1
+
+
+def test_a_failure_reaches_every_waiting_ancestor_once(store, sh):
+    """With keep_going, a failed leaf fails the parents waiting on it, theirs in turn
+    (a shared middle node, two targets above it), a node discovered after the failure
+    fails at once, and the root cause is reported once; the independent branch finishes."""
+    bad = sh.thunk("sleep 0.2; exit 3")
+    middle = sh.thunk("cat x > out", thunks={"x": bad})
+    tops = [sh.thunk(f"cat m > out; echo {i} >> out", thunks={"m": middle}) for i in range(2)]
+    late = sh.thunk("cat m > out; echo late >> out", thunks={"m": middle, "g": sh.thunk("sleep 0.5; echo g > out")})
+    good = sh.thunk("echo good > out")
+    with pytest.raises(ForceFailed) as caught:
+        force(store, [*tops, late, good], keep_going=True)
+    assert [f.thunk_id for f in caught.value.failures] == [bad]
+    assert store.read_bytes(caught.value.results[good]) == b"good\n"
+    assert not {*tops, late} & set(caught.value.results)
