@@ -160,12 +160,10 @@ class MotoRecorder:
     @staticmethod
     def parse(recording: bytes, bucket: str) -> list[MotoRequest]:
         import base64
-        import json
         from urllib.parse import unquote, urlsplit
 
         found = []
-        for line in recording.decode().splitlines():
-            entry = json.loads(line)
+        for entry in _json_objects(recording.decode()):
             url = urlsplit(entry["url"])
             name, _, key = url.path.lstrip("/").partition("/")  # path-style addressing
             if name != bucket:
@@ -177,6 +175,24 @@ class MotoRecorder:
             found.append(MotoRequest(entry["method"], name, unquote(key), url.query, size,
                                      headers.get("user-agent", "")))
         return found
+
+
+def _json_objects(text: str) -> Iterator[dict]:
+    """The JSON objects of moto's recording, one after another. Not line by line: moto
+    writes an entry and its newline with two writes, and an entry longer than the file
+    buffer goes out at once, so under concurrent requests two entries can be adjacent
+    and their newlines follow later."""
+    import json
+
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return
+        entry, position = decoder.raw_decode(text, position)
+        yield entry
 
 
 @pytest.fixture
