@@ -48,7 +48,8 @@ try:
     from executor.rundirs import RunDirs  # noqa: E402
 except ImportError:  # a tree from before run directories were reused (run as a baseline)
     RunDirs = None
-from trivial_program import build_trivial  # noqa: E402  (bench/, beside this script)
+from bench_scheduler import bare  # noqa: E402  (bench/, beside this script)
+from trivial_program import build_trivial  # noqa: E402
 
 from executor.scheduler import ForceConfig, Scheduler  # noqa: E402
 from ir.store import LocalStore  # noqa: E402
@@ -72,21 +73,12 @@ def _cpu() -> float:
 
 
 async def bare_asyncio(program: Path, count: int, jobs: int, workdir: Path, salt: str) -> Clock:
-    gate = asyncio.Semaphore(jobs)
-    dirs = [workdir / f"bare-{salt}-{i}" for i in range(jobs)]
-    for directory in dirs:
-        directory.mkdir()
-
-    async def one(index: int) -> None:
-        async with gate:
-            process = await asyncio.create_subprocess_exec(
-                "trivial", str(index), executable=str(program), cwd=dirs[index % jobs],
-                env={}, stdin=asyncio.subprocess.DEVNULL)
-            if await process.wait() != 0:
-                raise RuntimeError("trivial program failed")
-
+    """bench_scheduler's bare fork/exec (asyncio subprocesses, ``jobs`` at a time, each in
+    its own directory), timed with this process's CPU too."""
+    directory = workdir / f"bare-{salt}"
+    directory.mkdir()
     with Clock() as clock:
-        await asyncio.gather(*(one(i) for i in range(count)))
+        await bare(program, ["trivial"], count, jobs, directory)
     return clock
 
 

@@ -379,10 +379,15 @@ class Scheduler:
     def _new_node(self, thunk_id: str) -> _Node:
         node = self._nodes[thunk_id] = _Node(thunk_id)
         self._undiscovered.append(node)
-        if not self._discovering and not self._paused:
+        if not self._paused:
+            self._schedule_discovery()
+        return node
+
+    def _schedule_discovery(self) -> None:
+        """Have :meth:`_discover_some` run on the next loop turn (once)."""
+        if not self._discovering:
             self._discovering = True
             asyncio.get_running_loop().call_soon(self._discover_some)
-        return node
 
     def _discover_some(self) -> None:
         """Visit up to DISCOVERY_BATCH nodes, then let the loop run (ready nodes start
@@ -398,13 +403,12 @@ class Scheduler:
                 self._visit(node)
             except Exception as exc:  # noqa: BLE001 -- a bug must fail its node loudly, not stop discovery
                 self._settle_error(node, self._internal(node.id, exc))
-        if not undiscovered or self._stop.is_set():
-            self._discovering = False
-        elif inflight.queued >= high:
-            self._discovering = False
-            self._paused = True
-        else:
-            asyncio.get_running_loop().call_soon(self._discover_some)
+        self._discovering = False
+        if undiscovered and not self._stop.is_set():
+            if inflight.queued >= high:
+                self._paused = True  # _maybe_resume goes on
+            else:
+                self._schedule_discovery()
 
     def _visit(self, node: _Node) -> None:
         """Load a node's thunk and check its reductions: a hit costs no run and loads
@@ -457,8 +461,7 @@ class Scheduler:
                 dep = self._new_node(dep_id)
             deps.append(dep)
             if dep.error is not None:
-                self.observer.counts.failed += 1
-                self._settle_error(node, DependencyFailed(thunk_id, f"dependency {dep_id} failed"))
+                self._dependency_failed(node, dep_id)
                 return
             if dep.outputs is None:
                 if dep.parents is None:
@@ -529,9 +532,8 @@ class Scheduler:
         """Resume discovery paused for a full ready queue once half of it has started."""
         if self._paused and self._inflight.queued <= self._ready_high // 2:
             self._paused = False
-            if self._undiscovered and not self._discovering:
-                self._discovering = True
-                asyncio.get_running_loop().call_soon(self._discover_some)
+            if self._undiscovered:
+                self._schedule_discovery()
 
     def _spawn(self, node: _Node, work: Coroutine[Any, Any, None]) -> None:
         self._active.add(asyncio.get_running_loop().create_task(self._guarded(node, work)))
@@ -566,7 +568,7 @@ class Scheduler:
                     self._inflight.give_back_slot()
                     slot = False
                     self._hit(thunk_id, run_id, runnable, cached, True, ran=True)
-                    self._settle(node, await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id)))
+                    await self._follow_then_settle(node, cached, (thunk_id, run_id))
                     return
             slot = False
             try:
@@ -579,7 +581,7 @@ class Scheduler:
                 self._inflight.give_back_slot()
         if claim.outputs is not None:
             self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
-            self._settle(node, await self._follow_tail_calls(thunk_id, claim.outputs, (thunk_id, run_id)))
+            await self._follow_then_settle(node, claim.outputs, (thunk_id, run_id))
             return
         try:
             result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable, claim)
@@ -597,7 +599,7 @@ class Scheduler:
             task = asyncio.get_running_loop().create_task(
                 self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
             self._sharing.add(task)
-        self._settle(node, await self._follow_tail_calls(thunk_id, cached, (thunk_id, run_id)))
+        await self._follow_then_settle(node, cached, (thunk_id, run_id))
 
     def _finish(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
         """Settle ``node`` with ``outputs``, after following tail calls if any is a thunk."""
@@ -624,6 +626,11 @@ class Scheduler:
         node.thunk = None
         self._wake(node)
 
+    def _dependency_failed(self, node: _Node, dep_id: str) -> None:
+        """``dep_id`` failed, so ``node`` fails (counted, not reported: the root cause is)."""
+        self.observer.counts.failed += 1
+        self._settle_error(node, DependencyFailed(node.id, f"dependency {dep_id} failed"))
+
     def _wake(self, node: _Node) -> None:
         self._settled.append(node)
         if self._waking:
@@ -647,10 +654,7 @@ class Scheduler:
                     if parent.outputs is not None or parent.error is not None:
                         continue
                     if error is not None:
-                        self.observer.counts.failed += 1
-                        parent.error = DependencyFailed(parent.id, f"dependency {done.id} failed")
-                        parent.thunk = None
-                        settled.append(parent)
+                        self._dependency_failed(parent, done.id)  # queued behind this loop, not recursed
                         continue
                     parent.pending -= 1
                     if parent.pending == 0:
