@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,23 +178,23 @@ class Driver:
         return value
 
     def _run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-        # in an empty directory, so that no file of the build can influence the answer;
-        # one for the whole run (a fresh temporary directory per question cost ~2 ms)
+        # In an empty directory, so that no file of the build can influence the answer.
+        # One kept in the store and shared by every run, never removed: a temporary
+        # directory per run was left in /tmp by every run that was killed (a fresh one
+        # per question cost ~2 ms), and removing a shared one could pull it from under a
+        # concurrent run. ``gcc -###`` only prints, so it stays empty.
         with self._lock:
             if self._empty is None:
-                self._empty = tempfile.mkdtemp(prefix="gg-infer-driver-")
+                empty = os.path.join(self.cache_dir, "empty-cwd")
+                os.makedirs(empty, exist_ok=True)
+                self._empty = empty
             empty = self._empty
         return subprocess.run(argv, cwd=empty, env=_clean_env(env, self.real_path),
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
     def close(self) -> None:
-        """Remove the empty working directory (if one was made)."""
-        if self._empty is not None:
-            try:
-                os.rmdir(self._empty)
-            except OSError:
-                pass
-            self._empty = None
+        """Nothing to release (the empty working directory stays in the store)."""
+        self._empty = None
 
     def stages(self, driver: str, args: list[str], env: dict[str, str]) -> list[Stage]:
         """The commands ``driver args`` would run (``driver`` is an absolute path)."""
