@@ -196,14 +196,16 @@ def _stop_child(pid: int, grace: float = 0.25) -> None:
 
 
 def local_run_lines(ctx: ModelContext) -> list[str]:
-    """One line saying which calls ran the real tool instead of becoming thunks, and one
-    for the calls whose output the build read at once (run for real by design)."""
+    """One line saying which calls ran the real tool instead of becoming thunks, one for
+    the calls whose output the build read at once (run for real by design), and one for
+    the compiles whose debug info names their directory "." (not as a plain build)."""
     try:
         hint = os.path.relpath(ctx.log_path)
     except ValueError:
         hint = str(ctx.log_path)
     hint = hint if not hint.startswith("../..") else str(ctx.log_path)
-    return [line for line in (ctx.local_runs.summary(hint), ctx.local_runs.read_at_once_summary(hint)) if line]
+    runs = ctx.local_runs
+    return [line for line in (runs.summary(hint), runs.read_at_once_summary(hint), runs.debug_dir_summary()) if line]
 
 
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
