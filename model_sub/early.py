@@ -118,6 +118,10 @@ class EarlyForcing:
         if self._writer >= 0:
             os.close(self._writer)
             self._writer = -1
+            try:
+                os.unlink(self.fifo)  # the models opened it at their start; gg-infer removes its directory
+            except OSError:
+                pass
 
     def _log_tail(self) -> str:
         try:

@@ -110,11 +110,10 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
             with ModelServer(models, socket_path) as server:
                 env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
                 statics: list[str] = []
-                interrupted = False
+                status: int | None = None  # None: interrupted
                 try:
                     status = _run([*EXEC_THROUGH_SHELL, *command], env, server, handoff)
                 except KeyboardInterrupt:
-                    interrupted = True
                     return 130
                 finally:
                     lines, statics = handoff.finish() if handoff is not None else ([], [])
@@ -125,10 +124,13 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
                     if forcing is not None and ctx is not None and ctx.placements is not None:
                         ctx.placements.close()  # every placeholder is written: the models are done
                     if forcing is not None:
-                        if interrupted:
-                            forcing.stop()
-                        else:
+                        if status == 0:
                             lines.append(forcing.finish())
+                        else:  # a failed or interrupted build: no waiting for its outputs
+                            forcing.stop()
+                            if status is not None:
+                                lines.append("gg-infer: the build failed: early forcing stopped "
+                                             "(what it finished is kept)")
                         forcing = None
                     for line in lines:
                         print(line, file=sys.stderr)

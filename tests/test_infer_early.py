@@ -159,3 +159,11 @@ def _wait_for_forcer(tree) -> int | None:
 
     _wait_for(look, 30)
     return found[0] if found else None
+
+
+def test_a_failed_build_stops_its_early_forcing_without_waiting(tmp_path):
+    tree = _tree(tmp_path / "t")
+    (tree / "Makefile").write_text(MAKEFILE.replace("all: app\n", "all: app broken\nbroken: app\n\tfalse\n"))
+    result = _infer(tree, "--early=2")
+    assert result.returncode == 2  # make's status, as without early forcing
+    assert "gg-infer: the build failed: early forcing stopped (what it finished is kept)" in result.stderr
