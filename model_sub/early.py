@@ -81,8 +81,9 @@ class EarlyForcing:
         """What the models need to find the FIFO."""
         return {FIFO_ENV: self.fifo}
 
-    def finish(self) -> str:
-        """Say ``end``, wait for the forcing to finish, and return the line gg-infer prints."""
+    def finish(self) -> str | None:
+        """Say ``end``, wait for the forcing to finish, and return the line gg-infer prints
+        (none when it ran nothing: no output named, or all of them reduced already)."""
         try:
             os.write(self._writer, b"end\n")
         except OSError:
@@ -96,6 +97,8 @@ class EarlyForcing:
             else str(self.log_path)
         counted = re.findall(_RUN_COUNT, text)
         ran = f"{counted[-1]} thunk(s)" if counted else "the thunks"
+        if status == 0 and counted and counted[-1] == "0":
+            return None
         if status == 0:
             return (f"gg-infer: forced {ran} early, while the build ran ({EARLY_ENV}, -j{self.jobs}); "
                     f"gg-force finds them reduced")

@@ -125,7 +125,7 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
                         ctx.placements.close()  # every placeholder is written: the models are done
                     if forcing is not None:
                         if status == 0:
-                            lines.append(forcing.finish())
+                            lines += [line for line in [forcing.finish()] if line]
                         else:  # a failed or interrupted build: no waiting for its outputs
                             forcing.stop()
                             if status is not None:

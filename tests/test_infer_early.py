@@ -45,6 +45,10 @@ def test_early_forcing_leaves_nothing_for_gg_force_and_the_same_bytes(tmp_path):
     assert lines == ["gg-infer: forced 5 thunk(s) early, while the build ran (GG_INFER_EARLY, -j2); "
                      "gg-force finds them reduced"], result.stderr
     assert read_placeholder(early / "app") is not None  # the placeholders stay until gg-force
+    for name in ("app", "main.o"):
+        (early / name).unlink()
+    again = _infer(early, "--early=2")  # made again: the same thunks, all reduced already
+    assert again.returncode == 0 and "early" not in again.stderr, again.stderr
     forced = gg_force(early, ["app", "main.o", "util.o"], tmp_path / "early.jsonl", hidden=False)
     assert forced.returncode == 0, forced.stderr
     assert started_thunks(tmp_path / "early.jsonl") == []  # all reduced while the build ran
