@@ -26,6 +26,8 @@ from pathlib import Path
 from ir.hashing import hash_file
 from ir.store import LocalStore
 
+from .memo_observer import Observer
+
 StatKey = tuple[int, int, int, int, int]
 _SMALL = 1 << 20  # files up to this size are stored from one read into memory
 
@@ -38,8 +40,9 @@ def stat_key(st: os.stat_result) -> StatKey:
 class FileIds:
     """Content IDs of host files, each stored in the store once (thread-safe)."""
 
-    def __init__(self, store: LocalStore):
+    def __init__(self, store: LocalStore, observer: Observer | None = None):
         self.store = store
+        self.observer = observer or Observer()  # the call being recorded for the memo learns each ID
         self._lock = threading.Lock()
         self._memo: dict[str, tuple[StatKey, str]] = {}
         self._present: set[str] = set()
@@ -73,6 +76,11 @@ class FileIds:
 
     def stored(self, path: str, executable: bool = False) -> str:
         """ID of the file at ``path``, copying it into the store if the blob is new."""
+        ident = self._stored(path, executable)
+        self.observer.file(path, ident)
+        return ident
+
+    def _stored(self, path: str, executable: bool) -> str:
         observed = time.time_ns()
         st = os.stat(path)
         key = stat_key(st)
@@ -119,6 +127,7 @@ class FileIds:
         try:
             hit = self._memo.get(path)
             if hit is not None and hit[1] == ident and stat_key(os.stat(path)) == hit[0]:
+                self.observer.file(path, ident)
                 return True  # what stored() answers for a remembered file: one stat, no more
             return self.stored(path) == ident
         except OSError:

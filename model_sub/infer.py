@@ -24,6 +24,7 @@ from ir.store_root import locate_root
 
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
+from .memo_observer import memo_enabled
 from .toolnames import which
 from .warm import ServerSettings
 
@@ -71,6 +72,7 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
     assert store_root is not None  # with create, there always is one
     environ = {k: v for k, v in os.environ.items() if k != "GG_INFER_EXEC"}
     settings = ServerSettings.from_environ(environ, disabled=no_server)
+    memo = memo_enabled(environ)
     real_path = real_path_of(environ)
     infer_dir = store_root / "infer"
     shim = shim_binary(infer_dir, real_path)
@@ -88,7 +90,7 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
 
         from .context import ModelContext
 
-        return ModelContext.create(LocalStore.init(store_root), build_root, real_path)
+        return ModelContext.create(LocalStore.init(store_root), build_root, real_path, memo=memo)
 
     models = Models(load)
     handoff = _handoff(store_root, build_root, real_path, environ, settings)

@@ -29,6 +29,7 @@ from ir.atomic import atomic_write_bytes
 from ir.thunk import Input
 
 from .fileids import FileIds, stat_key
+from .memo_observer import Observer
 from .paths import TOOL_PREFIX
 from .toolnames import which
 
@@ -78,11 +79,21 @@ def _stat_list(path: str) -> list[int] | None:
         return None
 
 
+def program_fact(program: PortableProgram) -> list:
+    """A :class:`PortableProgram` as plain data (a memo fact, compared after a JSON round trip)."""
+    return [program.function_hash, list(program.argv_prefix), [[i.ref, i.name] for i in program.executables]]
+
+
+def closure_fact(closure: tuple[str | None, list[str]]) -> list:
+    return [closure[0], list(closure[1])]
+
+
 class Toolchain:
     """Stores programs once per process and hands out :class:`PortableProgram`s."""
 
-    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str):
+    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str, observer: Observer | None = None):
         self.ids = ids
+        self.observer = observer or Observer()  # the memo's facts: which, programs, closures
         self.cache_dir = cache_dir
         self.real_path = real_path
         self._lock = threading.Lock()
@@ -93,6 +104,11 @@ class Toolchain:
 
     def which(self, name: str) -> str:
         """Absolute path of ``name`` on the real PATH (or as given if it has a slash)."""
+        found = self._resolve(name)
+        self.observer.which(name, found)
+        return found
+
+    def _resolve(self, name: str) -> str:
         known = self._which.get(name)
         if known is not None and os.path.exists(known):
             return known
@@ -107,6 +123,11 @@ class Toolchain:
 
     def closure(self, path: str) -> tuple[str | None, list[str]]:
         """:func:`shared_closure` of ``path``, cached in memory and on disk (see above)."""
+        result = self._closure(path)
+        self.observer.closure(path, closure_fact(result))
+        return result
+
+    def _closure(self, path: str) -> tuple[str | None, list[str]]:
         own = _stat_list(path)
         memo = self._closures.get(path)
         if memo is not None and memo[0] == own and own is not None:
@@ -140,6 +161,7 @@ class Toolchain:
                 cached = self._programs.get(real)
                 if cached is None:
                     cached = self._programs[real] = self._portable(real)
+        self.observer.program(path_or_name, program_fact(cached))
         return cached
 
     def _portable(self, real: str) -> PortableProgram:
