@@ -19,6 +19,7 @@ run only adds blobs.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ class FileIds:
         st = os.stat(path)
         key = stat_key(st)
         hit = self._memo.get(path)
-        if hit is not None and hit[0] == key and (not executable or hit[1] in self._executable):
+        if hit is not None and hit[0] == key and (not executable or self._executable_blob(hit[1])):
             return hit[1]
         trusted = observed - max(st.st_mtime_ns, st.st_ctime_ns) >= self.store.hash_cache.racy_window_ns
         ident = self.store.hash_cache.lookup(Path(path), st)
@@ -93,6 +94,8 @@ class FileIds:
             # racy: hash it (a small read) but write nothing — an entry made now could
             # never be trusted, and rewriting one costs a rename each time
             ident = hash_file(Path(path))
+        if ident is not None and executable:
+            self._executable_blob(ident)
         if ident is None or (executable and ident not in self._executable) or not self._has(ident):
             # unknown, new, or to be made executable: the store copies the file, hashing
             # what it copies, and remembers the ID. Should the file have changed since
@@ -106,6 +109,24 @@ class FileIds:
             with self._lock:
                 self._memo[path] = (key, ident)
         return ident
+
+    def _executable_blob(self, ident: str) -> bool:
+        """Whether blob ``ident`` is in the store as an executable (remembered once seen).
+
+        Each run stores the toolchain's programs and libraries as executables; for those
+        already stored so, one ``stat`` of the blob replaces storing them again (which
+        rewrote each one's hash-cache entry, a rename of ~5 ms, on every warm run)."""
+        if ident in self._executable:
+            return True
+        try:
+            if not os.stat(self.store.blob_path(ident)).st_mode & stat.S_IXUSR:
+                return False
+        except (OSError, ValueError):
+            return False
+        with self._lock:
+            self._executable.add(ident)
+            self._present.add(ident)
+        return True
 
     def _put(self, path: str, st: os.stat_result, observed: int, trusted: bool, executable: bool) -> str:
         """Store the file. A small one is read once and stored from memory, and its
