@@ -11,8 +11,9 @@ and replying what the model replied.
 The key (:meth:`Memo.key`) is everything of the request a model's answer depends on
 that can be hashed at once: the code (:func:`~.warm.code_fingerprint`), the build root,
 the real PATH, the umask, the tool, the program the build named, cwd, argv (and the
-words of every ``@file`` in it), and the environment except gg-infer's own variables
-and ``PATH`` (the models use the real PATH, which is in the key). The facts are
+words of every ``@file`` in it), and the environment except gg-infer's own variables,
+``PATH`` (the models use the real PATH, which is in the key), the shell's bookkeeping
+(``_``, ``OLDPWD``, ``SHLVL``) and make's jobserver address in ``MAKEFLAGS``. The facts are
 everything the model looked at on the file system, recorded while it ran
 (:class:`Observer`, fed by :class:`~.fileids.FileIds`, the context, the toolchain, the
 driver and the scanner):
@@ -58,6 +59,20 @@ __all__ = ["Memo", "Observer", "Recording", "memo_enabled"]
 
 FORMAT = "1"  # part of every key: records of another layout are never read
 MAX_ENTRIES = 100_000  # in memory per run; beyond it, records are read from disk
+# Not in the key: the models use the real PATH (in the key); nothing the models run
+# reads the others, which differ from run to run with how the build was started
+# (bash's ``_`` names the last command a shell ran: every call would miss after
+# ``strace gg-infer make`` or ``time gg-infer make``).
+IGNORED_ENV = frozenset({"PATH", "_", "OLDPWD", "SHLVL"})
+# make's jobserver, which names a new FIFO per run since make 4.4 (gcc reads it only in
+# lto-wrapper, at a link, which a model never runs: thunks have an environment of their own)
+_JOBSERVER = ("--jobserver-auth=", "--jobserver-fds=")
+
+
+def _env_value(name: str, value: str) -> str:
+    if name in ("MAKEFLAGS", "MFLAGS") and "--jobserver" in value:
+        return " ".join(word for word in value.split(" ") if not word.startswith(_JOBSERVER))
+    return value
 
 
 def _umask() -> str:
@@ -116,7 +131,8 @@ class Memo:
         except (OSError, ValueError):
             return None
         parts = [self._prefix, tool, program, cwd, str(len(argv)), *argv, str(len(expanded)), *expanded]
-        parts += sorted(f"{k}={v}" for k, v in env.items() if k != "PATH" and not k.startswith("GG_INFER"))
+        parts += sorted(f"{k}={_env_value(k, v)}" for k, v in env.items()
+                        if k not in IGNORED_ENV and not k.startswith("GG_INFER"))
         return xxhash.xxh3_128_hexdigest("\0".join(parts).encode("utf-8", "surrogateescape"))
 
     def replay(self, key: str) -> bytes | None:

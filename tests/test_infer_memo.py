@@ -226,3 +226,26 @@ def test_a_bad_memo_setting_is_one_line(tree):
     assert result.returncode != 0
     assert "GG_INFER_MEMO" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_key_leaves_out_only_what_no_model_reads(tmp_path):
+    from model_sub.memo import Memo
+
+    memo = Memo(tmp_path, None, lambda: "code", ["store", "root", "/usr/bin:/bin"], {},  # type: ignore[arg-type]
+                lambda path, ref, executable: None, lambda path, text: None)
+    argv = ["gcc", "-c", "a.c"]
+    base = {"HOME": "/root", "MAKEFLAGS": " -j2 --jobserver-auth=3,4", "_": "/usr/bin/make", "SHLVL": "1",
+            "PATH": "/usr/bin", "GG_INFER_SOCKET": "/tmp/a.sock"}
+    key = memo.key("gcc", "/usr/bin/gcc", "/src", argv, base)
+    same = {**base, "MAKEFLAGS": " -j2 --jobserver-auth=fifo:/tmp/GMfifo77", "_": "/usr/bin/strace", "SHLVL": "3",
+            "OLDPWD": "/", "PATH": "/x/bin:/usr/bin", "GG_INFER_SOCKET": "/tmp/b.sock"}
+    assert memo.key("gcc", "/usr/bin/gcc", "/src", argv, same) == key
+    for changed in ({"MAKEFLAGS": " -j4 --jobserver-auth=3,4"}, {"HOME": "/home/x"}, {"LANG": "C.UTF-8"}):
+        assert memo.key("gcc", "/usr/bin/gcc", "/src", argv, {**base, **changed}) != key, changed
+    assert memo.key("gcc", "/usr/bin/gcc", "/src", [*argv, "-O2"], base) != key
+    assert memo.key("gcc", "/usr/bin/gcc", "/other", argv, base) != key
+    assert memo.key("gcc", "/usr/bin/cc", "/src", argv, base) != key
+    (tmp_path / "args").write_text("-O1\n")
+    at_file = memo.key("gcc", "/usr/bin/gcc", str(tmp_path), [*argv, "@args"], base)
+    (tmp_path / "args").write_text("-O3\n")
+    assert memo.key("gcc", "/usr/bin/gcc", str(tmp_path), [*argv, "@args"], base) != at_file
