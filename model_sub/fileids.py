@@ -153,3 +153,22 @@ class FileIds:
             return self.stored(path) == ident
         except OSError:
             return False
+
+    def all_unchanged(self, files: dict[str, str]) -> bool:
+        """:meth:`unchanged` for every ``path: ident``, False at the first that is not.
+
+        A memo hit checks ~80 files a compile: the remembered ones are compared here by
+        one ``stat`` each, without a method call and a key tuple per file."""
+        memo = self._memo
+        for path, ident in files.items():
+            hit = memo.get(path)
+            if hit is not None and hit[1] == ident:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    return False
+                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == hit[0]:
+                    continue
+            if not self.unchanged(path, ident):
+                return False
+        return True

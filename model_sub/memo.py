@@ -196,9 +196,8 @@ class Memo:
                 placeholder = read_placeholder(path)
                 if (placeholder.ref if placeholder is not None else None) != ref:
                     return False
-            for path, ident in entry["files"].items():
-                if not self.ids.unchanged(path, ident):
-                    return False
+            if not self.ids.all_unchanged(entry["files"]):
+                return False
             for name, value in entry["programs"].items():
                 if self.checks["program"](name) != value:
                     return False
