@@ -96,9 +96,9 @@ class ModelServer:
     socket and a pidfd of the build's process: it accepts requests until the build
     exits, and each request is answered on a thread, one per request in flight at once,
     kept for the run (a parallel build calls many tools at once). So a run that calls
-    no tool starts no thread and needs no
-    stop signal, and the loop ends the moment the build does. Plain sockets and
-    threads, not ``socketserver``: importing it cost more than this loop.
+    no tool starts no thread and needs no stop signal, and the loop ends the moment the
+    build does. Plain sockets and threads, not ``socketserver``: importing it cost more
+    than this loop.
 
     With a :class:`~.warm_client.Handoff`, the first request hands the socket to a warm server's
     worker instead (the models are already imported there), and this loop only watches
