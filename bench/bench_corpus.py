@@ -9,10 +9,10 @@ One table per project, all rows from one run on one machine:
 * gg cold: ``gg-infer`` on the build, then ``gg-force -j2`` on every library and program
   (a fresh store); gg warm: the project's clean, then the same again (store kept), with
   gg-infer's warm model server and without it (``GG_INFER_SERVER=off``), with the
-  server but without the per-call memo (``GG_INFER_MEMO=off``), and with gg's modules
-  compiled from source at every start (no ``.pyc``: ``PYTHONDONTWRITEBYTECODE`` and an
-  empty ``PYTHONPYCACHEPREFIX``); every other gg row runs byte-compiled modules, as pip
-  installs them (the bench runs ``compileall`` first).
+  server but without the per-call memo (``GG_INFER_MEMO=off``), and with gg's own
+  modules compiled from source at every start (their ``.pyc`` files removed before the
+  row, ``PYTHONDONTWRITEBYTECODE`` set, ``compileall`` after it); every other gg row
+  runs byte-compiled modules, as pip installs them (the bench runs ``compileall`` first).
 
 Each variant builds in a tree of its own; the warm rows run interleaved (every variant
 once per round, ``--warm-rounds`` rounds) and show the median.
@@ -195,10 +195,10 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
     warm["gg"] = (work, env)
     warm["gg, no model server"] = (work, {**env, "GG_INFER_SERVER": "off"})
     warm["gg, no memo"] = (work, {**env, "GG_INFER_MEMO": "off"})
-    # gg-infer and gg-force compiling their modules from source at every start, as they
-    # do where PYTHONDONTWRITEBYTECODE is set and nothing byte-compiled them
-    warm["gg, no bytecode"] = (work, {**env, "PYTHONDONTWRITEBYTECODE": "1",
-                                      "PYTHONPYCACHEPREFIX": str(base / "empty-pycache")})
+    # gg-infer and gg-force compiling gg's modules from source at every start, as they
+    # do where PYTHONDONTWRITEBYTECODE is set and nothing byte-compiled them (the
+    # standard library's and the installed packages' .pyc files are there, as usual)
+    warm["gg, no bytecode"] = (work, {**env, "PYTHONDONTWRITEBYTECODE": "1"})
 
     # warm after the project's clean: the variants interleaved, the median of the rounds
     samples: dict[str, list[list[tuple[str, float, float]]]] = {name: [] for name in warm}
@@ -211,7 +211,11 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
                          "gg, no model server": "gg warm, GG_INFER_SERVER=off",
                          "gg, no memo": "gg warm, GG_INFER_MEMO=off",
                          "gg, no bytecode": "gg warm, modules not byte-compiled"}[name]
+                if name == "gg, no bytecode":
+                    drop_bytecode()
                 gg_build(project, tree, variant_env, targets, got, label)
+                if name == "gg, no bytecode":
+                    byte_compile()
             else:
                 with Timer() as t:
                     run(project.build, tree, variant_env)
@@ -234,12 +238,21 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+GG_PACKAGES = ("ir", "model_sub", "executor")  # what gg-infer, its model server and gg-force import
+
+
 def byte_compile() -> None:
     """gg's modules as pip installs them, byte-compiled. (Where PYTHONDONTWRITEBYTECODE
     is set, as in the sessions that develop gg, nothing else writes the ``.pyc`` files,
     and every gg-infer and gg-force start compiled its modules from source.)"""
-    packages = [str(REPO / name) for name in ("ir", "model_sub", "executor")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / p) for p in GG_PACKAGES)], check=True)
+
+
+def drop_bytecode() -> None:
+    """Remove gg's ``.pyc`` files (for the row that measures a start without them)."""
+    for package in GG_PACKAGES:
+        for cache in (REPO / package).rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def warm_up(base: Path) -> None:
