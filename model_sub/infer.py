@@ -211,7 +211,8 @@ def local_run_lines(ctx: ModelContext) -> list[str]:
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
                "strip and friends: they write thunks into .gg/ and placeholders where the outputs "
                "would be; then run gg-force on the targets.")
-EPILOG = "example: gg-infer make -j8 && gg-force my-program"
+EPILOG = ("example: gg-infer make -j8 && gg-force my-program. "
+          "GG_INFER_MEMO=off models every call, also one whose recorded answer still holds.")
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
