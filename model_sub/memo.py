@@ -58,7 +58,11 @@ from .memo_observer import PROBES, Observer, Recording, memo_enabled
 __all__ = ["Memo", "Observer", "Recording", "memo_enabled"]
 
 FORMAT = "1"  # part of every key: records of another layout are never read
-MAX_ENTRIES = 100_000  # in memory per run; beyond it, records are read from disk
+# Records kept in memory per run, and so handed to the warm server's next worker: a
+# compile's record is ~100 facts (tens of KB as Python objects), and the server keeps
+# what its workers report. Beyond this many, a record is read from disk on each use
+# (one small JSON file, ~0.1 ms).
+MAX_ENTRIES = 2_000
 # Not in the key: the models use the real PATH (in the key); nothing the models run
 # reads the others, which differ from run to run with how the build was started
 # (bash's ``_`` names the last command a shell ran: every call would miss after
