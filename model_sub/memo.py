@@ -123,6 +123,8 @@ class Memo:
     def seed(self, entries: dict[str, dict]) -> None:
         with self._lock:
             for key, entry in entries.items():
+                if len(self._entries) >= MAX_ENTRIES:
+                    break
                 self._entries.setdefault(key, entry)
 
     def key(self, tool: str, program: str, cwd: str, argv: list[str], env: dict[str, str]) -> str | None:
