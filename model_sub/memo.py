@@ -165,9 +165,12 @@ class Memo:
         with self._lock:
             if len(self._entries) < MAX_ENTRIES:
                 self._entries[key] = entry
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.cache_dir / key,
-                           json.dumps(entry, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.cache_dir / key,
+                               json.dumps(entry, separators=(",", ":")).encode("utf-8", "surrogateescape"))
+        except OSError:
+            pass  # (a full disk): the call was modelled; without its record, the next one is too
 
     def _entry(self, key: str) -> dict | None:
         with self._lock:
