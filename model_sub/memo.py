@@ -53,9 +53,7 @@ from ir.placeholder import read_placeholder
 
 from .fileids import FileIds, stat_key
 from .gcc_args import expand_response_files
-from .memo_observer import PROBES, Observer, Recording, memo_enabled
-
-__all__ = ["Memo", "Observer", "Recording", "memo_enabled"]
+from .memo_observer import PROBES, Recording
 
 FORMAT = "1"  # part of every key: records of another layout are never read
 # Records kept in memory per run, and so handed to the warm server's next worker: a
