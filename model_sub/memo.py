@@ -15,7 +15,7 @@ words of every ``@file`` in it), and the environment except gg-infer's own varia
 ``PATH`` (the models use the real PATH, which is in the key), the shell's bookkeeping
 (``_``, ``OLDPWD``, ``SHLVL``) and make's jobserver address in ``MAKEFLAGS``. The facts are
 everything the model looked at on the file system, recorded while it ran
-(:class:`Observer`, fed by :class:`~.fileids.FileIds`, the context, the toolchain, the
+(:class:`~.memo_observer.Observer`, fed by :class:`~.fileids.FileIds`, the context, the toolchain, the
 driver and the scanner):
 
 * every file whose content it used (sources, headers from the scan, linker inputs and
