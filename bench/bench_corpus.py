@@ -9,7 +9,11 @@ One table per project, all rows from one run on one machine:
 * gg cold: ``gg-infer`` on the build, then ``gg-force -j2`` on every library and program
   (a fresh store); the same with ``GG_INFER_EARLY=2`` (gg-infer forces the outputs while
   the build runs, so gg-force finds them done); gg warm: the project's clean, then the same again (store kept), with
-  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``).
+  gg-infer's warm model server and without it (``GG_INFER_SERVER=off``), with the
+  server but without the per-call memo (``GG_INFER_MEMO=off``), and with gg's own
+  modules compiled from source at every start (their ``.pyc`` files removed before the
+  row, ``PYTHONDONTWRITEBYTECODE`` set, ``compileall`` after it); every other gg row
+  runs byte-compiled modules, as pip installs them (the bench runs ``compileall`` first).
 
 Each variant builds in a tree of its own; the warm rows run interleaved (every variant
 once per round, ``--warm-rounds`` rounds) and show the median.
@@ -46,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.corpus.fetch import CACHE, ensure_tools  # noqa: E402
 from tests.corpus.harness import file_kind, fresh_tree, prepared_source, tree_files  # noqa: E402
 from tests.corpus.projects import PROJECTS, Project  # noqa: E402
-from tests.test_infer_support import VENV_BIN, extract_lua54, tool_env  # noqa: E402
+from tests.test_infer_support import REPO, VENV_BIN, extract_lua54, tool_env  # noqa: E402
 
 LUA = Project(name="lua", package="", version="", tools=(), configure=(), build=(("make", "-s", "-j2"),))
 COMPILERS = ("gcc", "cc", "g++", "c++")
@@ -191,6 +195,11 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
         warm_rounds = 0
     warm["gg"] = (work, env)
     warm["gg, no model server"] = (work, {**env, "GG_INFER_SERVER": "off"})
+    warm["gg, no memo"] = (work, {**env, "GG_INFER_MEMO": "off"})
+    # gg-infer and gg-force compiling gg's modules from source at every start, as they
+    # do where PYTHONDONTWRITEBYTECODE is set and nothing byte-compiled them (the
+    # standard library's and the installed packages' .pyc files are there, as usual)
+    warm["gg, no bytecode"] = (work, {**env, "PYTHONDONTWRITEBYTECODE": "1"})
     early = fresh_tree(source, base / "gg-early")
     try:  # the same cold build with gg-infer's early forcing (the compiles overlap the build)
         run(project.configure, early, env, infer=True)
@@ -209,8 +218,15 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
             run(project.clean, tree, variant_env)
             got: list[tuple[str, float, float]] = []
             if name.startswith("gg"):
-                label = "gg warm (after clean, store kept)" if name == "gg" else "gg warm, GG_INFER_SERVER=off"
+                label = {"gg": "gg warm (after clean, store kept)",
+                         "gg, no model server": "gg warm, GG_INFER_SERVER=off",
+                         "gg, no memo": "gg warm, GG_INFER_MEMO=off",
+                         "gg, no bytecode": "gg warm, modules not byte-compiled"}[name]
+                if name == "gg, no bytecode":
+                    drop_bytecode()
                 gg_build(project, tree, variant_env, targets, got, label)
+                if name == "gg, no bytecode":
+                    byte_compile()
             else:
                 with Timer() as t:
                     run(project.build, tree, variant_env)
@@ -231,6 +247,23 @@ def _median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+GG_PACKAGES = ("ir", "model_sub", "executor")  # what gg-infer, its model server and gg-force import
+
+
+def byte_compile() -> None:
+    """gg's modules as pip installs them, byte-compiled. (Where PYTHONDONTWRITEBYTECODE
+    is set, as in the sessions that develop gg, nothing else writes the ``.pyc`` files,
+    and every gg-infer and gg-force start compiled its modules from source.)"""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / p) for p in GG_PACKAGES)], check=True)
+
+
+def drop_bytecode() -> None:
+    """Remove gg's ``.pyc`` files (for the row that measures a start without them)."""
+    for package in GG_PACKAGES:
+        for cache in (REPO / package).rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def warm_up(base: Path) -> None:
@@ -262,6 +295,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_tools(["ccache"])
     sccache = sccache_binary()
+    byte_compile()
     with tempfile.TemporaryDirectory(prefix="gg-bench-corpus-") as tmp:
         warm_up(Path(tmp) / "warm-up")
         for name in args.projects:

@@ -24,7 +24,7 @@ _UNUSED_U = b"ar: `u' modifier ignored since `D' is the default (see `U')\n"
 
 def _existing_archive_kind(path: str, ctx: ModelContext) -> str:
     """"none", "placeholder", "archive", "thin" or "other" for ``path``."""
-    if not os.path.exists(path):
+    if not ctx.exists(path):
         return "none"
     if ctx.is_placeholder(path):
         return "placeholder"
@@ -62,7 +62,7 @@ def run_ar(ctx: ModelContext, argv: list[str], cwd: str) -> bytes:
     for index in call.member_indices:
         member = call.words[index]
         host = os.path.join(cwd, member)
-        if not os.path.isfile(host):
+        if not ctx.isfile(host):
             raise Unmodelled(f"ar member {member} does not exist", label="(missing member)")
         name = ctx.paths.to_thunk(member, cwd)
         if os.path.basename(name) != os.path.basename(os.path.normpath(member)):
@@ -105,7 +105,7 @@ def _put_in_place_thunk(ctx: ModelContext, tool: str, args: list[str], host_path
     portable = ctx.toolchain.program(tool)
     ref = ctx.put(portable.function_hash, [*portable.argv_prefix, *[tag if a == "TAG" else a for a in args]], [tag],
                   inputs, portable.executables)
-    ctx.place(host_path, ref, executable=os.access(host_path, os.X_OK))
+    ctx.place(host_path, ref, executable=ctx.executable(host_path))
 
 
 def _option_words(ctx: ModelContext, call: ObjCall, cwd: str, inputs: Inputs) -> list[str]:
@@ -113,7 +113,7 @@ def _option_words(ctx: ModelContext, call: ObjCall, cwd: str, inputs: Inputs) ->
     words = [w for option in call.options for w in option]
     for option, value, _sep in call.file_options:
         host = os.path.join(cwd, value)
-        if not os.path.isfile(host):
+        if not ctx.isfile(host):
             raise Unmodelled(f"{option} file {value} does not exist", label="(missing input)")
         name = ctx.paths.to_thunk(value, cwd)
         if os.path.basename(name) != os.path.basename(os.path.normpath(value)):
@@ -138,13 +138,13 @@ def _in_place(ctx: ModelContext, tool: str, call: ObjCall, cwd: str) -> None:
         portable = ctx.toolchain.program(tool)
         ref = ctx.put(portable.function_hash, [*portable.argv_prefix, *options, tag], [tag], inputs,
                       portable.executables)
-        ctx.place(host, ref, executable=os.access(host, os.X_OK))
+        ctx.place(host, ref, executable=ctx.executable(host))
 
 
 def _copy(ctx: ModelContext, tool: str, call: ObjCall, source: str, output: str, cwd: str) -> None:
     """``tool options SOURCE -> OUTPUT`` as one thunk (strip -o, objcopy IN OUT)."""
     host_in, host_out = os.path.join(cwd, source), os.path.join(cwd, output)
-    if not os.path.isfile(host_in):
+    if not ctx.isfile(host_in):
         raise Unmodelled(f"{tool} input {source} does not exist", label="(missing input)")
     inputs = Inputs()
     options = _option_words(ctx, call, cwd, inputs)
@@ -156,7 +156,7 @@ def _copy(ctx: ModelContext, tool: str, call: ObjCall, source: str, output: str,
     portable = ctx.toolchain.program(tool)
     args = [*options, "-o", out_tag, in_name] if tool == "strip" else [*options, in_name, out_tag]
     ref = ctx.put(portable.function_hash, [*portable.argv_prefix, *args], [out_tag], inputs, portable.executables)
-    executable = os.access(host_in, os.X_OK)  # strip and objcopy give the output the input's mode
+    executable = ctx.executable(host_in)  # strip and objcopy give the output the input's mode
     ctx.place(host_out, ref, executable=executable)
 
 

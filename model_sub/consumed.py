@@ -94,13 +94,6 @@ def _pipes(pid: int) -> tuple[set[str], set[str]]:
     return reads, writes
 
 
-def _write_only(pid: int) -> set[str]:
-    """The pipes ``pid`` holds for writing only: a jobserver pipe, held at both ends by
-    every process that shares it, is never a result being read."""
-    reads, writes = _pipes(pid)
-    return writes - reads
-
-
 def _ancestors(pid: int, stop_pid: int) -> list[int]:
     """``pid``'s parent, grandparent... up to the nearest build driver (inclusive), or
     up to ``stop_pid`` (exclusive) when there is none. Empty when the walk reaches
@@ -135,13 +128,26 @@ def consumed_output(pid: int, stop_pid: int) -> str | None:
     top_name = program_name(_cmdline_or_empty(top))
     driver = top_name in BUILD_DRIVERS
     writers = [pid, *chain[:-1]] if driver else [pid, *chain]
-    pipes = set().union(*(_write_only(p) for p in writers))
+    held: dict[int, tuple[set[str], set[str]]] = {}  # each process's fds are read once per call
+
+    def pipes_of(p: int) -> tuple[set[str], set[str]]:
+        if p not in held:
+            held[p] = _pipes(p)
+        return held[p]
+
+    def write_only(p: int) -> set[str]:
+        """The pipes ``p`` holds for writing only: a jobserver pipe, held at both ends by
+        every process that shares it, is never a result being read."""
+        reads, writes = pipes_of(p)
+        return writes - reads
+
+    pipes = set().union(*(write_only(p) for p in writers))
     if driver:
-        pipes -= _write_only(top)  # the build's own log (make | tee, captured output, out=$(make))
+        pipes -= write_only(top)  # the build's own log (make | tee, captured output, out=$(make))
     if not pipes:
         return None
     for holder in chain[:-1] if top_name in CAPTURING_DRIVERS else chain:
-        if pipes & _pipes(holder)[0]:
+        if pipes & pipes_of(holder)[0]:
             name = program_name(_cmdline_or_empty(holder)) or str(holder)
             return f"output read at once by {name} (command substitution or $(shell ...))"
     return None

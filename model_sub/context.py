@@ -15,14 +15,16 @@ from ir.placeholder import MAX_PLACEHOLDER_SIZE, read_placeholder, render, wants
 from ir.store import LocalStore
 from ir.thunk import Input, Thunk
 
-from .deps import DepScanner
+from .deps import DepScanner, write_depfile
 from .driver import Driver
 from .early import Placements
 from .fallback import Forcer, LocalRuns
 from .fileids import FileIds
+from .memo import Memo
+from .memo_observer import Observer
 from .paths import PathMap
 from .thunkids import ThunkRecords
-from .toolchain import Toolchain
+from .toolchain import Toolchain, closure_fact, program_fact
 
 # Thunk environment: a fixed epoch makes __DATE__/__TIME__ reproducible (gcc reads
 # SOURCE_DATE_EPOCH), and a fixed locale makes diagnostics stable. The tools take the
@@ -52,6 +54,8 @@ class ModelContext:
     log_path: Path
     thunk_ids: ThunkRecords
     forcer: Forcer
+    observer: Observer = field(default_factory=Observer)  # what the call being modelled looks at (memo.py)
+    memo: Memo | None = None  # None: GG_INFER_MEMO=off
     local_runs: LocalRuns = field(default_factory=LocalRuns)
     # gg-infer's early forcing (model_sub/early.py): every placeholder's thunk, as written
     placements: Placements | None = None
@@ -59,28 +63,47 @@ class ModelContext:
     _log_handle: TextIO | None = None
 
     @classmethod
-    def create(cls, store: LocalStore, root: str, real_path: str,
+    def create(cls, store: LocalStore, root: str, real_path: str, memo: bool = True,
                placements: Placements | None = None) -> ModelContext:
+        """``memo``: answer unchanged calls from their records (``GG_INFER_MEMO``, see memo.py);
+        ``placements``: where early forcing takes each placeholder's thunk (early.py)."""
         cache = store.root / "infer"
-        ids = FileIds(store)
-        driver = Driver(cache / "driver", real_path)
-        return cls(
+        observer = Observer()
+        ids = FileIds(store, observer)
+        driver = Driver(cache / "driver", real_path, observer)
+        ctx = cls(
             store=store,
             paths=PathMap.for_root(root),
             real_path=real_path,
-            toolchain=Toolchain(ids, cache / "closure", real_path),
+            toolchain=Toolchain(ids, cache / "closure", real_path, observer),
             driver=driver,
-            scanner=DepScanner(ids, cache / "deps", real_path, driver),
+            scanner=DepScanner(ids, cache / "deps", real_path, driver, observer),
             ids=ids,
             log_path=cache / "log",
             thunk_ids=ThunkRecords(cache / "thunk-ids"),
             forcer=Forcer(str(store.root)),
+            observer=observer,
             placements=placements,
         )
+        if memo:
+            from .warm import code_fingerprint
+
+            toolchain = ctx.toolchain
+            ctx.memo = Memo(cache / "memo", ids, code_fingerprint, [str(store.root), ctx.paths.root, real_path],
+                            {"which": toolchain.which,
+                             "program": lambda name: program_fact(toolchain.program(name)),
+                             "closure": lambda path: closure_fact(toolchain.closure(path))},
+                            {"place": lambda path, ref, executable: ctx.place(path, ref, bool(executable)),
+                             "depfile": write_depfile, "debug_dirs": ctx.note_relative_debug_dirs})
+        return ctx
 
     def cache_snapshot(self) -> dict[str, dict]:
         """What a later run may start from (see :meth:`seed_caches`)."""
-        return {"ids": self.ids.snapshot(), "scans": self.scanner.snapshot(), "driver": self.driver.snapshot()}
+        snapshot: dict[str, dict] = {"ids": self.ids.snapshot(), "scans": self.scanner.snapshot(),
+                                     "driver": self.driver.snapshot()}
+        if self.memo is not None:
+            snapshot["memo"] = self.memo.snapshot()
+        return snapshot
 
     def seed_caches(self, snapshot: dict[str, dict]) -> None:
         """Start from earlier runs' in-memory caches (the warm model server keeps them).
@@ -92,6 +115,8 @@ class ModelContext:
         self.ids.seed(snapshot.get("ids", {}))
         self.scanner.seed(snapshot.get("scans", {}))
         self.driver.seed(snapshot.get("driver", {}))
+        if self.memo is not None:
+            self.memo.seed(snapshot.get("memo", {}))
 
     def close(self) -> None:
         """Release what the run's helpers hold (the driver's empty directory, the log)."""
@@ -119,14 +144,31 @@ class ModelContext:
 
     def add_file(self, inputs: Inputs, host_path: str, name: str) -> None:
         """Add ``host_path`` as input ``name``: a thunk input if it is a placeholder."""
-        placeholder = read_placeholder(Path(host_path))
-        if placeholder is not None:
-            inputs.thunks.add(Input(placeholder.ref, name))
+        ref = self._placeholder_ref(host_path)
+        if ref is not None:
+            inputs.thunks.add(Input(ref, name))
         else:
             inputs.values.add(Input(self.ids.stored(host_path), name))
 
     def is_placeholder(self, host_path: str) -> bool:
-        return read_placeholder(Path(host_path)) is not None
+        return self._placeholder_ref(host_path) is not None
+
+    def _placeholder_ref(self, host_path: str) -> str | None:
+        placeholder = read_placeholder(host_path)
+        ref = placeholder.ref if placeholder is not None else None
+        self.observer.placeholder(host_path, ref)
+        return ref
+
+    # The models ask the file system these questions through the context, so that the
+    # memo knows every answer its record depends on (a library search's misses too).
+    def isfile(self, path: str) -> bool:
+        return self.observer.probe("isfile", path)
+
+    def exists(self, path: str) -> bool:
+        return self.observer.probe("exists", path)
+
+    def executable(self, path: str) -> bool:
+        return self.observer.probe("x_ok", path)
 
     def put(self, function_hash: str, args: list[str], outputs: list[str], inputs: Inputs,
             executables: tuple[Input, ...]) -> str:
@@ -150,6 +192,7 @@ class ModelContext:
         key = xxhash.xxh3_128_hexdigest("\0".join(parts).encode("utf-8", "surrogateescape"))
         known = self.thunk_ids.get(key)
         if known and self.ids.has_blob(known):
+            self.observer.thunk(known)
             return known
         thunk = Thunk(
             function_hash=function_hash,
@@ -162,10 +205,18 @@ class ModelContext:
         )
         ident = self.store.put_thunk(thunk)
         self.thunk_ids.add(key, ident)
+        self.observer.thunk(ident)
         return ident
+
+    def note_relative_debug_dirs(self, count: int) -> None:
+        """``count`` compiles with debug info became thunks (their objects name their
+        directory "."): said at the end of the run (fallback.LocalRuns), replayed by the memo."""
+        self.observer.wrote("debug_dirs", count)
+        self.local_runs.record_relative_debug_dir(count)
 
     def place(self, host_path: str, ref: str, executable: bool) -> None:
         """Write the placeholder for an output (mode as the real file would have)."""
+        self.observer.wrote("place", host_path, ref, executable)
         path = Path(host_path)
         mode = 0o755 if executable else 0o644
         if self.placements is not None:

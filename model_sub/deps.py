@@ -28,6 +28,7 @@ from ir.atomic import atomic_write_bytes, unlink_quietly
 
 from .driver import Driver
 from .fileids import FileIds
+from .memo_observer import Observer
 
 _BLANKS = re.compile(r"[ \t]+")
 
@@ -74,9 +75,22 @@ def parse_make_deps(text: str) -> list[str]:
     return words
 
 
+def write_depfile(target: str, text: str) -> None:
+    """Write the user's dependency file, unless it already holds exactly ``text``."""
+    try:
+        with open(target, encoding="utf-8", errors="surrogateescape") as handle:
+            same = handle.read() == text
+    except OSError:
+        same = False
+    if not same:
+        atomic_write_bytes(Path(target), text.encode("utf-8", "surrogateescape"))
+
+
 class DepScanner:
-    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str, driver: Driver | None = None):
+    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str, driver: Driver | None = None,
+                 observer: Observer | None = None):
         self.ids = ids
+        self.observer = observer or Observer()  # the memo records the dependency file written
         self.driver = driver
         self.cache_dir = cache_dir
         self.scratch = cache_dir.parent / "scratch"
@@ -125,13 +139,8 @@ class DepScanner:
                 self._memo[key] = cached
         if user_depfile is not None and cached.depfile_text is not None:
             target = os.path.join(cwd, user_depfile)
-            try:
-                with open(target, encoding="utf-8", errors="surrogateescape") as handle:
-                    same = handle.read() == cached.depfile_text
-            except OSError:
-                same = False
-            if not same:
-                atomic_write_bytes(Path(target), cached.depfile_text.encode("utf-8", "surrogateescape"))
+            write_depfile(target, cached.depfile_text)
+            self.observer.wrote("depfile", target, cached.depfile_text)
         return cached
 
     def _file_id(self, path: str) -> str:

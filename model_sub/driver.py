@@ -20,6 +20,9 @@ import xxhash
 
 from ir.atomic import atomic_write_bytes
 
+from .fileids import stat_key
+from .memo_observer import Observer
+
 _TEMP_RE = re.compile(r"^(.*?)(/tmp/cc[A-Za-z0-9]{6,}\.([A-Za-z0-9_+]+))$")
 TEMP_PREFIX = "gg-tmp"
 # Stand-ins for a compile's source and output stems in a shared -### question.
@@ -144,8 +147,9 @@ def _substitute(words: list[str], back: dict[str, str]) -> list[str]:
 class Driver:
     """Cached questions to the real gcc driver for one gg-infer run."""
 
-    def __init__(self, cache_dir: Path, real_path: str):
+    def __init__(self, cache_dir: Path, real_path: str, observer: Observer | None = None):
         self.cache_dir = cache_dir
+        self.observer = observer or Observer()  # the memo's facts: the stat of each program asked
         self.real_path = real_path
         self._lock = threading.Lock()
         self._memo: dict[str, object] = {}
@@ -192,6 +196,12 @@ class Driver:
         return subprocess.run(argv, cwd=empty, env=_clean_env(env, self.real_path),
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
+    def _mtime(self, program: str) -> str:
+        """The program's mtime, part of every cache key; its whole stat identity is a memo fact."""
+        st = os.stat(program)
+        self.observer.stat(program, list(stat_key(st)))
+        return str(st.st_mtime_ns)
+
     def close(self) -> None:
         """Nothing to release (the empty working directory stays in the store)."""
         self._empty = None
@@ -205,8 +215,7 @@ class Driver:
                 raise DriverError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed")
             return [list(stage.argv) for stage in parse_hash_hash_hash(result.stderr)]
 
-        stat = os.stat(driver)
-        raw = self._cached(["stages", driver, str(stat.st_mtime_ns), *args], compute)
+        raw = self._cached(["stages", driver, self._mtime(driver), *args], compute)
         return [Stage(tuple(words)) for words in raw]
 
     def compile_stages(self, driver: str, args: list[str], source: str, output: str,
@@ -229,8 +238,7 @@ class Driver:
             ok = [list(_substitute(list(stage.argv), back)) for stage in shared] == [list(s.argv) for s in direct]
             return {"ok": ok, "stages": [list(stage.argv) for stage in shared]}
 
-        stat = os.stat(driver)
-        raw = self._cached(["template", driver, str(stat.st_mtime_ns), *key_args], compute)
+        raw = self._cached(["template", driver, self._mtime(driver), *key_args], compute)
         if not raw["ok"]:
             return self.stages(driver, args, env)
         return [Stage(tuple(_substitute(words, back))) for words in raw["stages"]]
@@ -266,7 +274,7 @@ class Driver:
         if len(stages) != 1 or not os.path.basename(stages[0].program).startswith("cc1") \
                 or "-E" not in stages[0].argv:
             return None
-        key = [driver, str(os.stat(driver).st_mtime_ns), *forward]
+        key = [driver, self._mtime(driver), *forward]
         return key, _substitute(list(stages[0].argv), back)
 
     def verdict(self, key: list[str], check) -> bool:
@@ -289,8 +297,7 @@ class Driver:
                     dirs.append(os.path.normpath(line.strip().split(" (")[0]))
             return dirs
 
-        stat = os.stat(driver)
-        return self._cached(["incdirs", driver, str(stat.st_mtime_ns), lang, *flags], compute)
+        return self._cached(["incdirs", driver, self._mtime(driver), lang, *flags], compute)
 
     def deterministic_by_default(self, program: str) -> bool:
         """Whether ar/ranlib ``program`` writes zero timestamps and owners unless told
@@ -303,7 +310,7 @@ class Driver:
             return any(("[D]" in line or line.strip().startswith("-D")) and "(default)" in line
                        for line in result.stdout.splitlines())
 
-        return bool(self._cached(["deterministic", program, str(os.stat(program).st_mtime_ns)], compute))
+        return bool(self._cached(["deterministic", program, self._mtime(program)], compute))
 
     def linker_search_dirs(self, ld: str) -> list[str]:
         """ld's built-in ``SEARCH_DIR``s (sysroot-relative), from ``ld --verbose``."""
@@ -312,4 +319,4 @@ class Driver:
             result = self._run([ld, "--verbose"], {})
             return [d.lstrip("=") for d in re.findall(r'SEARCH_DIR\("([^"]+)"\)', result.stdout)]
 
-        return self._cached(["ldsearch", ld, str(os.stat(ld).st_mtime_ns)], compute)
+        return self._cached(["ldsearch", ld, self._mtime(ld)], compute)

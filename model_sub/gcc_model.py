@@ -59,7 +59,7 @@ class GccModel:
             if item.words[0].startswith("--sysroot") or item.words[0] == "-isysroot":
                 raise Unmodelled("--sysroot/-isysroot")
         for item in call.items:
-            if item.kind == "input" and not os.path.isfile(os.path.join(self.cwd, item.path or "")):
+            if item.kind == "input" and not self.ctx.isfile(os.path.join(self.cwd, item.path or "")):
                 raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
         self.driver = self.ctx.toolchain.which(self.program or os.path.basename(self.argv[0]))
         if call.mode == "link":
@@ -70,7 +70,7 @@ class GccModel:
                 ref = self._compile(call, source, os.path.basename(output), output)
                 self.ctx.place(os.path.join(self.cwd, output), ref, executable=False)
         if call.sources and call.debug_info():  # modelled: every source became a thunk
-            self.ctx.local_runs.record_relative_debug_dir(len(call.sources))
+            self.ctx.note_relative_debug_dirs(len(call.sources))
 
     # -- mapping ------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class GccModel:
             for word in stage.argv[1:]:
                 if word in produced:
                     inputs.thunks.add(Input(produced[word], word))
-                elif word in self.known and os.path.isfile(self.known[word]):
+                elif word in self.known and self.ctx.isfile(self.known[word]):
                     self.ctx.add_file(inputs, self.known[word], word)
             if program.startswith("cc1"):
                 inputs.values |= header_inputs
@@ -210,15 +210,15 @@ class GccModel:
     def _host_file(self, word: str) -> str | None:
         """The host file an ld argument names (absolute, or a mapped name), if any."""
         if word.startswith("/"):
-            return word if os.path.isfile(word) else None
+            return word if self.ctx.isfile(word) else None
         if word.startswith((ROOT_PREFIX + "/", ABS_PREFIX + "/")):
             host = self.ctx.paths.to_host(word)
-            return host if os.path.isfile(host) else None
+            return host if self.ctx.isfile(host) else None
         if word and not word.startswith("-"):
             # a relative file passed through -Wl,/-Xlinker (a version script, an archive
             # inside --whole-archive): relative to the call's directory
             host = os.path.normpath(os.path.join(self.cwd, word))
-            return host if os.path.isfile(host) else None
+            return host if self.ctx.isfile(host) else None
         return None
 
     def _ld_arguments(self, words: list[str], ld: str, objects: dict[str, str]) -> tuple[list[str], Inputs]:

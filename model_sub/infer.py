@@ -25,6 +25,7 @@ from ir.store_root import locate_root
 from .early import EARLY_ENV, FIFO_ENV, EarlyForcing, Placements, early_jobs
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
+from .memo_observer import memo_enabled
 from .toolnames import which
 from .warm import ServerSettings
 
@@ -77,6 +78,7 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
         environ[EARLY_ENV] = early
     early_jobs_wanted = early_jobs(environ)
     settings = ServerSettings.from_environ(environ, disabled=no_server)
+    memo = memo_enabled(environ)
     real_path = real_path_of(environ)
     infer_dir = store_root / "infer"
     shim = shim_binary(infer_dir, real_path)
@@ -94,8 +96,8 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
 
         from .context import ModelContext
 
-        return ModelContext.create(LocalStore.init(store_root), build_root, real_path,
-                                   Placements.from_environ(environ))
+        return ModelContext.create(LocalStore.init(store_root), build_root, real_path, memo=memo,
+                                   placements=Placements.from_environ(environ))
 
     models = Models(load)
     sock_dir = _private_directory()
@@ -236,7 +238,8 @@ def local_run_lines(ctx: ModelContext) -> list[str]:
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
                "strip and friends: they write thunks into .gg/ and placeholders where the outputs "
                "would be; then run gg-force on the targets.")
-EPILOG = "example: gg-infer make -j8 && gg-force my-program"
+EPILOG = ("example: gg-infer make -j8 && gg-force my-program. "
+          "GG_INFER_MEMO=off models every call, also one whose recorded answer still holds.")
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

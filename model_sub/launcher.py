@@ -125,7 +125,7 @@ def _link_gcc_dirs(prefix: Path, real_path: str) -> None:
         if not target.is_dir() or (link.is_symlink() and os.readlink(link) == str(target)):
             continue
         link.parent.mkdir(parents=True, exist_ok=True)
-        temp = link.parent / ".gcc.tmp"
+        temp = link.parent / f".gcc.tmp.{os.getpid()}"  # per process: concurrent runs share the store
         if temp.is_symlink():
             temp.unlink()
         os.symlink(target, temp)

@@ -39,7 +39,7 @@ class LibrarySearch:
         for directory in (*extra_dirs, *self.dirs):
             for candidate in candidates:
                 path = os.path.join(directory, candidate)
-                if os.path.isfile(path):
+                if self.ctx.isfile(path):
                     return os.path.normpath(path)
         return None
 
@@ -80,7 +80,7 @@ class LibrarySearch:
             if os.path.isabs(stored) or where != self.ctx.paths.to_thunk(host, "/"):
                 raise Unmodelled(f"thin archive {path}: member path {stored} leaves its tree",
                                  label="(thin archive member path)")
-            if not os.path.isfile(host):
+            if not self.ctx.isfile(host):
                 raise Unmodelled(f"thin archive {path}: member {stored} is missing", label="(missing input)")
             self.add(inputs, host)
 
@@ -93,7 +93,7 @@ class LibrarySearch:
             if word.startswith("-l"):
                 found = self.find(word[2:], static=False)
             elif word.startswith("/"):
-                found = word if os.path.isfile(word) else None
+                found = word if self.ctx.isfile(word) else None
             elif ".so" in word or word.endswith((".a", ".o")):
                 found = self.find(":" + word, static=False, extra_dirs=(os.path.dirname(path),))
             else:

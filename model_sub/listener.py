@@ -10,6 +10,7 @@ itself is listening before the build command starts, so no request is ever refus
 from __future__ import annotations
 
 import os
+import queue
 import select
 import socket
 import struct
@@ -93,10 +94,11 @@ class ModelServer:
 
     The thread that runs the build waits in :meth:`serve_until_exit`, polling the
     socket and a pidfd of the build's process: it accepts requests until the build
-    exits, and each request is answered on a thread of its own (a parallel build calls
-    many tools at once). So a run that calls no tool starts no thread and needs no
-    stop signal, and the loop ends the moment the build does. Plain sockets and
-    threads, not ``socketserver``: importing it cost more than this loop.
+    exits, and each request is answered on a thread, one per request in flight at once,
+    kept for the run (a parallel build calls many tools at once). So a run that calls
+    no tool starts no thread and needs no stop signal, and the loop ends the moment the
+    build does. Plain sockets and threads, not ``socketserver``: importing it cost more
+    than this loop.
 
     With a :class:`~.warm_client.Handoff`, the first request hands the socket to a warm server's
     worker instead (the models are already imported there), and this loop only watches
@@ -107,6 +109,14 @@ class ModelServer:
                  stop_pid: int | None = None):
         self.socket_path = socket_path
         self.models = models
+        # Requests go to threads that stay for the run: starting a thread per request
+        # made the accept loop wait for it to start (behind the running requests' hold on
+        # the GIL), while the build's next call waited to be accepted. A thread is added
+        # only when every one is busy, so a slow request (a fallback forcing inputs)
+        # never holds up another.
+        self._requests: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._idle = 0
+        self._idle_lock = threading.Lock()
         self.notes = RunNotes()
         self.stop_pid = os.getpid() if stop_pid is None else stop_pid
         if listener is not None:
@@ -171,7 +181,19 @@ class ModelServer:
             conn, _ = self._socket.accept()
         except OSError:  # the peer gave up before we accepted (ECONNABORTED)
             return
-        threading.Thread(target=self._answer, args=(conn,), name="gg-infer-request", daemon=True).start()
+        with self._idle_lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._requests.put(conn)
+        if spawn:
+            threading.Thread(target=self._answer_requests, name="gg-infer-request", daemon=True).start()
+
+    def _answer_requests(self) -> None:
+        while True:
+            self._answer(self._requests.get())
+            with self._idle_lock:
+                self._idle += 1
 
     def _answer(self, conn: socket.socket) -> None:
         """Read one request, reply, close. A model never raises (``server.handle``); an

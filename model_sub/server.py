@@ -124,24 +124,20 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
         # forced first like a fallback's, but not counted
         return run_locally(ctx, request, tool, "", consumed, count=False)
     try:
-        stderr = b""
         probe = probe_reason(request.argv, request.cwd)
         if probe:
             raise RunReal(probe)
-        if kind in GCC_KINDS:
-            GccModel(ctx, request.argv, request.cwd, request.env, program=request.program_path).run()
-        elif binutils_name(tool) == "ar":
-            stderr = binutils_model.run_ar(ctx, request.argv, request.cwd)
-        elif binutils_name(tool) == "ranlib":
-            binutils_model.run_ranlib(ctx, request.argv, request.cwd)
-        elif binutils_name(tool) == "strip":
-            binutils_model.run_strip(ctx, request.argv, request.cwd)
-        elif binutils_name(tool) == "objcopy":
-            binutils_model.run_objcopy(ctx, request.argv, request.cwd)
-        elif not candidate_inputs(request.argv, request.cwd):
-            raise RunReal("no model for this tool, and no file arguments (a query)")
-        else:
-            raise Unmodelled("no model for this tool", label="")
+        memo_key = None
+        if ctx.memo is not None:
+            memo_key = ctx.memo.key(tool, request.program, request.cwd, request.argv, request.env)
+            replayed = ctx.memo.replay(memo_key) if memo_key is not None else None
+            if replayed is not None:
+                ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms memo\t{' '.join(request.argv)}")
+                return Reply(exec_real=False, status=0, stderr=replayed)
+        with ctx.observer.recording() as record:
+            stderr = _model(ctx, request, tool, kind)
+        if memo_key is not None and ctx.memo is not None:
+            ctx.memo.remember(memo_key, record, stderr)
     except RunReal as exc:
         ctx.log(f"real\t{tool}\t{exc}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
@@ -158,6 +154,27 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
         return run_locally(ctx, request, tool, "(model error)", "model error")
     ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms\t{' '.join(request.argv)}")
     return Reply(exec_real=False, status=0, stderr=stderr)
+
+
+def _model(ctx: ModelContext, request: Request, tool: str, kind: str | None) -> bytes:
+    """Run the model for ``tool``; what the tool would print on stderr."""
+    if kind in GCC_KINDS:
+        GccModel(ctx, request.argv, request.cwd, request.env, program=request.program_path).run()
+        return b""
+    name = binutils_name(tool)
+    if name == "ar":
+        return binutils_model.run_ar(ctx, request.argv, request.cwd)
+    if name == "ranlib":
+        binutils_model.run_ranlib(ctx, request.argv, request.cwd)
+    elif name == "strip":
+        binutils_model.run_strip(ctx, request.argv, request.cwd)
+    elif name == "objcopy":
+        binutils_model.run_objcopy(ctx, request.argv, request.cwd)
+    elif not candidate_inputs(request.argv, request.cwd):
+        raise RunReal("no model for this tool, and no file arguments (a query)")
+    else:
+        raise Unmodelled("no model for this tool", label="")
+    return b""
 
 
 def run_locally(ctx: ModelContext, request: Request, tool: str, label: str, detail: str,

@@ -29,6 +29,7 @@ from ir.atomic import atomic_write_bytes
 from ir.thunk import Input
 
 from .fileids import FileIds, stat_key
+from .memo_observer import Observer
 from .paths import TOOL_PREFIX
 from .toolnames import which
 
@@ -78,11 +79,21 @@ def _stat_list(path: str) -> list[int] | None:
         return None
 
 
+def program_fact(program: PortableProgram) -> list:
+    """A :class:`PortableProgram` as plain data (a memo fact, compared after a JSON round trip)."""
+    return [program.function_hash, list(program.argv_prefix), [[i.ref, i.name] for i in program.executables]]
+
+
+def closure_fact(closure: tuple[str | None, list[str]]) -> list:
+    return [closure[0], list(closure[1])]
+
+
 class Toolchain:
     """Stores programs once per process and hands out :class:`PortableProgram`s."""
 
-    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str):
+    def __init__(self, ids: FileIds, cache_dir: Path, real_path: str, observer: Observer | None = None):
         self.ids = ids
+        self.observer = observer or Observer()  # the memo's facts: which, programs, closures
         self.cache_dir = cache_dir
         self.real_path = real_path
         self._lock = threading.Lock()
@@ -92,7 +103,13 @@ class Toolchain:
         self._which: dict[str, str] = {}
 
     def which(self, name: str) -> str:
-        """Absolute path of ``name`` on the real PATH (or as given if it has a slash)."""
+        """Absolute path of ``name`` on the real PATH (or as given if it has a slash),
+        symlinks resolved; each name is resolved once per run (then checked to exist)."""
+        found = self._resolve(name)
+        self.observer.which(name, found)
+        return found
+
+    def _resolve(self, name: str) -> str:
         known = self._which.get(name)
         if known is not None and os.path.exists(known):
             return known
@@ -100,13 +117,20 @@ class Toolchain:
         if not found or not os.path.exists(found):
             raise ToolchainError(f"{name}: not found on the real PATH")
         real = os.path.realpath(found)
-        if "/" not in name:
+        if "/" not in name or os.path.isabs(name):
+            # once per run, like a name on PATH: an absolute name's realpath (an lstat
+            # per component, ~0.3 ms) was most of a warm call's which() time
             with self._lock:
                 self._which[name] = real
         return real
 
     def closure(self, path: str) -> tuple[str | None, list[str]]:
         """:func:`shared_closure` of ``path``, cached in memory and on disk (see above)."""
+        result = self._closure(path)
+        self.observer.closure(path, closure_fact(result))
+        return result
+
+    def _closure(self, path: str) -> tuple[str | None, list[str]]:
         own = _stat_list(path)
         memo = self._closures.get(path)
         if memo is not None and memo[0] == own and own is not None:
@@ -140,6 +164,7 @@ class Toolchain:
                 cached = self._programs.get(real)
                 if cached is None:
                     cached = self._programs[real] = self._portable(real)
+        self.observer.program(path_or_name, program_fact(cached))
         return cached
 
     def _portable(self, real: str) -> PortableProgram:

@@ -43,6 +43,7 @@ from .warm import MAGIC, code_fingerprint, connectable, decode_fields, read_fram
 CONNECTION_TIMEOUT = 10.0  # a client that stops talking mid-message never blocks the server longer
 SOCKET_CHECK_SECONDS = 5.0
 MAX_SEED_ENTRIES = 1_000_000
+SECTION_LIMITS = {"memo": 2_000}  # memo records are large (memo.MAX_ENTRIES); the rest are read from disk
 
 
 class WarmServer:
@@ -114,7 +115,11 @@ class WarmServer:
         if sum(len(section) for section in self.seed.values()) > MAX_SEED_ENTRIES:
             self.seed = {}  # a server used for very many trees: start over rather than grow
         for name, section in delta.items():
-            self.seed.setdefault(name, {}).update(section)
+            merged = self.seed.setdefault(name, {})
+            merged.update(section)
+            limit = SECTION_LIMITS.get(name)
+            if limit is not None and len(merged) > limit:  # keep the newest: dicts keep insertion order
+                self.seed[name] = dict(list(merged.items())[-limit:])
         gc.freeze()  # as at start: the next worker's GC leaves these pages alone
 
     def _wind_down(self, poller: select.poll, why: str) -> None:

@@ -43,9 +43,10 @@ def run_worker(conn: socket.socket, listen_fd: int, fields: list[str], seed: dic
         from ir.store import LocalStore
 
         from .context import ModelContext
+        from .memo_observer import memo_enabled
 
         ctx = ModelContext.create(LocalStore.init(Path(store_root)), build_root, real_path,
-                                  Placements.from_environ(os.environ))
+                                  memo=memo_enabled(dict(os.environ)), placements=Placements.from_environ(os.environ))
         ctx.seed_caches(seed)
     except Exception as exc:  # noqa: BLE001 - the client falls back and says why
         conn.sendall(f"ERR {type(exc).__name__}: {exc}\n".replace("\n", " ").strip().encode() + b"\n")

@@ -70,3 +70,19 @@ def test_debug_info_difference_from_a_plain_build_is_said_once(tmp_path):
     (plain / "Makefile").write_text("e.o: e.c\n\tgcc -O2 -c e.c\n")
     result = gg_infer(plain, "make", "-s")
     assert result.returncode == 0 and "DW_AT_comp_dir" not in result.stderr, result.stderr
+
+
+def test_the_note_is_said_again_when_the_memo_answers(tmp_path):
+    """A warm run whose compiles the per-call memo replays still makes objects that name
+    their directory ".": it says the same note."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "a.c").write_text(SOURCE)
+    (tree / "Makefile").write_text(MAKEFILE)
+    first = gg_infer(tree, "make", "-s")
+    assert first.returncode == 0 and "gg-infer: note: 1 compile with debug info" in first.stderr, first.stderr
+    (tree / "a.o").unlink()
+    again = gg_infer(tree, "make", "-s")
+    assert again.returncode == 0, again.stderr
+    assert "gg-infer: note: 1 compile with debug info" in again.stderr, again.stderr
+    assert "memo" in (tree / ".gg" / "infer" / "log").read_text().splitlines()[-1]  # answered by the memo
