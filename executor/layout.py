@@ -84,33 +84,43 @@ def plan(thunk: Thunk) -> Plan:
     """The layout of ``thunk``'s named inputs and links; :class:`LayoutError` if impossible."""
     outputs = set(thunk.outputs)
     tree: Tree = {}
+    dirs: dict[str, Tree] = {}  # a directory already placed, by its name as written: one split per input
     inputs = []
     for item in (*thunk.values, *thunk.executables):
         if item.name:
-            _insert(tree, item.name, Blob(item.id, item.name in outputs), "input")
+            _insert(tree, dirs, item.name, Blob(item.id, item.name in outputs), "input")
             inputs.append((item.name, item.id))
     for link in thunk.links:
-        _insert(tree, link.name, Link(link.target), "link")
+        _insert(tree, dirs, link.name, Link(link.target), "link")
     return Plan(tree, frozenset(inputs))
 
 
-def _insert(tree: Tree, name: str, entry: Blob | Link, what: str) -> None:
-    try:
-        parts = confine.plain_parts(name)
-    except confine.Escape as exc:
-        raise LayoutError(f"cannot lay out {what} {name!r}: {exc}") from None
-    node = tree
-    for index, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = "/".join(parts[: index + 1])
-            raise LayoutError(f"cannot lay out {what} {name!r}: {where!r} is not a directory")
-        node = child
-    if parts[-1] in node:
+def _insert(tree: Tree, dirs: dict[str, Tree], name: str, entry: Blob | Link, what: str) -> None:
+    head, slash, leaf = name.rpartition("/")
+    if leaf in ("", ".", ".."):
+        node = None
+    else:
+        node = dirs.get(head) if slash else tree
+    if node is None:
+        try:
+            parts = confine.plain_parts(name)
+        except confine.Escape as exc:
+            raise LayoutError(f"cannot lay out {what} {name!r}: {exc}") from None
+        node = tree
+        for index, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = "/".join(parts[: index + 1])
+                raise LayoutError(f"cannot lay out {what} {name!r}: {where!r} is not a directory")
+            node = child
+        leaf = parts[-1]
+        if head and leaf == name.rpartition("/")[2]:
+            dirs[head] = node
+    if leaf in node:
         if what == "link":
             raise LayoutError(f"link {name!r} collides with an input")
         raise LayoutError(f"two inputs are both laid out at {name!r}")
-    node[parts[-1]] = entry
+    node[leaf] = entry
 
 
 @dataclass

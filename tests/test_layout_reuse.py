@@ -16,7 +16,7 @@ from executor.rundirs import RunDirs
 from ir.store import DroppedCorruptBlob, VerifiedBlobs
 from ir.thunk import Input, Link, Thunk
 
-LIST = "find . | LC_ALL=C sort > out; echo -- >> out; cat $(find . -type f ! -name out | LC_ALL=C sort) >> out"
+LIST = "{ find . | LC_ALL=C sort; } > out; echo -- >> out; cat $(find . -type f ! -name out | LC_ALL=C sort) >> out"
 
 
 @pytest.fixture
