@@ -41,6 +41,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from ir.store import LocalStore
+
 from . import confine
 from .layout import WorkLayout
 
@@ -207,6 +209,17 @@ class RunDirs:
             return True
         except (OSError, confine.Escape):
             return False
+
+    def clear_free(self, store: LocalStore) -> None:
+        """Empty the work directories of the free run directories (a run directory that
+        cannot be emptied is removed): their kept inputs are hard links that would keep
+        blobs evicted from ``store`` on the disk (a Lambda worker's cache trim)."""
+        for run in list(self._free):
+            try:
+                run.layout.clear(store)
+            except (OSError, confine.Escape):
+                self._free.remove(run)
+                self.discard(run)
 
     def devnull(self) -> int:
         """``/dev/null``, opened once: the stdin of every function."""

@@ -179,3 +179,13 @@ def test_the_pool_hands_out_the_closest_layout(store, sh):
         rundirs.give_back(second)
     finally:
         rundirs.close()
+
+
+def test_clearing_the_free_directories_lets_go_of_every_blob(store, sh, rundirs):
+    """A Lambda worker trims its cache: an evicted blob must not live on in an idle layout."""
+    ident = store.put_bytes(b"big input\n")
+    _run(store, rundirs, sh.thunk("cat inc/h > out", values={"inc/h": "big input\n"}))
+    assert os.lstat(store.blob_path(ident)).st_nlink == 2  # kept in the idle work directory
+    rundirs.clear_free(store)
+    assert os.listdir(_the_work_dir(store)) == []
+    assert os.lstat(store.blob_path(ident)).st_nlink == 1
