@@ -10,11 +10,11 @@ the event loop: a third of ``gg-force``'s own time on a real build (docs/perform
 instead, just before that thunk runs:
 
 - every entry in the work directory is listed (``getdents``: name, type and inode
-  number, no ``stat`` per entry) and **kept only if it is provably exactly what a fresh
-  layout would put there**: an input kept is a regular file whose inode is the store
-  blob's own inode, on the same device, where that blob was verified against its ID
-  for this very thunk (:meth:`ir.store.LocalStore.verify_for_use`), so its bytes and
-  mode are the verified blob's; a link kept is a symbolic link with the very target; a
+  number) and **kept only if it is provably exactly what a fresh layout would put
+  there**: an input kept is a regular file whose ``lstat`` is the store blob's as
+  verified against its ID for this very thunk (:meth:`ir.store.LocalStore.verify_for_use`:
+  the same device and inode, size, mtime, ctime and mode), so its bytes and mode are
+  the verified blob's; a link kept is a symbolic link with the very target; a
   directory kept is a real directory (opened ``O_NOFOLLOW``) of mode 0755, owned as the
   work directory is, with no extended attributes (ACLs) beyond the work directory's,
   and it is reconciled in turn;
@@ -176,6 +176,10 @@ class WorkLayout:
         return self.apply(Plan({}, frozenset()), store, {})
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
 def _xattrs(fd: int) -> frozenset[str]:
     try:
         return frozenset(os.listxattr(fd))
@@ -210,8 +214,15 @@ class _Reconcile:
     def _keeps(self, dir_fd: int, entry: os.DirEntry, wanted: Tree | Blob | Link) -> bool:
         if isinstance(wanted, Blob):
             blob = self.checked.get(wanted.ident)
-            if (wanted.copy or blob is None or blob.st_dev != self.state.dev
-                    or entry.inode() != blob.st_ino or not entry.is_file(follow_symlinks=False)):
+            if wanted.copy or blob is None or entry.inode() != blob.st_ino:
+                return False
+            # The listing's inode number only says which entries may be the blob; the
+            # entry's own lstat proves it: the blob's device and inode, and nothing
+            # changed since the blob was verified for this thunk (size, mtime, ctime,
+            # mode), the check link_verified makes before it links.
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or not (
+                    _identity(st) == _identity(blob) or self.store.verified.trusts(wanted.ident, st)):
                 return False
             self.linked[blob.st_ino] = wanted.ident
             self.counts.kept += 1
