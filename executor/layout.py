@@ -48,6 +48,7 @@ from ir.thunk import Thunk
 from . import confine
 
 DIR_MODE = 0o755
+NAME_MAX = 255  # bytes in one file name (Linux): a longer one is the thunk's fault, not the worker's
 
 
 class LayoutError(Exception):
@@ -106,6 +107,8 @@ def _insert(tree: Tree, dirs: dict[str, Tree], name: str, entry: Blob | Link, wh
             parts = confine.plain_parts(name)
         except confine.Escape as exc:
             raise LayoutError(f"cannot lay out {what} {name!r}: {exc}") from None
+        for part in parts[:-1]:
+            _check_length(part, name, what)
         node = tree
         for index, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -116,11 +119,17 @@ def _insert(tree: Tree, dirs: dict[str, Tree], name: str, entry: Blob | Link, wh
         leaf = parts[-1]
         if head and leaf == name.rpartition("/")[2]:
             dirs[head] = node
+    _check_length(leaf, name, what)
     if leaf in node:
         if what == "link":
             raise LayoutError(f"link {name!r} collides with an input")
         raise LayoutError(f"two inputs are both laid out at {name!r}")
     node[leaf] = entry
+
+
+def _check_length(part: str, name: str, what: str) -> None:
+    if len(part) > NAME_MAX // 4 and len(part.encode(errors="surrogateescape")) > NAME_MAX:
+        raise LayoutError(f"cannot lay out {what} {name!r}: a component is longer than {NAME_MAX} bytes")
 
 
 @dataclass

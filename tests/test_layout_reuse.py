@@ -189,3 +189,15 @@ def test_clearing_the_free_directories_lets_go_of_every_blob(store, sh, rundirs)
     rundirs.clear_free(store)
     assert os.listdir(_the_work_dir(store)) == []
     assert os.lstat(store.blob_path(ident)).st_nlink == 1
+
+
+def test_an_impossible_layout_fails_the_thunk_in_one_line(store, sh, rundirs):
+    cases = {
+        r"two inputs are both laid out at 'd/(\./)?x'": {"d/x": "one\n", "d/./x": "two\n"},
+        r"'d' is not a directory|two inputs are both laid out at 'd'": {"d": "file\n", "d/x": "below a file\n"},
+        "a component is longer than 255 bytes": {"d/" + "n" * 256: "long\n"},
+    }
+    for message, values in cases.items():
+        with pytest.raises(ExecutionFailed, match=message):
+            _run(store, rundirs, sh.thunk("echo > out", values=values))
+    assert _run(store, rundirs, sh.thunk("ls -A > out")) == "out\n"
