@@ -162,7 +162,7 @@ class WorkLayout:
     @classmethod
     def of(cls, work_fd: int) -> WorkLayout:
         st = os.fstat(work_fd)
-        return cls(work_fd, st.st_dev, (st.st_uid, st.st_gid), _xattrs(work_fd))
+        return cls(work_fd, st.st_dev, (st.st_uid, st.st_gid), xattr_names(work_fd))
 
     def apply(self, want: Plan, store: LocalStore, checked: dict[str, os.stat_result]) -> Counts:
         """Make the work directory exactly ``want`` (see the module docstring).
@@ -189,7 +189,8 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-def _xattrs(fd: int) -> frozenset[str]:
+def xattr_names(fd: int) -> frozenset[str]:
+    """The names of the extended attributes of the open directory ``fd`` (ACLs are some)."""
     try:
         return frozenset(os.listxattr(fd))
     except OSError:  # a file system without extended attributes
@@ -250,7 +251,7 @@ class _Reconcile:
         try:
             st = os.fstat(fd)
             if (stat.S_IMODE(st.st_mode) != DIR_MODE or st.st_dev != self.state.dev
-                    or (st.st_uid, st.st_gid) != self.state.owner or _xattrs(fd) != self.state.xattrs):
+                    or (st.st_uid, st.st_gid) != self.state.owner or xattr_names(fd) != self.state.xattrs):
                 return False
             self.sync(fd, wanted)
             return True

@@ -45,7 +45,7 @@ from pathlib import Path
 from ir.store import LocalStore
 
 from . import confine
-from .layout import WorkLayout
+from .layout import WorkLayout, xattr_names
 
 _FRESH_COST = 3  # a fresh run directory costs about three more operations (mkdir w, gg, the run directory)
 _EXPECTED = frozenset(("w", "gg", ".group"))  # .group: the record where xattrs are missing
@@ -209,15 +209,20 @@ class RunDirs:
             gg = os.stat("gg", dir_fd=run.fd, follow_symlinks=False)
             if not (_is_own_dir(w, run.inodes[0]) and _is_own_dir(gg, run.inodes[1])):
                 return False
-            left = os.listdir(run.gg)
-            if left:
-                gg_fd = confine.open_dir(run.fd, "gg")
-                try:
-                    if os.fstat(gg_fd).st_ino != run.inodes[1]:
-                        return False
+            # Owner and extended attributes (a default ACL decides the modes of what
+            # the next function creates) as made, too.
+            if {(w.st_uid, w.st_gid), (gg.st_uid, gg.st_gid)} != {run.layout.owner}:
+                return False
+            gg_fd = confine.open_dir(run.fd, "gg")
+            try:
+                if os.fstat(gg_fd).st_ino != run.inodes[1] or xattr_names(gg_fd) != run.layout.xattrs \
+                        or xattr_names(run.work_fd) != run.layout.xattrs:
+                    return False
+                left = os.listdir(gg_fd)
+                if left:
                     _empty(gg_fd, left, run.gg)
-                finally:
-                    os.close(gg_fd)
+            finally:
+                os.close(gg_fd)
             return True
         except (OSError, confine.Escape):
             return False

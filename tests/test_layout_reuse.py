@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,15 @@ def test_an_impossible_layout_fails_the_thunk_in_one_line(store, sh, rundirs):
         with pytest.raises(ExecutionFailed, match=message):
             _run(store, rundirs, sh.thunk("echo > out", values=values))
     assert _run(store, rundirs, sh.thunk("ls -A > out")) == "out\n"
+
+
+def test_a_work_directory_or_gg_dir_given_an_attribute_is_not_reused(store, sh, rundirs):
+    """A default ACL (an extended attribute) on w or GG_DIR would decide the modes of what
+    the next function creates there: a run directory whose function set one is replaced."""
+    for where in ("'.'", "os.environ['GG_DIR']"):
+        plant = f"{sys.executable} -c \"import os; os.setxattr({where}, 'user.planted', b'1')\""
+        _run(store, rundirs, sh.thunk(f"{plant} && echo > out"))
+        assert not list((store.root / "work").glob("run-*"))  # removed when it was given back
+        _run(store, rundirs, sh.thunk("echo look > out"))
+        after = _the_work_dir(store).parent
+        assert os.listxattr(after / "w") == [] and os.listxattr(after / "gg") == []
