@@ -76,34 +76,3 @@ def open_parent(root_fd: int, path: str, create: bool = False) -> tuple[int, str
         os.close(fd)
         raise
     return fd, parts[-1]
-
-
-class Beneath:
-    """Directories opened beneath one root, by relative path, each opened once.
-
-    A layout of 80 inputs in a dozen directories then costs a dozen walks, not 80. Use
-    one instance only while nothing else changes the tree (the layout, before the
-    function starts): a cached descriptor keeps pointing at a directory even if it is
-    moved elsewhere later. :meth:`close` closes what it opened (not the root).
-    """
-
-    def __init__(self, root_fd: int):
-        self.root_fd = root_fd
-        self._dirs: dict[str, int] = {}
-
-    def parent(self, path: str, create: bool = False) -> tuple[int, str]:
-        """Like :func:`open_parent`, but the descriptor belongs to this object."""
-        parts = plain_parts(path)
-        if len(parts) == 1:
-            return self.root_fd, parts[0]
-        head = "/".join(parts[:-1])
-        fd = self._dirs.get(head)
-        if fd is None:
-            fd, _ = open_parent(self.root_fd, head + "/" + parts[-1], create)
-            self._dirs[head] = fd
-        return fd, parts[-1]
-
-    def close(self) -> None:
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()

@@ -36,7 +36,6 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import signal
 import stat
 import time
@@ -48,7 +47,7 @@ from ir.ids import InvalidId, parse_id
 from ir.store import CorruptBlob, DroppedCorruptBlob, LocalStore, MissingBlob, NotRegularFile
 from ir.thunk import MalformedThunk, Thunk, parse_thunk, validate_links
 
-from . import confine, spawn
+from . import confine, layout, spawn
 from .rundirs import RunDir, RunDirs, remove_tree
 
 GGHASH_RE = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
@@ -173,88 +172,34 @@ def _check_ready(thunk_id: str, thunk: Thunk, store: LocalStore, names: dict[str
     return checked
 
 
-def _lay_out(thunk_id: str, thunk: Thunk, store: LocalStore, work_fd: int,
-             checked: dict[str, os.stat_result]) -> list[tuple[str, str]]:
-    """Place the inputs (verified once more as they are linked) and the links.
+def _lay_out(thunk_id: str, rundirs: RunDirs, want: layout.Plan, store: LocalStore,
+             checked: dict[str, os.stat_result], names: dict[str, str]) -> RunDir:
+    """A run directory with the inputs (verified once more as they are linked) and the
+    links laid out in ``w`` (:mod:`executor.layout`).
 
-    Returns ``(ID, name)`` of the hard-linked inputs, so cleanup can unlink them
-    without losing their verified state (see :meth:`LocalStore.unlink_verified`).
+    A reused directory that cannot be reconciled (the function left something that
+    cannot be removed, or a name changed under the walk) is removed and the layout made
+    once more in a fresh one; only a fresh directory's failure is the thunk's.
     """
-    linked: list[tuple[str, str]] = []
-    outputs = set(thunk.outputs)
-    tree = confine.Beneath(work_fd)
-    try:
-        for item in (*thunk.values, *thunk.executables):
-            if not item.name:
-                continue
-            parent_fd, leaf = _parent_for_layout(thunk_id, tree, item.name, "input")
-            if item.name in outputs:
-                _copy_blob(store, item.id, parent_fd, leaf, writable=True)
-                continue
-            try:
-                store.link_verified(item.id, parent_fd, leaf, checked.get(item.id))
-            except FileExistsError:
-                raise ExecutionFailed(thunk_id, f"two inputs are both laid out at {item.name!r}") from None
-            except CorruptBlob as exc:
-                raise _dropped(item.id, item.name, exc) from None
-            except OSError:  # another file system: fall back to a read-only copy
-                _copy_blob(store, item.id, parent_fd, leaf, writable=False)
-                continue
-            linked.append((item.id, item.name))
-        for link in thunk.links:
-            parent_fd, leaf = _parent_for_layout(thunk_id, tree, link.name, "link")
-            try:
-                os.symlink(link.target, leaf, dir_fd=parent_fd)
-            except FileExistsError:
-                raise ExecutionFailed(thunk_id, f"link {link.name!r} collides with an input") from None
-    finally:
-        tree.close()
-    return linked
-
-
-def _parent_for_layout(thunk_id: str, tree: confine.Beneath, name: str, what: str) -> tuple[int, str]:
-    try:
-        return tree.parent(name, create=True)
-    except confine.Escape as exc:
-        raise ExecutionFailed(thunk_id, f"cannot lay out {what} {name!r}: {exc}") from None
-    except OSError as exc:
-        raise ExecutionFailed(thunk_id, f"cannot lay out {what} {name!r}: {exc.strerror}") from None
-
-
-def _copy_blob(store: LocalStore, ident: str, dir_fd: int, name: str, writable: bool) -> None:
-    """A private copy of a blob (a name that is also an output, or no hard links here)."""
-    source_fd = os.open(store.blob_path(ident), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(source_fd).st_mode & 0o555
-        mode = mode | stat.S_IWUSR if writable else mode
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)
-        with os.fdopen(fd, "wb") as sink, os.fdopen(source_fd, "rb", closefd=False) as source:
-            shutil.copyfileobj(source, sink, 1 << 20)
-            os.fchmod(sink.fileno(), mode)
-    finally:
-        os.close(source_fd)
-
-
-def _unlink_inputs(store: LocalStore, work_fd: int, linked: list[tuple[str, str]]) -> None:
-    """Remove the hard links to blobs one by one, keeping the blobs' verified state.
-
-    A name the function replaced or moved behind a link is left to the tree removal:
-    the blob then simply loses its verified state and is hashed on its next use.
-    """
-    tree = confine.Beneath(work_fd)  # a fresh walk: the function may have moved things
-    try:
-        for ident, name in linked:
-            try:
-                parent_fd, leaf = tree.parent(name)
-                st = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
-                blob = os.lstat(store.blobs / ident)
-                if (st.st_dev, st.st_ino) == (blob.st_dev, blob.st_ino):
-                    store.unlink_verified(ident, parent_fd, leaf)
-            except (confine.Escape, OSError):
-                continue
-    finally:
-        tree.close()
+    run = rundirs.take(want.inputs)
+    while True:
+        reused = run.layout.used
+        try:
+            run.layout.apply(want, store, checked)
+            return run
+        except CorruptBlob as exc:
+            rundirs.give_back(run)
+            raise _dropped(exc.ident, names.get(exc.ident, ""), exc) from None
+        except (OSError, confine.Escape) as exc:
+            rundirs.discard(run)
+            if not reused:
+                if isinstance(exc, confine.Escape):
+                    raise ExecutionFailed(thunk_id, f"cannot lay out the inputs: {exc}") from None
+                raise
+            run = rundirs.make()
+        except BaseException:
+            rundirs.give_back(run)
+            raise
 
 
 _GROUP_XATTR = "user.gg.group"
@@ -363,15 +308,17 @@ async def execute(
     """
     names = _input_names(thunk)
     checked = _check_ready(thunk_id, thunk, store, names)
+    try:
+        want = layout.plan(thunk)
+    except layout.LayoutError as exc:
+        raise ExecutionFailed(thunk_id, str(exc)) from None
     own = rundirs is None
     if rundirs is None:
         rundirs = RunDirs(scratch or store.root / "work", reuse=False)
     run: RunDir | None = None
-    linked: list[tuple[str, str]] = []
     started = time.monotonic()
     try:
-        run = rundirs.take()
-        linked = _lay_out(thunk_id, thunk, store, run.work_fd, checked)
+        run = _lay_out(thunk_id, rundirs, want, store, checked, names)
         inputs = frozenset(names)
         try:
             argv = [substitute(arg, store, inputs) for arg in thunk.args]
@@ -403,8 +350,9 @@ async def execute(
         raise
     finally:
         if run is not None:
-            if linked:
-                _unlink_inputs(store, run.work_fd, linked)
+            if own:  # removed next: unlink the blobs first, keeping their verified state
+                with contextlib.suppress(OSError, confine.Escape):
+                    run.layout.clear(store)
             rundirs.give_back(run)
         if own:
             rundirs.close()

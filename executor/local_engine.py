@@ -41,7 +41,9 @@ class LocalEngine:
         self.scratch = scratch or store.root / "work"
         self.runtime_env = {"GG_PYTHON": sys.executable}
         sweep_stale_runs(self.scratch)
-        self.rundirs = RunDirs(self.scratch)  # reused from one thunk to the next
+        # Reused from one thunk to the next; up to two per slot, so each kind of thunk
+        # (compiles, assembler runs) can keep a layout of its own (executor/rundirs.py).
+        self.rundirs = RunDirs(self.scratch, limit=2 * self.slots)
 
     def refuses(self, job: Job) -> str | None:
         return None

@@ -8,13 +8,21 @@ removes only those of a process that died.
 
 Creating and removing three directories per thunk was a large part of a trivial
 thunk's cost (``mkdir``/``rmdir`` touch the file system's journal). An engine keeps a
-:class:`RunDirs` instead: after a thunk, its run directory is emptied and kept for the
-next one *only if it is exactly as made* — the run directory holds nothing but ``w``
-and ``gg`` (and the process-group record), both still the very directories made for
-it (same inodes, mode 0700) — and ``w`` and ``gg`` are then emptied, removing whatever
-the function left there without following a link. Anything else, or any error, and
-the run directory is removed and a fresh one is made for the next thunk, as before.
-So a thunk never sees what an earlier one left.
+:class:`RunDirs` instead: after a thunk, its run directory is kept for the next one
+*only if it is exactly as made* — the run directory holds nothing but ``w`` and ``gg``
+(and the process-group record), both still the very directories made for it (same
+inodes, mode 0700) — and ``gg`` is then emptied, removing whatever the function left
+there without following a link. Anything else, or any error, and the run directory is
+removed and a fresh one is made for the next thunk, as before. ``w`` keeps its layout:
+the next thunk's inputs are reconciled with it (:mod:`executor.layout`: what is provably
+the very input the next thunk needs is kept, everything else removed), so a thunk never
+sees what an earlier one left, and a compile after a compile links only what differs.
+
+:meth:`RunDirs.take` hands out the free run directory whose last layout is the closest
+to the next one (the fewest inputs to remove and to link); while the pool has fewer than
+``limit`` run directories and removing the stale inputs of the closest would cost more
+than a fresh directory saves, it makes a new one instead (so a build that alternates
+compiles and assembler runs keeps a layout of each kind).
 
 The pool also keeps two descriptors open between runs: ``/dev/null`` (the function's
 stdin) and the cgroup's ``memory.events`` (read before and after a run to tell an
@@ -30,11 +38,16 @@ import shutil
 import stat
 import tempfile
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import confine
+from ir.store import LocalStore
 
+from . import confine
+from .layout import WorkLayout, xattr_names
+
+_FRESH_COST = 3  # a fresh run directory costs about three more operations (mkdir w, gg, the run directory)
 _EXPECTED = frozenset(("w", "gg", ".group"))  # .group: the record where xattrs are missing
 _OOM_EVENTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
@@ -49,6 +62,7 @@ class RunDir:
     work_fd: int
     gg: str
     inodes: tuple[int, int]  # of w and gg, as made
+    layout: WorkLayout  # what ``w`` holds (executor.layout)
 
 
 def remove_tree(path: str) -> None:
@@ -72,10 +86,21 @@ def _destroy(run: RunDir) -> None:
         os.close(run.fd)
 
 
+def _destroy_quietly(run: RunDir) -> None:
+    with contextlib.suppress(OSError):
+        _destroy(run)
+
+
 def _destroy_all(free: list[RunDir], descriptors: list[int]) -> None:
-    while free:
-        with contextlib.suppress(OSError):
-            _destroy(free.pop())
+    # Each pooled run directory still holds a layout (~100 links, ~20 directories for a
+    # compile); removing them is journal-bound, so several are removed at once.
+    runs = [free.pop() for _ in range(len(free))]
+    if len(runs) > 1:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(_destroy_quietly, runs))
+    else:
+        for run in runs:
+            _destroy_quietly(run)
     while descriptors:
         with contextlib.suppress(OSError):
             os.close(descriptors.pop())
@@ -103,9 +128,11 @@ class RunDirs:
     the pool is garbage-collected or the interpreter exits without a close).
     """
 
-    def __init__(self, scratch: Path | str, reuse: bool = True):
+    def __init__(self, scratch: Path | str, reuse: bool = True, limit: int = 2):
         self.scratch = str(scratch)
         self.reuse = reuse
+        self.limit = limit
+        self._count = 0  # run directories made and not yet removed
         self._free: list[RunDir] = []
         self._descriptors: list[int] = []  # closed with the pool
         self._devnull = -1
@@ -114,9 +141,25 @@ class RunDirs:
         self._closed = False
         self._finalizer = weakref.finalize(self, _destroy_all, self._free, self._descriptors)
 
-    def take(self) -> RunDir:
+    def take(self, inputs: frozenset[tuple[str, str]] = frozenset()) -> RunDir:
+        """A run directory for a thunk with ``inputs`` (``(name, ID)`` pairs, see
+        :class:`executor.layout.Plan`): the free one closest to them, or a new one."""
         if self._free:
-            return self._free.pop()
+            best, best_cost, best_stale, best_shared = len(self._free) - 1, -1, 0, 0
+            for index in range(len(self._free) - 1, -1, -1):  # the most recent first on a tie
+                laid = self._free[index].layout.inputs
+                shared = len(laid & inputs)
+                stale = len(laid) - shared
+                cost = stale + len(inputs) - shared  # links to remove and to make
+                if best_cost < 0 or cost < best_cost:
+                    best, best_cost, best_stale, best_shared = index, cost, stale, shared
+            # Reuse unless removing what is stale costs more than a fresh layout saves.
+            if best_stale <= best_shared + _FRESH_COST or self._count >= self.limit:
+                return self._free.pop(best)
+        return self.make()
+
+    def make(self) -> RunDir:
+        """A new run directory (taken: give it back or discard it)."""
         if not self._made_scratch:
             os.makedirs(self.scratch, exist_ok=True)
             self._made_scratch = True
@@ -136,16 +179,23 @@ class RunDirs:
                 remove_tree(path)
             raise
         gg = os.stat("gg", dir_fd=fd, follow_symlinks=False)
+        layout = WorkLayout.of(work_fd)
+        self._count += 1
         return RunDir(path, fd, os.path.join(path, "w"), work_fd, os.path.join(path, "gg"),
-                      (os.fstat(work_fd).st_ino, gg.st_ino))
+                      (os.fstat(work_fd).st_ino, gg.st_ino), layout)
 
     def give_back(self, run: RunDir) -> None:
-        """Keep ``run`` for the next thunk if it can be emptied to exactly as made;
+        """Keep ``run`` for the next thunk if it is still as made (``gg`` emptied);
         otherwise remove it."""
         if self.reuse and not self._closed and self._reset(run):
             self._free.append(run)
         else:
-            _destroy(run)
+            self.discard(run)
+
+    def discard(self, run: RunDir) -> None:
+        """Remove ``run`` (taken, not given back): its layout cannot be trusted."""
+        self._count -= 1
+        _destroy(run)
 
     @staticmethod
     def _reset(run: RunDir) -> bool:
@@ -159,21 +209,34 @@ class RunDirs:
             gg = os.stat("gg", dir_fd=run.fd, follow_symlinks=False)
             if not (_is_own_dir(w, run.inodes[0]) and _is_own_dir(gg, run.inodes[1])):
                 return False
-            left = os.listdir(run.work)
-            if left:
-                _empty(run.work_fd, left, run.work)
-            left = os.listdir(run.gg)
-            if left:
-                gg_fd = confine.open_dir(run.fd, "gg")
-                try:
-                    if os.fstat(gg_fd).st_ino != run.inodes[1]:
-                        return False
+            # Owner and extended attributes (a default ACL decides the modes of what
+            # the next function creates) as made, too.
+            if {(w.st_uid, w.st_gid), (gg.st_uid, gg.st_gid)} != {run.layout.owner}:
+                return False
+            gg_fd = confine.open_dir(run.fd, "gg")
+            try:
+                if os.fstat(gg_fd).st_ino != run.inodes[1] or xattr_names(gg_fd) != run.layout.xattrs \
+                        or xattr_names(run.work_fd) != run.layout.xattrs:
+                    return False
+                left = os.listdir(gg_fd)
+                if left:
                     _empty(gg_fd, left, run.gg)
-                finally:
-                    os.close(gg_fd)
+            finally:
+                os.close(gg_fd)
             return True
         except (OSError, confine.Escape):
             return False
+
+    def clear_free(self, store: LocalStore) -> None:
+        """Empty the work directories of the free run directories (a run directory that
+        cannot be emptied is removed): their kept inputs are hard links that would keep
+        blobs evicted from ``store`` on the disk (a Lambda worker's cache trim)."""
+        for run in list(self._free):
+            try:
+                run.layout.clear(store)
+            except (OSError, confine.Escape):
+                self._free.remove(run)
+                self.discard(run)
 
     def devnull(self) -> int:
         """``/dev/null``, opened once: the stdin of every function."""

@@ -168,6 +168,7 @@ class Worker:
         used = worker_cache.usage(store) if self._cache_bytes is None else self._cache_bytes
         cap = config.cache_max_bytes
         if used + missing_bytes > cap:
+            self.rundirs.clear_free(store)  # their kept inputs would hold evicted blobs on the disk
             used = worker_cache.trim_to(store, cap, protect=frozenset(needed), reserve=missing_bytes,
                                         recency=self.recency)
 
@@ -182,6 +183,7 @@ class Worker:
         used += added + missing_bytes + sum(
             parse_id(entry.id).size for result in results for entry in _entries(result))
         if used > cap:
+            self.rundirs.clear_free(store)
             used = worker_cache.trim_to(store, cap, recency=self.recency)
         self._cache_bytes = used
         return ExecutionResponse(version=protocol.EVENT_VERSION, results=results)

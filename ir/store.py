@@ -555,7 +555,7 @@ class LocalStore:
         that does not hash to its ID, or is not a regular file, is removed and
         :class:`CorruptBlob` raised; an absent one raises :class:`MissingBlob`.
         """
-        path = self.blob_path(ident)
+        path = self._blob_name(ident)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -590,24 +590,28 @@ class LocalStore:
         self.verified.remember(ident, st, observed)
         return st
 
-    def link_verified(self, ident: str, dir_fd: int, name: str, checked: os.stat_result | None = None) -> None:
+    def link_verified(self, ident: str, dir_fd: int, name: str,
+                      checked: os.stat_result | None = None) -> os.stat_result:
         """Hard-link blob ``ident`` (verified now) as ``name`` in the directory ``dir_fd``.
 
         ``checked`` is what :meth:`verify_for_use` returned for this blob moments ago,
         before the function started: if the blob's stat is still exactly that, it is not
         hashed again (the caller verifies it once more after the run). The link moves
         the blob's ctime; the entry in :attr:`verified` is carried over it by comparing
-        the stat just before with the one just after.
+        the stat just before with the one just after. Returns the blob's stat from just
+        before the link (its inode is the link's).
         """
-        if checked is None or _stat_key(before := os.lstat(self.blobs / ident)) != _stat_key(checked):
+        path = self._blob_name(ident)
+        if checked is None or _stat_key(before := os.lstat(path)) != _stat_key(checked):
             before = self.verify_for_use(ident)
-        os.link(self.blobs / ident, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
         self._carry(ident, before)
+        return before
 
     def unlink_verified(self, ident: str, dir_fd: int, name: str) -> None:
         """Remove a hard link made by :meth:`link_verified`, keeping the verified entry."""
         try:
-            before = os.lstat(self.blobs / ident)
+            before = os.lstat(self._blob_name(ident))
         except FileNotFoundError:
             before = None
         os.unlink(name, dir_fd=dir_fd)
@@ -616,11 +620,18 @@ class LocalStore:
 
     def _carry(self, ident: str, before: os.stat_result) -> None:
         try:
-            after = os.lstat(self.blobs / ident)
+            after = os.lstat(self._blob_dir + ident)  # checked by the caller
         except FileNotFoundError:
             self.verified.forget(ident)
             return
         self.verified.after_own_change(ident, before, after)
+
+    def _blob_name(self, ident: str) -> str:
+        """The path of blob ``ident`` as a string (``ident`` checked): the per-input hot
+        paths (verify, link, unlink) run ~100 times per compile thunk, and a ``Path``
+        join cost more than the ``lstat`` it was for."""
+        parse_id(ident)
+        return self._blob_dir + ident
 
     # -- reductions -----------------------------------------------------------------
 
