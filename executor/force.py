@@ -33,6 +33,7 @@ from ir.store import CorruptBlob, LocalStore, MissingBlob
 from .cached import resolve_cached
 from .engine import DEFAULT_THUNK_TIMEOUT
 from .engines import ENGINES, EngineOptions, EngineRegistry
+from .gc_pacing import fewer_collections
 from .observe import RunObserver
 from .progress import ProgressDisplay
 from .remote_results import RemoteResultsMode, SharedResults
@@ -261,17 +262,19 @@ def _force_cached(expanded: Sequence[Target], options: ForceOptions, store: Loca
     progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
     observer = RunObserver(TraceWriter(options.trace, started), progress)
     observer.counts.discovered = observer.counts.cached = found.nodes
-    for name, fields in found.events:
-        observer.trace.write(name, fields)
+    if observer.tracing:
+        for name, fields in found.events():
+            observer.trace.write(name, fields)
     written = 0
     status = "failed"
     values: dict[str, str] = {}
     try:
         with TargetWriter(store) as writer:
+            executable = found.executable
             for target in expanded:
                 if target.ref is not None:
-                    written += writer.write(target, found.values[target.ref])
-                    values[target.text] = found.values[target.ref]
+                    value = values[target.text] = found.values[target.ref]
+                    written += writer.write(target, value, executable[value])
         status = "ok"
     finally:
         observer.event("done", elapsed=round(time.monotonic() - started, 6), status=status, executed=0,
@@ -340,8 +343,8 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
                 wrote, results[target.ref] = await _materialize_or_rebuild(store, writer, scheduler, target,
                                                                            results[target.ref], remote)
                 written += wrote
-                if target.path is not None:
-                    (mine if wrote else theirs).add(target.path)
+                if target.is_file:  # as a Path: "x.o" and "./x.o" are one file
+                    (mine if wrote else theirs).add(Path(target.text))
                 values[target.text] = results[target.ref]  # rebuilt: maybe not what a record claimed
         status = "ok"
     finally:
@@ -428,9 +431,13 @@ def run(targets: Sequence[str], options: ForceOptions, store: LocalStore | None 
     started = time.monotonic()
     options.checked()
     store = store or LocalStore.locate()
-    expanded = _expand(targets, options)
-    with _sigterm_interrupts():
-        summary = _force_cached(expanded, options, store, started)
+    # Parsing the targets and the cached path keep a few objects per target alive to the
+    # end: with the default pacing, collections that find nothing took ~7% of a fresh
+    # gg-force on 10,000 cached targets (perf).
+    with fewer_collections():
+        expanded = _expand(targets, options)
+        with _sigterm_interrupts():
+            summary = _force_cached(expanded, options, store, started)
     if summary is not None:
         return summary
     import asyncio

@@ -67,18 +67,27 @@ def parse_placeholder(data: bytes) -> Placeholder | None:
     ``*/``, as gg wrote it without one), so a real script that merely starts with the
     same shebang is never mistaken for a placeholder.
     """
+    ref = placeholder_ref(data)
+    if ref is None:
+        return None
+    return Placeholder(ref, not data.startswith(SHEBANG_PREFIX))
+
+
+def placeholder_ref(data: bytes) -> str | None:
+    """The reference of the placeholder in ``data`` (either form), or None: what
+    :func:`parse_placeholder` checks, without building a :class:`Placeholder` (gg-force
+    parses one per target)."""
     if len(data) > MAX_PLACEHOLDER_SIZE:
         return None
-    for pattern, linker in ((_SHEBANG_RE, False), (_LINKER_RE, True)):
-        match = pattern.fullmatch(data)
-        if match:
-            try:
-                ref = match.group(1).decode("ascii")
-                parse_ref(ref)
-            except (UnicodeDecodeError, InvalidId):
-                return None
-            return Placeholder(ref, linker)
-    return None
+    match = _SHEBANG_RE.fullmatch(data) or _LINKER_RE.fullmatch(data)
+    if match is None:
+        return None
+    try:
+        ref = match.group(1).decode("ascii")
+        parse_ref(ref)
+    except (UnicodeDecodeError, InvalidId):
+        return None
+    return ref
 
 
 def read_placeholder(path: str | os.PathLike[str]) -> Placeholder | None:
