@@ -23,16 +23,14 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ir.errors import UsageError
 from ir.store import CorruptBlob, LocalStore, MissingBlob
 
 from .cached import resolve_cached
-from .engine import DEFAULT_THUNK_TIMEOUT
-from .engines import ENGINES, EngineOptions, EngineRegistry
+from .engines import DEFAULT_THUNK_TIMEOUT, ENGINES, EngineOptions, EngineRegistry
 from .gc_pacing import fewer_collections
 from .observe import RunObserver
 from .progress import ProgressDisplay
@@ -58,9 +56,10 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass(frozen=True)
-class ForceOptions:
-    """Everything a run can be told; the defaults are gg-force's."""
+class ForceOptions(NamedTuple):
+    """Everything a run can be told; the defaults are gg-force's. (Immutable; a named
+    tuple, not a dataclass: a fresh gg-force on a finished build does not import
+    dataclasses.)"""
 
     # Engines in order of preference (a thunk goes to the first that does not refuse it).
     engines: tuple[str, ...] = ("local",)
@@ -79,8 +78,8 @@ class ForceOptions:
     speculate_after: float = 5.0
     prog: str = "gg-force"  # names the lines said on stderr
     # The settings engines read (GG_STORAGE_URI, GG_LAMBDA_*); None: this process's.
-    environ: Mapping[str, str] | None = field(default=None, compare=False)
-    registry: EngineRegistry = field(default=ENGINES, compare=False)
+    environ: Mapping[str, str] | None = None
+    registry: EngineRegistry = ENGINES
     # Share reductions through the remote store (the engines' storage, else
     # GG_STORAGE_URI): read-write, read-only or off (executor/remote_results.py).
     remote_results: RemoteResultsMode = RemoteResultsMode.READ_WRITE
@@ -105,14 +104,15 @@ class ForceOptions:
         return self
 
 
-@dataclass
-class Summary:
+class Summary(NamedTuple):
+    """What a run did (see :class:`ForceOptions` for why not a dataclass)."""
+
     targets: int
     written: int
     executed: int
     elapsed: float
     fallback: list[str]
-    results: dict[str, str] = field(default_factory=dict)  # target text -> value ID
+    results: dict[str, str]  # target text -> value ID
     remote_hits: int = 0  # thunks reduced by a record in the remote store
     shared: int = 0  # reductions this run wrote to the remote store
     peer_reduced: int = 0  # thunks a concurrent run reduced while this one waited for them
@@ -398,16 +398,15 @@ def _sigterm_interrupts() -> Iterator[None]:
     signal's default of dying on the spot. Handlers belong to the main thread; a
     caller on another thread keeps its own."""
     import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (asked this way: importing threading costs a start more)
+        yield
+        return
     try:
         yield
     finally:

@@ -40,7 +40,7 @@ import fcntl
 import os
 import signal
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ir.atomic import atomic_write
 from ir.ids import MAGIC, id_of_blob, kind_of, make_id, new_hasher, parse_id
@@ -55,31 +55,36 @@ _NOT_LOADED = object()
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-@dataclass
+# Plain classes with slots, not dataclasses: made per target, and importing dataclasses
+# is a good part of a fresh gg-force's start on a finished build.
 class _Spare:
     """The file a directory's next target is written into before the exchange."""
 
-    name: str
-    fd: int  # open read-write on the spare's inode
-    ino: int
-    mode: int  # its permission bits now
-    size: int  # its length now
+    __slots__ = ("name", "fd", "ino", "mode", "size")
+
+    def __init__(self, name: str, fd: int, ino: int, mode: int, size: int):
+        self.name = name
+        self.fd = fd  # open read-write on the spare's inode
+        self.ino = ino
+        self.mode = mode  # its permission bits now
+        self.size = size  # its length now
 
 
-@dataclass
 class _Directory:
     """Per target directory: an open descriptor, what a file created here looks like
     (the owner, group and extended attributes a reused inode must have), the spare."""
 
-    fd: int
-    owner: tuple[int, int] | None = None  # (uid, gid) of a file created here
-    xattrs: dict[str, bytes] | None = None
-    spare: _Spare | None = None
-    exchange_works: bool = True
+    __slots__ = ("fd", "owner", "xattrs", "spare", "exchange_works")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.owner: tuple[int, int] | None = None  # (uid, gid) of a file created here
+        self.xattrs: dict[str, bytes] | None = None
+        self.spare: _Spare | None = None
+        self.exchange_works = True
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
     """An exchange under way: enough to settle it after an interruption."""
 
     directory: _Directory

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .atomic import atomic_write_bytes
 from .ids import InvalidId, parse_ref
@@ -28,8 +28,7 @@ _SHEBANG_RE = re.compile(re.escape(SHEBANG_PREFIX) + rb"([^\n]+)\n")
 _LINKER_RE = re.compile(re.escape(LINKER_PREFIX) + rb"([^\n]+)\n" + re.escape(LINKER_SUFFIX.rstrip()) + rb"\n?")
 
 
-@dataclass(frozen=True)
-class Placeholder:
+class Placeholder(NamedTuple):  # not a dataclass: see ir.ids.ObjectId
     ref: str  # "ID" or "THUNK_ID#tag"
     linker_form: bool
 

@@ -44,12 +44,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import time
 import weakref
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .atomic import unlink_quietly
 from .ids import InvalidId, parse_ref
@@ -363,6 +362,8 @@ class ReductionLog:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+            import shutil  # here: only an older store's first run removes its directory
+
             shutil.rmtree(self.legacy_dir, ignore_errors=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -374,8 +375,7 @@ class ReductionLog:
         self._seen_size = -1
 
 
-@dataclass(frozen=True)
-class LogCheck:
+class LogCheck(NamedTuple):
     """What a log holds line by line: for tests and diagnostics (``check_log``)."""
 
     valid: int  # complete lines that decode (records, tombstones, untrusted records)
