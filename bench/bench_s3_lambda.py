@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import cProfile
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -318,16 +319,17 @@ async def main_async(args) -> None:
     os.environ.update(FAKE_AWS_ENV)
     moto, endpoint = start_moto()
     lam = None
+    scratch = Path(tempfile.mkdtemp(prefix="gg-bench-s3-"))  # the store and the endpoint's logs
     try:
         import boto3
 
         bucket = f"gg-bench-{uuid.uuid4().hex[:8]}"
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
         uri = f"s3://{bucket}/blobs?endpoint={endpoint}&concurrency={args.concurrency}"
-        store = LocalStore.init(Path(tempfile.mkdtemp(prefix="gg-bench-")) / ".gg")
+        store = LocalStore.init(scratch / ".gg")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if not args.s3_only:
-            lam = start_lambda_local(workers=args.workers, log_dir=Path(tempfile.mkdtemp(prefix="gg-bench-")))
+            lam = start_lambda_local(workers=args.workers, log_dir=scratch)
             await bench_lambda(args, lam.url, uri, store)
             print()
         if not args.lambda_only:
@@ -337,6 +339,7 @@ async def main_async(args) -> None:
         if lam is not None:
             stop_process(lam.process)
         stop_process(moto)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:

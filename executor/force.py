@@ -18,13 +18,14 @@ writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from ir.errors import UsageError
 from ir.store import CorruptBlob, LocalStore, MissingBlob
@@ -40,6 +41,8 @@ from .targets import Target, materialize, parse_target, thin_archive_placeholder
 from .trace import TraceWriter
 
 if TYPE_CHECKING:  # the scheduler path's types; imported where used (see the module docstring)
+    import asyncio
+
     from ir.storage import RemoteStorage, Traffic
 
     from .engine import Engine
@@ -296,7 +299,7 @@ async def force_async(targets: Sequence[str], options: ForceOptions, store: Loca
 
 
 async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, store: LocalStore,
-                          started: float) -> Summary:
+                          started: float, arriving: asyncio.Queue[list[str] | None] | None = None) -> Summary:
     from .critical_path import DurationEstimates
     from .inflight import lease_seconds
     from .scheduler import ForceConfig, ForceFailed, Scheduler  # the scheduler path: see the module docstring
@@ -317,7 +320,7 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
             await _close(every, own_storage)
             raise
     shared = SharedResults(remote, options.remote_results.writes) if remote and options.remote_results.reads else None
-    progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
+    progress = None if options.quiet or not (refs or arriving) else ProgressDisplay(options.progress)
     observer = RunObserver(TraceWriter(options.trace), progress)
     config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
                          speculate=options.speculate, speculate_min=options.speculate_after,
@@ -334,7 +337,7 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
     writer = TargetWriter(store)
     try:
         try:
-            results = await scheduler.force(refs)
+            results = await scheduler.force(refs, arriving)
         except ForceFailed as failed:
             # Targets that did reduce are still written: nothing done is thrown away.
             for target in expanded:
@@ -427,6 +430,71 @@ def force(targets: Sequence[str], engines: Sequence[str] = ("local",), *, store:
     reductions are kept) and raise ``asyncio.CancelledError``.
     """
     return run(targets, ForceOptions(engines=tuple(engines), **options), store)
+
+
+def run_arriving(source: BinaryIO, options: ForceOptions, store: LocalStore | None = None) -> Summary:
+    """Force thunk IDs as they arrive on ``source``, one per line, until a line ``end``
+    (``gg-force --stdin``: how gg-infer's early forcing hands over each output the build
+    names). Nothing is written: the placeholders stay for ``gg-force``, which then finds
+    the reductions. End of input without ``end`` (the sender died) stops the run as an
+    interrupt does; a line that is not a thunk ID is a usage error."""
+    import asyncio
+
+    started = time.monotonic()
+    options.checked()
+    store = store or LocalStore.locate()
+    return asyncio.run(_run_cancellable(_force_arriving(source, options, store, started)))
+
+
+async def _force_arriving(source: BinaryIO, options: ForceOptions, store: LocalStore, started: float) -> Summary:
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[str] | None] = asyncio.Queue()
+    main = asyncio.current_task()
+    assert main is not None
+    refused: list[str] = []
+
+    def arrived(text: str | None) -> None:  # on the loop
+        if text == "end":
+            queue.put_nowait(None)
+        elif text is None or not _is_thunk_ref(text):
+            if text is not None:
+                refused.append(text)
+            main.cancel()  # the sender went away without "end", or sent nonsense
+        else:
+            queue.put_nowait([text])
+
+    def read() -> None:  # a thread: stdin may be a pipe, a file or a terminal
+        try:
+            for line in source:
+                text = line.decode("utf-8", "replace").strip()
+                if text:
+                    loop.call_soon_threadsafe(arrived, text)
+                    if text == "end":
+                        return
+        except (OSError, ValueError):
+            pass
+        with contextlib.suppress(RuntimeError):  # the loop may be closed already
+            loop.call_soon_threadsafe(arrived, None)
+
+    threading.Thread(target=read, name="gg-force-stdin", daemon=True).start()
+    try:
+        return await _force_expanded([], options, store, started, arriving=queue)
+    except asyncio.CancelledError:
+        if refused:
+            raise UsageError(f"--stdin: not a thunk ID: {refused[0][:80]!r}") from None
+        raise
+
+
+def _is_thunk_ref(text: str) -> bool:
+    from ir.ids import InvalidId, parse_ref
+
+    try:
+        return parse_ref(text).is_thunk
+    except InvalidId:
+        return False
 
 
 def run(targets: Sequence[str], options: ForceOptions, store: LocalStore | None = None) -> Summary:

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ir.cli_errors import EXIT_OK, EXIT_USAGE, add_debug_option, run_command
+from ir.errors import UsageError
 
 from .engines import DEFAULT_THUNK_TIMEOUT, ENGINES
-from .force import ForceOptions, run
+from .force import ForceOptions, run, run_arriving
 from .remote_results import RemoteResultsMode, resolve_mode
 
 DESCRIPTION = ("Force placeholders (or thunk IDs) to their real content: run what is not yet "
@@ -40,7 +41,11 @@ def resolve_engines(requested: list[str] | None, environ: Mapping[str, str] = os
 
 def add_arguments(parser: argparse.ArgumentParser, targets: bool = True) -> None:
     if targets:
-        parser.add_argument("targets", nargs="+", metavar="TARGET", help="placeholder file, thunk ID, or THUNK#tag")
+        parser.add_argument("targets", nargs="*", metavar="TARGET", help="placeholder file, thunk ID, or THUNK#tag")
+        parser.add_argument("--stdin", dest="from_stdin", action="store_true",
+                            help="instead of TARGETs: force thunk IDs read from stdin, one per line, as they "
+                                 "arrive, until a line 'end' (end of input without it stops the run); nothing "
+                                 "is written (gg-infer's early forcing uses this)")
     parser.add_argument("-j", "--jobs", type=int, default=None,
                         help="concurrent thunks per engine (default: cores for local, 64 for lambda)")
     parser.add_argument("--engine", action="append", default=None, metavar="NAME",
@@ -86,7 +91,14 @@ def options_from(args: argparse.Namespace, prog: str) -> ForceOptions:
 
 
 def _force(args: argparse.Namespace, prog: str) -> int:
-    summary = run(args.targets, options_from(args, prog))
+    if getattr(args, "from_stdin", False):
+        if args.targets:
+            raise UsageError("TARGETs and --stdin exclude each other")
+        summary = run_arriving(sys.stdin.buffer, options_from(args, prog))
+    elif not args.targets:
+        raise UsageError("no TARGET given (placeholder file, thunk ID, or THUNK#tag)")
+    else:
+        summary = run(args.targets, options_from(args, prog))
     if args.print_ids:
         for text, value in summary.results.items():
             print(f"{text} {value}")

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ir.errors import ConfigError, UserError
-from ir.ids import InvalidId, parse_id, parse_ref
+from ir.ids import InvalidId, Ref, parse_id, parse_ref
 from ir.retry import backoff_delay
 from ir.storage import LeasingStorage, StorageError
 from ir.store import CorruptBlob, LocalStore, MissingBlob, StoreError
@@ -300,24 +300,49 @@ class Scheduler:
 
     # -- public -------------------------------------------------------------------
 
-    async def force(self, refs: Sequence[str]) -> dict[str, str]:
-        """Reduce every ref (``T``, ``T#tag`` or a value ID) to a value ID."""
-        with fewer_collections():
-            return await self._force(refs)
+    async def force(self, refs: Sequence[str],
+                    arriving: asyncio.Queue[list[str] | None] | None = None) -> dict[str, str]:
+        """Reduce every ref (``T``, ``T#tag`` or a value ID) to a value ID.
 
-    async def _force(self, refs: Sequence[str]) -> dict[str, str]:
-        parsed = {ref: parse_ref(ref) for ref in refs}
-        await self._look_up_graph([p.id for p in parsed.values() if p.is_thunk])
-        targets = {ref: self._node(p.id) for ref, p in parsed.items() if p.is_thunk}
-        results = {ref: ref for ref, p in parsed.items() if not p.is_thunk}
+        ``arriving``: more refs, in batches, while the run goes on (``None`` ends them);
+        the run ends when every ref given or arrived is reduced and no more can come.
+        (gg-infer's early forcing: the build names its outputs one by one.)"""
+        with fewer_collections():
+            return await self._force(refs, arriving)
+
+    async def _force(self, refs: Sequence[str],
+                     arriving: asyncio.Queue[list[str] | None] | None = None) -> dict[str, str]:
+        parsed: dict[str, Ref] = {}
+        targets: dict[str, asyncio.Future[dict[str, str]]] = {}
+        results: dict[str, str] = {}
+
+        async def add(batch: Sequence[str]) -> set[asyncio.Future[Any]]:
+            new = {ref: parse_ref(ref) for ref in batch if ref not in parsed}
+            parsed.update(new)
+            await self._look_up_graph([p.id for p in new.values() if p.is_thunk])
+            added = {ref: self._node(p.id) for ref, p in new.items() if p.is_thunk}
+            targets.update(added)
+            results.update((ref, ref) for ref, p in new.items() if not p.is_thunk)
+            return set(added.values())
+
+        pending: set[asyncio.Future[Any]] = await add(refs)
         stop = asyncio.ensure_future(self._stop.wait())
+        more: asyncio.Future[list[str] | None] | None = None
+        if arriving is not None:
+            more = asyncio.ensure_future(arriving.get())
         try:
-            pending: set[asyncio.Future[Any]] = set(targets.values())
-            while pending and not self._stop.is_set():
-                _, pending = await asyncio.wait({*pending, stop}, return_when=asyncio.FIRST_COMPLETED)
-                pending.discard(stop)
+            while (pending or more is not None) and not self._stop.is_set():
+                done, _ = await asyncio.wait({*pending, stop, *([more] if more else [])},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                pending -= done
+                if more is not None and more in done:
+                    batch = more.result()
+                    more = None if batch is None or arriving is None else asyncio.ensure_future(arriving.get())
+                    pending |= await add(batch or [])
         finally:
             stop.cancel()
+            if more is not None:
+                more.cancel()
             if self._straggler_timer is not None:
                 self._straggler_timer.cancel()
                 self._straggler_timer = None
@@ -334,7 +359,7 @@ class Scheduler:
             results[ref] = outputs[tag or FIRST]
         if self.config_error is not None:
             raise self.config_error
-        if self._failures or len(results) < len(refs):
+        if self._failures or len(results) < len(parsed):
             failures = self._failures or [NodeFailed("", "the run stopped before every target was reduced")]
             raise ForceFailed(failures, results)
         return results

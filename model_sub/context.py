@@ -17,6 +17,7 @@ from ir.thunk import Input, Thunk
 
 from .deps import DepScanner
 from .driver import Driver
+from .early import Placements
 from .fallback import Forcer, LocalRuns
 from .fileids import FileIds
 from .paths import PathMap
@@ -52,11 +53,14 @@ class ModelContext:
     thunk_ids: ThunkRecords
     forcer: Forcer
     local_runs: LocalRuns = field(default_factory=LocalRuns)
+    # gg-infer's early forcing (model_sub/early.py): every placeholder's thunk, as written
+    placements: Placements | None = None
     _log_lock: threading.Lock = field(default_factory=threading.Lock)
     _log_handle: TextIO | None = None
 
     @classmethod
-    def create(cls, store: LocalStore, root: str, real_path: str) -> ModelContext:
+    def create(cls, store: LocalStore, root: str, real_path: str,
+               placements: Placements | None = None) -> ModelContext:
         cache = store.root / "infer"
         ids = FileIds(store)
         driver = Driver(cache / "driver", real_path)
@@ -71,6 +75,7 @@ class ModelContext:
             log_path=cache / "log",
             thunk_ids=ThunkRecords(cache / "thunk-ids"),
             forcer=Forcer(str(store.root)),
+            placements=placements,
         )
 
     def cache_snapshot(self) -> dict[str, dict]:
@@ -92,6 +97,8 @@ class ModelContext:
         """Release what the run's helpers hold (the driver's empty directory, the log)."""
         self.driver.close()
         self.scanner.close()
+        if self.placements is not None:
+            self.placements.close()
         self.thunk_ids.close()
         with self._log_lock:
             if self._log_handle is not None:
@@ -161,6 +168,8 @@ class ModelContext:
         """Write the placeholder for an output (mode as the real file would have)."""
         path = Path(host_path)
         mode = 0o755 if executable else 0o644
+        if self.placements is not None:
+            self.placements.send(ref)
         if path.is_symlink() or (path.exists() and not path.is_file()):
             os.unlink(path)
         elif _same_placeholder(path, ref, mode):

@@ -49,6 +49,10 @@ class LocalRuns:
     # they must run for real, so they are not fallbacks, but a build whose driver reads
     # every command's output would then run wholly for real: said out loud too.
     read_at_once: Counter = field(default_factory=Counter)
+    # Compiles with debug info made as thunks: their objects record the compile
+    # directory as "." (the same in every checkout) where a plain build records the
+    # absolute build directory, so they differ from a plain build's there: said once.
+    relative_debug_dirs: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, reason: str) -> None:
@@ -58,6 +62,22 @@ class LocalRuns:
     def record_read_at_once(self, tool: str) -> None:
         with self._lock:
             self.read_at_once[tool] += 1
+
+    def record_relative_debug_dir(self, count: int = 1) -> None:
+        with self._lock:
+            self.relative_debug_dirs += count
+
+    def debug_dir_summary(self) -> str | None:
+        """``gg-infer: note: N compiles with -g record their compile directory as "." ...``."""
+        with self._lock:
+            count = self.relative_debug_dirs
+        if not count:
+            return None
+        noun = "compile" if count == 1 else "compiles"
+        return (f'gg-infer: note: {count} {noun} with debug info record their compile directory '
+                f'(DW_AT_comp_dir) as "." where a plain build records the build directory: the '
+                f'objects are the same in every checkout and differ from a plain build only there; '
+                f'run a debugger from the build directory (see docs/model_sub.md)')
 
     def read_at_once_summary(self, log_hint: str) -> str | None:
         """``gg-infer: N tool calls ran for real, their output read at once by the build: cc xN (see LOG)``."""

@@ -81,6 +81,32 @@ class GccCall:
     def wants_depfile(self) -> bool:
         return "-MD" in self.dep_flags or "-MMD" in self.dep_flags
 
+    def debug_info(self) -> bool:
+        """Whether the compile writes DWARF debug info: the last ``-g``/``-gN``/``-ggdb*``/
+        ``-gdwarf*`` option decides (``-g0`` turns it off); ``-gz``, ``-gno-...`` and the
+        other ``-g`` modifiers only change how it is written."""
+        wanted = False
+        for item in self.items:
+            if item.kind == "opt":
+                level = debug_level(item.words[0])
+                if level is not None:
+                    wanted = level
+        return wanted
+
+
+def debug_level(word: str) -> bool | None:
+    """True/False if ``word`` turns debug info on/off, None if it says nothing about it."""
+    if not word.startswith("-g") or word.startswith("-gno-"):
+        return None
+    rest = word[2:]
+    if rest in ("", "1", "2", "3") or rest.startswith("dwarf"):
+        return True
+    if rest.startswith("gdb"):
+        return rest[3:] != "0"
+    if rest == "0":
+        return False
+    return None
+
 
 def source_lang(item: Item) -> str | None:
     """The language gcc compiles ``item`` as, or None for a linker input."""

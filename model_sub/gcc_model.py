@@ -69,6 +69,8 @@ class GccModel:
                 output = default_output(call, source)
                 ref = self._compile(call, source, os.path.basename(output), output)
                 self.ctx.place(os.path.join(self.cwd, output), ref, executable=False)
+        if call.sources and call.debug_info():  # modelled: every source became a thunk
+            self.ctx.local_runs.record_relative_debug_dir(len(call.sources))
 
     # -- mapping ------------------------------------------------------------------
 

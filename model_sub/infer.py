@@ -22,6 +22,7 @@ from ir.cli_errors import add_debug_option, run_command
 from ir.errors import UsageError
 from ir.store_root import locate_root
 
+from .early import EARLY_ENV, FIFO_ENV, EarlyForcing, Placements, early_jobs
 from .launcher import make_shim_dir, preload_library, shim_binary
 from .listener import Models, ModelServer
 from .toolnames import which
@@ -66,10 +67,15 @@ def _found(program: str, path: str) -> bool:
     return which(program, path) is not None
 
 
-def run_infer(command: list[str], root: Path | None = None, no_server: bool = False) -> int:
+def run_infer(command: list[str], root: Path | None = None, no_server: bool = False,
+              early: str | None = None) -> int:
+    """``early``: ``--early``'s value (else ``GG_INFER_EARLY`` decides; see early.py)."""
     store_root, _ = locate_root(create=True)
     assert store_root is not None  # with create, there always is one
-    environ = {k: v for k, v in os.environ.items() if k != "GG_INFER_EXEC"}
+    environ = {k: v for k, v in os.environ.items() if k not in ("GG_INFER_EXEC", FIFO_ENV)}
+    if early is not None:
+        environ[EARLY_ENV] = early
+    early_jobs_wanted = early_jobs(environ)
     settings = ServerSettings.from_environ(environ, disabled=no_server)
     real_path = real_path_of(environ)
     infer_dir = store_root / "infer"
@@ -88,17 +94,23 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
 
         from .context import ModelContext
 
-        return ModelContext.create(LocalStore.init(store_root), build_root, real_path)
+        return ModelContext.create(LocalStore.init(store_root), build_root, real_path,
+                                   Placements.from_environ(environ))
 
     models = Models(load)
-    handoff = _handoff(store_root, build_root, real_path, environ, settings)
     sock_dir = _private_directory()
+    forcing: EarlyForcing | None = None
     try:
+        if early_jobs_wanted:
+            forcing = EarlyForcing(sock_dir, store_root, build_root, environ, early_jobs_wanted)
+            environ.update(forcing.environment())  # for the models, here or in the server's worker
+        handoff = _handoff(store_root, build_root, real_path, environ, settings)
         socket_path = os.path.join(sock_dir, "models.sock")
         try:
             with ModelServer(models, socket_path) as server:
                 env = build_environment(environ, real_path, socket_path, shim, shim_dir, preload)
                 statics: list[str] = []
+                status: int | None = None  # None: interrupted
                 try:
                     status = _run([*EXEC_THROUGH_SHELL, *command], env, server, handoff)
                 except KeyboardInterrupt:
@@ -109,6 +121,17 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
                     lines += local_run_lines(ctx) if ctx is not None else []
                     if handoff is not None and handoff.note:
                         lines.append(f"gg-infer: note: {handoff.note}")
+                    if forcing is not None and ctx is not None and ctx.placements is not None:
+                        ctx.placements.close()  # every placeholder is written: the models are done
+                    if forcing is not None:
+                        if status == 0:
+                            lines.append(forcing.finish())
+                        else:  # a failed or interrupted build: no waiting for its outputs
+                            forcing.stop()
+                            if status is not None:
+                                lines.append("gg-infer: the build failed: early forcing stopped "
+                                             "(what it finished is kept)")
+                        forcing = None
                     for line in lines:
                         print(line, file=sys.stderr)
                 for program in dict.fromkeys([*statics, *server.notes.static_programs]):
@@ -120,6 +143,8 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
             if ctx is not None:
                 ctx.close()
     finally:
+        if forcing is not None:  # stopped before the build ran
+            forcing.stop()
         try:
             os.rmdir(sock_dir)  # empty: the server removed its socket
         except OSError:
@@ -196,14 +221,16 @@ def _stop_child(pid: int, grace: float = 0.25) -> None:
 
 
 def local_run_lines(ctx: ModelContext) -> list[str]:
-    """One line saying which calls ran the real tool instead of becoming thunks, and one
-    for the calls whose output the build read at once (run for real by design)."""
+    """One line saying which calls ran the real tool instead of becoming thunks, one for
+    the calls whose output the build read at once (run for real by design), and one for
+    the compiles whose debug info names their directory "." (not as a plain build)."""
     try:
         hint = os.path.relpath(ctx.log_path)
     except ValueError:
         hint = str(ctx.log_path)
     hint = hint if not hint.startswith("../..") else str(ctx.log_path)
-    return [line for line in (ctx.local_runs.summary(hint), ctx.local_runs.read_at_once_summary(hint)) if line]
+    runs = ctx.local_runs
+    return [line for line in (runs.summary(hint), runs.read_at_once_summary(hint), runs.debug_dir_summary()) if line]
 
 
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "
@@ -218,6 +245,10 @@ def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, help="build root for checkout-independent names (default: cwd)")
     parser.add_argument("--no-server", action="store_true",
                         help="model in this process, not in the store's warm model server (also GG_INFER_SERVER=off)")
+    parser.add_argument("--early", nargs="?", const="on", default=None, metavar="JOBS",
+                        help="force each output while the build still runs, with JOBS jobs (default: one per "
+                             "core), and wait for it at the end; gg-force then finds it done "
+                             "(also GG_INFER_EARLY=on|JOBS)")
     add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD...", help="the build command, e.g. make")
     return parser
@@ -226,7 +257,7 @@ def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _infer(args: argparse.Namespace | SimpleNamespace) -> int:
     if not args.command:
         raise UsageError("no command given (e.g. gg-infer make)")
-    return run_infer(args.command, args.root, no_server=args.no_server)
+    return run_infer(args.command, args.root, no_server=args.no_server, early=args.early)
 
 
 def add(subparsers) -> None:
@@ -249,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         # `gg-infer CMD...`, the usual form: exactly what the parser returns for it (CMD
         # is a remainder), without importing argparse, which brings shutil, gettext and
         # locale with it: ~6 ms of a start that should take ~50. Options: the parser.
-        args = SimpleNamespace(command=argv, root=None, no_server=False)
+        args = SimpleNamespace(command=argv, root=None, no_server=False, early=None)
     else:
         args = build_parser().parse_args(argv)
     return run_command("gg-infer", lambda: _infer(args), args)

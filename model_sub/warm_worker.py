@@ -20,6 +20,7 @@ import signal
 import socket
 from pathlib import Path
 
+from .early import Placements
 from .infer import local_run_lines
 from .listener import Models, ModelServer
 from .warm import encode_fields, frame
@@ -43,7 +44,8 @@ def run_worker(conn: socket.socket, listen_fd: int, fields: list[str], seed: dic
 
         from .context import ModelContext
 
-        ctx = ModelContext.create(LocalStore.init(Path(store_root)), build_root, real_path)
+        ctx = ModelContext.create(LocalStore.init(Path(store_root)), build_root, real_path,
+                                  Placements.from_environ(os.environ))
         ctx.seed_caches(seed)
     except Exception as exc:  # noqa: BLE001 - the client falls back and says why
         conn.sendall(f"ERR {type(exc).__name__}: {exc}\n".replace("\n", " ").strip().encode() + b"\n")

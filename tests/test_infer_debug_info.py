@@ -41,3 +41,32 @@ def test_debug_objects_are_reproducible_across_runs_and_checkouts(tmp_path):
     comp_dirs = [line.split(":")[-1].strip() for line in info.splitlines() if "DW_AT_comp_dir" in line]
     assert comp_dirs == ["."]
     assert b"/run-" not in second and str(tmp_path).encode() not in second
+
+
+def test_debug_info_difference_from_a_plain_build_is_said_once(tmp_path):
+    """A plain build records the absolute build directory; the thunks record ".": gg-infer
+    says so in one line, counting the compiles, and says nothing when there is no debug
+    info (no -g, or -g turned off again by a later -g0)."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (tree / f"{name}.c").write_text(f"int {name}(int x) {{ return x + 1; }}\n")
+    (tree / "Makefile").write_text(
+        "all: a.o b.o c.o d.o\n"
+        "a.o: a.c\n\tgcc -g -O2 -c a.c\n"
+        "b.o: b.c\n\tgcc -ggdb3 -c b.c\n"
+        "c.o: c.c\n\tgcc -g -O2 -g0 -c c.c\n"
+        "d.o: d.c\n\tgcc -O2 -gz -c d.c\n"
+    )
+    result = gg_infer(tree, "make", "-s")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "DW_AT_comp_dir" in line]
+    assert len(notes) == 1, result.stderr
+    assert notes[0].startswith("gg-infer: note: 2 compiles with debug info ")
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "e.c").write_text(SOURCE)
+    (plain / "Makefile").write_text("e.o: e.c\n\tgcc -O2 -c e.c\n")
+    result = gg_infer(plain, "make", "-s")
+    assert result.returncode == 0 and "DW_AT_comp_dir" not in result.stderr, result.stderr

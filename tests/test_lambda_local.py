@@ -71,3 +71,35 @@ def test_handler_exception_is_unhandled(lambda_endpoint_factory, tmp_path):
     assert answer["FunctionError"] == "Unhandled"
     body = json.loads(answer["Payload"].read())
     assert body["errorType"] == "ValueError" and body["errorMessage"] == "bad event"
+
+
+def test_stale_cache_roots_of_killed_endpoints_are_swept(tmp_path):
+    """An endpoint killed with SIGKILL leaves its workers' cache root behind; the next one
+    removes it, but never a root a live endpoint holds, a fresh one, or anything else."""
+    import fcntl
+    import os
+    import time
+
+    from executor.lambda_local.server import CACHE_ROOT_PREFIX, STALE_ROOT_SECONDS, sweep_stale_cache_roots
+
+    old = time.time() - STALE_ROOT_SECONDS - 5
+
+    def root(name: str, age: float = old) -> str:
+        path = tmp_path / f"{CACHE_ROOT_PREFIX}{name}"
+        (path / "worker-0" / "blobs").mkdir(parents=True)
+        (path / "worker-0" / "blobs" / "Vx").write_bytes(b"x")
+        os.utime(path, (age, age))
+        return str(path)
+
+    dead, live, fresh, mine = root("dead"), root("live"), root("fresh", time.time()), root("mine")
+    other = tmp_path / "gg-other-dir"
+    other.mkdir()
+    os.utime(other, (old, old))
+    holder = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert sweep_stale_cache_roots(str(tmp_path), keep=mine) == 1
+    finally:
+        os.close(holder)
+    assert not os.path.exists(dead)
+    assert all(os.path.exists(p) for p in (live, fresh, mine, other))

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -158,6 +160,55 @@ def _aws_error(status: int, error_type: str, message: str) -> web.Response:
     )
 
 
+CACHE_ROOT_PREFIX = "gg-lambda-tmp-"
+STALE_ROOT_SECONDS = 60.0
+
+
+def own_cache_root() -> tuple[Path, int]:
+    """A fresh cache root (the workers' /tmp directories) in the system's temp directory,
+    locked (``flock``) for as long as this endpoint lives; stale roots are swept first."""
+    path = tempfile.mkdtemp(prefix=CACHE_ROOT_PREFIX)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    sweep_stale_cache_roots(os.path.dirname(path), keep=path)
+    return Path(path), fd
+
+
+def sweep_stale_cache_roots(parent: str, keep: str) -> int:
+    """Remove the cache roots of endpoints that died without :meth:`LocalLambda.stop`
+    (killed with SIGKILL, or their parent was); the number removed.
+
+    A live endpoint holds an ``flock`` on its root, so only roots nobody locks are
+    taken, and only those untouched for a minute (one made an instant ago may not be
+    locked yet). The workers' tmpfs mounts live in their own mount namespaces and ended
+    with them, so removing a root never reaches into a mounted file system."""
+    removed = 0
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(CACHE_ROOT_PREFIX) or entry.path == keep:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() \
+                    or time.time() - st.st_mtime < STALE_ROOT_SECONDS:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue  # a live endpoint's
+        finally:
+            os.close(fd)
+    return removed
+
+
 class LocalLambda:
     """The endpoint. ``await start()``, then ``url``; ``await stop()`` when done."""
 
@@ -171,7 +222,11 @@ class LocalLambda:
         self._runner: web.AppRunner | None = None
         self._closing = False
         self._runtime_dir: Path | None = None
-        self._cache_root = Path(config.cache_root or tempfile.mkdtemp(prefix="gg-lambda-tmp-"))
+        self._root_lock = -1
+        if config.cache_root is not None:
+            self._cache_root = Path(config.cache_root)
+        else:
+            self._cache_root, self._root_lock = own_cache_root()
         self.stats = {"invocations": 0, "throttled": 0, "timeouts": 0, "worker_exits": 0}
 
     # -- life cycle ------------------------------------------------------------------
@@ -227,6 +282,9 @@ class LocalLambda:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
         if self.config.cache_root is None:  # ours: a temp dir, like a sandbox's /tmp
             shutil.rmtree(self._cache_root, ignore_errors=True)
+            if self._root_lock >= 0:
+                os.close(self._root_lock)
+                self._root_lock = -1
 
     # -- workers -----------------------------------------------------------------------
 
