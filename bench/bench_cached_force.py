@@ -18,10 +18,15 @@ with gg-force instead, which takes minutes). Rows, interleaved and repeated
   stores from before the reduction log (``.gg/reductions/<ref>``), which older
   checkouts read (a newer one imports them into its log on its first run).
 
+With ``--start``, instead: the start of a warm build's ``gg-force`` -- one cached
+placeholder in a store of 100 reduced thunks, ``--rounds`` runs per row (20 is a good
+number), ``python -c pass`` beside it -- what a build that changed nothing pays at its
+end.
+
 The placeholders are rewritten before every timed run (untimed). A benchmark, not a
 test: it asserts nothing about speed.
 
-Run: .venv/bin/python bench/bench_cached_force.py [--targets 10000] [--rounds 3] [--source DIR]
+Run: .venv/bin/python bench/bench_cached_force.py [--targets 10000] [--rounds 3] [--source DIR] [--start]
 """
 
 from __future__ import annotations
@@ -96,6 +101,47 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, fl
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+Forcers = dict[str, tuple[list[str], dict[str, str]]]  # row name -> (command, environment)
+Rows = dict[str, list[tuple[float, float]]]
+
+
+def time_finished_build(work: Path, env: dict[str, str], forcers: Forcers, thunks: list[str], blobs: list[str],
+                        rounds: int) -> Rows:
+    """The 10,000-target rows: ``python -c pass``, ``cp`` of the values, then per forcer
+    the IDs (``--print``) and the placeholders, interleaved, ``rounds`` times."""
+    rows: Rows = {"python -c pass": [], f"cp of the {len(blobs)} values": []}
+    for name in forcers:
+        rows[f"{name}: IDs (--print)"] = []
+        rows[f"{name}: placeholders"] = []
+    targets = work / "targets"
+    for _ in range(rounds):
+        rows["python -c pass"].append(timed([sys.executable, "-c", "pass"], work, env))
+        copies = work / "copies"
+        copies.mkdir()
+        rows[f"cp of the {len(blobs)} values"].append(timed(["cp", "-t", str(copies), *blobs], work, env))
+        shutil.rmtree(copies)
+        for name, (command, forcer_env) in forcers.items():
+            rows[f"{name}: IDs (--print)"].append(timed([*command, "-q", "--print", *thunks], work, forcer_env))
+            names = reset_placeholders(targets, thunks)
+            rows[f"{name}: placeholders"].append(timed([*command, "-q", *names], targets, forcer_env))
+            assert (targets / names[-1]).read_bytes() == f"value {len(names) - 1}\n".encode()
+    return rows
+
+
+def time_start(work: Path, env: dict[str, str], forcers: Forcers, thunks: list[str], blobs: list[str],
+               rounds: int) -> Rows:
+    """``--start``: ``python -c pass`` and each forcer on one cached placeholder, interleaved."""
+    rows: Rows = {"python -c pass": [], **{f"{name}: 1 placeholder": [] for name in forcers}}
+    targets = work / "targets"
+    for _ in range(rounds):
+        rows["python -c pass"].append(timed([sys.executable, "-c", "pass"], work, env))
+        for name, (command, forcer_env) in forcers.items():
+            names = reset_placeholders(targets, thunks[:1])
+            rows[f"{name}: 1 placeholder"].append(timed([*command, "-q", *names], targets, forcer_env))
+            assert (targets / names[0]).read_bytes() == b"value 0\n"
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=10_000)
@@ -103,7 +149,11 @@ def main() -> int:
     parser.add_argument("--execute", action="store_true", help="run the thunks with gg-force to reduce them")
     parser.add_argument("--source", action="append", default=[], type=Path,
                         help="also time python -m executor.force_cli from this checkout (repeatable)")
+    parser.add_argument("--start", action="store_true",
+                        help="time gg-force on one cached placeholder in a small store instead")
     args = parser.parse_args()
+    if args.start:
+        args.targets = 100
     base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     with tempfile.TemporaryDirectory(prefix="gg-bench-cached-") as tmp:
         work = Path(tmp)
@@ -111,29 +161,16 @@ def main() -> int:
         thunks, values = make_store(work, args.targets, args.execute, env)
         store = LocalStore(work / ".gg")
         blobs = [str(store.blob_path(v)) for v in values]
-        targets = work / "targets"
-        forcers = {"gg-force": ([str(VENV_BIN / "gg-force")], env)}
+        forcers: Forcers = {"gg-force": ([str(VENV_BIN / "gg-force")], env)}
         for number, source in enumerate(args.source):
             gg_dir = store_for_older_checkouts(store, work / f"gg-source-{number}")
             forcers[f"{source}"] = ([sys.executable, "-m", "executor.force_cli"],
                                     {**env, "GG_DIR": str(gg_dir), "PYTHONPATH": str(source.resolve())})
-        rows: dict[str, list[tuple[float, float]]] = {"python -c pass": [], f"cp of the {len(values)} values": []}
-        for name in forcers:
-            rows[f"{name}: IDs (--print)"] = []
-            rows[f"{name}: placeholders"] = []
-        for _ in range(args.rounds):
-            rows["python -c pass"].append(timed([sys.executable, "-c", "pass"], work, env))
-            copies = work / "copies"
-            copies.mkdir()
-            rows[f"cp of the {len(values)} values"].append(timed(["cp", "-t", str(copies), *blobs], work, env))
-            shutil.rmtree(copies)
-            for name, (command, forcer_env) in forcers.items():
-                rows[f"{name}: IDs (--print)"].append(timed([*command, "-q", "--print", *thunks], work, forcer_env))
-                names = reset_placeholders(targets, thunks)
-                rows[f"{name}: placeholders"].append(timed([*command, "-q", *names], targets, forcer_env))
-                assert (targets / names[-1]).read_bytes() == f"value {len(names) - 1}\n".encode()
+        measure = time_start if args.start else time_finished_build
+        rows = measure(work, env, forcers, thunks, blobs, args.rounds)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{args.targets} cached targets, {args.rounds} rounds (median), load average {load}")
+    what = "1 cached placeholder, a store of 100 thunks" if args.start else f"{args.targets} cached targets"
+    print(f"{what}, {args.rounds} rounds (median), load average {load}")
     print(f"{'row':<60} {'wall s':>7} {'min':>7} {'CPU s':>7}")
     for name, times in rows.items():
         walls, cpus = [t[0] for t in times], [t[1] for t in times]

@@ -24,21 +24,36 @@ nothing has been done by then: no file written, no trace line, no engine opened.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import os
+import stat
+from collections.abc import Iterable, Iterator
 
 from ir.ids import InvalidId, parse_ref
 from ir.store import LocalStore, StoreError
 
 
-@dataclass
 class CachedResults:
-    """What the local records say: a value per reference, and the trace events the
-    scheduler would have written for the same run (``cached`` and ``tailcall``)."""
+    """What the local records say: a value per reference, whether each value's blob is
+    executable (the mode its targets get; read with the check that the blob is there),
+    and the steps the scheduler would have traced for the same run."""
 
-    values: dict[str, str] = field(default_factory=dict)  # ref -> value ID
-    events: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    nodes: int = 0  # distinct thunks reached (what the progress display counts)
+    __slots__ = ("values", "executable", "steps", "nodes")
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}  # ref -> value ID
+        self.executable: dict[str, bool] = {}  # value ID -> its blob's owner execute bit
+        # (thunk, its record, a tail call's next ref or None): kept as tuples, turned into
+        # trace events only by :meth:`events` (a run without --trace never builds them)
+        self.steps: list[tuple[str, str, str | None]] = []
+        self.nodes = 0  # distinct thunks reached (what the progress display counts)
+
+    def events(self) -> Iterator[tuple[str, dict[str, str]]]:
+        """The trace events of the run: ``cached`` per thunk, ``tailcall`` per tail call."""
+        for thunk, first, tail in self.steps:
+            if first:
+                yield "cached", {"thunk": thunk, "result": first}
+            if tail is not None:
+                yield "tailcall", {"thunk": thunk, "next": tail}
 
 
 def resolve_cached(store: LocalStore, refs: Iterable[str]) -> CachedResults | None:
@@ -46,21 +61,34 @@ def resolve_cached(store: LocalStore, refs: Iterable[str]) -> CachedResults | No
     by the local reduction records alone, or None if one of them is not."""
     found = CachedResults()
     seen: set[str] = set()
+    blob_dir = f"{store.blobs}/"
     try:
         records = store.reduction_records()
         for ref in refs:
-            value = _resolve(store, records, ref, found, seen)
-            if value is None:
-                return None
+            if ref[:1] == "T":
+                value = _resolve(records, ref, found, seen)  # checked to parse on the way
+                if value is None:
+                    return None
+            else:
+                value = ref
+                parse_ref(value)  # a value ID (a file name in the store only if it parses)
+            executable = found.executable.get(value)
+            if executable is None:
+                try:
+                    mode = os.stat(blob_dir + value).st_mode
+                except (FileNotFoundError, NotADirectoryError):
+                    return None
+                if not stat.S_ISREG(mode):
+                    return None
+                executable = found.executable[value] = bool(mode & stat.S_IXUSR)
             found.values[ref] = value
-    except (StoreError, InvalidId):  # unreadable or malformed: the scheduler path says what is wrong
+    except (StoreError, InvalidId, OSError):  # unreadable or malformed: the scheduler path says what is wrong
         return None
     return found
 
 
-def _resolve(store: LocalStore, records: dict[str, str], ref: str, found: CachedResults,
-             seen: set[str]) -> str | None:
-    """Follow ``ref``'s records (tail calls included) to a value that is in the store."""
+def _resolve(records: dict[str, str], ref: str, found: CachedResults, seen: set[str]) -> str | None:
+    """Follow thunk reference ``ref``'s records (tail calls included) to a value ID."""
     chain: set[str] = set()
     while ref[:1] == "T":
         if ref in chain:
@@ -74,11 +102,12 @@ def _resolve(store: LocalStore, records: dict[str, str], ref: str, found: Cached
         if result is None:
             return None
         parse_ref(result)  # as written in the log: checked here (InvalidId: the scheduler path)
-        if thunk_id not in seen:
+        new = thunk_id not in seen
+        if new:
             seen.add(thunk_id)
             found.nodes += 1
-            found.events.append(("cached", {"thunk": thunk_id, "result": first}))
-        if result[:1] == "T":
-            found.events.append(("tailcall", {"thunk": thunk_id, "next": result}))
+        tail = result if result[:1] == "T" else None
+        if new or tail is not None:
+            found.steps.append((thunk_id, first if new else "", tail))
         ref = result
-    return ref if store.has(ref) else None
+    return ref

@@ -18,17 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .engines import DEFAULT_THUNK_TIMEOUT  # defined there (see its comment), part of this interface
+
 if TYPE_CHECKING:  # types only: a run that executes nothing (all cached) never imports these
     from ir.storage import RemoteStorage
     from ir.thunk import Thunk
 
     from .execution import ExecutionResult
 
-# The time limit of a thunk that sets none (seconds), the same on every engine: a thunk
-# that hangs is then an execution failure after this long, never a run that does not end.
-# On Lambda the function's own timeout caps it (the thunk then moves to the fallback
-# engine, which applies the full limit). ``gg-force --default-timeout`` overrides it.
-DEFAULT_THUNK_TIMEOUT = 600.0
+__all__ = ["DEFAULT_THUNK_TIMEOUT", "Engine", "Job"]
 
 
 @dataclass(frozen=True)

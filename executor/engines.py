@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ir.errors import UsageError
 
@@ -35,17 +34,35 @@ if TYPE_CHECKING:  # types only: checking the name of a built-in engine imports 
 ENTRY_POINT_GROUP = "gg.engines"
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """What a factory may use to open its engine."""
+# The time limit of a thunk that sets none (seconds), the same on every engine: a thunk
+# that hangs is then an execution failure after this long, never a run that does not end.
+# On Lambda the function's own timeout caps it (the thunk then moves to the fallback
+# engine, which applies the full limit). ``gg-force --default-timeout`` overrides it.
+# Here, not in :mod:`executor.engine` (which re-exports it): gg-force's command line
+# needs it for its defaults, and the cached fast path imports neither the engine
+# interface nor dataclasses.
+DEFAULT_THUNK_TIMEOUT = 600.0
 
+
+class _EngineOptionsFields(NamedTuple):
     store: LocalStore
     # -j: concurrent thunks; None lets the engine choose (local: cores, lambda: 64).
-    jobs: int | None = None
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    jobs: int | None
+    environ: Mapping[str, str]
     # Set for a fallback engine: the storage the primary engine leaves results in, so
     # the fallback can fetch inputs produced there.
-    remote: RemoteStorage | None = None
+    remote: RemoteStorage | None
+
+
+class EngineOptions(_EngineOptionsFields):
+    """What a factory may use to open its engine (immutable). ``environ`` defaults to a
+    copy of this process's environment."""
+
+    __slots__ = ()
+
+    def __new__(cls, store: LocalStore, jobs: int | None = None, environ: Mapping[str, str] | None = None,
+                remote: RemoteStorage | None = None) -> EngineOptions:
+        return super().__new__(cls, store, jobs, dict(os.environ) if environ is None else environ, remote)
 
 
 EngineFactory = Callable[[EngineOptions], Awaitable["Engine"]]

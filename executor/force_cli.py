@@ -20,8 +20,7 @@ from pathlib import Path
 from ir.cli_errors import EXIT_OK, EXIT_USAGE, add_debug_option, run_command
 from ir.errors import UsageError
 
-from .engine import DEFAULT_THUNK_TIMEOUT
-from .engines import ENGINES
+from .engines import DEFAULT_THUNK_TIMEOUT, ENGINES
 from .force import ForceOptions, run, run_arriving
 from .remote_results import RemoteResultsMode, resolve_mode
 

@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import TextIO
 
 
-@dataclass
 class Counts:
-    discovered: int = 0
-    cached: int = 0
-    running: int = 0
-    done: int = 0
-    failed: int = 0
-    waiting: int = 0  # on a concurrent run that is running the same thunk (executor/inflight.py)
-    peer: int = 0  # reduced by a concurrent run while this one waited
+    """How many nodes are where. A plain class (not a dataclass, whose import is a good
+    part of a fresh gg-force's start on a finished build)."""
+
+    __slots__ = ("discovered", "cached", "running", "done", "failed", "waiting", "peer")
+
+    def __init__(self, discovered: int = 0, cached: int = 0, running: int = 0, done: int = 0, failed: int = 0,
+                 waiting: int = 0, peer: int = 0):
+        self.discovered = discovered
+        self.cached = cached
+        self.running = running
+        self.done = done
+        self.failed = failed
+        self.waiting = waiting  # on a concurrent run that is running the same thunk (executor/inflight.py)
+        self.peer = peer  # reduced by a concurrent run while this one waited
+
+    def __repr__(self) -> str:
+        return "Counts(" + ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__) + ")"
 
     @property
     def settled(self) -> int:

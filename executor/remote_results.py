@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ir.errors import UsageError
 
@@ -67,8 +66,7 @@ def resolve_mode(flag: str | None, no_remote: bool = False,
     return parse_mode(text, f"{ENV}=") if text else RemoteResultsMode.READ_WRITE
 
 
-@dataclass(frozen=True)
-class SharedResults:
+class SharedResults(NamedTuple):
     """The storage a run shares reductions through, and whether it may write there."""
 
     storage: RemoteStorage

@@ -40,7 +40,7 @@ import fcntl
 import os
 import signal
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ir.atomic import atomic_write
 from ir.ids import MAGIC, id_of_blob, kind_of, make_id, new_hasher, parse_id
@@ -52,33 +52,39 @@ from .targets import Seen, Target
 
 CHUNK = 1 << 20
 _NOT_LOADED = object()
+_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-@dataclass
+# Plain classes with slots, not dataclasses: made per target, and importing dataclasses
+# is a good part of a fresh gg-force's start on a finished build.
 class _Spare:
     """The file a directory's next target is written into before the exchange."""
 
-    name: str
-    fd: int  # open read-write on the spare's inode
-    ino: int
-    mode: int  # its permission bits now
-    size: int  # its length now
+    __slots__ = ("name", "fd", "ino", "mode", "size")
+
+    def __init__(self, name: str, fd: int, ino: int, mode: int, size: int):
+        self.name = name
+        self.fd = fd  # open read-write on the spare's inode
+        self.ino = ino
+        self.mode = mode  # its permission bits now
+        self.size = size  # its length now
 
 
-@dataclass
 class _Directory:
     """Per target directory: an open descriptor, what a file created here looks like
     (the owner, group and extended attributes a reused inode must have), the spare."""
 
-    fd: int
-    owner: tuple[int, int] | None = None  # (uid, gid) of a file created here
-    xattrs: dict[str, bytes] | None = None
-    spare: _Spare | None = None
-    exchange_works: bool = True
+    __slots__ = ("fd", "owner", "xattrs", "spare", "exchange_works")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.owner: tuple[int, int] | None = None  # (uid, gid) of a file created here
+        self.xattrs: dict[str, bytes] | None = None
+        self.spare: _Spare | None = None
+        self.exchange_works = True
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
     """An exchange under way: enough to settle it after an interruption."""
 
     directory: _Directory
@@ -111,19 +117,22 @@ class TargetWriter:
 
     # -- the one entry point ----------------------------------------------------------
 
-    def write(self, target: Target, value_id: str) -> bool:
+    def write(self, target: Target, value_id: str, executable: bool | None = None) -> bool:
         """Write local value ``value_id`` over the target's placeholder.
 
-        False when there was nothing to replace: an ID target, or a file that is no
-        longer the placeholder parsed (left as it is). Raises :class:`CorruptBlob` (the
-        blob is dropped, so the next run rebuilds it) or :class:`MissingBlob`.
+        ``executable``: whether the blob has its execute bit, if the caller has just
+        looked (the cached fast path does, checking that the blob is there); None: the
+        writer looks. False when there was nothing to replace: an ID target, or a file
+        that is no longer the placeholder parsed (left as it is). Raises
+        :class:`CorruptBlob` (the blob is dropped, so the next run rebuilds it) or
+        :class:`MissingBlob`.
         """
-        if target.path is None or target.ref is None:
+        if not target.is_file or target.ref is None:
             return False
         seen = target.seen
         if seen is None:
             return self._write_by_rename(target, value_id)
-        head, name = os.path.split(target.text)  # the path as given (Target.path is the same, as a Path)
+        head, name = os.path.split(target.text)
         directory = self._directory(head or ".")
         exchange = self._exchange_call()
         if exchange is None or not directory.exchange_works:
@@ -131,7 +140,7 @@ class TargetWriter:
         spare = directory.spare or self._fresh_spare(directory)
         directory.spare = None  # until settled: an interruption must not reuse it blindly
         try:
-            mode = self._copy(value_id, spare)
+            mode = self._copy(value_id, spare, executable)
             if spare.mode != mode:
                 os.fchmod(spare.fd, mode)
                 spare.mode = mode
@@ -207,16 +216,18 @@ class TargetWriter:
             directory.xattrs = _xattrs(fd)
         return _Spare(name, fd, st.st_ino, stat.S_IMODE(st.st_mode), 0)
 
-    def _copy(self, value_id: str, spare: _Spare) -> int:
+    def _copy(self, value_id: str, spare: _Spare, executable: bool | None = None) -> int:
         """Copy the blob into the spare from offset 0, hashing it; the mode the target
-        gets. The spare is cut to the value's length."""
+        gets (from ``executable`` if known, else the blob's execute bit). The spare is
+        cut to the value's length."""
         parsed = parse_id(value_id)
         try:
             fd = os.open(self._blob_dir + value_id, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise MissingBlob(value_id, str(self.store.blobs)) from None
         try:
-            executable = bool(os.fstat(fd).st_mode & stat.S_IXUSR)
+            if executable is None:
+                executable = bool(os.fstat(fd).st_mode & stat.S_IXUSR)
             if parsed.size < CHUNK:
                 # One read: a short read of a regular file is its end (and what is
                 # written is what hashes to the ID, whatever the file holds beyond).
@@ -301,8 +312,10 @@ class TargetWriter:
         flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         writable = True
         try:
-            fd = os.open(spare.name, os.O_RDWR | flags, dir_fd=directory.fd)
-        except PermissionError:  # a read-only placeholder: check it, never reuse it
+            # O_NOATIME: reading it back must not cost an inode write (only the owner
+            # may ask, and only the owner's placeholder can be reused anyway).
+            fd = os.open(spare.name, os.O_RDWR | _NOATIME | flags, dir_fd=directory.fd)
+        except PermissionError:  # a read-only placeholder, or another owner's: check it, never reuse it
             writable = False
             try:
                 fd = os.open(spare.name, os.O_RDONLY | flags, dir_fd=directory.fd)
@@ -338,12 +351,13 @@ class TargetWriter:
 
     def _write_by_rename(self, target: Target, value_id: str) -> bool:
         """A temp file renamed over the target (where the exchange is unavailable)."""
-        assert target.path is not None
-        current = read_placeholder(target.path)
+        path = target.path
+        assert path is not None
+        current = read_placeholder(path)
         if current is None or current.ref != target.ref:
             return False
-        placeholder_stat = os.stat(target.path)
-        atomic_write(target.path, lambda handle: self._copy(value_id, _Spare("", handle.fileno(), 0, 0, 0)),
+        placeholder_stat = os.stat(path)
+        atomic_write(path, lambda handle: self._copy(value_id, _Spare("", handle.fileno(), 0, 0, 0)),
                      self._mode_of(value_id), times_ns=(placeholder_stat.st_atime_ns, placeholder_stat.st_mtime_ns))
         return True
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ir.archives import is_thin_archive, thin_members
 from ir.errors import UserError
 from ir.ids import InvalidId, parse_ref
-from ir.placeholder import Placeholder, find_embedded_placeholder, parse_placeholder, read_placeholder
+from ir.placeholder import find_embedded_placeholder, placeholder_ref, read_placeholder
 from ir.placeholder_format import MAX_PLACEHOLDER_SIZE
 from ir.store import LocalStore
 
@@ -37,10 +36,12 @@ class TargetError(UserError):
     """A target that is neither a placeholder, an ID nor a real file (one line, exit 1)."""
 
 
-@dataclass(frozen=True)
-class Seen:
+class Seen(NamedTuple):
     """The placeholder file as it was parsed: which inode, its bytes and times. Writing
-    the result replaces exactly this file or nothing (:mod:`executor.target_writer`)."""
+    the result replaces exactly this file or nothing (:mod:`executor.target_writer`).
+
+    A named tuple, not a dataclass: a finished build's gg-force makes one per target,
+    and a frozen dataclass's ``__init__`` cost more than the parse itself."""
 
     dev: int
     ino: int
@@ -50,43 +51,71 @@ class Seen:
     data: bytes
 
 
-@dataclass(frozen=True)
-class Target:
-    text: str  # as the user gave it
-    ref: str | None  # None: a real file, nothing to force
-    path: Path | None = None  # the placeholder to replace
-    seen: Seen | None = None  # None: the writer reads the placeholder again (a symbolic link)
+class Target(NamedTuple):
+    """A target as the user gave it (``text``) and what it refers to (``ref``; None: a
+    real file, nothing to force). ``is_file``: ``text`` names a file to replace;
+    ``seen``: the placeholder as parsed (None: the writer reads it again, e.g. through
+    a symbolic link)."""
+
+    text: str
+    ref: str | None
+    is_file: bool = False
+    seen: Seen | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """The placeholder to replace, as a ``Path`` (made on demand: the cached fast
+        path never needs one)."""
+        return Path(self.text) if self.is_file else None
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Reading a placeholder need not mark its inode accessed (an inode write per target on
+# a file system mounted relatime, the default: gg-infer just wrote it). Only the file's
+# owner may ask; for others the open is retried without it.
+_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-def read_seen(path: str) -> tuple[Placeholder, Seen] | None:
-    """The placeholder at ``path`` and how it was seen, read with one ``open``; None
-    if ``path`` is not a regular file that is a placeholder (a symbolic link is not
-    followed: None, and callers use :func:`read_placeholder`)."""
+def read_seen(path: str) -> tuple[str, Seen] | None:
+    """The reference of the placeholder at ``path`` and how it was seen, read with one
+    ``open``; None if ``path`` is not a regular file that is a placeholder (a symbolic
+    link is not followed: None, and callers use :func:`read_placeholder`)."""
+    found = _read_seen(path)
+    return found if isinstance(found, tuple) else None
+
+
+def _read_seen(path: str) -> tuple[str, Seen] | int | None:
+    """:func:`read_seen`, or the ``errno`` of an ``open`` that failed (ENOENT: no such
+    file, which spares an ID target a second look)."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except (OSError, ValueError):
+        fd = os.open(path, _OPEN_FLAGS | _NOATIME)
+    except PermissionError:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            return exc.errno
+    except OSError as exc:
+        return exc.errno
+    except ValueError:  # a NUL in the name
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PLACEHOLDER_SIZE:
+        if st.st_size > MAX_PLACEHOLDER_SIZE or not stat.S_ISREG(st.st_mode):
             return None
         data = os.read(fd, MAX_PLACEHOLDER_SIZE + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
-    placeholder = parse_placeholder(data)
-    if placeholder is None:
+    ref = placeholder_ref(data)
+    if ref is None:
         return None
-    return placeholder, Seen(st.st_dev, st.st_ino, len(data), st.st_atime_ns, st.st_mtime_ns, data)
+    return ref, Seen(st.st_dev, st.st_ino, len(data), st.st_atime_ns, st.st_mtime_ns, data)
 
 
 def _stat_or_none(path: Path) -> os.stat_result | None:
     """``path``'s stat, or None where ``Path.exists`` says False. One ``stat`` where
-    ``exists`` + ``is_dir`` were two: a finished build's gg-force does this per target."""
+    ``exists`` + ``is_dir`` were two."""
     try:
         return path.stat()
     except OSError as exc:
@@ -98,22 +127,28 @@ def _stat_or_none(path: Path) -> os.stat_result | None:
 
 
 def parse_target(text: str) -> Target:
-    found = read_seen(text)
-    if found is not None:  # the usual case: one open, one read
-        return Target(text, found[0].ref, Path(text), found[1])
+    found = _read_seen(text)
+    if isinstance(found, tuple):  # the usual case: one open, one read
+        return Target(text, found[0], True, found[1])
+    if found in (errno.ENOENT, errno.ENOTDIR):  # no such file: a thunk or value ID, or nothing
+        return _id_target(text)
     path = Path(text)
     st = _stat_or_none(path)
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise TargetError(f"{text} is a directory, not a placeholder")
-        placeholder = read_placeholder(path)
-        if placeholder is None:
-            embedded = find_embedded_placeholder(path)
-            if embedded is not None:
-                raise TargetError(
-                    f"{text} is a real file made from placeholders (it contains the placeholder for {embedded}): "
-                    "a tool read placeholders as data; re-run that step (e.g. 'make clean', then gg-infer again)")
-        return Target(text, placeholder.ref if placeholder else None, path)
+    if st is None:
+        return _id_target(text)
+    if stat.S_ISDIR(st.st_mode):
+        raise TargetError(f"{text} is a directory, not a placeholder")
+    placeholder = read_placeholder(path)
+    if placeholder is None:
+        embedded = find_embedded_placeholder(path)
+        if embedded is not None:
+            raise TargetError(
+                f"{text} is a real file made from placeholders (it contains the placeholder for {embedded}): "
+                "a tool read placeholders as data; re-run that step (e.g. 'make clean', then gg-infer again)")
+    return Target(text, placeholder.ref if placeholder else None, True)
+
+
+def _id_target(text: str) -> Target:
     try:
         parse_ref(text)
     except InvalidId:
@@ -136,9 +171,9 @@ def thin_archive_placeholders(target: Target) -> list[Target]:
     for member in members:
         found = read_seen(member)
         if found is not None:
-            out.append(Target(member, found[0].ref, Path(member), found[1]))
+            out.append(Target(member, found[0], True, found[1]))
         elif (placeholder := read_placeholder(Path(member))) is not None:  # a symbolic link to one
-            out.append(Target(member, placeholder.ref, Path(member)))
+            out.append(Target(member, placeholder.ref, True))
     return out
 
 

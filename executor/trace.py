@@ -8,7 +8,6 @@ ID) and the event's own fields; the schema is in docs/trace.md.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TextIO
@@ -18,6 +17,10 @@ class TraceWriter:
     def __init__(self, path: Path | None, started: float | None = None):
         self.started = time.monotonic() if started is None else started
         self._handle: TextIO | None = open(path, "a", buffering=1) if path else None
+        if path:  # imported only to write a trace: a finished build's gg-force writes none
+            import json
+
+            self._dumps = json.dumps
 
     @property
     def active(self) -> bool:
@@ -27,7 +30,7 @@ class TraceWriter:
         if self._handle is None:
             return
         record = {"t": round(time.monotonic() - self.started, 6), "event": event, **fields}
-        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._handle.write(self._dumps(record, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         if self._handle is not None:

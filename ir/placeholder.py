@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .atomic import atomic_write_bytes
 from .ids import InvalidId, parse_ref
@@ -28,8 +28,7 @@ _SHEBANG_RE = re.compile(re.escape(SHEBANG_PREFIX) + rb"([^\n]+)\n")
 _LINKER_RE = re.compile(re.escape(LINKER_PREFIX) + rb"([^\n]+)\n" + re.escape(LINKER_SUFFIX.rstrip()) + rb"\n?")
 
 
-@dataclass(frozen=True)
-class Placeholder:
+class Placeholder(NamedTuple):  # not a dataclass: see ir.ids.ObjectId
     ref: str  # "ID" or "THUNK_ID#tag"
     linker_form: bool
 
@@ -67,18 +66,27 @@ def parse_placeholder(data: bytes) -> Placeholder | None:
     ``*/``, as gg wrote it without one), so a real script that merely starts with the
     same shebang is never mistaken for a placeholder.
     """
+    ref = placeholder_ref(data)
+    if ref is None:
+        return None
+    return Placeholder(ref, not data.startswith(SHEBANG_PREFIX))
+
+
+def placeholder_ref(data: bytes) -> str | None:
+    """The reference of the placeholder in ``data`` (either form), or None: what
+    :func:`parse_placeholder` checks, without building a :class:`Placeholder` (gg-force
+    parses one per target)."""
     if len(data) > MAX_PLACEHOLDER_SIZE:
         return None
-    for pattern, linker in ((_SHEBANG_RE, False), (_LINKER_RE, True)):
-        match = pattern.fullmatch(data)
-        if match:
-            try:
-                ref = match.group(1).decode("ascii")
-                parse_ref(ref)
-            except (UnicodeDecodeError, InvalidId):
-                return None
-            return Placeholder(ref, linker)
-    return None
+    match = _SHEBANG_RE.fullmatch(data) or _LINKER_RE.fullmatch(data)
+    if match is None:
+        return None
+    try:
+        ref = match.group(1).decode("ascii")
+        parse_ref(ref)
+    except (UnicodeDecodeError, InvalidId):
+        return None
+    return ref
 
 
 def read_placeholder(path: str | os.PathLike[str]) -> Placeholder | None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import shutil
 import stat
 import time
 from collections.abc import Mapping, Sequence
@@ -393,6 +392,8 @@ class LocalStore:
             try:
                 os.replace(path, temp)
             except OSError:
+                import shutil  # here: gg-force's cached path never copies a file in
+
                 shutil.copyfile(path, temp)
                 os.unlink(path)
             return self._install(temp, ident, executable)

@@ -92,6 +92,24 @@ def test_ids_and_real_files_take_the_cached_path_too(store, sh, tmp_path):
     assert again.stdout == f"{ident} {store.resolve(ident)}\n"
 
 
+# What a warm build's gg-force must not import before it is done (its start is most of
+# its cost; docs/performance.md, "A finished build", round 4).
+HEAVY = ("asyncio", "google.protobuf", "executor.scheduler", "ir.thunk", "dataclasses", "json", "threading")
+IMPORTS_PROBE = ("import sys\nfrom executor.force_cli import main\nstatus = main(sys.argv[1:])\n"
+                 f"print('heavy: ' + ' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+                 "sys.exit(status)\n")
+
+
+def test_the_cached_path_imports_nothing_heavy(store, sh, tmp_path):
+    ident = sh.thunk("echo value > out")
+    assert force(store, "-q", ident).returncode == 0
+    write_placeholder(tmp_path / "x.txt", ident)
+    result = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, "-q", "x.txt"], env=gg_env(store.root),
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and (tmp_path / "x.txt").read_text() == "value\n", result.stderr
+    assert "heavy: \n" in result.stderr, result.stderr  # none of them
+
+
 def test_a_corrupt_value_is_reported_and_rebuilt_as_before(store, sh, tmp_path):
     ident = sh.thunk("echo precious > out")
     value = force(store, "-q", "--print", ident).stdout.split()[1]
