@@ -187,7 +187,7 @@ class ReductionLog:
         if self._fds.read is not None:
             os.close(self._fds.read)
         self._fds.read, self._read_key = fd, key
-        self._index = {}
+        self._index = dict(self._pending)  # this object's queued records stay visible to it
         self._lines = 0
         self._offset = 0
         self._seen_size = -1
