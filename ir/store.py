@@ -100,8 +100,15 @@ def _check_ref(ref: str) -> bool:
 
 
 def _check_thunk_ref(ref: str) -> None:
-    if not _check_ref(ref):
+    # The ID and the tag apart: each is a cache hit (a thunk's ``T#tag`` refs are fresh
+    # strings, but its bare ID and its tags were checked before).
+    ident, sep, tag = ref.partition("#")
+    if not _check_ref(ident):
+        if sep:
+            raise InvalidId(f"reference {ref!r} puts an output tag on a value ID")
         raise InvalidId(f"only thunks reduce; {ref} is a value")
+    if sep:
+        validate_tag(tag)
 
 
 class StoreError(Exception):
