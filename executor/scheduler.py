@@ -271,7 +271,8 @@ class Scheduler:
             raise ValueError(f"unknown dispatch order {self.config.dispatch!r}")
         self._fifo = self.config.dispatch == "fifo"
         self._durations: list[float] = []
-        # Records queued for one append per loop turn, and the claims whose locks wait for it.
+        # Records queued for one append per batch (RECORD_BATCH), and the claims whose
+        # locks wait for it.
         self._unwritten = 0  # records queued (LocalStore.put_reductions(defer=True))
         self._write_soon = False  # a _write_records call is scheduled for this loop turn
         self._write_timer: asyncio.TimerHandle | None = None  # ... or for RECORD_DELAY later
@@ -824,8 +825,8 @@ class Scheduler:
 
     def _record(self, thunk_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
         """Queue ``thunk_id``'s records (the bare ID last: its presence is what _local()
-        checks first); they are written, with every other record of this turn of the
-        loop, in one append by :meth:`_write_records` (scheduled here)."""
+        checks first); :meth:`_write_records` writes them with the rest of their batch
+        in one append (see RECORD_BATCH)."""
         records = [*((f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs), (thunk_id, outputs[FIRST])]
         self.store.put_reductions(records, defer=True)
         self._unwritten += len(records)
