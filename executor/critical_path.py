@@ -84,11 +84,11 @@ class DurationEstimates:
         known = self._by_thunk.get(thunk_id)
         if known is not None:
             return known[1]
-        # Medians are recomputed once the records changed by an eighth, not after every
+        # Medians are recomputed once the records changed by a quarter, not after every
         # record: a large run asks an estimate per node and records one per run, and
         # recomputing every time made it quadratic (they only order work, so a little
         # staleness costs nothing).
-        if self._by_function is None or self._changes >= max(1, len(self._by_thunk) >> 3):
+        if self._by_function is None or self._changes >= max(1, len(self._by_thunk) >> 2):
             self._medians()
         assert self._by_function is not None
         guess = self._by_function.get(function)

@@ -48,7 +48,7 @@ from ir.storage import LeasingStorage, StorageError
 from ir.storage.lease import Lease
 from ir.store import LocalStore, StoreError
 from ir.thunk import Thunk
-from ir.thunk_lock import ThunkLock
+from ir.thunk_lock import LockFile, ThunkLock
 
 from .critical_path import PrioritySlots
 from .observe import RunObserver
@@ -129,6 +129,8 @@ class InFlight:
         self._poller: asyncio.Task[None] | None = None
         self._poll_round = 0
         self._pending: set[asyncio.Task[None]] = set()  # lease releases, off the critical path
+        # Every local lock of this run is a byte of one open lock file (ir/thunk_lock.py).
+        self._lock_file = LockFile(self._root)
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -152,13 +154,34 @@ class InFlight:
         must not hold a slot that work needs; it runs on without one."""
         self._release_slot(claim)
 
+    def try_claim(self, node_id: str, run_id: str, thunk: Thunk) -> Claim | None:
+        """:meth:`claim` without waiting, for a caller holding a slot (:meth:`when_free`):
+        the claim -- taken, or a peer's outputs -- when the local lock is free and no
+        lease is needed (the slot is then the claim's); None otherwise, the slot still
+        the caller's to pass to :meth:`claim`. Nearly every claim of a run that shares no
+        results is decided here, without a coroutine."""
+        if self.leases is not None:
+            return None
+        claim = Claim(run_id, lock=ThunkLock(self._root, run_id, self._lock_file))
+        if not claim.lock.try_acquire():  # type: ignore[union-attr]
+            return None
+        claim.slot = True
+        try:
+            outputs = self.local_hit(run_id, thunk)  # a peer may have finished just before
+        except BaseException:
+            self.abandon(claim)
+            raise
+        if outputs is not None:
+            return self._peer_done(node_id, claim, outputs, False)
+        return claim
+
     async def claim(self, node_id: str, run_id: str, thunk: Thunk, priority: float = 0.0,
                     slot: bool = False) -> Claim:
         """Claim ``run_id`` (the thunk about to be dispatched), or wait for a peer's result.
         Waiting claims get a free slot highest ``priority`` first (the scheduler's dispatch
         order: executor/critical_path.py); ``slot``: the caller holds one already
         (:meth:`when_free`), which the claim now owns."""
-        claim = Claim(run_id, lock=ThunkLock(self._root, run_id), slot=slot)
+        claim = Claim(run_id, lock=ThunkLock(self._root, run_id, self._lock_file), slot=slot)
         waited = False
         try:
             while True:
@@ -229,6 +252,11 @@ class InFlight:
 
     # -- finishing --------------------------------------------------------------------
 
+    def ran(self, claim: Claim) -> None:
+        """The claimed thunk ran and its records are queued: this run may claim another
+        (the slot is free); the lock stays until :meth:`recorded`."""
+        self._release_slot(claim)
+
     def recorded(self, claim: Claim) -> None:
         """The reduction is in the local store: local waiters may have the thunk (and this
         run may claim another). The lease stays until :meth:`done`."""
@@ -259,6 +287,7 @@ class InFlight:
                 await self._poller
         while pending := [task for task in self._pending if not task.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
+        self._lock_file.close()  # every claim has been released by now
 
     def _release_slot(self, claim: Claim) -> None:
         if claim.slot:

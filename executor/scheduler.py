@@ -67,6 +67,13 @@ DISPATCH_ORDERS = ("critical-path", "fifo")
 # to cost little, small enough that ready nodes start while a big graph is still read.
 DISCOVERY_BATCH = 512
 
+# Records are written in batches (one append each, :meth:`Scheduler._write_records`): when
+# this many are queued, else this many seconds after the first was. A thunk's lock is
+# held until its records are written, so the delay is what a concurrent forcer waiting
+# for one of them may wait longer (it polls anyway); this run's own slots are free at once.
+RECORD_BATCH = 1024
+RECORD_DELAY = 0.01
+
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
 
 
@@ -141,8 +148,8 @@ def rewrite(thunk: Thunk, results: dict[str, dict[str, str]]) -> Thunk:
 
     values = list(thunk.values)
     for item in thunk.thunks:
-        ref = item.parsed
-        values.append(Input(value_of(ref.id, ref.tag), item.name))
+        ident, _, tag = item.ref.partition("#")  # checked when the thunk was loaded
+        values.append(Input(value_of(ident, tag), item.name))
 
     def substitute(text: str) -> str:
         def one(match: re.Match[str]) -> str:
@@ -251,7 +258,9 @@ class Scheduler:
         self._paused = False  # discovery waits for the ready queue to drain (ForceConfig.ready_queue)
         self._settled: collections.deque[_Node] = collections.deque()  # nodes whose news is being passed on
         self._waking = False
-        self._active: set[asyncio.Task[None]] = set()  # the nodes running (or following tail calls)
+        # The nodes running (or following tail calls), by spawn number.
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._spawned = 0
         # Slots are granted critical-path first: by each node's estimated remaining path
         # (executor/critical_path.py), from ``estimates`` (earlier runs; this run's own
         # measurements are added as it goes).
@@ -262,6 +271,13 @@ class Scheduler:
             raise ValueError(f"unknown dispatch order {self.config.dispatch!r}")
         self._fifo = self.config.dispatch == "fifo"
         self._durations: list[float] = []
+        # Records queued for one append per batch (RECORD_BATCH), and the claims whose
+        # locks wait for it.
+        self._unwritten = 0  # records queued (LocalStore.put_reductions(defer=True))
+        self._write_soon = False  # a _write_records call is scheduled for this loop turn
+        self._write_timer: asyncio.TimerHandle | None = None  # ... or for RECORD_DELAY later
+        self._unreleased: list[Claim] = []
+        self._record_failed = False
         self._watching: set[_Watch] = set()  # attempts that may straggle (speculation)
         self._straggler_timer: asyncio.TimerHandle | None = None
         self._median: tuple[int, float] = (0, 0.0)  # (samples it was computed from, median)
@@ -347,7 +363,8 @@ class Scheduler:
                 self._straggler_timer.cancel()
                 self._straggler_timer = None
             await self._cancel_all()
-            await self._flush_sharing()  # what finished is shared even if the run failed
+            self._write_records()  # what finished is recorded even if the run failed
+            await self._flush_sharing()  # ... and shared
         for ref, future in targets.items():
             if not future.done() or future.cancelled() or future.exception() is not None:
                 continue
@@ -365,7 +382,7 @@ class Scheduler:
         return results
 
     async def _cancel_all(self) -> None:
-        pending = [task for task in self._active if not task.done()]
+        pending = [task for task in self._active.values() if not task.done()]
         for task in pending:
             task.cancel()
         if pending:
@@ -561,9 +578,10 @@ class Scheduler:
                 self._schedule_discovery()
 
     def _spawn(self, node: _Node, work: Coroutine[Any, Any, None]) -> None:
-        self._active.add(asyncio.get_running_loop().create_task(self._guarded(node, work)))
+        key = self._spawned = self._spawned + 1
+        self._active[key] = asyncio.get_running_loop().create_task(self._guarded(node, work, key))
 
-    async def _guarded(self, node: _Node, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, node: _Node, work: Coroutine[Any, Any, None], key: int) -> None:
         """Run a node's async work; whatever fails, the node settles with it."""
         try:
             await work
@@ -574,7 +592,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
             self._settle_error(node, self._internal(node.id, exc))
         finally:
-            self._active.discard(asyncio.current_task())  # type: ignore[arg-type]
+            del self._active[key]
 
     def _internal(self, thunk_id: str, exc: BaseException) -> NodeFailed:
         return self._fail(NodeFailed(thunk_id, f"internal error: {type(exc).__name__}: {exc}"))
@@ -593,12 +611,12 @@ class Scheduler:
                     self._inflight.give_back_slot()
                     slot = False
                     self._hit(thunk_id, run_id, runnable, cached, True, ran=True)
-                    await self._follow_then_settle(node, cached, (thunk_id, run_id))
+                    self._finish(node, cached, (thunk_id, run_id))
                     return
             slot = False
             try:
-                claim = await self._inflight.claim(thunk_id, run_id, runnable,
-                                                   node.priority, slot=True)
+                claim = (self._inflight.try_claim(thunk_id, run_id, runnable)
+                         or await self._inflight.claim(thunk_id, run_id, runnable, node.priority, slot=True))
             except ConfigError as exc:
                 raise self._fatal(thunk_id, exc) from None
         finally:
@@ -606,7 +624,7 @@ class Scheduler:
                 self._inflight.give_back_slot()
         if claim.outputs is not None:
             self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
-            await self._follow_then_settle(node, claim.outputs, (thunk_id, run_id))
+            self._finish(node, claim.outputs, (thunk_id, run_id))
             return
         try:
             result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable, claim)
@@ -619,12 +637,12 @@ class Scheduler:
         except BaseException:
             self._inflight.abandon(claim)
             raise
-        self._inflight.recorded(claim)
+        self._release_when_written(claim)
         if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
             task = asyncio.get_running_loop().create_task(
                 self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
             self._sharing.add(task)
-        await self._follow_then_settle(node, cached, (thunk_id, run_id))
+        self._finish(node, cached, (thunk_id, run_id))
 
     def _finish(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
         """Settle ``node`` with ``outputs``, after following tail calls if any is a thunk."""
@@ -831,9 +849,51 @@ class Scheduler:
         return usable
 
     def _record(self, thunk_id: str, thunk: Thunk, outputs: dict[str, str]) -> None:
-        # One append; the bare ID last: its presence is what _local() checks first.
-        self.store.put_reductions([*((f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs),
-                                   (thunk_id, outputs[FIRST])])
+        """Queue ``thunk_id``'s records (the bare ID last: its presence is what _local()
+        checks first); :meth:`_write_records` writes them with the rest of their batch
+        in one append (see RECORD_BATCH)."""
+        records = [*((f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs), (thunk_id, outputs[FIRST])]
+        self.store.put_reductions(records, defer=True)
+        self._unwritten += len(records)
+        self._schedule_write()
+
+    def _release_when_written(self, claim: Claim) -> None:
+        """The claim's thunk is recorded (queued): its slot is free now, its lock once the
+        records are written -- a peer that finds the lock free must find the records."""
+        self._inflight.ran(claim)
+        self._unreleased.append(claim)
+        self._schedule_write()
+
+    def _schedule_write(self) -> None:
+        """Have :meth:`_write_records` run RECORD_DELAY from now, or at once when
+        RECORD_BATCH records wait."""
+        if self._unwritten >= RECORD_BATCH:
+            if not self._write_soon:
+                self._write_soon = True
+                asyncio.get_running_loop().call_soon(self._write_records)
+        elif self._write_timer is None:
+            self._write_timer = asyncio.get_running_loop().call_later(RECORD_DELAY, self._write_records)
+
+    def _write_records(self) -> None:
+        """Write the queued records (one append), then release the locks that waited for
+        them. Called per batch (:meth:`_schedule_write`), before a lost value is rebuilt
+        and before the run returns. A failure to write fails the run with one line (the
+        values are right, but the records another run would use are not there)."""
+        self._write_soon = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._unwritten = 0
+        claims, self._unreleased = self._unreleased, []
+        try:
+            self.store.flush_reductions()
+        except (OSError, StoreError) as exc:
+            if not self._record_failed:
+                self._record_failed = True
+                self._fail(NodeFailed(claims[0].run_id if claims else "", f"recording reductions: {exc}"))
+        finally:
+            for claim in claims:
+                self._inflight.recorded(claim)
 
     async def _follow_tail_calls(
         self, thunk_id: str, outputs: dict[str, str], chain: tuple[str, ...]
@@ -905,6 +965,7 @@ class Scheduler:
         except NodeFailed:
             return None
         finally:
+            self._write_records()
             await self._flush_sharing()
 
     async def _flush_sharing(self) -> None:
@@ -923,6 +984,7 @@ class Scheduler:
         node_id, run_id, tags = producer
         self._lost.add(ident)
         self.observer.event("regenerate", thunk=node_id, missing=ident)
+        self._write_records()  # the queued records first: a tombstone must come after them
         for thunk_id in {node_id, run_id}:
             for tag in tags:
                 self.store.forget_reduction(f"{thunk_id}#{tag}")
@@ -990,7 +1052,8 @@ class Scheduler:
         attempt = 0
         while True:
             attempt += 1
-            job = self._job(run_id, thunk, attempt)
+            if job.attempt != attempt:
+                job = self._job(run_id, thunk, attempt)
             try:
                 result = await self._attempt(node_id, engine, job)
             except ConfigError as exc:
@@ -1074,10 +1137,10 @@ class Scheduler:
         count = len(self._durations)
         if count < config.speculate_samples:
             return config.speculate_initial
-        # The median is recomputed when the samples have grown by an eighth, not on
+        # The median is recomputed when the samples have grown by a quarter, not on
         # every attempt: sorting them all per thunk made a large build quadratic.
         computed, median = self._median
-        if count >= computed + max(1, computed >> 3):
+        if count >= computed + max(1, computed >> 2):
             median = statistics.median(self._durations)
             self._median = (count, median)
         return max(config.speculate_min, config.speculate_factor * median)

@@ -137,6 +137,8 @@ class ReductionLog:
         self._refreshed_at = -1.0  # time.monotonic() of the last refresh (-1: never)
         self._compaction_considered = False
         self._temp_serial = 0
+        # Records appended with ``defer=True`` and not written yet (indexed already).
+        self._pending: list[tuple[str, str | None]] = []
 
     # -- reading ---------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class ReductionLog:
         if self._fds.read is not None:
             os.close(self._fds.read)
         self._fds.read, self._read_key = fd, key
-        self._index = {}
+        self._index = dict(self._pending)  # this object's queued records stay visible to it
         self._lines = 0
         self._offset = 0
         self._seen_size = -1
@@ -225,20 +227,36 @@ class ReductionLog:
                 continue
             applied += 1
         self._lines += applied
+        if self._pending:  # this object's records not written yet come after all of these
+            index.update(self._pending)
 
     # -- writing ---------------------------------------------------------------------
 
-    def append(self, records: Sequence[tuple[str, str | None]]) -> None:
+    def append(self, records: Sequence[tuple[str, str | None]], defer: bool = False) -> None:
         """Append ``records`` (ref, result or None for a tombstone) with one ``write``.
 
         The caller has checked every ref and result. Order matters to readers: a thunk's
         bare record goes last.
+
+        ``defer=True`` only queues them (this object's lookups see them at once) until
+        :meth:`flush` or the next append without it, which writes everything queued first,
+        in order, with one ``write``: a scheduler that records many thunks per turn of its
+        event loop pays one append for all of them. Until then other processes do not see
+        them and a crash loses them (those thunks run again), so a caller flushes before
+        it lets anyone rely on them -- before it releases the thunks' locks.
         """
+        if defer:
+            self._pending.extend(records)
+            self._index.update(records)
+            return
+        if self._pending:
+            records = [*self._pending, *records]
+            self._pending = []
         if not records:
             return
         if not self._migrated:
             self._migrate()
-        data = b"\n" + b"".join(encode_line(ref, result) for ref, result in records)
+        data = b"\n" + b"".join([encode_line(ref, result) for ref, result in records])
         lock = self._lock()
         fcntl.flock(lock, fcntl.LOCK_SH)
         try:
@@ -263,6 +281,16 @@ class ReductionLog:
         if not self._compaction_considered:
             self._compaction_considered = True
             self._compact_if_worthwhile()
+
+    def flush(self) -> None:
+        """Write the records queued by ``append(..., defer=True)`` (one ``write``)."""
+        if self._pending:
+            self.append(())
+
+    @property
+    def unwritten(self) -> int:
+        """Records queued by ``append(..., defer=True)`` and not written yet."""
+        return len(self._pending)
 
     def _lock(self) -> int:
         if self._fds.lock is None:
@@ -307,6 +335,7 @@ class ReductionLog:
         A complete temp file renamed over the log: a crash leaves the old log or the new
         one (and perhaps a stray temp file in ``tmp_dir``), never a mix.
         """
+        self.flush()  # queued records are part of the log to compact
         if not self._migrated:
             self._migrate()  # before the lock: it takes (and drops) the same lock
         lock = self._lock()
@@ -369,8 +398,12 @@ class ReductionLog:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        """Close the log's descriptors (they are also closed with the process)."""
-        self._fds.close()
+        """Write what is queued, then close the log's descriptors (they are also closed
+        with the process)."""
+        try:
+            self.flush()
+        finally:
+            self._fds.close()
         self._read_key = self._append_key = None
         self._seen_size = -1
 

@@ -31,6 +31,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,7 @@ def decode_reduction(data: bytes) -> str | None:
     return fields[0]
 
 
+@lru_cache(maxsize=1 << 17)  # a record's result is checked when written and when read
 def _check_ref(ref: str) -> bool:
     """Check ``ID`` or ``THUNK#tag`` like ``parse_ref`` (InvalidId); True for a thunk's.
 
@@ -97,8 +99,15 @@ def _check_ref(ref: str) -> bool:
 
 
 def _check_thunk_ref(ref: str) -> None:
-    if not _check_ref(ref):
+    # The ID and the tag apart: each is a cache hit (a thunk's ``T#tag`` refs are fresh
+    # strings, but its bare ID and its tags were checked before).
+    ident, sep, tag = ref.partition("#")
+    if not _check_ref(ident):
+        if sep:
+            raise InvalidId(f"reference {ref!r} puts an output tag on a value ID")
         raise InvalidId(f"only thunks reduce; {ref} is a value")
+    if sep:
+        validate_tag(tag)
 
 
 class StoreError(Exception):
@@ -656,7 +665,7 @@ class LocalStore:
             return None
         return result
 
-    def put_reductions(self, records: Sequence[tuple[str, str]]) -> None:
+    def put_reductions(self, records: Sequence[tuple[str, str]], defer: bool = False) -> None:
         """Record that each ``ref`` reduced to its ``result`` (a value, a thunk, or
         ``THUNK#tag``), all in one append: a thunk's records go together, the bare ID
         last (a reader that finds the bare record finds the tagged ones).
@@ -664,11 +673,19 @@ class LocalStore:
         Every caller records what an execution with verified inputs produced (or what
         such a record says), hence the mark. Raises :class:`InvalidId` (and writes
         nothing) if a ref is not a thunk's or a result does not parse.
+
+        ``defer=True`` queues them for one append with later ones (this store object sees
+        them at once; other processes after :meth:`flush_reductions` or the next append
+        without it): see ``ReductionLog.append``.
         """
         for ref, result in records:
             _check_thunk_ref(ref)
             _check_ref(result)
-        self.reduction_log.append(records)
+        self.reduction_log.append(records, defer)
+
+    def flush_reductions(self) -> None:
+        """Write the records queued by ``put_reductions(..., defer=True)``."""
+        self.reduction_log.flush()
 
     def put_reduction(self, ref: str, result: str) -> None:
         """:meth:`put_reductions` of one record."""

@@ -16,6 +16,13 @@ byte-range lock (``F_OFD_SETLK``, Linux) on one byte of the shared file
 
 Two thunks whose IDs hash to the same offset (62 bits) would merely take turns: the
 second waits as for a peer running it, then takes over. Never a wrong result.
+
+A forcer locks every thunk through one :class:`LockFile` -- one open file description
+of the lock file for the whole run, each lock a byte of it set and cleared with one
+``fcntl`` each -- instead of an ``open``, ``fcntl`` and ``close`` per thunk. Locks of one
+open file description do not exclude each other, so the :class:`LockFile` keeps the
+bytes it holds and refuses a second lock on one of them itself: two locks of one
+process still exclude each other.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import weakref
 from pathlib import Path
 
 LOCK_FILE = "thunk-locks"  # the file in the store root whose bytes are the thunks' locks
@@ -38,6 +46,56 @@ def lock_offset(thunk_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(thunk_id.encode(), digest_size=8).digest(), "big") % _SPAN
 
 
+class LockFile:
+    """The lock file of one store opened once, for many locks of one process (see the
+    module docstring). Not thread-safe: one event loop uses it."""
+
+    __slots__ = ("_path", "_fd", "_held", "_box", "__weakref__")
+
+    def __init__(self, store_root: Path | str):
+        self._path = f"{os.fspath(store_root)}/{LOCK_FILE}"
+        self._fd: int | None = None
+        self._held: set[int] = set()
+        # The descriptor again, for a finalizer that closes it if close() is never called
+        # (it must not keep this object alive, nor close a number reused since).
+        self._box: list[int] = []
+        weakref.finalize(self, _close_all, self._box)
+
+    def try_lock(self, offset: int) -> bool:
+        """Lock byte ``offset`` if no one (this process included) holds it."""
+        if offset in self._held:
+            return False
+        fd = self._fd
+        if fd is None:
+            fd = self._fd = os.open(self._path, _FLAGS, 0o644)
+            self._box.append(fd)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._held.add(offset)
+        return True
+
+    def unlock(self, offset: int) -> None:
+        """Release byte ``offset`` (held by this object)."""
+        self._held.discard(offset)
+        if self._fd is not None:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))
+
+    def close(self) -> None:
+        """Release every lock (closing the description does) and the descriptor."""
+        self._fd = None
+        self._held.clear()
+        _close_all(self._box)
+
+
+def _close_all(box: list[int]) -> None:
+    while box:
+        os.close(box.pop())
+
+
 class ThunkLock:
     """An exclusive, non-blocking lock on one thunk of one local store.
 
@@ -46,13 +104,16 @@ class ThunkLock:
     of the result as soon as it is there and takes over at once if the holder died.
     """
 
-    __slots__ = ("_path", "_offset", "_fd")
+    __slots__ = ("_path", "_offset", "_fd", "_file")
 
-    def __init__(self, store_root: Path | str, thunk_id: str):
+    def __init__(self, store_root: Path | str, thunk_id: str, file: LockFile | None = None):
+        """``file``: lock through that shared :class:`LockFile` (a forcer's many locks);
+        without one, this lock opens the lock file itself."""
         # A plain string, no Path: one lock per dispatched thunk is on the scheduler's hot path.
         self._path = f"{os.fspath(store_root)}/{LOCK_FILE}"
         self._offset = lock_offset(thunk_id)
         self._fd: int | None = None
+        self._file = file
 
     @property
     def path(self) -> Path:
@@ -67,6 +128,11 @@ class ThunkLock:
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; True if this object now holds it."""
         if self._fd is not None:
+            return True
+        if self._file is not None:
+            if not self._file.try_lock(self._offset):
+                return False
+            self._fd = -1  # held through the shared file
             return True
         fd = os.open(self._path, _FLAGS, 0o644)  # a creation only for a store's first lock
         try:
@@ -86,7 +152,10 @@ class ThunkLock:
         """Drop the lock (a no-op if not held); call it after the reduction is written,
         so a waiter that then finds the lock free also finds the reduction."""
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd == -1:
+            assert self._file is not None
+            self._file.unlock(self._offset)
+        elif fd is not None:
             os.close(fd)  # closing the open file description releases its OFD lock
 
     def __enter__(self) -> ThunkLock:

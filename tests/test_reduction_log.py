@@ -292,3 +292,36 @@ def test_a_truncated_log_is_read_again(store):
     assert store.get_reduction(thunk_id(1)) is None
     store.put_reductions(group(2, 20))
     assert store.reduction_records() == dict(group(2, 20))
+
+
+def test_queued_records_are_seen_by_their_writer_and_written_in_one_append(store):
+    """``defer=True`` queues: this store object sees the records at once, another (a
+    peer process's view) only after the flush, which is one append of them all in
+    order; a peer's line in between loses to the queued record written after it."""
+    peer = LocalStore(store.root)
+    store.put_reductions(group(1, 10), defer=True)
+    store.put_reductions(group(2, 20), defer=True)
+    assert store.get_reduction(thunk_id(1)) == value_id(10)
+    assert peer.get_reduction(thunk_id(1)) is None and not Path(store.reduction_log.path).exists()
+    peer.put_reductions([(thunk_id(2), value_id(99))])
+    assert store.get_reduction(thunk_id(2)) == value_id(20)  # a fresh lookup: the queued one is later
+    store.flush_reductions()
+    assert log_bytes(store).count(b"\n\n") == 1  # the peer's append, then ours: two appends in all
+    assert check_log(store.reduction_log.path) == LogCheck(valid=7, invalid=0, tail=0)
+    assert LocalStore(store.root).get_reduction(thunk_id(2)) == value_id(20)
+    assert LocalStore(store.root).get_reduction(f"{thunk_id(1)}#lib/b.o") == value_id(11)
+    store.flush_reductions()  # nothing queued: nothing written
+    assert check_log(store.reduction_log.path).valid == 7
+
+
+def test_an_append_or_compaction_writes_queued_records_first(store):
+    store.put_reductions(group(1, 10), defer=True)
+    store.forget_reduction(thunk_id(1))  # the tombstone must come after the queued record
+    assert LocalStore(store.root).get_reduction(thunk_id(1)) is None
+    assert LocalStore(store.root).get_reduction(f"{thunk_id(1)}#a") == value_id(10)
+    store.put_reductions(group(2, 20), defer=True)
+    store.reduction_log.compact()
+    assert LocalStore(store.root).get_reduction(thunk_id(2)) == value_id(20)
+    store.put_reductions(group(3, 30), defer=True)
+    store.reduction_log.close()
+    assert LocalStore(store.root).get_reduction(thunk_id(3)) == value_id(30)

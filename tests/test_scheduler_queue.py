@@ -67,3 +67,43 @@ def test_a_failure_reaches_every_waiting_ancestor_once(store, sh):
     assert [f.thunk_id for f in caught.value.failures] == [bad]
     assert store.read_bytes(caught.value.results[good]) == b"good\n"
     assert not {*tops, late} & set(caught.value.results)
+
+
+def test_a_thunks_lock_is_held_until_its_records_are_written(store, sh, monkeypatch):
+    """Records are written in batches: until a thunk's records are in the log, another
+    process sees neither them nor the thunk's lock free (it waits, then finds them);
+    when the run returns, every record is written and every lock released."""
+    from executor import scheduler as scheduler_module
+    from ir.store import LocalStore
+    from ir.thunk_lock import ThunkLock
+
+    monkeypatch.setattr(scheduler_module, "RECORD_DELAY", 3600.0)  # only the end of the run writes
+    monkeypatch.setattr(scheduler_module, "RECORD_BATCH", 1 << 30)
+    first = sh.thunk("echo first > out")
+    second = sh.thunk("cat x > out; echo second >> out", thunks={"x": first})
+    seen: list[tuple[str | None, bool]] = []
+
+    class Watching(LocalEngine):
+        async def run(self, job):
+            if job.thunk_id != first:  # the second runs after the first is recorded (queued)
+                peer = LocalStore(store.root)
+                lock = ThunkLock(store.root, first)
+                seen.append((peer.get_reduction(first), lock.try_acquire()))
+                lock.release()
+            return await super().run(job)
+
+    async def run() -> dict[str, str]:
+        engine = Watching(store, 1)
+        try:
+            return await Scheduler(store, [engine], None, ForceConfig(speculate=False), RunObserver()).force([second])
+        finally:
+            await engine.close()
+
+    results = asyncio.run(run())
+    assert store.read_bytes(results[second]) == b"first\nsecond\n"
+    assert seen == [(None, False)]
+    peer = LocalStore(store.root)
+    assert peer.get_reduction(first) is not None and peer.get_reduction(second) == results[second]
+    for ident in (first, second):
+        with ThunkLock(store.root, ident) as lock:
+            assert lock.try_acquire()

@@ -80,3 +80,27 @@ def test_one_lock_file_for_every_thunk(tmp_path: Path) -> None:
     assert [lock.try_acquire() for lock in again] == [n % 2 == 0 for n in range(200)]
     for lock in locks + again:
         lock.release()
+
+
+def test_locks_through_one_lock_file_exclude_each_other_and_other_holders(tmp_path: Path) -> None:
+    """A forcer's locks share one open lock file: they still exclude each other (the
+    LockFile refuses a byte it holds), a standalone lock and another process."""
+    from ir.thunk_lock import LockFile
+
+    shared = LockFile(tmp_path)
+    one, again = ThunkLock(tmp_path, THUNK, shared), ThunkLock(tmp_path, THUNK, shared)
+    other = ThunkLock(tmp_path, "T" + "b" * 64, shared)
+    assert one.try_acquire() and other.try_acquire()
+    assert not again.try_acquire()
+    assert not ThunkLock(tmp_path, THUNK).try_acquire()  # its own open file description
+    other.release()  # releases its byte only
+    assert not ThunkLock(tmp_path, THUNK).try_acquire()
+    with ThunkLock(tmp_path, "T" + "b" * 64) as standalone:
+        assert standalone.try_acquire()
+        assert not other.try_acquire()
+    one.release()
+    assert again.try_acquire()
+    shared.close()  # releases every lock it holds
+    with ThunkLock(tmp_path, THUNK) as standalone:
+        assert standalone.try_acquire()
+    assert os.listdir(tmp_path) == ["thunk-locks"]
