@@ -33,7 +33,6 @@ import ast
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path, PurePosixPath
 
 from ir.atomic import atomic_write_bytes
 from ir.cli import CliError
+from ir.user_cache import user_cache_dir
 
 HANDLER_MODULE = "lambda_handler.handler"
 HANDLER = f"{HANDLER_MODULE}.handle"
@@ -126,8 +126,7 @@ class Package:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gg-py" / "wheels"
+    return user_cache_dir("wheels")
 
 
 def default_output(source_root: Path, target: Target) -> Path:

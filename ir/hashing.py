@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
+from .cache_log import CacheLog
 from .ids import DEFAULT_ALGORITHM, MAGIC, kind_of, make_id, new_hasher
 
 CHUNK = 1 << 20
@@ -67,22 +67,30 @@ def hash_file(path: Path, algorithm: str = DEFAULT_ALGORITHM) -> str:
 
 
 class HashCache:
-    """Remembers file IDs by inode and timestamps; a changed file is always re-hashed."""
+    """Remembers file IDs by inode and timestamps; a changed file is always re-hashed.
+
+    The entries are lines of one :class:`~ir.cache_log.CacheLog`, ``DIRECTORY/entries.log``
+    (an entry used to be a file of its own in ``DIRECTORY``: a file creation and a rename
+    per host file a build read; such files of older stores are ignored, as misses)."""
 
     def __init__(self, directory: Path, racy_window_ns: int = RACY_WINDOW_NS):
         self.directory = Path(directory)
         self.racy_window_ns = racy_window_ns
-
-    def _entry_path(self, st: os.stat_result) -> Path:
-        return self.directory / f"{st.st_dev:x}-{st.st_ino:x}"
+        self._log = CacheLog(str(self.directory / "entries.log"))
 
     def lookup(self, path: Path, st: os.stat_result | None = None) -> str | None:
         """The cached ID of ``path`` if the entry provably describes its current content."""
         st = st or os.stat(path)
-        try:
-            fields = self._entry_path(st).read_text().split()
-        except (FileNotFoundError, NotADirectoryError):
+        key = f"{st.st_dev:x}-{st.st_ino:x}"
+        ident = self._check(self._log.get(key), st)
+        if ident is None:  # not known here, or out of date: another process may know better
+            ident = self._check(self._log.get(key, fresh=True), st)
+        return ident
+
+    def _check(self, entry: str | None, st: os.stat_result) -> str | None:
+        if entry is None:
             return None
+        fields = entry.split()
         if len(fields) != 5:
             return None
         try:
@@ -119,6 +127,5 @@ class HashCache:
         """
         if observed_ns is None:
             observed_ns = max(st.st_mtime_ns, st.st_ctime_ns)
-        record = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {observed_ns} {ident}\n"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self._entry_path(st), record.encode())
+        self._log.put(f"{st.st_dev:x}-{st.st_ino:x}",
+                      f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {observed_ns} {ident}")

@@ -51,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from .atomic import unlink_quietly
+from .cache_log import seal, unseal
 from .ids import InvalidId, parse_ref
 
 # Second field of a reduction record: the inputs of the run it records were verified
@@ -68,15 +69,14 @@ COMPACT_MIN_BYTES = 1 << 20
 
 def encode_line(ref: str, result: str | None) -> bytes:
     """One log line: a record of ``ref`` -> ``result``, or a tombstone for None."""
-    body = f"{ref} {result} {VERIFIED_MARK}".encode() if result is not None else f"{ref} -".encode()
-    return b"%s %08x\n" % (body, zlib.crc32(body))
+    return seal(f"{ref} {result} {VERIFIED_MARK}".encode() if result is not None else f"{ref} -".encode())
 
 
 def decode_line(line: bytes) -> tuple[str, str | None] | None:
     """``(ref, result)`` of one line without its newline (result None: a tombstone or a
     record not to be trusted), or None for a line to ignore (torn, garbage, empty)."""
-    body, _, crc = line.rpartition(b" ")
-    if len(crc) != 8 or b"%08x" % zlib.crc32(body) != crc:
+    body = unseal(line)
+    if body is None:
         return None
     fields = body.split(b" ")
     try:

@@ -13,7 +13,6 @@ Entries read in this run are also kept in memory.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 import xxhash
 
 from ir.atomic import atomic_write_bytes, unlink_quietly
+from ir.cache_log import JsonCache
 
 from .driver import Driver
 from .fileids import FileIds
@@ -93,6 +93,7 @@ class DepScanner:
         self.observer = observer or Observer()  # the memo records the dependency file written
         self.driver = driver
         self.cache_dir = cache_dir
+        self._disk = JsonCache(cache_dir)
         self.scratch = cache_dir.parent / "scratch"
         self.real_path = real_path
         self._lock = threading.Lock()
@@ -129,12 +130,10 @@ class DepScanner:
         key = xxhash.xxh3_128_hexdigest("\0".join(
             [cwd, source_id, str(user_depfile), *argv, "|", *user_dep_args,
              *(f"{k}={env.get(k, '')}" for k in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"))]).encode())
-        entry_path = self.cache_dir / key
-        cached = self._load_valid(key, entry_path)
+        cached = self._load_valid(key)
         if cached is None:
             cached = self._run_scan(argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(entry_path, json.dumps({"files": cached.files, "depfile": cached.depfile_text}).encode())
+            self._disk.put(key, {"files": cached.files, "depfile": cached.depfile_text})
             with self._lock:
                 self._memo[key] = cached
         if user_depfile is not None and cached.depfile_text is not None:
@@ -147,14 +146,15 @@ class DepScanner:
         """ID of ``path``, stored if new."""
         return self.ids.stored(path)
 
-    def _load_valid(self, key: str, entry_path: Path) -> ScanResult | None:
+    def _load_valid(self, key: str) -> ScanResult | None:
         result = self._memo.get(key)
         if result is None:
+            entry = self._disk.get(key)
             try:
-                entry = json.loads(entry_path.read_text())
-            except (FileNotFoundError, ValueError):
+                result = ScanResult([(str(path), str(ident)) for path, ident in entry["files"]],  # type: ignore[index]
+                                    entry["depfile"])  # type: ignore[index]
+            except (TypeError, KeyError, ValueError):
                 return None
-            result = ScanResult([tuple(pair) for pair in entry["files"]], entry["depfile"])
         for path, ident in result.files:
             if not self.ids.unchanged(path, ident):
                 return None

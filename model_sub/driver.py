@@ -8,7 +8,6 @@ memory and under ``.gg/infer/driver``, keyed by the driver and its arguments.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import xxhash
 
-from ir.atomic import atomic_write_bytes
+from ir.cache_log import JsonCache
 
 from .fileids import stat_key
 from .memo_observer import Observer
@@ -149,6 +148,7 @@ class Driver:
 
     def __init__(self, cache_dir: Path, real_path: str, observer: Observer | None = None):
         self.cache_dir = cache_dir
+        self._disk = JsonCache(cache_dir)
         self.observer = observer or Observer()  # the memo's facts: the stat of each program asked
         self.real_path = real_path
         self._lock = threading.Lock()
@@ -170,13 +170,10 @@ class Driver:
         with self._lock:
             if key in self._memo:
                 return self._memo[key]
-        path = self.cache_dir / key
-        try:
-            value = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
+        value = self._disk.get(key)
+        if value is None:
             value = compute()
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps(value).encode())
+            self._disk.put(key, value)
         with self._lock:
             self._memo[key] = value
         return value

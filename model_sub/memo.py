@@ -40,7 +40,6 @@ was recorded, earlier on the include path than the one the preprocessor found.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -48,7 +47,7 @@ from pathlib import Path
 
 import xxhash
 
-from ir.atomic import atomic_write_bytes
+from ir.cache_log import JsonCache
 from ir.placeholder import read_placeholder
 
 from .fileids import FileIds, stat_key
@@ -103,6 +102,7 @@ class Memo:
     def __init__(self, cache_dir: Path, ids: FileIds, fingerprint: Callable[[], str], identity: list[str],
                  checks: dict[str, Callable[[str], object]], writers: dict[str, Callable[..., None]]):
         self.cache_dir = cache_dir
+        self._disk = JsonCache(cache_dir)
         self.ids = ids
         self._fingerprint = fingerprint
         self._prefix: str | None = None
@@ -160,28 +160,20 @@ class Memo:
         with self._lock:
             if len(self._entries) < MAX_ENTRIES:
                 self._entries[key] = entry
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.cache_dir / key,
-                               json.dumps(entry, separators=(",", ":")).encode("utf-8", "surrogateescape"))
-        except OSError:
-            pass  # (a full disk): the call was modelled; without its record, the next one is too
+        self._disk.put(key, entry)  # (lost on a full disk: the next call is modelled)
 
     def _entry(self, key: str) -> dict | None:
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None:
             return entry
-        try:
-            entry = json.loads((self.cache_dir / key).read_bytes().decode("utf-8", "surrogateescape"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(entry, dict):
+        stored = self._disk.get(key)
+        if not isinstance(stored, dict):
             return None
         with self._lock:
             if len(self._entries) < MAX_ENTRIES:
-                self._entries[key] = entry
-        return entry
+                self._entries[key] = stored
+        return stored
 
     def _holds(self, entry: dict) -> bool:
         """Whether every fact of ``entry`` is still true (cheapest kinds first)."""

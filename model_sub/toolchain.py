@@ -25,7 +25,7 @@ from pathlib import Path
 
 import xxhash
 
-from ir.atomic import atomic_write_bytes
+from ir.cache_log import JsonCache
 from ir.thunk import Input
 
 from .fileids import FileIds, stat_key
@@ -95,6 +95,7 @@ class Toolchain:
         self.ids = ids
         self.observer = observer or Observer()  # the memo's facts: which, programs, closures
         self.cache_dir = cache_dir
+        self._disk = JsonCache(cache_dir)
         self.real_path = real_path
         self._lock = threading.Lock()
         self._portable_lock = threading.Lock()
@@ -136,21 +137,19 @@ class Toolchain:
         if memo is not None and memo[0] == own and own is not None:
             return memo[1]
         key = xxhash.xxh3_128_hexdigest(json.dumps([path, own, _stat_list(LD_SO_CACHE)]).encode())
-        entry_path = self.cache_dir / key
         result = None
+        entry = self._disk.get(key)
         try:
-            entry = json.loads(entry_path.read_text())
-            if all(_stat_list(lib) == recorded for lib, recorded in entry["stats"]):
-                result = (entry["loader"], list(entry["libs"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            if entry is not None and all(_stat_list(lib) == recorded for lib, recorded in entry["stats"]):  # type: ignore[index]
+                result = (entry["loader"], list(entry["libs"]))  # type: ignore[index]
+        except (ValueError, KeyError, TypeError):
             result = None
         if result is None:
             result = shared_closure(path)
             loader, libs = result
             stats = [(lib, _stat_list(lib)) for lib in ([loader] if loader else []) + libs]
             if own is not None and all(recorded is not None for _, recorded in stats):
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(entry_path, json.dumps({"loader": loader, "libs": libs, "stats": stats}).encode())
+                self._disk.put(key, {"loader": loader, "libs": libs, "stats": stats})
         with self._lock:
             self._closures[path] = (own, result)
         return result

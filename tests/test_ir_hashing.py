@@ -16,13 +16,20 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from ir.cache_log import seal
 from ir.hashing import CHUNK, RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from ir.ids import Kind, id_of_bytes, parse_id
 from ir.thunk import MAGIC
 
 
-def entry_of(cache: HashCache, path: Path) -> Path:
-    return cache._entry_path(os.stat(path))
+def entry_of(cache: HashCache, path: Path) -> str | None:
+    """The entry for ``path`` as it is on disk (read by a fresh cache object)."""
+    st = os.stat(path)
+    return HashCache(cache.directory)._log.get(f"{st.st_dev:x}-{st.st_ino:x}")
+
+
+def log_of(cache: HashCache) -> Path:
+    return cache.directory / "entries.log"
 
 
 def make_old(path: Path, seconds: int = 100) -> None:
@@ -70,9 +77,10 @@ def test_cache_hit_for_unchanged_file(tmp_path):
     cache.remember(st, planted, max(st.st_mtime_ns, st.st_ctime_ns) + RACY_WINDOW_NS)
     assert cache.lookup(path) == planted
     assert cache.hash(path) == planted
-    inode = os.stat(entry_of(cache, path)).st_ino
+    size = os.stat(log_of(cache)).st_size
     assert cache.hash(path) == planted
-    assert os.stat(entry_of(cache, path)).st_ino == inode  # not rewritten: a hit
+    assert HashCache(cache.directory).hash(path) == planted  # another process's view: from the file
+    assert os.stat(log_of(cache)).st_size == size  # nothing appended: a hit
 
 
 def test_changed_file_same_second_same_size_mtime_forced_back(tmp_path):
@@ -153,7 +161,9 @@ def test_stamp_is_taken_before_the_file_is_read(tmp_path):
     thread.start()
     assert cache.hash(fifo) == id_of_bytes(b"streamed", Kind.VALUE)
     thread.join()
-    observed = int(entry_of(cache, fifo).read_text().split()[3])
+    entry = entry_of(cache, fifo)
+    assert entry is not None
+    observed = int(entry.split()[3])
     assert observed <= during[0]
 
 
@@ -162,10 +172,23 @@ def test_garbage_entries_are_ignored(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"x")
     cache.directory.mkdir()
+    st = os.stat(path)
+    key = f"{st.st_dev:x}-{st.st_ino:x}"
+    good = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ctime_ns + RACY_WINDOW_NS} "
+    planted = id_of_bytes(b"not x", Kind.VALUE)
     for junk in ("", "1 2 3", "a b c d e", "1 2 3 4 5 6"):
-        entry_of(cache, path).write_text(junk)
-        assert cache.lookup(path) is None
-    assert cache.hash(path) == id_of_bytes(b"x", Kind.VALUE)
+        with open(log_of(cache), "ab") as log:
+            log.write(b"\n" + seal(f"{key} {junk}".encode()))
+        assert HashCache(cache.directory).lookup(path) is None
+    for damaged in (seal(f"{key} {good}{planted}".encode())[:-3] + b"00\n",  # checksum fails
+                    f"{key} {good}{planted}\n".encode()):  # no checksum
+        with open(log_of(cache), "ab") as log:
+            log.write(b"\n" + damaged)
+        assert HashCache(cache.directory).lookup(path) is None
+    with open(log_of(cache), "ab") as log:
+        log.write(b"\n" + seal(f"{key} {good}{planted}".encode()))
+    assert HashCache(cache.directory).lookup(path) == planted  # the same line, checked: used
+    assert cache.hash(path) == planted
 
 
 MEASURE = textwrap.dedent(
