@@ -3,7 +3,7 @@
 Instead of re-implementing gcc's specs, the model asks the driver itself, with the
 already-mapped (relative, checkout-independent) arguments, for the exact stage
 commands (cc1/cc1plus, as, collect2). The answers are cheap to get and cached, in
-memory and under ``.gg/infer/driver``, keyed by the driver and its arguments.
+memory and in ``.gg/infer/driver/entries.log``, keyed by the driver and its arguments.
 """
 
 from __future__ import annotations

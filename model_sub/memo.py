@@ -32,7 +32,7 @@ A fact that no longer holds is a miss: the model runs and its new record replace
 old one. A call that was not modelled (configure steps, consumed output, fallbacks) is
 never recorded; the configure and consumed-output checks run before the memo is asked.
 Records are kept in memory, handed to the warm model server like the other caches, and
-on disk under ``.gg/infer/memo`` (atomic writes). ``GG_INFER_MEMO=off`` turns it off.
+on disk in ``.gg/infer/memo/entries.log`` (a cache log). ``GG_INFER_MEMO=off`` turns it off.
 
 What a fact cannot see, as for the scan cache: a header that appears, after the call
 was recorded, earlier on the include path than the one the preprocessor found.

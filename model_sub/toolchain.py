@@ -7,7 +7,7 @@ loader, the program and its whole shared-library closure (from ``ldd``) as execu
 inputs. The blobs are stored once by content and shared by every thunk, so a thunk
 itself stays a few hundred bytes.
 
-``ldd`` costs 8-20 ms a program, so its answer is cached under ``.gg/infer/closure``,
+``ldd`` costs 8-20 ms a program, so its answer is cached in ``.gg/infer/closure/entries.log``,
 keyed by the program's ``stat`` and that of ``/etc/ld.so.cache`` (rewritten by
 ``ldconfig`` whenever libraries are installed) and trusted only while the loader and
 every library listed still have the ``stat`` recorded.
