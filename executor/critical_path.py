@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+from ir.atomic import atomic_write_bytes
 
 DURATIONS_FILE = "durations"
 DEFAULT_ESTIMATE = 1.0  # seconds, for a thunk when nothing at all has been measured
@@ -114,17 +115,7 @@ class DurationEstimates:
         entries = {**merged._by_thunk, **self._new}
         lines = [f"{ident} {function} {seconds:.6f}\n"
                  for ident, (function, seconds) in list(entries.items())[-MAX_ENTRIES:]]
-        temp = f"{self.path}.tmp-{os.getpid()}"
-        try:
-            with open(temp, "w", encoding="ascii") as handle:
-                handle.writelines(lines)
-            os.replace(temp, self.path)
-        except OSError:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
+        atomic_write_bytes(Path(self.path), "".join(lines).encode("ascii"))
 
 
 class RemainingPath:

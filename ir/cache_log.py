@@ -26,10 +26,13 @@ Thread-safe (one lock per object).
 
 from __future__ import annotations
 
+import _thread  # not threading: gg-force's cached path imports this and must stay lean
 import os
-import threading
 import weakref
 import zlib
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
 
 _READ = 1 << 20
 COMPACT_MIN_BYTES = 1 << 20  # a log is considered for compaction from this size on
@@ -71,7 +74,7 @@ class CacheLog:
     def __init__(self, path: str, compact_min_bytes: int = COMPACT_MIN_BYTES):
         self.path = path
         self.compact_min_bytes = compact_min_bytes
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._index: dict[str, str] = {}
         self._lines = 0
         self._read_key: tuple[int, int] | None = None
@@ -169,16 +172,10 @@ class CacheLog:
         self._catch_up()
         if self._lines < 2 * max(1, len(self._index)):
             return
-        temp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            with open(temp, "wb") as out:
-                out.write(b"".join(seal(f"{k} {v}".encode("ascii")) for k, v in self._index.items()))
-            os.replace(temp, self.path)
+            atomic_write_bytes(Path(self.path), b"".join(seal(f"{k} {v}".encode("ascii"))
+                                                         for k, v in self._index.items()))
         except OSError:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
             return
         if self._fds.append is not None:
             os.close(self._fds.append)

@@ -4,10 +4,10 @@ The scan runs the real preprocessor with the user's own flags and ``-M`` (or the
 user's ``-MD``/``-MMD`` request, so that the dependency file make relies on is produced
 by gcc itself, byte for byte): the cc1 command the driver names for it, once checked
 against the driver's own output for the same flags (see ``_run_dep``). Results are
-cached in ``.gg/infer/deps/entries.log`` (a cache log, ``ir/cache_log.py``) by the scan command and the source's content; a hit is
-used only if every header listed still has the content recorded (checked through
-:class:`~model_sub.fileids.FileIds`: one ``stat`` per header once it is known in this
-run), so an unchanged file is not re-scanned and a changed header forces a new scan.
+cached in ``.gg/infer/deps/entries.log`` (a cache log, ``ir/cache_log.py``) by the scan
+command and the source's content; a hit is used only if every header listed still has
+the content recorded (checked through :class:`~model_sub.fileids.FileIds`: one ``stat``
+per header once it is known in this run), so an unchanged file is not re-scanned and a changed header forces a new scan.
 Entries read in this run are also kept in memory.
 """
 

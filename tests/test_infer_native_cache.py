@@ -27,7 +27,7 @@ def test_a_second_store_takes_the_helpers_from_the_user_cache(tmp_path, monkeypa
     assert len(log.read_text().splitlines()) == 2
     second = [shim_binary(tmp_path / "two", path), preload_library(tmp_path / "two", path)]
     assert len(log.read_text().splitlines()) == 2  # no compile for the second store
-    for mine, theirs in zip(first, second):
+    for mine, theirs in zip(first, second, strict=True):
         assert mine.read_bytes() == theirs.read_bytes() and os.access(theirs, os.X_OK)
         assert os.stat(mine).st_ino != os.stat(theirs).st_ino  # a copy: stores share no inode
 
