@@ -51,6 +51,7 @@ class ProgressDisplay:
         self.interval = interval
         self.started = time.monotonic()
         self._last_line = 0.0
+        self._running_seen = 0
         self._bar = None
         if mode == "bar":
             from tqdm import tqdm
@@ -70,7 +71,14 @@ class ProgressDisplay:
             )
             self._bar.refresh()
         elif self.mode == "lines":
-            if force or now - self._last_line >= self.interval:
+            # A line falls due as often right after a thunk finished as at any other
+            # time, and then one slot is free for an instant (its next thunk starts on
+            # the next update): waiting for that start keeps "N running" true, unless
+            # nothing starts for another interval (the last thunks of a run).
+            falling = counts.running < self._running_seen
+            self._running_seen = counts.running
+            since = now - self._last_line
+            if force or (since >= self.interval and not falling) or since >= 2 * self.interval:
                 self._last_line = now
                 print(f"gg-force: {self._summary(counts)}", file=self.stream, flush=True)
 

@@ -1166,6 +1166,8 @@ class Scheduler:
             if self._tracing:
                 self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
                                     attempt=job.attempt)
+            else:
+                self.observer.tick()  # the progress line waits for this start (progress.py)
             started = time.monotonic()
             try:
                 return await engine.run(job), time.monotonic() - started
