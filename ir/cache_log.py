@@ -19,7 +19,9 @@ the log, and an appender still holding the old one writes into the old inode). T
 why it needs none of the reduction log's locking (``ir/reduction_log.py``), whose
 records must never be lost.
 
-Readers keep an index; :meth:`CacheLog.get` answers from it and, with ``fresh=True``
+Readers keep an index — short values in memory, a long line (over 512 bytes: a memo
+record is ~10 KB, and a big build has thousands) by its place in the file, read and
+checked when asked for; :meth:`CacheLog.get` answers from it and, with ``fresh=True``
 (the caller's value did not fit), first reads what other processes appended since.
 Thread-safe (one lock per object).
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 from .atomic import atomic_write_bytes
 
 _READ = 1 << 20
+_LONG = 512  # lines longer than this are indexed by their place in the file, not kept
 COMPACT_MIN_BYTES = 1 << 20  # a log is considered for compaction from this size on
 
 
@@ -75,7 +78,9 @@ class CacheLog:
         self.path = path
         self.compact_min_bytes = compact_min_bytes
         self._lock = _thread.allocate_lock()
-        self._index: dict[str, str] = {}
+        # key -> its value, or where its line is in the file read (offset, length) for a
+        # long one (a memo record is ~10 KB: a big build's would not all fit in memory)
+        self._index: dict[str, str | tuple[int, int]] = {}
         self._lines = 0
         self._read_key: tuple[int, int] | None = None
         self._offset = 0
@@ -90,7 +95,20 @@ class CacheLog:
         with self._lock:
             if fresh or not self._loaded:
                 self._catch_up()
-            return self._index.get(key)
+            entry = self._index.get(key)
+            if not isinstance(entry, tuple):
+                return entry
+            return self._read_value(entry)
+
+    def _read_value(self, where: tuple[int, int]) -> str | None:
+        """A long line's value, read and checked now (None if it fails: a miss)."""
+        if self._fds.read is None:
+            return None
+        try:
+            body = unseal(os.pread(self._fds.read, where[1], where[0]))
+            return body.partition(b" ")[2].decode("ascii") if body is not None else None
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def put(self, key: str, value: str) -> None:
         """Append ``key``'s new value (one write; a failure to write is a lost entry)."""
@@ -132,19 +150,34 @@ class CacheLog:
             self._index, self._lines, self._offset = {}, 0, 0
         if self._fds.read is None:
             return
+        size = _READ
         while True:
-            chunk = os.pread(self._fds.read, _READ, self._offset)
+            chunk = os.pread(self._fds.read, size, self._offset)
             end = chunk.rfind(b"\n") + 1
-            if not end:  # nothing, or a line still being written
-                return
-            self._apply(chunk[:end])
+            if not end:
+                if len(chunk) < size:  # nothing, or a line still being written
+                    return
+                size *= 2  # one line longer than a read: read more at once
+                continue
+            self._apply(chunk[:end], self._offset)
             self._offset += end
-            if len(chunk) < _READ:
+            if len(chunk) < size:
                 return
 
-    def _apply(self, text: bytes) -> None:
+    def _apply(self, text: bytes, at: int) -> None:
+        """Index the lines of ``text``, which starts at offset ``at`` of the file."""
+        start = 0
         for line in text.split(b"\n"):
+            offset, start = at + start, start + len(line) + 1
             if not line:
+                continue
+            if len(line) > _LONG:  # indexed by place, checked when asked for
+                key = line.partition(b" ")[0]
+                try:
+                    self._index[key.decode("ascii")] = (offset, len(line))
+                except UnicodeDecodeError:
+                    continue
+                self._lines += 1
                 continue
             body = unseal(line)
             if body is None:
@@ -172,9 +205,11 @@ class CacheLog:
         self._catch_up()
         if self._lines < 2 * max(1, len(self._index)):
             return
+        live = {key: entry if not isinstance(entry, tuple) else self._read_value(entry)
+                for key, entry in self._index.items()}
         try:
             atomic_write_bytes(Path(self.path), b"".join(seal(f"{k} {v}".encode("ascii"))
-                                                         for k, v in self._index.items()))
+                                                         for k, v in live.items() if v is not None))
         except OSError:
             return
         if self._fds.append is not None:

@@ -76,3 +76,27 @@ def test_compaction_keeps_the_latest_values_and_readers_follow_it(tmp_path):
     assert reader.get("k0", fresh=True) == "r5"  # the reader read the new file from the start
     assert reader.get("k49") == "r4"
     assert CacheLog(path).get("k0") == "r5"
+
+
+def test_long_values_are_read_from_the_file_when_asked_for(tmp_path):
+    """A memo record is ~10 KB: a reader indexes long lines by their place (checked when
+    asked for) instead of holding every value; a damaged long line is a miss; a line
+    longer than one read is read whole."""
+    path = tmp_path / "entries.log"
+    writer = CacheLog(str(path))
+    values = {f"k{i}": f"v{i}-" + "y" * 2000 for i in range(100)}
+    for key, value in values.items():
+        writer.put(key, value)
+    huge = "z" * (3 << 20)
+    writer.put("huge", huge)
+    writer.put("small", "s")
+    reader = CacheLog(str(path))
+    assert reader.get("small") == "s"
+    assert all(isinstance(reader._index[key], tuple) for key in values)  # not held in memory
+    assert all(reader.get(key) == value for key, value in values.items())
+    assert reader.get("huge") == huge
+    data = path.read_bytes()
+    where = data.index(b"k7 v7-")
+    path.write_bytes(data[:where + 10] + b"Y" + data[where + 11:])  # same length, checksum fails
+    assert CacheLog(str(path)).get("k7") is None
+    assert CacheLog(str(path)).get("k8") == values["k8"]
