@@ -73,6 +73,16 @@ class CliError(UserError):
     """A command-line handler's own user-facing failure: one line, exit status 1."""
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """How a message names a file: relative to the current directory when that is short
+    (not above its grandparent), else absolute."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("../..") else relative
+
+
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
     import argparse
 

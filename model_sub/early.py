@@ -25,6 +25,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from ir.cli_errors import shown_path
 from ir.errors import UsageError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (gg-infer's start imports this)
@@ -93,8 +94,6 @@ class EarlyForcing:
         import re
 
         text = self._log_tail()
-        hint = os.path.relpath(self.log_path) if not os.path.relpath(self.log_path).startswith("../..") \
-            else str(self.log_path)
         counted = re.findall(_RUN_COUNT, text)
         ran = f"{counted[-1]} thunk(s)" if counted else "the thunks"
         if status == 0 and counted and counted[-1] == "0":
@@ -104,7 +103,7 @@ class EarlyForcing:
                     f"gg-force finds them reduced")
         last = next((line for line in reversed(text.splitlines()) if line.strip()), f"exit status {status}")
         return (f"gg-infer: early forcing did not finish ({last.strip()[:200]}); gg-force runs what is left "
-                f"and reports any failure (see {hint})")
+                f"and reports any failure (see {shown_path(self.log_path)})")
 
     def stop(self) -> None:
         """The run was interrupted: end the forcing without ``end`` (it stops)."""

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from ir.cli_errors import add_debug_option, run_command
+from ir.cli_errors import add_debug_option, run_command, shown_path
 from ir.errors import UsageError
 from ir.store_root import locate_root
 
@@ -226,11 +226,7 @@ def local_run_lines(ctx: ModelContext) -> list[str]:
     """One line saying which calls ran the real tool instead of becoming thunks, one for
     the calls whose output the build read at once (run for real by design), and one for
     the compiles whose debug info names their directory "." (not as a plain build)."""
-    try:
-        hint = os.path.relpath(ctx.log_path)
-    except ValueError:
-        hint = str(ctx.log_path)
-    hint = hint if not hint.startswith("../..") else str(ctx.log_path)
+    hint = shown_path(ctx.log_path)
     runs = ctx.local_runs
     return [line for line in (runs.summary(hint), runs.read_at_once_summary(hint), runs.debug_dir_summary()) if line]
 

@@ -22,6 +22,7 @@ from ir.user_cache import user_cache_dir
 from .toolnames import SHIM_NAMES, which
 
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
+_ELF = b"\x7fELF"  # what a compiled helper starts with
 PRELOAD_SOURCE = Path(__file__).with_name("preload.c")
 
 
@@ -40,7 +41,8 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     A store's first run takes the build from the per-user cache (``~/.cache/gg-py/native``,
     named by source, flags and the compiler's identity) when it is there: compiling the
     two helpers cost a fresh store's first gg-infer ~0.4 s before the build could start."""
-    digest = xxhash.xxh3_64_hexdigest(source.read_bytes() + "\0".join(flags).encode())
+    recipe = source.read_bytes() + "\0".join(flags).encode()
+    digest = xxhash.xxh3_64_hexdigest(recipe)
     suffix = ".so" if "-shared" in flags else ""
     target = cache_dir / f"{target_stem}-{digest}{suffix}"
     if target.exists():
@@ -49,7 +51,7 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     if compiler is None:
         raise ShimBuildError(f"gg-infer needs a host C compiler (cc) to build {source.name}")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    shared = _user_copy(source, flags, compiler, target.name)
+    shared = _user_copy(recipe, compiler, target.name)
     if shared is not None and _copy_if_elf(shared, target):
         return target
     import subprocess  # only the first run compiles: every later start finds the cached build
@@ -62,7 +64,7 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     if result.returncode != 0:
         raise ShimBuildError(f"cannot compile {source.name}: {result.stderr.strip().splitlines()[-1:]}")
     with open(temp, "rb") as handle:
-        if handle.read(4) != b"\x7fELF":
+        if handle.read(len(_ELF)) != _ELF:
             temp.unlink()
             raise ShimBuildError(f"compiling {source.name} did not produce a program (an outer gg-infer?)")
     os.replace(temp, target)
@@ -71,12 +73,13 @@ def _build(source: Path, target_stem: str, flags: list[str], cache_dir: Path, re
     return target
 
 
-def _user_copy(source: Path, flags: list[str], compiler: str, name: str) -> Path | None:
-    """Where the per-user cache keeps this build (None: no usable home directory)."""
+def _user_copy(recipe: bytes, compiler: str, name: str) -> Path | None:
+    """Where the per-user cache keeps the build of ``recipe`` (source and flags) with
+    ``compiler`` (None: no usable home directory)."""
     try:
         st = os.stat(compiler)
         identity = f"{os.path.realpath(compiler)}\0{st.st_size}\0{st.st_mtime_ns}"
-        digest = xxhash.xxh3_64_hexdigest(source.read_bytes() + "\0".join(flags).encode() + identity.encode())
+        digest = xxhash.xxh3_64_hexdigest(recipe + identity.encode())
         return user_cache_dir("native") / f"{digest}-{name}"
     except (OSError, RuntimeError):  # RuntimeError: no home directory to expand ~ with
         return None
@@ -86,7 +89,7 @@ def _copy_if_elf(source: Path, target: Path) -> bool:
     """Copy a built helper atomically (mode kept); False if ``source`` is missing or not ELF."""
     try:
         data = source.read_bytes()
-        if not data.startswith(b"\x7fELF"):
+        if not data.startswith(_ELF):
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, data, 0o755)

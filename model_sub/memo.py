@@ -101,7 +101,6 @@ class Memo:
 
     def __init__(self, cache_dir: Path, ids: FileIds, fingerprint: Callable[[], str], identity: list[str],
                  checks: dict[str, Callable[[str], object]], writers: dict[str, Callable[..., None]]):
-        self.cache_dir = cache_dir
         self._disk = JsonCache(cache_dir)
         self.ids = ids
         self._fingerprint = fingerprint

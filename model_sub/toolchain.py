@@ -94,7 +94,6 @@ class Toolchain:
     def __init__(self, ids: FileIds, cache_dir: Path, real_path: str, observer: Observer | None = None):
         self.ids = ids
         self.observer = observer or Observer()  # the memo's facts: which, programs, closures
-        self.cache_dir = cache_dir
         self._disk = JsonCache(cache_dir)
         self.real_path = real_path
         self._lock = threading.Lock()
