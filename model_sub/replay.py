@@ -8,18 +8,46 @@ thunks it wrote and puts their kept output on its own stderr, which the shim wri
 where make ran the tool. A cold build's model finds nothing kept yet: there gg-force
 shows the output as the thunk runs.
 
-A record whose blob is missing or corrupt is never taken for "no warnings": the
-thunk's reduction is dropped, so the next gg-force runs it again and shows its output,
-and the call says so in one line.
+The compiler ran on thunk names (``r/main.c`` for a file under the build root, ``a/usr/
+include/stdio.h`` for one outside it, see paths.py); where a diagnostic names a file (at
+the start of a line, or after ``from`` in an include chain) the name is turned back into
+the host's, relative to the call's directory for a file under the root: what the
+compiler would have printed for a make build that names its files relatively.
+
+A record whose blob is missing or corrupt (a corrupt one is dropped) is never taken for
+"no warnings": the call says so in one line, on every build while the record stays. The
+thunk is not run again for it: its result is good, and the reductions of everything
+built from it would keep gg-force from running it anyway (ccache would recompile; a
+thunk's output is only shown, never part of the result).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from collections.abc import Iterable
 
 from ir.ids import InvalidId
 from ir.store import LocalStore, StoreError
+
+from .paths import ABS_PREFIX, ROOT_PREFIX, PathMap
+
+# A file name where a diagnostic puts one: at the start of a line, or after "from " (an
+# include chain's lines). Only these places: a quoted source line may hold anything.
+_NAME = re.compile(rb"(?:^|(?<=from ))(" + re.escape(ROOT_PREFIX.encode()) + rb"|" + re.escape(ABS_PREFIX.encode())
+                   + rb")/([^\s:,]*)", re.MULTILINE)
+
+
+def host_names(output: bytes, paths: PathMap, cwd: str) -> bytes:
+    """``output`` with the thunk names of files turned back into the host's (see above)."""
+    def host(match: re.Match[bytes]) -> bytes:
+        rest = os.fsdecode(match.group(2))
+        if match.group(1) == ABS_PREFIX.encode():
+            return os.fsencode("/" + rest)
+        return os.fsencode(os.path.relpath(os.path.join(paths.root, rest), cwd))
+
+    return _NAME.sub(host, output)
 
 
 class OutputReplay:
@@ -30,9 +58,9 @@ class OutputReplay:
         self.store = store
         self._lock = threading.Lock()
 
-    def of(self, thunks: Iterable[str]) -> bytes:
+    def of(self, thunks: Iterable[str], paths: PathMap, cwd: str) -> bytes:
         """What the thunks printed when they ran (in order; each once), as the tool
-        would print it; empty when none printed, or none ran yet."""
+        would print it in ``cwd``; empty when none printed, or none ran yet."""
         parts: list[bytes] = []
         with self._lock:
             for ident in dict.fromkeys(thunks):
@@ -42,13 +70,10 @@ class OutputReplay:
                     parts.append(self._lost(ident, exc))
                     continue
                 if kept:
-                    parts.append(kept)
+                    parts.append(host_names(kept, paths, cwd))
         return b"".join(parts)
 
-    def _lost(self, ident: str, exc: BaseException) -> bytes:
-        try:
-            self.store.forget_reduction(ident)
-        except (StoreError, InvalidId, OSError):
-            pass
-        return (f"gg-infer: the output kept for thunk {ident} cannot be read ({exc}); "
-                "it runs again at the next gg-force, which shows it\n").encode("utf-8", "replace")
+    @staticmethod
+    def _lost(ident: str, exc: BaseException) -> bytes:
+        return (f"gg-infer: warning: the output kept for thunk {ident} cannot be read ({exc}); "
+                "what it printed when it ran (warnings) is not shown\n").encode("utf-8", "replace")
