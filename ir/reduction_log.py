@@ -410,6 +410,37 @@ class ReductionLog:
         self._seen_size = -1
 
 
+def appended_since(path: str, mark: tuple[int, int, int] | None) -> list[list[tuple[str, str | None]]] | None:
+    """The appends made to the log at ``path`` since ``mark`` (``ir.store_root.log_mark``
+    taken earlier; None: there was no log), each a list of its records in order, oldest
+    append first; None if the log was replaced since (compacted: what is new cannot be
+    told). Every append starts with a newline, so an empty line separates two; a torn or
+    garbage line is left out, as a reader leaves it out."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if mark is not None and ((st.st_dev, st.st_ino) != mark[:2] or st.st_size < mark[2]):
+                return None
+            handle.seek(0 if mark is None else mark[2])
+            data = handle.read()
+    except FileNotFoundError:
+        return [] if mark is None else None
+    groups: list[list[tuple[str, str | None]]] = []
+    current: list[tuple[str, str | None]] = []
+    for line in data[:data.rfind(b"\n") + 1].split(b"\n"):
+        if not line:
+            if current:
+                groups.append(current)
+                current = []
+            continue
+        record = decode_line(line)
+        if record is not None:
+            current.append(record)
+    if current:
+        groups.append(current)
+    return groups
+
+
 class LogCheck(NamedTuple):
     """What a log holds line by line: for tests and diagnostics (``check_log``)."""
 

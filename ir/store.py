@@ -43,7 +43,7 @@ from .atomic import unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref, validate_tag
 from .reduction_log import VERIFIED_MARK, ReductionLog
-from .store_root import locate_root
+from .store_root import OUTPUT_LOG, locate_root
 
 if TYPE_CHECKING:  # imported where used: the thunk format pulls in protobuf, which gg-infer's start does not need
     from .thunk import Thunk
@@ -225,7 +225,7 @@ class LocalStore:
                                           f"{self.root}/tmp", f"{self.root}/{LEGACY_REDUCTIONS}")
         # Kept output (a successful run's warnings): a log of its own, so a build whose
         # thunks print nothing has none, and a reader of reductions never reads these.
-        self.output_log = ReductionLog(f"{self.root}/outputs.log", f"{self.root}/outputs.lock",
+        self.output_log = ReductionLog(f"{self.root}/{OUTPUT_LOG}", f"{self.root}/outputs.lock",
                                        f"{self.root}/tmp", None)
         self.tmp = self.root / "tmp"
         self.hash_cache = HashCache(self.root / "hash_cache")

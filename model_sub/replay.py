@@ -14,6 +14,11 @@ the start of a line, or after ``from`` in an include chain) the name is turned b
 the host's, relative to the call's directory for a file under the root: what the
 compiler would have printed for a make build that names its files relatively.
 
+Thunks forced *during* the build by forcing gg-infer started itself (early forcing, and
+a fallback's placeholder inputs: their ``gg-force`` has no terminal of its own) ran after
+the model of their call: what they printed is shown at the end of the run instead
+(:func:`forced_during`), from the records appended to the store meanwhile.
+
 A record whose blob is missing or corrupt (a corrupt one is dropped) is never taken for
 "no warnings": the call says so in one line, on every build while the record stays. The
 thunk is not run again for it: its result is good, and the reductions of everything
@@ -29,6 +34,7 @@ import threading
 from collections.abc import Iterable
 
 from ir.ids import InvalidId
+from ir.reduction_log import appended_since
 from ir.store import LocalStore, StoreError
 
 from .paths import ABS_PREFIX, ROOT_PREFIX, PathMap
@@ -61,19 +67,27 @@ class OutputReplay:
     def of(self, thunks: Iterable[str], paths: PathMap, cwd: str) -> bytes:
         """What the thunks printed when they ran (in order; each once), as the tool
         would print it in ``cwd``; empty when none printed, or none ran yet."""
-        parts: list[bytes] = []
         with self._lock:
-            for ident in dict.fromkeys(thunks):
-                try:
-                    kept = self.store.kept_output(ident)
-                except (StoreError, InvalidId, OSError) as exc:
-                    parts.append(self._lost(ident, exc))
-                    continue
-                if kept:
-                    parts.append(host_names(kept, paths, cwd))
-        return b"".join(parts)
+            return b"".join(_shown(self.store, ident, paths, cwd) for ident in dict.fromkeys(thunks))
 
-    @staticmethod
-    def _lost(ident: str, exc: BaseException) -> bytes:
+
+def forced_during(store: LocalStore, mark: tuple[int, int, int] | None, paths: PathMap, cwd: str) -> bytes:
+    """What the thunks run since ``mark`` (``ir.store_root.log_mark`` of the store's output
+    log at the start of the run) printed: each thunk's once (one append holds all its
+    IDs' records), in the order they finished, with host names as from ``cwd``."""
+    groups = appended_since(store.output_log.path, mark)
+    if groups is None:
+        return (b"gg-infer: warning: the store's output records were rewritten during the build; what the thunks "
+                b"forced meanwhile printed (warnings) is not shown here (a warm build shows it)\n")
+    return b"".join(_shown(store, records[-1][0], paths, cwd) for records in groups if records[-1][1] is not None)
+
+
+def _shown(store: LocalStore, ident: str, paths: PathMap, cwd: str) -> bytes:
+    """Thunk ``ident``'s kept output as the tool would print it in ``cwd``, or the line
+    saying it cannot be read (never nothing in its place)."""
+    try:
+        kept = store.kept_output(ident)
+    except (StoreError, InvalidId, OSError) as exc:
         return (f"gg-infer: warning: the output kept for thunk {ident} cannot be read ({exc}); "
                 "what it printed when it ran (warnings) is not shown\n").encode("utf-8", "replace")
+    return host_names(kept, paths, cwd) if kept else b""

@@ -104,3 +104,28 @@ def test_a_lost_output_blob_is_said_never_taken_for_no_warnings(tree):
         assert blob in said
     assert not (store.blobs / blob).exists()
     assert gg_force(tree, "-q", "app").stderr == ""  # the build itself is good
+
+
+def test_early_forcing_shows_the_warnings_at_the_end_of_the_run(tree):
+    """Early forcing runs the compiles after their model answered, in a gg-force with no
+    terminal: gg-infer shows what they printed when the build is over, once."""
+    expected = plain_warning(tree)
+    said = infer(tree, "make", "-s", GG_INFER_EARLY="2").stderr
+    shown, _, summary = said.partition("gg-infer: forced ")
+    assert shown == expected, said
+    assert "early" in summary
+    assert BLOCK not in gg_force(tree, "-q", "app").stderr  # reduced early: nothing new
+    # Warm: the models replay it; nothing runs early, so nothing more at the end.
+    assert warm(tree, GG_INFER_EARLY="2") == expected
+
+
+def test_a_fallbacks_forced_inputs_show_their_warnings(tree):
+    """An unmodelled tool that reads an object forces it first (its gg-force's output is
+    captured): the compile's warning is shown at the end of the run."""
+    expected = plain_warning(tree)
+    with open(tree / "Makefile", "a") as makefile:
+        makefile.write("dump: main.o\n\tobjdump -h main.o > dump.txt\n")
+    said = infer(tree, "make", "-s", "dump").stderr
+    assert said.startswith(expected), said
+    assert said.count("unused variable") == 1
+    assert "objdump x1" in said  # the fallback's own summary line follows
