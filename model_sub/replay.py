@@ -11,8 +11,8 @@ shows the output as the thunk runs.
 The compiler ran on thunk names (``r/main.c`` for a file under the build root, ``a/usr/
 include/stdio.h`` for one outside it, see paths.py); where a diagnostic names a file (at
 the start of a line, or after ``from`` in an include chain) the name is turned back into
-the host's, relative to the call's directory for a file under the root: what the
-compiler would have printed for a make build that names its files relatively.
+the host's: for a file under the root, relative to the call's directory, or absolute
+when the call names its files so (CMake): what the compiler would have printed.
 
 Thunks forced *during* the build by forcing gg-infer started itself (early forcing, and
 a fallback's placeholder inputs: their ``gg-force`` has no terminal of its own) ran after
@@ -45,15 +45,26 @@ _NAME = re.compile(rb"(?:^|(?<=from ))(" + re.escape(ROOT_PREFIX.encode()) + rb"
                    + rb")/([^\s:,]*)", re.MULTILINE)
 
 
-def host_names(output: bytes, paths: PathMap, cwd: str) -> bytes:
-    """``output`` with the thunk names of files turned back into the host's (see above)."""
+def host_names(output: bytes, paths: PathMap, cwd: str, absolute: bool = False) -> bytes:
+    """``output`` with the thunk names of files turned back into the host's (see above);
+    ``absolute``: files under the root by their absolute paths, as a call that names its
+    sources so prints them (CMake; see :func:`names_absolutely`)."""
     def host(match: re.Match[bytes]) -> bytes:
         rest = os.fsdecode(match.group(2))
         if match.group(1) == ABS_PREFIX.encode():
             return os.fsencode("/" + rest)
-        return os.fsencode(os.path.relpath(os.path.join(paths.root, rest), cwd))
+        full = os.path.join(paths.root, rest)
+        return os.fsencode(full if absolute else os.path.relpath(full, cwd))
 
     return _NAME.sub(host, output)
+
+
+def names_absolutely(argv: list[str], cwd: str, paths: PathMap) -> bool:
+    """Whether a call names a file under the build root by an absolute path (an operand,
+    not ``-o``'s): the compiler then prints such names absolute (gcc_model's
+    ``_absolute_style`` makes the same distinction for the thunk's prefix maps)."""
+    return any(os.path.isabs(word) and paths.under_root(word, cwd) and argv[i - 1] != "-o"
+               for i, word in enumerate(argv) if i > 0)
 
 
 class OutputReplay:
@@ -64,11 +75,28 @@ class OutputReplay:
         self.store = store
         self._lock = threading.Lock()
 
-    def of(self, thunks: Iterable[str], paths: PathMap, cwd: str) -> bytes:
-        """What the thunks printed when they ran (in order; each once), as the tool
-        would print it in ``cwd``; empty when none printed, or none ran yet."""
+    def of(self, thunks: Iterable[str], paths: PathMap, cwd: str, argv: list[str]) -> bytes:
+        """What the thunks of the call ``argv`` (run in ``cwd``) printed when they ran (in
+        order; each once), as the tool would print it; empty when none printed, or
+        none ran yet (the common case: one ``stat`` of the output log per thunk)."""
         with self._lock:
-            return b"".join(_shown(self.store, ident, paths, cwd) for ident in dict.fromkeys(thunks))
+            kept = [(ident, self._kept(ident)) for ident in dict.fromkeys(thunks)]
+        if not any(output for _, output in kept):
+            return b""
+        absolute = names_absolutely(argv, cwd, paths)
+        parts = []
+        for ident, output in kept:
+            if isinstance(output, BaseException):
+                parts.append(_lost(ident, output))
+            elif output:
+                parts.append(host_names(output, paths, cwd, absolute))
+        return b"".join(parts)
+
+    def _kept(self, ident: str) -> bytes | BaseException | None:
+        try:
+            return self.store.kept_output(ident)
+        except (StoreError, InvalidId, OSError) as exc:
+            return exc
 
 
 def forced_during(store: LocalStore, mark: tuple[int, int, int] | None, paths: PathMap, cwd: str) -> bytes:
@@ -88,6 +116,10 @@ def _shown(store: LocalStore, ident: str, paths: PathMap, cwd: str) -> bytes:
     try:
         kept = store.kept_output(ident)
     except (StoreError, InvalidId, OSError) as exc:
-        return (f"gg-infer: warning: the output kept for thunk {ident} cannot be read ({exc}); "
-                "what it printed when it ran (warnings) is not shown\n").encode("utf-8", "replace")
+        return _lost(ident, exc)
     return host_names(kept, paths, cwd) if kept else b""
+
+
+def _lost(ident: str, exc: BaseException) -> bytes:
+    return (f"gg-infer: warning: the output kept for thunk {ident} cannot be read ({exc}); "
+            "what it printed when it ran (warnings) is not shown\n").encode("utf-8", "replace")

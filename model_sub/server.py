@@ -134,12 +134,12 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
             if replayed is not None:
                 ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms memo\t{' '.join(request.argv)}")
                 stderr, thunks = replayed
-                return Reply(exec_real=False, status=0, stderr=stderr + _kept_output(ctx, thunks, request.cwd))
+                return Reply(exec_real=False, status=0, stderr=stderr + _kept_output(ctx, thunks, request))
         with ctx.observer.recording() as record:
             stderr = _model(ctx, request, tool, kind)
         if memo_key is not None and ctx.memo is not None:
             ctx.memo.remember(memo_key, record, stderr)  # the model's own stderr: kept output is looked up anew
-        stderr += _kept_output(ctx, record.thunks, request.cwd)
+        stderr += _kept_output(ctx, record.thunks, request)
     except RunReal as exc:
         ctx.log(f"real\t{tool}\t{exc}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
@@ -158,9 +158,11 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
     return Reply(exec_real=False, status=0, stderr=stderr)
 
 
-def _kept_output(ctx: ModelContext, thunks: list[str], cwd: str) -> bytes:
+def _kept_output(ctx: ModelContext, thunks: list[str], request: Request) -> bytes:
     """What the call's thunks printed when gg-force ran them (a warm build's warnings)."""
-    return ctx.outputs.of(thunks, ctx.paths, cwd) if ctx.outputs is not None and thunks else b""
+    if ctx.outputs is None or not thunks:
+        return b""
+    return ctx.outputs.of(thunks, ctx.paths, request.cwd, request.argv)
 
 
 def _model(ctx: ModelContext, request: Request, tool: str, kind: str | None) -> bytes:

@@ -36,9 +36,9 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-def plain_warning(root: Path) -> str:
+def plain_warning(root: Path, source: str = "src/main.c") -> str:
     """What gcc itself prints for main.c (in the thunks' locale, C: plain quotes)."""
-    done = subprocess.run(["cc", "-Wall", "-O2", "-c", "src/main.c", "-o", "/dev/null"], cwd=root,
+    done = subprocess.run(["cc", "-Wall", "-O2", "-c", source, "-o", "/dev/null"], cwd=root,
                           env={**os.environ, "LC_ALL": "C"}, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0 and "unused variable 'unused'" in done.stderr, done.stderr
     return done.stderr
@@ -129,3 +129,14 @@ def test_a_fallbacks_forced_inputs_show_their_warnings(tree):
     assert said.startswith(expected), said
     assert said.count("unused variable") == 1
     assert "objdump x1" in said  # the fallback's own summary line follows
+
+
+def test_a_call_naming_its_source_absolutely_gets_absolute_names(tree):
+    """As CMake does: gcc prints the absolute name, and so does the replay."""
+    makefile = tree / "Makefile"
+    makefile.write_text(makefile.read_text().replace("-c src/main.c", "-c $(CURDIR)/src/main.c"))
+    expected = plain_warning(tree, str(tree / "src" / "main.c"))
+    assert str(tree / "src" / "main.c") + ":4:9: warning" in expected
+    infer(tree, "make", "-s")
+    gg_force(tree, "-q", "app")
+    assert warm(tree) == expected
