@@ -19,7 +19,9 @@ scheduler rewrites them to values first). :func:`execute` then
    (:mod:`executor.spawn`: one ``vfork``/``exec``, the exit watched through a pidfd);
 4. verifies the inputs again (the function runs as the same user and could have
    rewritten a blob), then moves every output (and every blob the function left in
-   ``GG_DIR``) into the store, verified, and reports their IDs.
+   ``GG_DIR``) into the store, verified, and reports their IDs, with what the
+   function printed (stdout and stderr, the first :data:`KEPT_OUTPUT` bytes): a
+   successful compile's warnings are shown and kept like ccache keeps them.
 
 Every path it creates, moves or removes in the work directory is resolved beneath it
 without following symbolic links (:mod:`executor.confine`): whatever the function
@@ -74,6 +76,16 @@ class ExecutionFailed(Exception):
         return "\n".join(lines)
 
 
+def describe_output(thunk_id: str, argv: list[str] | tuple[str, ...], output: bytes) -> str:
+    """What a successful run printed, for the user: one line naming the thunk and its
+    command as a failure's report does (:meth:`ExecutionFailed.describe`), then the
+    output as the tool wrote it (not indented: ``file:line:`` stays where editors and
+    IDEs look for it), ending in a newline."""
+    text = output.decode(errors="replace")
+    return f"thunk {thunk_id} succeeded with output (command: {' '.join(argv)}):\n" + \
+        (text if text.endswith("\n") else text + "\n")
+
+
 class InfrastructureError(Exception):
     """Something around the function failed (missing blob, disk, ...): worth a retry."""
 
@@ -103,6 +115,25 @@ class ExecutionResult:
     outputs: list[Output]
     created: list[str] = field(default_factory=list)  # blobs the function wrote to GG_DIR
     duration: float = 0.0
+    # What the function printed (stdout and stderr interleaved, see kept_output); empty
+    # for most thunks, which is what keeps a silent thunk free of any extra cost.
+    output: bytes = b""
+
+
+# A successful run's output is kept up to this size (its start, as a terminal shows it),
+# then a line says it was cut: a compile's warnings fit many times over, and a thunk
+# that floods its output must not fill the store or the terminal on every warm build.
+KEPT_OUTPUT = 64 << 10
+TRUNCATED = "(output truncated: {total} bytes in all, the first {kept} kept)\n"
+
+
+def kept_output(head: bytes, total: int) -> bytes:
+    """The output to keep and show for a successful run that printed ``total`` bytes,
+    of which ``head`` are the first: all of it, or the start and a line saying so."""
+    if total <= len(head):
+        return head
+    cut = head if head.endswith(b"\n") else head + b"\n"
+    return cut + TRUNCATED.format(total=total, kept=len(head)).encode()
 
 
 def substitute(text: str, store: LocalStore, inputs: frozenset[str] | None = None) -> str:
@@ -331,7 +362,7 @@ async def execute(
             env[name] = value
         env["GG_DIR"] = run.gg
         timeout = thunk.timeout_ms / 1000 if thunk.timeout_ms else default_timeout
-        await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, run, rundirs, timeout)
+        output = await _run(thunk_id, argv, str(store.blob_path(thunk.function_hash)), env, run, rundirs, timeout)
         _check_inputs_intact(thunk_id, names, store)
         if _large_outputs(thunk, run.work_fd):  # hashing them would hold up every other thunk
             collecting = asyncio.ensure_future(asyncio.to_thread(_collect, thunk_id, thunk, run, store))
@@ -342,7 +373,7 @@ async def execute(
                 raise
         else:
             outputs, created = _collect(thunk_id, thunk, run, store)
-        return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started)
+        return ExecutionResult(thunk_id, outputs, created, time.monotonic() - started, output)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ResourceExhausted(f"thunk {thunk_id}: no space left on the worker's disk "
@@ -402,12 +433,14 @@ def sweep_stale_runs(scratch: Path) -> None:
 
 
 async def _run(thunk_id: str, argv: list[str], program: str, env: dict[str, str], run: RunDir,
-               rundirs: RunDirs, timeout: float | None) -> None:
+               rundirs: RunDirs, timeout: float | None) -> bytes:
+    """Run the function; return what it printed (:func:`kept_output`) if it succeeded."""
     oom_before = rundirs.oom_kills()
     spawned_after = _boot_ns()
     try:
         finished = await spawn.run(argv, program, env, run.work, timeout, stdin=rundirs.devnull(),
-                                   on_start=lambda pid: _record_group(run.fd, pid, spawned_after))
+                                   on_start=lambda pid: _record_group(run.fd, pid, spawned_after),
+                                   keep_head=KEPT_OUTPUT)
     except OSError as exc:
         raise ExecutionFailed(thunk_id, f"cannot start function: {exc.strerror}", argv) from None
     code = finished.code
@@ -420,6 +453,7 @@ async def _run(thunk_id: str, argv: list[str], program: str, env: dict[str, str]
         if code == -signal.SIGKILL and rundirs.oom_kills() > oom_before:
             raise ResourceExhausted(f"thunk {thunk_id}: killed by the out-of-memory killer", _text(finished.tail))
         raise ExecutionFailed(thunk_id, _describe_status(code), argv, _text(finished.tail))
+    return kept_output(finished.head, finished.total)
 
 
 def _text(tail: bytes) -> str:

@@ -267,7 +267,7 @@ def _force_cached(expanded: Sequence[Target], options: ForceOptions, store: Loca
     if found is None:
         return None
     progress = None if options.quiet or not refs else ProgressDisplay(options.progress)
-    observer = RunObserver(TraceWriter(options.trace, started), progress)
+    observer = RunObserver(TraceWriter(options.trace, started), progress, options.prog)
     observer.counts.discovered = observer.counts.cached = found.nodes
     if observer.tracing:
         for name, fields in found.events():
@@ -321,7 +321,7 @@ async def _force_expanded(expanded: Sequence[Target], options: ForceOptions, sto
             raise
     shared = SharedResults(remote, options.remote_results.writes) if remote and options.remote_results.reads else None
     progress = None if options.quiet or not (refs or arriving) else ProgressDisplay(options.progress)
-    observer = RunObserver(TraceWriter(options.trace), progress)
+    observer = RunObserver(TraceWriter(options.trace), progress, options.prog)
     config = ForceConfig(keep_going=options.keep_going, max_attempts=max(1, options.max_attempts),
                          speculate=options.speculate, speculate_min=options.speculate_after,
                          default_timeout=options.default_timeout, lease_seconds=period)

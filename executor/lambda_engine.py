@@ -617,7 +617,8 @@ class LambdaEngine:
         if [o.tag for o in outputs] != list(job.thunk.outputs):
             raise InfrastructureError(f"lambda: thunk {job.thunk_id}: answer has outputs "
                                       f"{[o.tag for o in outputs]}, expected {list(job.thunk.outputs)}")
-        return ExecutionResult(job.thunk_id, outputs, created, answer.duration)
+        # On success stderr_tail is what the function printed (executor.worker): shown and kept.
+        return ExecutionResult(job.thunk_id, outputs, created, answer.duration, answer.stderr_tail.encode())
 
     async def _keep(self, entry: ExecutionResponse.Output | ExecutionResponse.Created) -> None:
         """Blobs that came inline (thunks, small values) into the local store; the

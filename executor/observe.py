@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from .progress import Counts, ProgressDisplay
 from .trace import TraceWriter
 
@@ -9,10 +11,24 @@ from .trace import TraceWriter
 class RunObserver:
     """Fans scheduler events out to the trace file and the progress display."""
 
-    def __init__(self, trace: TraceWriter | None = None, progress: ProgressDisplay | None = None):
+    def __init__(self, trace: TraceWriter | None = None, progress: ProgressDisplay | None = None,
+                 prog: str = "gg-force"):
         self.trace = trace or TraceWriter(None)
         self.progress = progress
+        self.prog = prog  # names the lines said on stderr
         self.counts = Counts()
+
+    def thunk_output(self, text: str) -> None:
+        """Show what a successful thunk printed (a whole report, see
+        ``execution.describe_output``): one write on stderr, above the progress bar if
+        any, so no other line cuts into it. Shown with ``--quiet`` too, as ``make -s``
+        still shows a compiler's warnings."""
+        text = f"{self.prog}: {text}"
+        if self.progress is not None:
+            self.progress.write_above(text)
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
     @property
     def tracing(self) -> bool:

@@ -82,6 +82,15 @@ class ProgressDisplay:
                 self._last_line = now
                 print(f"gg-force: {self._summary(counts)}", file=self.stream, flush=True)
 
+    def write_above(self, text: str) -> None:
+        """Write ``text`` (whole lines) in one write, above the bar if there is one."""
+        if self._bar is not None:
+            self._bar.clear()
+        self.stream.write(text)
+        self.stream.flush()
+        if self._bar is not None:
+            self._bar.refresh()
+
     def _summary(self, counts: Counts) -> str:
         elapsed = time.monotonic() - self.started
         remaining = counts.discovered - counts.settled

@@ -51,7 +51,7 @@ from ir.thunk import Input, MalformedThunk, Thunk
 
 from .critical_path import DurationEstimates, PrioritySlots, RemainingPath
 from .engine import DEFAULT_THUNK_TIMEOUT, Engine, Job
-from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted
+from .execution import ExecutionFailed, ExecutionResult, InfrastructureError, ResourceExhausted, describe_output
 from .gc_pacing import fewer_collections
 from .inflight import DEFAULT_LEASE_SECONDS, Claim, InFlight
 from .observe import RunObserver
@@ -632,6 +632,8 @@ class Scheduler:
             cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
             self._lost.difference_update(cached.values())
             self._remember_producer(thunk_id, run_id, runnable, cached)
+            if result.output:  # before the records: whoever finds them finds the output kept
+                self._keep_output(sorted({run_id, thunk_id}), run_id, runnable, result.output)
             for ident in {run_id, thunk_id}:
                 self._record(ident, runnable, cached)
         except BaseException:
@@ -856,6 +858,16 @@ class Scheduler:
         self.store.put_reductions(records, defer=True)
         self._unwritten += len(records)
         self._schedule_write()
+
+    def _keep_output(self, thunk_ids: list[str], run_id: str, thunk: Thunk, output: bytes) -> None:
+        """Show what a successful run printed and keep it with its reduction (a blob and
+        a record per ID, ``LocalStore.keep_output``), for gg-infer to replay on a warm
+        build as ccache replays a hit's warnings. Only thunks that printed get here."""
+        self.observer.thunk_output(describe_output(run_id, thunk.args, output))
+        try:
+            self.store.keep_output(thunk_ids, output)
+        except (OSError, StoreError) as exc:  # the output was shown; only its replay is lost, and said
+            self.observer.thunk_output(f"could not keep the output of thunk {run_id} for later builds: {exc}\n")
 
     def _release_when_written(self, claim: Claim) -> None:
         """The claim's thunk is recorded (queued): its slot is free now, its lock once the

@@ -32,11 +32,16 @@ DRAIN_SECONDS = 1.0
 @dataclass
 class Finished:
     """How a child ended: ``code`` as :attr:`subprocess.Popen.returncode` (negative:
-    killed by that signal), the tail of its output, whether the timeout killed it."""
+    killed by that signal), the tail of its output, whether the timeout killed it;
+    ``head``, the first ``keep_head`` bytes of its output, and ``total``, how many
+    bytes it wrote in all (a successful run's output is kept from its start, like a
+    terminal shows it; a failure's report wants the end)."""
 
     code: int
     tail: bytes
     timed_out: bool
+    head: bytes = b""
+    total: int = 0
 
 
 def kill_group(pid: int) -> None:
@@ -47,11 +52,15 @@ def kill_group(pid: int) -> None:
 class _Child:
     """The loop-side state of one running child: exit and output callbacks."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, process: subprocess.Popen, output_fd: int):
+    def __init__(self, loop: asyncio.AbstractEventLoop, process: subprocess.Popen, output_fd: int,
+                 keep_head: int = 0):
         self.loop = loop
         self.process = process
         self.output_fd = output_fd
         self.tail = bytearray()
+        self.keep_head = keep_head
+        self.head = bytearray()
+        self.total = 0
         self.exited: asyncio.Future[int] = loop.create_future()
         self.eof: asyncio.Future[None] = loop.create_future()
         self.pidfd = -1
@@ -89,6 +98,9 @@ class _Child:
         except BlockingIOError:
             return
         if chunk:
+            self.total += len(chunk)
+            if len(self.head) < self.keep_head:
+                self.head += chunk[:self.keep_head - len(self.head)]
             self.tail += chunk
             del self.tail[:-OUTPUT_TAIL]
             return
@@ -113,11 +125,13 @@ class _Child:
 
 
 async def run(argv: list[str], program: str, env: dict[str, str], cwd: str, timeout: float | None,
-              stdin: int | None = None, on_start: Callable[[int], None] | None = None) -> Finished:
+              stdin: int | None = None, on_start: Callable[[int], None] | None = None,
+              keep_head: int = 0) -> Finished:
     """Run ``program`` with ``argv`` in ``cwd`` with exactly ``env``, in a new session.
 
     stdout and stderr share one pipe (a failure report shows them interleaved, as a
-    terminal would); only the last :data:`OUTPUT_TAIL` bytes are kept, in memory.
+    terminal would); only the last :data:`OUTPUT_TAIL` bytes are kept, in memory, and
+    the first ``keep_head``.
     ``stdin`` is an open descriptor of ``/dev/null`` to reuse (default: opened per call).
     ``on_start`` is called with the pid as soon as the child runs. On ``timeout`` or
     cancellation the whole process group is killed and reaped before this returns
@@ -135,7 +149,7 @@ async def run(argv: list[str], program: str, env: dict[str, str], cwd: str, time
         raise
     finally:
         os.close(write_fd)
-    child = _Child(loop, process, read_fd)
+    child = _Child(loop, process, read_fd, keep_head)
     timed_out = False
 
     def on_timeout() -> None:
@@ -158,7 +172,7 @@ async def run(argv: list[str], program: str, env: dict[str, str], cwd: str, time
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(child.eof), DRAIN_SECONDS)
         # A function that exited by itself as the timer fired is not reported as timed out.
-        return Finished(code, bytes(child.tail), timed_out and code != 0)
+        return Finished(code, bytes(child.tail), timed_out and code != 0, bytes(child.head), child.total)
     finally:
         if timer is not None:
             timer.cancel()

@@ -251,6 +251,8 @@ class Worker:
             outputs=[ExecutionResponse.Output(tag=o.tag, id=o.id, executable=o.executable) for o in result.outputs],
             created=[ExecutionResponse.Created(id=i) for i in result.created],
             duration=round(result.duration, 6),
+            # what a successful run printed (its warnings), for the client to show and keep
+            stderr_tail=result.output.decode(errors="replace"),
         )
 
 

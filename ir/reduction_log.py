@@ -114,10 +114,11 @@ class ReductionLog:
 
     ``path`` is the log, ``lock_path`` the file whose ``flock`` orders appends against
     compaction, ``tmp_dir`` where a compaction writes the new log, ``legacy_dir`` the
-    record directory of older stores (imported once if it exists).
+    record directory of older stores (imported once if it exists; None for a log that
+    never had one, such as the store's kept-output records).
     """
 
-    def __init__(self, path: str, lock_path: str, tmp_dir: str, legacy_dir: str):
+    def __init__(self, path: str, lock_path: str, tmp_dir: str, legacy_dir: str | None):
         self.path = path
         self.lock_path = lock_path
         self.tmp_dir = tmp_dir
@@ -133,7 +134,7 @@ class ReductionLog:
         # make many store objects) or by close().
         self._fds = _Descriptors()
         weakref.finalize(self, self._fds.close)
-        self._migrated = False
+        self._migrated = legacy_dir is None
         self._refreshed_at = -1.0  # time.monotonic() of the last refresh (-1: never)
         self._compaction_considered = False
         self._temp_serial = 0
@@ -375,15 +376,16 @@ class ReductionLog:
     def _migrate(self) -> None:
         """Import ``legacy_dir``'s record files once (exclusive lock), then remove it."""
         self._migrated = True
-        if not os.path.isdir(self.legacy_dir):
+        legacy_dir = self.legacy_dir
+        if legacy_dir is None or not os.path.isdir(legacy_dir):
             return
         lock = self._lock()
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if not os.path.isdir(self.legacy_dir):  # another process imported it meanwhile
+            if not os.path.isdir(legacy_dir):  # another process imported it meanwhile
                 return
             self.refresh()
-            found = [(ref, result) for ref, result in legacy_records(self.legacy_dir)
+            found = [(ref, result) for ref, result in legacy_records(legacy_dir)
                      if ref not in self._index]  # the log's record or tombstone is newer
             if found:
                 data = b"\n" + b"".join(encode_line(ref, result) for ref, result in found)
@@ -393,7 +395,7 @@ class ReductionLog:
                     view = view[os.write(fd, view):]
             import shutil  # here: only an older store's first run removes its directory
 
-            shutil.rmtree(self.legacy_dir, ignore_errors=True)
+            shutil.rmtree(legacy_dir, ignore_errors=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -406,6 +408,37 @@ class ReductionLog:
             self._fds.close()
         self._read_key = self._append_key = None
         self._seen_size = -1
+
+
+def appended_since(path: str, mark: tuple[int, int, int] | None) -> list[list[tuple[str, str | None]]] | None:
+    """The appends made to the log at ``path`` since ``mark`` (``ir.store_root.log_mark``
+    taken earlier; None: there was no log), each a list of its records in order, oldest
+    append first; None if the log was replaced since (compacted: what is new cannot be
+    told). Every append starts with a newline, so an empty line separates two; a torn or
+    garbage line is left out, as a reader leaves it out."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if mark is not None and ((st.st_dev, st.st_ino) != mark[:2] or st.st_size < mark[2]):
+                return None
+            handle.seek(0 if mark is None else mark[2])
+            data = handle.read()
+    except FileNotFoundError:
+        return [] if mark is None else None
+    groups: list[list[tuple[str, str | None]]] = []
+    current: list[tuple[str, str | None]] = []
+    for line in data[:data.rfind(b"\n") + 1].split(b"\n"):
+        if not line:
+            if current:
+                groups.append(current)
+                current = []
+            continue
+        record = decode_line(line)
+        if record is not None:
+            current.append(record)
+    if current:
+        groups.append(current)
+    return groups
 
 
 class LogCheck(NamedTuple):

@@ -7,6 +7,10 @@ Layout::
                                 per line, ``REF`` being ``THUNK`` (its first output) or
                                 ``THUNK#tag`` (see ir.reduction_log)
     .gg/reductions.lock         orders appends against the log's compaction (flock)
+    .gg/outputs.log             kept output records, ``THUNK OUTPUT_BLOB verified-inputs CRC``:
+                                what a successful run of THUNK printed (a blob), for
+                                thunks that printed anything only (same format and
+                                guarantees as the reduction log; ``outputs.lock`` its lock)
     .gg/thunk-locks             one byte per running thunk, locked by its forcer (ir.thunk_lock)
     .gg/hash_cache/             see ir.hashing.HashCache
     .gg/tmp/                    temp files, renamed into place when complete
@@ -39,7 +43,7 @@ from .atomic import unlink_quietly
 from .hashing import RACY_WINDOW_NS, HashCache, hash_file, hash_stream
 from .ids import InvalidId, Kind, id_of_blob, id_of_bytes, parse_id, parse_ref, validate_tag
 from .reduction_log import VERIFIED_MARK, ReductionLog
-from .store_root import locate_root
+from .store_root import OUTPUT_LOG, locate_root
 
 if TYPE_CHECKING:  # imported where used: the thunk format pulls in protobuf, which gg-infer's start does not need
     from .thunk import Thunk
@@ -219,6 +223,10 @@ class LocalStore:
         self.blobs = self.root / "blobs"
         self.reduction_log = ReductionLog(f"{self.root}/reductions.log", f"{self.root}/reductions.lock",
                                           f"{self.root}/tmp", f"{self.root}/{LEGACY_REDUCTIONS}")
+        # Kept output (a successful run's warnings): a log of its own, so a build whose
+        # thunks print nothing has none, and a reader of reductions never reads these.
+        self.output_log = ReductionLog(f"{self.root}/{OUTPUT_LOG}", f"{self.root}/outputs.lock",
+                                       f"{self.root}/tmp", None)
         self.tmp = self.root / "tmp"
         self.hash_cache = HashCache(self.root / "hash_cache")
         self.verified = VerifiedBlobs()
@@ -692,9 +700,49 @@ class LocalStore:
         self.put_reductions(((ref, result),))
 
     def forget_reduction(self, ref: str) -> None:
-        """Drop the record for ``ref`` (its result was lost), so it is reduced again."""
+        """Drop the record for ``ref`` (its result was lost), so it is reduced again
+        (and its kept output with it: the next run keeps its own, or none)."""
         _check_thunk_ref(ref)
+        if "#" not in ref and self.output_log.get(ref) is not None:
+            self.output_log.append(((ref, None),))
         self.reduction_log.append(((ref, None),))
+
+    # -- kept output ----------------------------------------------------------------
+
+    def keep_output(self, thunk_ids: Sequence[str], output: bytes) -> str:
+        """Keep ``output``, what a successful run of the thunk(s) ``thunk_ids`` printed,
+        as a blob plus one record per ID (one append); returns the blob's ID.
+
+        Written before the thunk's reductions (the caller's order), so a reader that finds
+        the reduction finds the output record, as with a thunk's tagged records; a crash
+        in between leaves a record for a thunk that runs again and writes it again. Only
+        thunks that printed something get one: a silent thunk costs nothing here.
+        """
+        for ref in thunk_ids:
+            if "#" in ref:
+                raise InvalidId(f"output is kept for a thunk, not for an output tag ({ref})")
+            _check_thunk_ref(ref)
+        ident = self.put_bytes(output)
+        self.output_log.append([(ref, ident) for ref in thunk_ids])
+        return ident
+
+    def kept_output(self, thunk_id: str) -> bytes | None:
+        """What the run of ``thunk_id`` recorded in this store printed, or None when it
+        printed nothing (or ran before output was kept: an older store has no records).
+
+        The blob is verified: a corrupt one is dropped and :class:`CorruptBlob` raised, a
+        missing one raises :class:`MissingBlob` -- the caller says so; kept output is
+        never silently taken for "no warnings".
+        """
+        _check_thunk_ref(thunk_id)
+        ident = self.output_log.get(thunk_id)
+        if ident is None:
+            return None
+        try:
+            return self.read_bytes(ident, verify=True)
+        except CorruptBlob:
+            self.remove_corrupt(ident)
+            raise
 
     def reduction_records(self) -> dict[str, str]:
         """Every trusted reduction record now in the store: ``{ref: result}`` (a copy;

@@ -12,6 +12,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 GG_DIR_NAME = ".gg"
+# The store's kept-output records (ir.store): named here, where gg-infer's start can
+# look at the file without loading the store's code.
+OUTPUT_LOG = "outputs.log"
+
+
+def log_mark(path: str) -> tuple[int, int, int] | None:
+    """``(device, inode, size)`` of an append-only log now, or None if there is none:
+    what was appended after it can be read later (``ir.reduction_log.appended_since``)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size
 
 
 def locate_root(start: Path | None = None, environ: Mapping[str, str] | None = None,

@@ -23,6 +23,7 @@ from .fileids import FileIds
 from .memo import Memo
 from .memo_observer import Observer
 from .paths import PathMap
+from .replay import OutputReplay
 from .thunkids import ThunkRecords
 from .toolchain import Toolchain, closure_fact, program_fact
 
@@ -59,6 +60,8 @@ class ModelContext:
     local_runs: LocalRuns = field(default_factory=LocalRuns)
     # gg-infer's early forcing (model_sub/early.py): every placeholder's thunk, as written
     placements: Placements | None = None
+    # what the thunks of a call printed when they ran, replayed on its stderr (replay.py)
+    outputs: OutputReplay | None = None
     _log_lock: threading.Lock = field(default_factory=threading.Lock)
     _log_handle: TextIO | None = None
 
@@ -84,6 +87,7 @@ class ModelContext:
             forcer=Forcer(str(store.root)),
             observer=observer,
             placements=placements,
+            outputs=OutputReplay(store),
         )
         if memo:
             from .warm import code_fingerprint

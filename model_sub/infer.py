@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 from ir.cli_errors import add_debug_option, run_command, shown_path
 from ir.errors import UsageError
-from ir.store_root import locate_root
+from ir.store_root import OUTPUT_LOG, locate_root, log_mark
 
 from .early import EARLY_ENV, FIFO_ENV, EarlyForcing, Placements, early_jobs
 from .launcher import make_shim_dir, preload_library, shim_binary
@@ -88,6 +88,7 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
         print(f"gg-infer: {command[0]}: command not found", file=sys.stderr)
         return 127
     build_root = str(root or os.getcwd())
+    output_mark = log_mark(str(store_root / OUTPUT_LOG))  # one stat: see _forced_output
 
     def load() -> ModelContext:
         # on the first request only: a build with no tool calls never pays for the models
@@ -134,6 +135,7 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
                                 lines.append("gg-infer: the build failed: early forcing stopped "
                                              "(what it finished is kept)")
                         forcing = None
+                    _show(_forced_output(store_root, output_mark, build_root))
                     for line in lines:
                         print(line, file=sys.stderr)
                 for program in dict.fromkeys([*statics, *server.notes.static_programs]):
@@ -151,6 +153,27 @@ def run_infer(command: list[str], root: Path | None = None, no_server: bool = Fa
             os.rmdir(sock_dir)  # empty: the server removed its socket
         except OSError:
             pass
+
+
+def _forced_output(store_root: Path, mark: tuple[int, int, int] | None, build_root: str) -> bytes:
+    """What thunks forced during the build printed (early forcing, a fallback's inputs:
+    their gg-force has no terminal; model_sub/replay.py), shown at its end. One ``stat``
+    when nothing was kept meanwhile, the common case."""
+    if log_mark(str(store_root / OUTPUT_LOG)) == mark:
+        return b""
+    from ir.store import LocalStore
+
+    from .paths import PathMap
+    from .replay import forced_during
+
+    return forced_during(LocalStore(store_root), mark, PathMap.for_root(build_root), os.getcwd())
+
+
+def _show(output: bytes) -> None:
+    if output:
+        sys.stderr.flush()
+        sys.stderr.buffer.write(output)
+        sys.stderr.buffer.flush()
 
 
 def _handoff(store_root: Path, build_root: str, real_path: str, environ: dict[str, str],

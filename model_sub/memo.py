@@ -137,8 +137,9 @@ class Memo:
                         if k not in IGNORED_ENV and not k.startswith("GG_INFER"))
         return xxhash.xxh3_128_hexdigest("\0".join(parts).encode("utf-8", "surrogateescape"))
 
-    def replay(self, key: str) -> bytes | None:
-        """Write the recorded outputs and return the recorded stderr, if every fact of
+    def replay(self, key: str) -> tuple[bytes, list[str]] | None:
+        """Write the recorded outputs and return the recorded stderr and the thunks the
+        call stored (their kept output is replayed too, see replay.py), if every fact of
         the record for ``key`` still holds; else None (nothing written)."""
         entry = self._entry(key)
         if entry is None or any(write[0] not in self.writers for write in entry["writes"]) \
@@ -146,7 +147,7 @@ class Memo:
             return None
         for kind, *arguments in entry["writes"]:
             self.writers[kind](*arguments)
-        return entry["stderr"].encode("utf-8", "surrogateescape")
+        return entry["stderr"].encode("utf-8", "surrogateescape"), entry["thunks"]
 
     def remember(self, key: str, record: Recording, stderr: bytes) -> None:
         """Keep what a successful model call looked at and wrote."""

@@ -133,11 +133,13 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
             replayed = ctx.memo.replay(memo_key) if memo_key is not None else None
             if replayed is not None:
                 ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms memo\t{' '.join(request.argv)}")
-                return Reply(exec_real=False, status=0, stderr=replayed)
+                stderr, thunks = replayed
+                return Reply(exec_real=False, status=0, stderr=stderr + _kept_output(ctx, thunks, request))
         with ctx.observer.recording() as record:
             stderr = _model(ctx, request, tool, kind)
         if memo_key is not None and ctx.memo is not None:
-            ctx.memo.remember(memo_key, record, stderr)
+            ctx.memo.remember(memo_key, record, stderr)  # the model's own stderr: kept output is looked up anew
+        stderr += _kept_output(ctx, record.thunks, request)
     except RunReal as exc:
         ctx.log(f"real\t{tool}\t{exc}\t{' '.join(request.argv)}")
         return Reply(exec_real=True)
@@ -154,6 +156,13 @@ def handle(ctx: ModelContext, request: Request, stop_pid: int | None = None) -> 
         return run_locally(ctx, request, tool, "(model error)", "model error")
     ctx.log(f"model\t{tool}\t{(time.monotonic() - started) * 1000:.1f}ms\t{' '.join(request.argv)}")
     return Reply(exec_real=False, status=0, stderr=stderr)
+
+
+def _kept_output(ctx: ModelContext, thunks: list[str], request: Request) -> bytes:
+    """What the call's thunks printed when gg-force ran them (a warm build's warnings)."""
+    if ctx.outputs is None or not thunks:
+        return b""
+    return ctx.outputs.of(thunks, ctx.paths, request.cwd, request.argv)
 
 
 def _model(ctx: ModelContext, request: Request, tool: str, kind: str | None) -> bytes:

@@ -192,6 +192,24 @@ def test_thunks_too_large_for_lambda_run_locally(tmp_path, file_storage_uri, lam
     assert "memory" in reasons[hungry] and "/tmp" in reasons[heavy]
 
 
+def test_a_successful_thunks_output_on_lambda_is_shown_and_kept(tmp_path, file_storage_uri, lambda_endpoint):
+    """What a thunk that succeeded on Lambda printed (a compile's warnings) comes back in
+    its answer: gg-force shows it once, even with --quiet, and keeps it as a local run's."""
+    client = make_client(tmp_path, file_storage_uri, lambda_endpoint.url, GG_REMOTE_RESULTS="off")
+    sh = ShellThunks(client.store)
+    noisy = sh.thunk("echo 'x.c:1:5: warning: wärning' >&2; echo ok > out")
+    silent = sh.thunk("cat x > out", thunks={"x": noisy})
+    trace = tmp_path / "trace.jsonl"
+    forced = client.force(silent, trace=trace)
+    assert forced.returncode == 0, forced.stderr
+    assert {e["engine"] for e in of_kind(trace, "started")} == {"lambda"}
+    assert forced.stderr == (f"gg-force: thunk {noisy} succeeded with output (command: sh -c echo "
+                             "'x.c:1:5: warning: wärning' >&2; echo ok > out):\nx.c:1:5: warning: wärning\n")
+    assert client.store.kept_output(noisy) == "x.c:1:5: warning: wärning\n".encode()
+    again = client.force(silent)
+    assert again.returncode == 0 and again.stderr == ""  # reduced already: nothing new
+
+
 def test_unreachable_endpoint_is_one_clear_error(tmp_path, s3_uri):
     """A wrong GG_LAMBDA_ENDPOINT: exit 1 at once with one line naming the endpoint —
     not a hang, not a traceback, and not a silent build on this machine instead."""

@@ -325,3 +325,24 @@ def test_an_append_or_compaction_writes_queued_records_first(store):
     store.put_reductions(group(3, 30), defer=True)
     store.reduction_log.close()
     assert LocalStore(store.root).get_reduction(thunk_id(3)) == value_id(30)
+
+
+def test_appended_since_returns_each_append_as_one_group(tmp_path):
+    from ir.reduction_log import ReductionLog, appended_since
+    from ir.store_root import log_mark
+
+    path = str(tmp_path / "outputs.log")
+    log = ReductionLog(path, str(tmp_path / "outputs.lock"), str(tmp_path), None)
+    a, b, c = (f"Tx{n:032x}_1" for n in range(3))
+    value = "Vx" + "0" * 32 + "_1"
+    assert appended_since(path, None) == []
+    log.append([(a, value)])
+    mark = log_mark(path)
+    log.append([(b, value), (c, value)])
+    log.append([(a, None)])
+    with open(path, "ab") as handle:
+        handle.write(b"\ntorn li")  # a write in progress: not a record yet
+    assert appended_since(path, mark) == [[(b, value), (c, value)], [(a, None)]]
+    assert appended_since(path, None)[0] == [(a, value)]
+    log.compact()  # replaced: what is new since the mark cannot be told
+    assert appended_since(path, mark) is None
