@@ -76,14 +76,38 @@ class ExecutionFailed(Exception):
         return "\n".join(lines)
 
 
-def describe_output(thunk_id: str, argv: list[str] | tuple[str, ...], output: bytes) -> str:
-    """What a successful run printed, for the user: one line naming the thunk and its
-    command as a failure's report does (:meth:`ExecutionFailed.describe`), then the
-    output as the tool wrote it (not indented: ``file:line:`` stays where editors and
-    IDEs look for it), ending in a newline."""
+def describe_output(thunk_id: str, thunk: Thunk, output: bytes) -> str:
+    """What a successful run printed, for the user: one line naming the thunk (its ID, as
+    a failure's report names it, :meth:`ExecutionFailed.describe`) and, briefly, what it
+    ran (:func:`short_command`: a warning is read next to the file it is about, and a
+    compile's full command is a hundred words), then the output as the tool wrote it (not
+    indented: ``file:line:`` stays where editors and IDEs look for it), ending in a
+    newline."""
     text = output.decode(errors="replace")
-    return f"thunk {thunk_id} succeeded with output (command: {' '.join(argv)}):\n" + \
+    return f"thunk {thunk_id} ({short_command(thunk)}) succeeded with output:\n" + \
         (text if text.endswith("\n") else text + "\n")
+
+
+SHORT_COMMAND_FILES = 3
+_LOADER_OPTIONS_WITH_VALUE = frozenset({"--library-path", "--preload", "--argv0", "--audit"})
+
+
+def short_command(thunk: Thunk) -> str:
+    """The program's name and the input files its arguments name (at most
+    ``SHORT_COMMAND_FILES``), e.g. ``cc1 r/lapi.c``; the dynamic loader the toolchain is
+    run through (``ld-linux… --library-path gg/lib PROGRAM``) is skipped."""
+    args = list(thunk.args)
+    if args and os.path.basename(args[0]).startswith(("ld-linux", "ld.so", "ld64.so")):
+        i = 1
+        while i < len(args) and args[i].startswith("--"):
+            i += 2 if args[i] in _LOADER_OPTIONS_WITH_VALUE else 1
+        args = args[i:]
+    if not args:
+        return "no command"
+    named = {item.name for item in (*thunk.values, *thunk.thunks) if item.name}
+    files = [arg for arg in args[1:] if arg in named]
+    shown = " ".join([os.path.basename(args[0]), *files[:SHORT_COMMAND_FILES]])
+    return shown + (f" and {len(files) - SHORT_COMMAND_FILES} more" if len(files) > SHORT_COMMAND_FILES else "")
 
 
 class InfrastructureError(Exception):

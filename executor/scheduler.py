@@ -863,7 +863,7 @@ class Scheduler:
         """Show what a successful run printed and keep it with its reduction (a blob and
         a record per ID, ``LocalStore.keep_output``), for gg-infer to replay on a warm
         build as ccache replays a hit's warnings. Only thunks that printed get here."""
-        self.observer.thunk_output(describe_output(run_id, thunk.args, output))
+        self.observer.thunk_output(describe_output(run_id, thunk, output))
         try:
             self.store.keep_output(thunk_ids, output)
         except (OSError, StoreError) as exc:  # the output was shown; only its replay is lost, and said

@@ -21,7 +21,7 @@ def test_a_successful_thunks_output_is_shown_once_and_kept(store, sh, capsys):
     noisy = sh.thunk("echo 'x.c:3:7: warning: unused variable' >&2; echo to-stdout; echo ok > out")
     force(store, [noisy])
     err = capsys.readouterr().err
-    assert err.count(f"gg-force: thunk {noisy} succeeded with output (command: sh -c echo") == 1
+    assert err.count(f"gg-force: thunk {noisy} (sh) succeeded with output:\n") == 1
     assert "x.c:3:7: warning: unused variable\nto-stdout\n" in err
     assert store.kept_output(noisy) == b"x.c:3:7: warning: unused variable\nto-stdout\n"
     force(store, [noisy])  # reduced already: nothing is run, nothing printed
@@ -41,7 +41,7 @@ def test_output_of_a_dependency_and_of_its_parent_both_shown(store, sh, capsys):
     parent = sh.thunk("echo parent-warning >&2; cat x > out", thunks={"x": leaf})
     force(store, [parent])
     err = capsys.readouterr().err
-    assert err.count("):\nleaf-warning\n") == 1 and err.count("):\nparent-warning\n") == 1
+    assert err.count("output:\nleaf-warning\n") == 1 and err.count("output:\nparent-warning\n") == 1
     assert err.index("\nleaf-warning") < err.index("\nparent-warning")
     assert store.kept_output(leaf) == b"leaf-warning\n"
     # The parent ran rewritten (its input is a value now); kept under both IDs, as its
@@ -98,7 +98,7 @@ def test_forgetting_a_reduction_forgets_its_kept_output(store, sh, capsys):
     store.forget_reduction(noisy)
     assert store.kept_output(noisy) is None
     force(store, [noisy])  # runs again, shows and keeps it again
-    assert capsys.readouterr().err.count("):\nwarned\n") == 2
+    assert capsys.readouterr().err.count("output:\nwarned\n") == 2
     assert store.kept_output(noisy) == b"warned\n"
 
 
@@ -111,4 +111,22 @@ def test_a_store_without_output_records_still_works(tmp_path, sh, store, capsys)
     assert fresh.resolve(noisy) is not None
     results, _ = force(fresh, [noisy])
     assert fresh.read_bytes(results[noisy]) == b"ok\n"
-    assert capsys.readouterr().err.count("):\nwarned\n") == 1  # the first run's only
+    assert capsys.readouterr().err.count("output:\nwarned\n") == 1  # the first run's only
+
+
+def test_the_output_header_names_the_program_and_its_input_files_not_the_whole_command():
+    """A compile's command is a hundred words behind the toolchain's loader: the line
+    above its warnings names the program and the files it was given."""
+    from executor.execution import short_command
+    from ir.thunk import Input, Thunk
+
+    blob = "V" + "0" * 32 + "_10"
+    thunk = Thunk(function_hash=blob, outputs=("out",),
+                  args=("gg/ld-linux-x86-64.so.2", "--library-path", "gg/lib", "gg/bin/cc1", "-quiet",
+                        "-isystem", "a/usr/include", "r/main.c", "-O2", "-o", "gg-tmp0.s"),
+                  values=(Input(blob, "r/main.c"), Input(blob, "r/main.h")))
+    assert short_command(thunk) == "cc1 r/main.c"
+    objects = tuple(f"r/{n}.o" for n in "abcde")
+    link = Thunk(function_hash=blob, outputs=("out",), args=("ld", "-o", "prog", *objects),
+                 values=tuple(Input(blob, name) for name in objects))
+    assert short_command(link) == "ld r/a.o r/b.o r/c.o and 2 more"
