@@ -3,7 +3,9 @@
 A target is a placeholder file (the usual case after ``gg-infer``), a thunk
 reference (``T`` or ``T#tag``) or a value ID. A file that is already real is reported
 and left alone — unless it embeds placeholder text (made from placeholders by a tool
-that read them as data): that is an error, never "already real". A result replaces
+that read them as data): that is an error, never "already real". A symbolic link to a
+placeholder stands for the file it names, which is written; the link stays, as a plain
+build leaves it. A result replaces
 its placeholder atomically, copied out of the store
 (the store's blob stays read-only and shared), with mode 0755 if the output was
 executable and 0644 otherwise, less the umask — and only if the file is still the
@@ -132,6 +134,16 @@ def parse_target(text: str) -> Target:
         return Target(text, found[0], True, found[1])
     if found in (errno.ENOENT, errno.ENOTDIR):  # no such file: a thunk or value ID, or nothing
         return _id_target(text)
+    if found == errno.ELOOP and os.path.islink(text):
+        # A symbolic link (libfoo.so -> libfoo.so.1.2): the result goes into the file it
+        # names and the link stays, as in a plain build. Replacing the link left the
+        # library itself a placeholder and the link a copy (zstd's and expat's .so links).
+        real = os.path.realpath(text)
+        if real.startswith(os.getcwd() + "/"):
+            real = os.path.relpath(real)
+        resolved = read_seen(real)
+        if resolved is not None:
+            return Target(real, resolved[0], True, resolved[1])
     path = Path(text)
     st = _stat_or_none(path)
     if st is None:
