@@ -102,3 +102,13 @@ def test_mixed_path_styles_run_locally(tmp_path):
     assert "1 command ran locally, not as thunks: gcc (absolute and relative paths mixed) x1" in result.stderr
     assert read_placeholder(tmp_path / "a.o") is None
     assert f"{tmp_path}/inc/h.h".encode() in (tmp_path / "a.o").read_bytes()
+
+
+def test_joined_and_long_output_options(tmp_path):
+    """``-oFILE``, ``--output=FILE`` and ``--output FILE`` become thunks whose objects are
+    the real gcc's (they ran locally before)."""
+    files = {"a.c": "int f(void) { return 1; }\n"}
+    script = "gcc -c a.c -oa1.o\ngcc -c a.c --output=a2.o\ngcc -O2 -c a.c --output a3.o\n"
+    run = run_both(tmp_path, files, script)
+    assert run.summary() == "", run.summary()
+    force_and_compare(tmp_path, run, ["a1.o", "a2.o", "a3.o"])
