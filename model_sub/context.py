@@ -34,6 +34,17 @@ from .toolchain import Toolchain, closure_fact, program_fact
 THUNK_ENV = ("SOURCE_DATE_EPOCH=0", "LC_ALL=C", "PWD=/proc/self/cwd")
 
 
+def thunk_env(build_env: dict[str, str]) -> tuple[str, ...]:
+    """The environment of a compiler thunk for a call made with ``build_env``: a
+    ``SOURCE_DATE_EPOCH`` the build sets (reproducible builds, Debian's packaging) is
+    the one the real compiler would use for ``__DATE__``/``__TIME__``, so the thunk
+    keeps it; the fixed 0 stood in for it, silently giving other bytes."""
+    epoch = build_env.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return THUNK_ENV
+    return (f"SOURCE_DATE_EPOCH={epoch}", *THUNK_ENV[1:])
+
+
 @dataclass
 class Inputs:
     """Inputs of one thunk being assembled."""
@@ -171,8 +182,8 @@ class ModelContext:
         return self.observer.probe("x_ok", path)
 
     def put(self, function_hash: str, args: list[str], outputs: list[str], inputs: Inputs,
-            executables: tuple[Input, ...]) -> str:
-        """Store the thunk and return its ID.
+            executables: tuple[Input, ...], envars: tuple[str, ...] = THUNK_ENV) -> str:
+        """Store the thunk and return its ID (``envars``: its environment, see :func:`thunk_env`).
 
         Validating and serializing a compile thunk (~80 inputs) costs ~1.5 ms, most of a
         warm model call, and the same thunk is made again on every run of an unchanged
@@ -184,7 +195,7 @@ class ModelContext:
         # __lt__ call per comparison (~1,500 of them for a compile's ~85 inputs)
         values, thunks, execs = (sorted(set(group), key=_INPUT_ORDER)
                                  for group in (inputs.values, inputs.thunks, executables))
-        parts = [function_hash, *_counted(args), *_counted(outputs), *_counted(THUNK_ENV)]
+        parts = [function_hash, *_counted(args), *_counted(outputs), *_counted(envars)]
         for group in (values, thunks, execs):
             parts.append(str(len(group)))
             for item in group:
@@ -198,7 +209,7 @@ class ModelContext:
             function_hash=function_hash,
             args=tuple(args),
             outputs=tuple(outputs),
-            envars=THUNK_ENV,
+            envars=envars,
             values=tuple(values),
             thunks=tuple(thunks),
             executables=tuple(execs),

@@ -112,3 +112,13 @@ def test_joined_and_long_output_options(tmp_path):
     run = run_both(tmp_path, files, script)
     assert run.summary() == "", run.summary()
     force_and_compare(tmp_path, run, ["a1.o", "a2.o", "a3.o"])
+
+
+def test_the_builds_source_date_epoch_reaches_the_compile(tmp_path, monkeypatch):
+    """A build that sets ``SOURCE_DATE_EPOCH`` (reproducible builds) gets its date in
+    ``__DATE__``/``__TIME__`` from the thunk too (it got the thunks' fixed 0, 1970)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    files = {"a.c": 'const char *when = __DATE__ " " __TIME__;\n'}
+    run = run_both(tmp_path, files, "gcc -c a.c -o a.o\n")
+    assert b"Nov 14 2023" in (run.plain / "a.o").read_bytes()
+    force_and_compare(tmp_path, run, ["a.o"])
