@@ -35,14 +35,16 @@ THUNK_ENV = ("SOURCE_DATE_EPOCH=0", "LC_ALL=C", "PWD=/proc/self/cwd")
 
 
 def thunk_env(build_env: dict[str, str]) -> tuple[str, ...]:
-    """The environment of a compiler thunk for a call made with ``build_env``: a
-    ``SOURCE_DATE_EPOCH`` the build sets (reproducible builds, Debian's packaging) is
-    the one the real compiler would use for ``__DATE__``/``__TIME__``, so the thunk
-    keeps it; the fixed 0 stood in for it, silently giving other bytes."""
+    """The environment of a gcc-model thunk for a call made with ``build_env``. Two
+    variables of the build change what the real tools write, so the thunk keeps them:
+    ``SOURCE_DATE_EPOCH`` (reproducible builds, Debian's packaging), which the compiler
+    uses for ``__DATE__``/``__TIME__`` (the fixed 0 silently gave 1970), and
+    ``LD_RUN_PATH``, which ld writes as the output's RUNPATH when no ``-rpath`` is given
+    (the thunk's output had none)."""
     epoch = build_env.get("SOURCE_DATE_EPOCH")
-    if not epoch:
-        return THUNK_ENV
-    return (f"SOURCE_DATE_EPOCH={epoch}", *THUNK_ENV[1:])
+    env = (f"SOURCE_DATE_EPOCH={epoch}", *THUNK_ENV[1:]) if epoch else THUNK_ENV
+    run_path = build_env.get("LD_RUN_PATH")
+    return (*env, f"LD_RUN_PATH={run_path}") if run_path else env
 
 
 @dataclass

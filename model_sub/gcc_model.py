@@ -17,7 +17,7 @@ import re
 from ir.thunk import Input
 
 from . import gcc_args
-from .context import THUNK_ENV, Inputs, ModelContext, thunk_env
+from .context import Inputs, ModelContext, thunk_env
 from .driver import TEMP_PREFIX
 from .gcc_args import GccCall, Item, Unmodelled, default_depfile, default_output, source_lang
 from .libsearch import LibrarySearch
@@ -188,12 +188,10 @@ class GccModel:
                     inputs.thunks.add(Input(produced[word], word))
                 elif name in self.known and self.ctx.isfile(self.known[name]):
                     self.ctx.add_file(inputs, self.known[name], name)
-            envars = THUNK_ENV
             if program.startswith("cc1"):
                 inputs.values |= header_inputs
-                envars = thunk_env(self.env)
             ref = self.ctx.put(portable.function_hash, [*portable.argv_prefix, *stage.argv[1:]], [stage.output],
-                               inputs, portable.executables, envars)
+                               inputs, portable.executables, thunk_env(self.env))
             produced[stage.output] = ref
         if out_tag not in produced:
             raise Unmodelled("the driver's stages do not produce the output")
@@ -227,7 +225,7 @@ class GccModel:
         ld_args, inputs = self._ld_arguments(list(stages[0].argv[1:]), ld, objects)
         portable = self.ctx.toolchain.program(ld)
         ref = self.ctx.put(portable.function_hash, [*portable.argv_prefix, *ld_args, f"--sysroot={ABS_PREFIX}"],
-                           [out_tag], inputs, portable.executables)
+                           [out_tag], inputs, portable.executables, thunk_env(self.env))
         self.ctx.place(os.path.join(self.cwd, output), ref, executable=True)
 
     def _host_file(self, word: str) -> str | None:

@@ -122,3 +122,13 @@ def test_the_builds_source_date_epoch_reaches_the_compile(tmp_path, monkeypatch)
     run = run_both(tmp_path, files, "gcc -c a.c -o a.o\n")
     assert b"Nov 14 2023" in (run.plain / "a.o").read_bytes()
     force_and_compare(tmp_path, run, ["a.o"])
+
+
+def test_the_builds_ld_run_path_reaches_the_link(tmp_path, monkeypatch):
+    """ld writes ``LD_RUN_PATH`` as the RUNPATH of a program linked without ``-rpath``;
+    the link thunk does the same (its program had no RUNPATH)."""
+    monkeypatch.setenv("LD_RUN_PATH", "/opt/gg-run-path")
+    files = {"m.c": "int main(void) { return 0; }\n"}
+    run = run_both(tmp_path, files, "gcc m.c -o prog\n")
+    assert b"/opt/gg-run-path" in (run.plain / "prog").read_bytes()
+    force_and_compare(tmp_path, run, ["prog"])
