@@ -63,6 +63,12 @@ class GccModel:
         for item in call.items:
             if item.kind == "input" and not self.ctx.isfile(os.path.join(self.cwd, item.path or "")):
                 raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
+            if item.words[0] in ("-include", "-imacros") and item.path and \
+                    not self.ctx.isfile(os.path.join(self.cwd, item.path)):
+                # gcc then looks for it along the "..." include chain; the thunk would
+                # name it by the call's directory and fail to find it
+                raise Unmodelled(f"{item.words[0]} {item.path} is not in the working directory",
+                                 label=f"({item.words[0]} found through the include path)")
         self.driver = self.ctx.toolchain.which(self.program or os.path.basename(self.argv[0]))
         if call.mode == "link":
             self._link(call)

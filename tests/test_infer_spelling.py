@@ -50,3 +50,14 @@ def test_dotdot_through_a_directory_without_inputs_runs_locally(tmp_path):
     assert read_placeholder(run.gg / "nothing" / "a7.o") is None
     assert (run.gg / "nothing" / "a7.o").read_bytes() == (run.plain / "nothing" / "a7.o").read_bytes()
     assert "(.. through a directory without inputs) x1" in run.summary(), run.summary()
+
+
+def test_include_file_found_through_the_include_path_runs_locally(tmp_path):
+    """``-include cfg.h -Ib``: not in the working directory, gcc finds ``b/cfg.h`` along
+    the include chain; the thunk named it ``r/cfg.h`` and failed when forced. It runs
+    locally now, said in the summary, with the real gcc's bytes."""
+    files = {"b/cfg.h": "#define V 7\n", "a.c": "int v(void) { return V; }\n"}
+    run = run_both(tmp_path, files, "gcc -c -include cfg.h -Ib a.c -o a.o\n")
+    assert read_placeholder(run.gg / "a.o") is None
+    assert (run.gg / "a.o").read_bytes() == (run.plain / "a.o").read_bytes()
+    assert "(-include found through the include path) x1" in run.summary(), run.summary()
