@@ -132,3 +132,15 @@ def test_the_builds_ld_run_path_reaches_the_link(tmp_path, monkeypatch):
     run = run_both(tmp_path, files, "gcc m.c -o prog\n")
     assert b"/opt/gg-run-path" in (run.plain / "prog").read_bytes()
     force_and_compare(tmp_path, run, ["prog"])
+
+
+def test_a_dependency_file_that_is_a_device_is_written_into(tmp_path):
+    """``-MF /dev/null``: gg-infer wrote the dependency file by an atomic rename, which
+    put a regular file in place of the device (as root, ``/dev/null`` itself). Tested
+    through a link to ``/dev/null`` in the tree, which must stay that link."""
+    (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
+    (tmp_path / "devnull").symlink_to("/dev/null")
+    result = gg_infer(tmp_path, "gcc", "-c", "a.c", "-o", "a.o", "-MMD", "-MF", "devnull")
+    assert result.returncode == 0, result.stderr
+    assert read_placeholder(tmp_path / "a.o") is not None
+    assert (tmp_path / "devnull").is_symlink() and str((tmp_path / "devnull").readlink()) == "/dev/null"
