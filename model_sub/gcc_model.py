@@ -22,7 +22,7 @@ from .driver import TEMP_PREFIX
 from .gcc_args import GccCall, Item, Unmodelled, default_depfile, default_output, source_lang
 from .libsearch import LibrarySearch
 from .paths import ABS_PREFIX, ROOT_PREFIX
-from .spelling import Spelling
+from .spelling import USER_MAP_OPTIONS, Spelling, with_user_maps
 
 ENV_UNMODELLED = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "LIBRARY_PATH",
                   "GCC_EXEC_PREFIX", "COMPILER_PATH", "DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES")
@@ -152,7 +152,8 @@ class GccModel:
             args += ["-nostdinc"]
             for directory in dirs:
                 args += ["-isystem", self.ctx.paths.to_thunk(directory, "/")]
-        args += maps + spelling.extra_maps
+        user_maps = [w for w in args if w.startswith(USER_MAP_OPTIONS)]
+        args += with_user_maps(maps + spelling.extra_maps, user_maps, os.path.normpath(self.cwd))
         args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_word,
                  "-o", out_tag]
         stages = self.ctx.driver.compile_stages(self.driver, args, src_word, out_tag, self.env)

@@ -101,3 +101,52 @@ class Spelling:
                 raise Unmodelled(f"path {path} goes through {before}, a directory without inputs in the thunk",
                                  label="(.. through a directory without inputs)")
         return name
+
+
+# The build's own prefix maps (Debian's dpkg-buildflags adds -ffile-prefix-map=/build/pkg=.).
+USER_MAP_OPTIONS = ("-ffile-prefix-map=", "-fmacro-prefix-map=", "-fdebug-prefix-map=")
+
+
+def _map_parts(option: str) -> tuple[str, str, str]:
+    """(kind, old, new) of ``-fKIND-prefix-map=OLD=NEW``; kind: file, macro or debug."""
+    flag, _, rest = option.partition("=")
+    old, _, new = rest.partition("=")
+    return flag[2:-len("-prefix-map")], old, new
+
+
+def with_user_maps(ours: list[str], user: list[str], cwd: str) -> list[str]:
+    """The thunk's maps (``ours``: thunk name -> what gcc prints on the host) composed with
+    the build's own (``user``: host name -> what the build wants printed).
+
+    gcc applies one map per name (the last that matches), so the build's maps, whose
+    ``OLD`` is a host path, never matched a thunk's names and were silently lost behind
+    ours (``-ffile-prefix-map=$ROOT=.`` gave ``$ROOT/src/a.c`` instead of
+    ``./src/a.c``). Each of our maps gets the build's maps applied to its ``NEW``
+    (per list: ``__FILE__`` uses the file and macro maps, debug info the file and debug
+    maps); a build map whose ``OLD`` lies below one of our absolute ``NEW``s is also
+    put into thunk terms, last, so it wins as it would on the host. The compile
+    directory (``/proc/self/cwd``) gets what the build's debug maps make of ``cwd``.
+    """
+    if not user:
+        return ours
+    for option in user:
+        if not _map_parts(option)[1].startswith("/"):
+            raise Unmodelled(f"the build's own {option} names a relative path", label="(relative prefix map)")
+    composed: list[str] = []
+    translated: list[str] = []
+    for option in ours:
+        kind, old, new = _map_parts(option)
+        for target in (("macro", "debug") if kind == "file" else (kind,)):
+            theirs = [u for u in user if _map_parts(u)[0] in ("file", target)]
+            if old == "/proc/self/cwd":
+                mapped = remap(cwd, theirs)
+                value = mapped if mapped != cwd else new
+            else:
+                value = remap(new, theirs)
+            composed.append(f"-f{target}-prefix-map={old}={value}")
+            if new.startswith("/"):
+                for theirs_option in theirs:
+                    _, their_old, their_new = _map_parts(theirs_option)
+                    if their_old.startswith(new) and len(their_old) > len(new):
+                        translated.append(f"-f{target}-prefix-map={old}{their_old[len(new):]}={their_new}")
+    return composed + translated
