@@ -238,8 +238,9 @@ async def _materialize_or_rebuild(store: LocalStore, writer: TargetWriter, sched
 
 
 def _expand(texts: Sequence[str], options: ForceOptions) -> list[Target]:
-    """Targets as given, plus the placeholder members of thin archives among them."""
-    targets: list[Target] = [parse_target(text) for text in texts]
+    """Targets as given, plus the placeholder members of thin archives among them; a
+    file named twice (``libz.so`` and the ``libz.so.1.2`` it links to) is one target."""
+    targets: list[Target] = list({t.text: t for t in map(parse_target, texts)}.values())
     for target in [t for t in targets if t.ref is None]:
         members = thin_archive_placeholders(target)
         targets += members

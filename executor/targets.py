@@ -3,7 +3,9 @@
 A target is a placeholder file (the usual case after ``gg-infer``), a thunk
 reference (``T`` or ``T#tag``) or a value ID. A file that is already real is reported
 and left alone — unless it embeds placeholder text (made from placeholders by a tool
-that read them as data): that is an error, never "already real". A result replaces
+that read them as data): that is an error, never "already real". A symbolic link to a
+placeholder stands for the file it names, which is written; the link stays, as a plain
+build leaves it. A result replaces
 its placeholder atomically, copied out of the store
 (the store's blob stays read-only and shared), with mode 0755 if the output was
 executable and 0644 otherwise, less the umask — and only if the file is still the
@@ -132,6 +134,8 @@ def parse_target(text: str) -> Target:
         return Target(text, found[0], True, found[1])
     if found in (errno.ENOENT, errno.ENOTDIR):  # no such file: a thunk or value ID, or nothing
         return _id_target(text)
+    if found == errno.ELOOP and (linked := _through_link(text)) is not None:
+        return linked
     path = Path(text)
     st = _stat_or_none(path)
     if st is None:
@@ -146,6 +150,20 @@ def parse_target(text: str) -> Target:
                 f"{text} is a real file made from placeholders (it contains the placeholder for {embedded}): "
                 "a tool read placeholders as data; re-run that step (e.g. 'make clean', then gg-infer again)")
     return Target(text, placeholder.ref if placeholder else None, True)
+
+
+def _through_link(text: str) -> Target | None:
+    """For a symbolic link to a placeholder (``libfoo.so -> libfoo.so.1.2``), the file it
+    names as the target: the result goes there and the link stays, as in a plain build.
+    (Replacing the link left the library itself a placeholder and the link a copy:
+    zstd's and expat's ``.so`` links.) None if ``text`` is no link to a placeholder."""
+    if not os.path.islink(text):
+        return None
+    real = os.path.realpath(text)
+    if real.startswith(os.getcwd() + "/"):
+        real = os.path.relpath(real)
+    resolved = read_seen(real)
+    return Target(real, resolved[0], True, resolved[1]) if resolved is not None else None
 
 
 def _id_target(text: str) -> Target:
@@ -172,7 +190,9 @@ def thin_archive_placeholders(target: Target) -> list[Target]:
         found = read_seen(member)
         if found is not None:
             out.append(Target(member, found[0], True, found[1]))
-        elif (placeholder := read_placeholder(Path(member))) is not None:  # a symbolic link to one
+        elif (linked := _through_link(member)) is not None:
+            out.append(linked)
+        elif (placeholder := read_placeholder(Path(member))) is not None:
             out.append(Target(member, placeholder.ref, True))
     return out
 

@@ -35,6 +35,19 @@ from .toolchain import Toolchain, closure_fact, program_fact
 THUNK_ENV = ("SOURCE_DATE_EPOCH=0", "LC_ALL=C", "PWD=/proc/self/cwd")
 
 
+def thunk_env(build_env: dict[str, str]) -> tuple[str, ...]:
+    """The environment of a gcc-model thunk for a call made with ``build_env``. Two
+    variables of the build change what the real tools write, so the thunk keeps them:
+    ``SOURCE_DATE_EPOCH`` (reproducible builds, Debian's packaging), which the compiler
+    uses for ``__DATE__``/``__TIME__`` (the fixed 0 silently gave 1970), and
+    ``LD_RUN_PATH``, which ld writes as the output's RUNPATH when no ``-rpath`` is given
+    (the thunk's output had none)."""
+    epoch = build_env.get("SOURCE_DATE_EPOCH")
+    env = (f"SOURCE_DATE_EPOCH={epoch}", *THUNK_ENV[1:]) if epoch else THUNK_ENV
+    run_path = build_env.get("LD_RUN_PATH")
+    return (*env, f"LD_RUN_PATH={run_path}") if run_path else env
+
+
 @dataclass
 class Inputs:
     """Inputs of one thunk being assembled."""
@@ -175,8 +188,8 @@ class ModelContext:
         return self.observer.probe("x_ok", path)
 
     def put(self, function_hash: str, args: list[str], outputs: list[str], inputs: Inputs,
-            executables: tuple[Input, ...]) -> str:
-        """Store the thunk and return its ID.
+            executables: tuple[Input, ...], envars: tuple[str, ...] = THUNK_ENV) -> str:
+        """Store the thunk and return its ID (``envars``: its environment, see :func:`thunk_env`).
 
         Validating and serializing a compile thunk (~80 inputs) costs ~1.5 ms, most of a
         warm model call, and the same thunk is made again on every run of an unchanged
@@ -188,7 +201,7 @@ class ModelContext:
         # __lt__ call per comparison (~1,500 of them for a compile's ~85 inputs)
         values, thunks, execs = (sorted(set(group), key=_INPUT_ORDER)
                                  for group in (inputs.values, inputs.thunks, executables))
-        parts = [function_hash, *_counted(args), *_counted(outputs), *_counted(THUNK_ENV)]
+        parts = [function_hash, *_counted(args), *_counted(outputs), *_counted(envars)]
         for group in (values, thunks, execs):
             parts.append(str(len(group)))
             for item in group:
@@ -202,7 +215,7 @@ class ModelContext:
             function_hash=function_hash,
             args=tuple(args),
             outputs=tuple(outputs),
-            envars=THUNK_ENV,
+            envars=envars,
             values=tuple(values),
             thunks=tuple(thunks),
             executables=tuple(execs),

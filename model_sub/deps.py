@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import threading
@@ -76,7 +77,20 @@ def parse_make_deps(text: str) -> list[str]:
 
 
 def write_depfile(target: str, text: str) -> None:
-    """Write the user's dependency file, unless it already holds exactly ``text``."""
+    """Write the user's dependency file, unless it already holds exactly ``text``.
+
+    A path that is not a regular file (``-MF /dev/null``, a pipe) is written into, and
+    a symbolic link is written through, as gcc does: the atomic rename put a regular
+    file in place of ``/dev/null``."""
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            with open(target, "w", encoding="utf-8", errors="surrogateescape") as handle:
+                handle.write(text)
+            return
+    except FileNotFoundError:
+        pass
+    if os.path.islink(target):
+        target = os.path.realpath(target)
     try:
         with open(target, encoding="utf-8", errors="surrogateescape") as handle:
             same = handle.read() == text

@@ -207,8 +207,12 @@ def parse(argv: list[str], cwd: str) -> GccCall:
 
         if word in ("-c", "-S"):
             saw_mode[word] = True
-        elif word == "-o":
+        elif word in ("-o", "--output"):
             call.output = take()
+        elif word.startswith("--output="):
+            call.output = word[len("--output="):]
+        elif word.startswith("-o"):  # -oFILE: gcc has no other option starting with -o
+            call.output = word[2:]
         elif word == "-x":
             lang = take()
             call.items.append(Item("opt", ["-x", lang]))

@@ -17,11 +17,12 @@ import re
 from ir.thunk import Input
 
 from . import gcc_args
-from .context import Inputs, ModelContext
+from .context import Inputs, ModelContext, thunk_env
 from .driver import TEMP_PREFIX
 from .gcc_args import GccCall, Item, Unmodelled, default_depfile, default_output, source_lang
 from .libsearch import LibrarySearch
 from .paths import ABS_PREFIX, ROOT_PREFIX
+from .spelling import USER_MAP_OPTIONS, Spelling, with_user_maps
 
 ENV_UNMODELLED = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "LIBRARY_PATH",
                   "GCC_EXEC_PREFIX", "COMPILER_PATH", "DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES")
@@ -46,6 +47,7 @@ class GccModel:
         self.cwd = cwd
         self.env = env
         self.known: dict[str, str] = {}  # thunk name -> host path, for user-given files
+        self.spelled: dict[str, str] = {}  # a name spelled as the build wrote it -> its thunk name
 
     # -- entry --------------------------------------------------------------------
 
@@ -61,6 +63,12 @@ class GccModel:
         for item in call.items:
             if item.kind == "input" and not self.ctx.isfile(os.path.join(self.cwd, item.path or "")):
                 raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
+            if item.words[0] in ("-include", "-imacros") and item.path and \
+                    not self.ctx.isfile(os.path.join(self.cwd, item.path)):
+                # gcc then looks for it along the "..." include chain; the thunk would
+                # name it by the call's directory and fail to find it
+                raise Unmodelled(f"{item.words[0]} {item.path} is not in the working directory",
+                                 label=f"({item.words[0]} found through the include path)")
         self.driver = self.ctx.toolchain.which(self.program or os.path.basename(self.argv[0]))
         if call.mode == "link":
             self._link(call)
@@ -79,20 +87,34 @@ class GccModel:
         self.known[name] = self.ctx.paths.absolute(path, self.cwd)
         return name
 
-    def _mapped_item(self, item: Item) -> list[str]:
+    def _mapped_item(self, item: Item, spelling: Spelling | None = None) -> list[str]:
         if item.path is None or item.path.startswith(("=", "$SYSROOT")):
             return list(item.words)
         mapped = self._map(item.path)
+        if spelling is not None:
+            mapped = self._spell(spelling, item.path, mapped, kind=item.words[0])
         if item.joined:
             return [item.words[0][: len(item.words[0]) - len(item.path)] + mapped]
         return [item.words[0], mapped]
 
-    def _compile_flags(self, call: GccCall, mapped: bool) -> list[str]:
+    def _spell(self, spelling: Spelling, path: str, name: str, kind: str) -> str:
+        """``name`` as ``spelling`` gives it for ``path``; ``kind``: ``source`` or the option."""
+        if kind == "source":
+            spelled = spelling.file(path, name)
+        elif kind in ("-include", "-imacros"):
+            spelled = spelling.forced_include(path, name)
+        else:
+            spelled = spelling.directory(path, name)
+        if spelled != name:
+            self.spelled[spelled] = name
+        return spelled
+
+    def _compile_flags(self, call: GccCall, mapped: bool, spelling: Spelling | None = None) -> list[str]:
         flags: list[str] = []
         for item in call.items:
             if item.kind != "opt" or item.words[0].startswith("-x"):
                 continue
-            flags += self._mapped_item(item) if mapped else list(item.words)
+            flags += self._mapped_item(item, spelling) if mapped else list(item.words)
         return flags
 
     # -- compile ------------------------------------------------------------------
@@ -117,19 +139,24 @@ class GccModel:
             [self.driver, *self._compile_flags(call, mapped=False), *forced], self.cwd, source.path or "",
             self.env, depfile, dep_args, full_deps_in_user_file="-MD" in call.dep_flags,
         )
-        # 2. the stage commands, asked of the driver with checkout-independent arguments
-        args = self._compile_flags(call, mapped=True)
+        # 2. the stage commands, asked of the driver with checkout-independent arguments,
+        # every path spelled so that the compiler prints it as the build wrote it
+        header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
+        maps = self.ctx.paths.prefix_maps(self.cwd, absolute=self._absolute_style(call, source))
+        spelling = Spelling(self.ctx.paths, self.cwd, maps, {i.name for i in header_inputs} | {src_name})
+        src_word = self._spell(spelling, source.path or "", src_name, kind="source")
+        args = self._compile_flags(call, mapped=True, spelling=spelling)
         if not call.nostdinc:
             mflags = [w for w in args if w.startswith("-m") or w.startswith("-std=")]
             dirs = self.ctx.driver.include_dirs(self.driver, family, mflags, self.env)
             args += ["-nostdinc"]
             for directory in dirs:
                 args += ["-isystem", self.ctx.paths.to_thunk(directory, "/")]
-        args += self.ctx.paths.prefix_maps(self.cwd, absolute=self._absolute_style(call, source))
-        args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_name,
+        user_maps = [w for w in args if w.startswith(USER_MAP_OPTIONS)]
+        args += with_user_maps(maps + spelling.extra_maps, user_maps, os.path.normpath(self.cwd))
+        args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_word,
                  "-o", out_tag]
-        stages = self.ctx.driver.compile_stages(self.driver, args, src_name, out_tag, self.env)
-        header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
+        stages = self.ctx.driver.compile_stages(self.driver, args, src_word, out_tag, self.env)
         return self._chain(stages, out_tag, header_inputs)
 
     def _absolute_style(self, call: GccCall, source: Item) -> bool:
@@ -163,14 +190,15 @@ class GccModel:
             portable = self.ctx.toolchain.program(stage.program)
             inputs = Inputs()
             for word in stage.argv[1:]:
+                name = self.spelled.get(word, word)  # the input keeps its normalized name
                 if word in produced:
                     inputs.thunks.add(Input(produced[word], word))
-                elif word in self.known and self.ctx.isfile(self.known[word]):
-                    self.ctx.add_file(inputs, self.known[word], word)
+                elif name in self.known and self.ctx.isfile(self.known[name]):
+                    self.ctx.add_file(inputs, self.known[name], name)
             if program.startswith("cc1"):
                 inputs.values |= header_inputs
             ref = self.ctx.put(portable.function_hash, [*portable.argv_prefix, *stage.argv[1:]], [stage.output],
-                               inputs, portable.executables)
+                               inputs, portable.executables, thunk_env(self.env))
             produced[stage.output] = ref
         if out_tag not in produced:
             raise Unmodelled("the driver's stages do not produce the output")
@@ -204,7 +232,7 @@ class GccModel:
         ld_args, inputs = self._ld_arguments(list(stages[0].argv[1:]), ld, objects)
         portable = self.ctx.toolchain.program(ld)
         ref = self.ctx.put(portable.function_hash, [*portable.argv_prefix, *ld_args, f"--sysroot={ABS_PREFIX}"],
-                           [out_tag], inputs, portable.executables)
+                           [out_tag], inputs, portable.executables, thunk_env(self.env))
         self.ctx.place(os.path.join(self.cwd, output), ref, executable=True)
 
     def _host_file(self, word: str) -> str | None:

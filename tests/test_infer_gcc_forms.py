@@ -102,3 +102,45 @@ def test_mixed_path_styles_run_locally(tmp_path):
     assert "1 command ran locally, not as thunks: gcc (absolute and relative paths mixed) x1" in result.stderr
     assert read_placeholder(tmp_path / "a.o") is None
     assert f"{tmp_path}/inc/h.h".encode() in (tmp_path / "a.o").read_bytes()
+
+
+def test_joined_and_long_output_options(tmp_path):
+    """``-oFILE``, ``--output=FILE`` and ``--output FILE`` become thunks whose objects are
+    the real gcc's (they ran locally before)."""
+    files = {"a.c": "int f(void) { return 1; }\n"}
+    script = "gcc -c a.c -oa1.o\ngcc -c a.c --output=a2.o\ngcc -O2 -c a.c --output a3.o\n"
+    run = run_both(tmp_path, files, script)
+    assert run.summary() == "", run.summary()
+    force_and_compare(tmp_path, run, ["a1.o", "a2.o", "a3.o"])
+
+
+def test_the_builds_source_date_epoch_reaches_the_compile(tmp_path, monkeypatch):
+    """A build that sets ``SOURCE_DATE_EPOCH`` (reproducible builds) gets its date in
+    ``__DATE__``/``__TIME__`` from the thunk too (it got the thunks' fixed 0, 1970)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    files = {"a.c": 'const char *when = __DATE__ " " __TIME__;\n'}
+    run = run_both(tmp_path, files, "gcc -c a.c -o a.o\n")
+    assert b"Nov 14 2023" in (run.plain / "a.o").read_bytes()
+    force_and_compare(tmp_path, run, ["a.o"])
+
+
+def test_the_builds_ld_run_path_reaches_the_link(tmp_path, monkeypatch):
+    """ld writes ``LD_RUN_PATH`` as the RUNPATH of a program linked without ``-rpath``;
+    the link thunk does the same (its program had no RUNPATH)."""
+    monkeypatch.setenv("LD_RUN_PATH", "/opt/gg-run-path")
+    files = {"m.c": "int main(void) { return 0; }\n"}
+    run = run_both(tmp_path, files, "gcc m.c -o prog\n")
+    assert b"/opt/gg-run-path" in (run.plain / "prog").read_bytes()
+    force_and_compare(tmp_path, run, ["prog"])
+
+
+def test_a_dependency_file_that_is_a_device_is_written_into(tmp_path):
+    """``-MF /dev/null``: gg-infer wrote the dependency file by an atomic rename, which
+    put a regular file in place of the device (as root, ``/dev/null`` itself). Tested
+    through a link to ``/dev/null`` in the tree, which must stay that link."""
+    (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
+    (tmp_path / "devnull").symlink_to("/dev/null")
+    result = gg_infer(tmp_path, "gcc", "-c", "a.c", "-o", "a.o", "-MMD", "-MF", "devnull")
+    assert result.returncode == 0, result.stderr
+    assert read_placeholder(tmp_path / "a.o") is not None
+    assert (tmp_path / "devnull").is_symlink() and str((tmp_path / "devnull").readlink()) == "/dev/null"

@@ -143,3 +143,13 @@ def test_options_that_write_other_outputs_run_locally(tmp_path, argv, label):
     with pytest.raises(Unmodelled) as caught:
         parse(argv, str(tmp_path))
     assert caught.value.label == label and not isinstance(caught.value, RunReal)
+
+
+@pytest.mark.parametrize("words", [["-oout/a.o"], ["--output=out/a.o"], ["--output", "out/a.o"]])
+def test_every_spelling_of_the_output_option(tmp_path, words):
+    """gcc takes ``-oFILE``, ``--output=FILE`` and ``--output FILE`` as ``-o FILE``; parsed
+    as an unknown flag (or an input), the call could only run locally."""
+    call = parse(["gcc", "-c", "a.c", *words], str(tmp_path))
+    assert call.output == "out/a.o"
+    assert [i.path for i in call.items if i.kind == "input"] == ["a.c"]
+    assert not any(w.startswith(("-o", "--output")) for i in call.items for w in i.words)

@@ -200,9 +200,9 @@ def test_without_the_exchange_the_rename_path_gives_the_same_files(store, tmp_pa
     with TargetWriter(store) as writer:
         for path, value in made[:2]:
             assert writer.write(parse_target(str(path)), value)
-        assert writer.write(parse_target(str(link)), made[2][1])  # a symbolic link: replaced by the file
+        assert writer.write(parse_target(str(link)), made[2][1])  # a symbolic link: written through
     for path, value in made[:2]:
         assert path.read_bytes() == store.read_bytes(value)
         assert os.stat(path).st_mtime_ns == TIMES[1]
-    assert not link.is_symlink() and link.read_bytes() == store.read_bytes(made[2][1])
+    assert link.is_symlink() and made[2][0].read_bytes() == store.read_bytes(made[2][1])
     assert spares(tmp_path / "d") == []
