@@ -28,8 +28,11 @@ import itertools
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ir.atomic import atomic_write_bytes
+
+T = TypeVar("T")
 
 DURATIONS_FILE = "durations"
 DEFAULT_ESTIMATE = 1.0  # seconds, for a thunk when nothing at all has been measured
@@ -157,19 +160,22 @@ class PrioritySlots:
     """``slots`` concurrent holders; waiting acquirers get a freed slot highest priority
     first (ties: first come, first served). Like ``asyncio.Semaphore``, but ordered.
 
-    A waiter is a future (:meth:`acquire`) or a callback (:meth:`call_when_free`, called
-    holding the slot): the scheduler queues ready nodes as callbacks, so a node waiting
-    for a slot costs no task."""
+    A waiter is a future (:meth:`acquire`) or a callback and its argument
+    (:meth:`call_when_free`, called holding the slot): the scheduler queues ready nodes as
+    callbacks, so a node waiting for a slot costs no task -- and, as ``(callback, node)``
+    in the heap's entry rather than a ``partial``, no objects beyond the entry (a queue of
+    thousands is walked by every garbage collection while it waits)."""
 
     def __init__(self, slots: int):
         self._free = slots
-        self._waiting: list[tuple[float, int, asyncio.Future[None] | Callable[[], None]]] = []
+        # (-priority, sequence, callback, its argument); for an acquirer: (..., None, future)
+        self._waiting: list[tuple[float, int, Callable[[Any], None] | None, Any]] = []
         self._sequence = itertools.count()
         self._grant_scheduled = False
 
     async def acquire(self, priority: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (-priority, next(self._sequence), future))
+        heapq.heappush(self._waiting, (-priority, next(self._sequence), None, future))
         self._schedule_grant()
         try:
             await future
@@ -190,8 +196,9 @@ class PrioritySlots:
             return True
         return False
 
-    def call_when_free(self, priority: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._waiting, (-priority, next(self._sequence), callback))
+    def call_when_free(self, priority: float, callback: Callable[[T], None], arg: T) -> None:
+        """Call ``callback(arg)`` holding a slot, once one is free (highest priority first)."""
+        heapq.heappush(self._waiting, (-priority, next(self._sequence), callback, arg))
         self._schedule_grant()
 
     def release(self) -> None:
@@ -205,13 +212,14 @@ class PrioritySlots:
 
     def _grant(self) -> None:
         self._grant_scheduled = False
-        while self._free > 0 and self._waiting:
-            waiter = heapq.heappop(self._waiting)[2]
-            if isinstance(waiter, asyncio.Future):
-                if waiter.done():  # its acquirer was cancelled while waiting
+        waiting = self._waiting
+        while self._free > 0 and waiting:
+            _, _, callback, arg = heapq.heappop(waiting)
+            if callback is None:
+                if arg.done():  # its acquirer was cancelled while waiting
                     continue
                 self._free -= 1
-                waiter.set_result(None)
+                arg.set_result(None)
             else:
                 self._free -= 1
-                waiter()
+                callback(arg)
