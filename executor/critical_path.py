@@ -26,7 +26,7 @@ import asyncio
 import heapq
 import itertools
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -185,6 +185,11 @@ class PrioritySlots:
             raise
 
     @property
+    def queue(self) -> Sized:
+        """The waiters (only for ``len()``; the same object for this instance's life)."""
+        return self._waiting
+
+    @property
     def waiting(self) -> int:
         """Acquirers and callbacks waiting for a slot (cancelled ones until popped)."""
         return len(self._waiting)
@@ -204,6 +209,24 @@ class PrioritySlots:
     def release(self) -> None:
         self._free += 1
         self._schedule_grant()
+
+    def take_next(self, callback: Callable[[T], None]) -> T | None:
+        """If a slot is free and the highest-priority waiter is ``callback``'s, take the
+        slot and that waiter out of the queue and return its argument (the caller runs it
+        now, in place of the grant that would call it on a later turn of the loop); None
+        otherwise. The order is the grant's: the best waiter of those queued now."""
+        waiting = self._waiting
+        while self._free > 0 and waiting:
+            _, _, queued, arg = waiting[0]
+            if queued is None and arg.done():  # an acquirer cancelled while waiting
+                heapq.heappop(waiting)
+                continue
+            if queued != callback:
+                return None
+            heapq.heappop(waiting)
+            self._free -= 1
+            return arg
+        return None
 
     def _schedule_grant(self) -> None:
         if not self._grant_scheduled and self._free > 0 and self._waiting:

@@ -38,7 +38,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -140,6 +140,17 @@ class InFlight:
         slot is its to pass to :meth:`claim` (``slot=True``) or to :meth:`give_back_slot`.
         This is the scheduler's ready queue: a ready node waits here as a callback."""
         self._slots.call_when_free(priority, start, arg)
+
+    def next_ready(self, start: Callable[[T], None]) -> T | None:
+        """The argument of the best node waiting in :meth:`when_free` with ``start`` if a
+        slot is free for it now, the slot taken (see ``PrioritySlots.take_next``)."""
+        return self._slots.take_next(start)
+
+    @property
+    def ready_queue(self) -> Sized:
+        """What waits for a slot, for ``len()`` (the same object for the whole run: a
+        caller checking it per node keeps it instead of asking :attr:`queued`)."""
+        return self._slots.queue
 
     @property
     def queued(self) -> int:

@@ -72,6 +72,12 @@ DISCOVERY_BATCH = 512
 # held until its records are written, so the delay is what a concurrent forcer waiting
 # for one of them may wait longer (it polls anyway); this run's own slots are free at once.
 RECORD_BATCH = 1024
+
+# Ready nodes one task runs in a row (:meth:`Scheduler._execute`): a task that finishes a
+# node goes on with the best one waiting instead of ending and leaving it to a grant (two
+# turns of the event loop and a new task per run). Bounded, so an engine that answers at
+# once (a cache, a peer's record) still lets the loop turn: discovery, timers, the rest.
+RUNS_PER_TASK = 16
 RECORD_DELAY = 0.01
 
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
@@ -312,6 +318,7 @@ class Scheduler:
         self._inflight = InFlight(store, leases if isinstance(leases, LeasingStorage) else None, self.observer,
                                   self._local, self._remote_hit, slots=sum(e.slots for e in every),
                                   period=self.config.lease_seconds, on_error=self.share_errors.append)
+        self._queue = self._inflight.ready_queue  # for len(): checked per node discovered and settled
 
     @property
     def peer_reduced(self) -> int:
@@ -443,10 +450,9 @@ class Scheduler:
         """Visit up to DISCOVERY_BATCH nodes, then let the loop run (ready nodes start
         while a large graph is still being discovered); pause while the ready queue is
         full (:meth:`_maybe_resume` goes on)."""
-        undiscovered = self._undiscovered
-        inflight, high = self._inflight, self._ready_high
+        undiscovered, queue, high = self._undiscovered, self._queue, self._ready_high
         for _ in range(DISCOVERY_BATCH):
-            if not undiscovered or inflight.queued >= high:
+            if not undiscovered or len(queue) >= high:
                 break
             node = undiscovered.pop()
             try:
@@ -455,7 +461,7 @@ class Scheduler:
                 self._settle_error(node, self._internal(node.id, exc))
         self._discovering = False
         if undiscovered and not self._stop.is_set():
-            if inflight.queued >= high:
+            if len(queue) >= high:
                 self._paused = True  # _maybe_resume goes on
             else:
                 self._schedule_discovery()
@@ -584,17 +590,29 @@ class Scheduler:
 
     def _start(self, node: _Node) -> None:
         """Called with a claim slot held for ``node``: run it as a task."""
+        if self._startable(node):
+            key = self._spawned = self._spawned + 1
+            self._active[key] = asyncio.get_running_loop().create_task(self._execute(node, key))
+
+    def _startable(self, node: _Node) -> bool:
+        """A node granted a claim slot may run (else the slot is given back)."""
         if self._paused:
             self._maybe_resume()
         if self._stop.is_set() or node.outputs is not None or node.error is not None:
             self._inflight.give_back_slot()
-            return
-        key = self._spawned = self._spawned + 1
-        self._active[key] = asyncio.get_running_loop().create_task(self._execute(node, key))
+            return False
+        return True
+
+    def _next_ready(self) -> _Node | None:
+        """The best ready node, with a claim slot, if one is free for it now."""
+        while (node := self._inflight.next_ready(self._start)) is not None:
+            if self._startable(node):
+                return node
+        return None
 
     def _maybe_resume(self) -> None:
         """Resume discovery paused for a full ready queue once half of it has started."""
-        if self._paused and self._inflight.queued <= self._ready_high // 2:
+        if self._paused and len(self._queue) <= self._ready_high // 2:
             self._paused = False
             if self._undiscovered:
                 self._schedule_discovery()
@@ -620,73 +638,85 @@ class Scheduler:
         return self._fail(NodeFailed(thunk_id, f"internal error: {type(exc).__name__}: {exc}"))
 
     async def _execute(self, node: _Node, key: int) -> None:
-        """Run a ready node, as its own task (``_start``): it holds a claim slot, claims
-        the thunk (executor/inflight.py; a peer may have it), dispatches it, records it.
-        Whatever fails, the node settles with it (``_guarded``'s handling, in this frame:
-        one task and as few coroutines as possible per run)."""
+        """A task running ready nodes (``_start``): ``node``, then the best one waiting
+        while a slot is free for it (up to RUNS_PER_TASK). Whatever fails, its node
+        settles with it (``_guarded``'s handling: this runs per thunk)."""
         try:
-            thunk_id, run_id, runnable = node.id, node.run_id, node.thunk
-            assert runnable is not None
-            slot = True  # given to the claim below, or back
-            try:
-                if self.shared is not None and run_id != thunk_id:
-                    await self._look_up(self._refs(run_id, runnable))  # the rewritten ID: one request
-                    cached = self._claimed(run_id, runnable)
-                    if cached is not None:
-                        self._inflight.give_back_slot()
-                        slot = False
-                        self._hit(thunk_id, run_id, runnable, cached, True, ran=True)
-                        self._finish(node, cached, (thunk_id, run_id))
-                        return
-                slot = False
+            runs = 0
+            while True:
                 try:
-                    claim = (self._inflight.try_claim(thunk_id, run_id, runnable)
-                             or await self._inflight.claim(thunk_id, run_id, runnable, node.priority, slot=True))
-                except ConfigError as exc:
-                    raise self._fatal(thunk_id, exc) from None
-            finally:
-                if slot:
-                    self._inflight.give_back_slot()
-            if claim.outputs is not None:
-                self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
-                self._finish(node, claim.outputs, (thunk_id, run_id))
-                return
-            try:
-                try:
-                    result = await self._dispatch(thunk_id, run_id, runnable)
-                except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
-                    result, run_id, runnable = await self._regenerate_input(thunk_id, run_id, runnable, claim, missing)
-                outputs = {o.tag: o.id for o in result.outputs}
-                cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
-                if self._lost:
-                    self._lost.difference_update(cached.values())
-                self._remember_producer(thunk_id, run_id, runnable, cached)
-                for ident in {run_id, thunk_id}:
-                    self._record(ident, runnable, cached)
-            except BaseException:
-                self._inflight.abandon(claim)
-                raise
-            self._release_when_written(claim)
-            if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
-                task = asyncio.get_running_loop().create_task(
-                    self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
-                self._sharing.add(task)
-            self._finish(node, cached, (thunk_id, run_id))
-        except NodeFailed as failure:
-            self._settle_error(node, failure)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
-            self._settle_error(node, self._internal(node.id, exc))
+                    await self._execute_one(node)
+                except NodeFailed as failure:
+                    self._settle_error(node, failure)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
+                    self._settle_error(node, self._internal(node.id, exc))
+                runs += 1
+                if runs >= RUNS_PER_TASK or (next_node := self._next_ready()) is None:
+                    return
+                node = next_node
         finally:
             del self._active[key]
 
+    async def _execute_one(self, node: _Node) -> None:
+        """Run a ready node holding a claim slot: claim the thunk (executor/inflight.py; a
+        peer may have it), dispatch it, record it. The slot is free again when it returns."""
+        thunk_id, run_id, runnable = node.id, node.run_id, node.thunk
+        assert runnable is not None
+        slot = True  # given to the claim below, or back
+        try:
+            if self.shared is not None and run_id != thunk_id:
+                await self._look_up(self._refs(run_id, runnable))  # the rewritten ID: one request
+                cached = self._claimed(run_id, runnable)
+                if cached is not None:
+                    self._inflight.give_back_slot()
+                    slot = False
+                    self._hit(thunk_id, run_id, runnable, cached, True, ran=True)
+                    self._finish(node, cached, (thunk_id, run_id))
+                    return
+            slot = False
+            try:
+                claim = (self._inflight.try_claim(thunk_id, run_id, runnable)
+                         or await self._inflight.claim(thunk_id, run_id, runnable, node.priority, slot=True))
+            except ConfigError as exc:
+                raise self._fatal(thunk_id, exc) from None
+        finally:
+            if slot:
+                self._inflight.give_back_slot()
+        if claim.outputs is not None:
+            self._remember_producer(thunk_id, run_id, runnable, claim.outputs)
+            self._finish(node, claim.outputs, (thunk_id, run_id))
+            return
+        try:
+            try:
+                result = await self._dispatch(thunk_id, run_id, runnable)
+            except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
+                result, run_id, runnable = await self._regenerate_input(thunk_id, run_id, runnable, claim, missing)
+            outputs = {o.tag: o.id for o in result.outputs}
+            cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
+            if self._lost:
+                self._lost.difference_update(cached.values())
+            self._remember_producer(thunk_id, run_id, runnable, cached)
+            for ident in {run_id, thunk_id}:
+                self._record(ident, runnable, cached)
+        except BaseException:
+            self._inflight.abandon(claim)
+            raise
+        self._release_when_written(claim)
+        if self.shared is not None and self.shared.writes:  # in the background: not on the critical path
+            task = asyncio.get_running_loop().create_task(
+                self._share(sorted({run_id, thunk_id}), runnable, cached, claim))
+            self._sharing.add(task)
+        self._finish(node, cached, (thunk_id, run_id))
+
     def _finish(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
         """Settle ``node`` with ``outputs``, after following tail calls if any is a thunk."""
-        if any(result[0] == "T" for result in outputs.values()):
-            self._spawn(node, self._follow_then_settle(node, outputs, chain))
-        else:
-            self._settle(node, outputs)
+        for result in outputs.values():
+            if result[0] == "T":
+                self._spawn(node, self._follow_then_settle(node, outputs, chain))
+                return
+        self._settle(node, outputs)
 
     async def _follow_then_settle(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
         self._settle(node, await self._follow_tail_calls(node.id, outputs, chain))
@@ -897,7 +927,8 @@ class Scheduler:
         """Queue ``thunk_id``'s records (the bare ID last: its presence is what _local()
         checks first); :meth:`_write_records` writes them with the rest of their batch
         in one append (see RECORD_BATCH)."""
-        records = [*((f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs), (thunk_id, outputs[FIRST])]
+        records = [(f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs]
+        records.append((thunk_id, outputs[FIRST]))
         self.store.put_reductions(records, defer=True)
         self._unwritten += len(records)
         self._schedule_write()
