@@ -4,8 +4,10 @@ Each thunk in the graph is a *node*, memoized by thunk ID, so a subgraph shared 
 parents runs once. A node is a small record, not a task: the graph is discovered
 top-down in batches, a node counts its dependencies not yet reduced, and the last one
 to finish makes it *ready*; a ready node waits in one priority queue (critical path
-first) and becomes a task only when it gets a slot. Waiting costs no coroutine, so a
-100,000-thunk graph is 100,000 records and a few tasks per engine slot. A node:
+first) and runs in a task only once it gets a slot (a task that finishes a node goes
+on with the best one waiting). Waiting costs no coroutine, and a reduced node leaves
+the graph for its outputs, so a 100,000-thunk graph is at most 100,000 records and a few
+tasks per engine slot. A node:
 
 1. checks the reductions first — a hit costs no run and loads no dependencies —
    the local ones, then those in the remote store when the run shares results
@@ -409,8 +411,10 @@ class Scheduler:
     # batches, a node with dependencies counts the ones not reduced yet, and the last of
     # them to finish makes it ready. A ready node waits in the claim slots' priority
     # queue (executor/inflight.py, critical path first) as a callback; only when it gets
-    # a slot does it become a task (_execute). So a 100,000-thunk graph is 100,000 small
-    # records and at most a few tasks per engine slot, not 100,000 suspended coroutines.
+    # a slot does it run in a task (_execute, which then runs the next best ready node
+    # while a slot is free, up to RUNS_PER_TASK). So a 100,000-thunk graph is at most
+    # 100,000 small records (a reduced one leaves for its outputs, _reduced) and a few
+    # tasks per engine slot, not 100,000 suspended coroutines.
 
     def _node(self, thunk_id: str) -> asyncio.Future[dict[str, str]]:
         """A future of ``thunk_id``'s outputs (tag -> value ID, plus ``FIRST``); the node
