@@ -26,10 +26,13 @@ import asyncio
 import heapq
 import itertools
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ir.atomic import atomic_write_bytes
+
+T = TypeVar("T")
 
 DURATIONS_FILE = "durations"
 DEFAULT_ESTIMATE = 1.0  # seconds, for a thunk when nothing at all has been measured
@@ -157,19 +160,22 @@ class PrioritySlots:
     """``slots`` concurrent holders; waiting acquirers get a freed slot highest priority
     first (ties: first come, first served). Like ``asyncio.Semaphore``, but ordered.
 
-    A waiter is a future (:meth:`acquire`) or a callback (:meth:`call_when_free`, called
-    holding the slot): the scheduler queues ready nodes as callbacks, so a node waiting
-    for a slot costs no task."""
+    A waiter is a future (:meth:`acquire`) or a callback and its argument
+    (:meth:`call_when_free`, called holding the slot): the scheduler queues ready nodes as
+    callbacks, so a node waiting for a slot costs no task -- and, as ``(callback, node)``
+    in the heap's entry rather than a ``partial``, no objects beyond the entry (a queue of
+    thousands is walked by every garbage collection while it waits)."""
 
     def __init__(self, slots: int):
         self._free = slots
-        self._waiting: list[tuple[float, int, asyncio.Future[None] | Callable[[], None]]] = []
+        # (-priority, sequence, callback, its argument); for an acquirer: (..., None, future)
+        self._waiting: list[tuple[float, int, Callable[[Any], None] | None, Any]] = []
         self._sequence = itertools.count()
         self._grant_scheduled = False
 
     async def acquire(self, priority: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (-priority, next(self._sequence), future))
+        heapq.heappush(self._waiting, (-priority, next(self._sequence), None, future))
         self._schedule_grant()
         try:
             await future
@@ -177,6 +183,11 @@ class PrioritySlots:
             if future.done() and not future.cancelled():  # granted, then cancelled: pass it on
                 self.release()
             raise
+
+    @property
+    def queue(self) -> Sized:
+        """The waiters (only for ``len()``; the same object for this instance's life)."""
+        return self._waiting
 
     @property
     def waiting(self) -> int:
@@ -190,13 +201,32 @@ class PrioritySlots:
             return True
         return False
 
-    def call_when_free(self, priority: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._waiting, (-priority, next(self._sequence), callback))
+    def call_when_free(self, priority: float, callback: Callable[[T], None], arg: T) -> None:
+        """Call ``callback(arg)`` holding a slot, once one is free (highest priority first)."""
+        heapq.heappush(self._waiting, (-priority, next(self._sequence), callback, arg))
         self._schedule_grant()
 
     def release(self) -> None:
         self._free += 1
         self._schedule_grant()
+
+    def take_next(self, callback: Callable[[T], None]) -> T | None:
+        """If a slot is free and the highest-priority waiter is ``callback``'s, take the
+        slot and that waiter out of the queue and return its argument (the caller runs it
+        now, in place of the grant that would call it on a later turn of the loop); None
+        otherwise. The order is the grant's: the best waiter of those queued now."""
+        waiting = self._waiting
+        while self._free > 0 and waiting:
+            _, _, queued, arg = waiting[0]
+            if queued is None and arg.done():  # an acquirer cancelled while waiting
+                heapq.heappop(waiting)
+                continue
+            if queued != callback:
+                return None
+            heapq.heappop(waiting)
+            self._free -= 1
+            return arg
+        return None
 
     def _schedule_grant(self) -> None:
         if not self._grant_scheduled and self._free > 0 and self._waiting:
@@ -205,13 +235,14 @@ class PrioritySlots:
 
     def _grant(self) -> None:
         self._grant_scheduled = False
-        while self._free > 0 and self._waiting:
-            waiter = heapq.heappop(self._waiting)[2]
-            if isinstance(waiter, asyncio.Future):
-                if waiter.done():  # its acquirer was cancelled while waiting
+        waiting = self._waiting
+        while self._free > 0 and waiting:
+            _, _, callback, arg = heapq.heappop(waiting)
+            if callback is None:
+                if arg.done():  # its acquirer was cancelled while waiting
                     continue
                 self._free -= 1
-                waiter.set_result(None)
+                arg.set_result(None)
             else:
                 self._free -= 1
-                waiter()
+                callback(arg)

@@ -38,9 +38,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sized
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ir.errors import ConfigError
 from ir.retry import backoff_delay
@@ -57,6 +57,7 @@ ENV = "GG_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 LOCAL_OWNER = "another gg-force on this .gg store"
 
+T = TypeVar("T")
 Outputs = dict[str, str]
 # The scheduler's view of reductions: (run ID, thunk) -> usable outputs or None.
 LocalHit = Callable[[str, Thunk], "Outputs | None"]
@@ -134,11 +135,22 @@ class InFlight:
 
     # -- claiming ---------------------------------------------------------------------
 
-    def when_free(self, priority: float, start: Callable[[], None]) -> None:
-        """Call ``start`` once a claim slot is free (highest ``priority`` first); the slot
-        is its to pass to :meth:`claim` (``slot=True``) or to :meth:`give_back_slot`.
+    def when_free(self, priority: float, start: Callable[[T], None], arg: T) -> None:
+        """Call ``start(arg)`` once a claim slot is free (highest ``priority`` first); the
+        slot is its to pass to :meth:`claim` (``slot=True``) or to :meth:`give_back_slot`.
         This is the scheduler's ready queue: a ready node waits here as a callback."""
-        self._slots.call_when_free(priority, start)
+        self._slots.call_when_free(priority, start, arg)
+
+    def next_ready(self, start: Callable[[T], None]) -> T | None:
+        """The argument of the best node waiting in :meth:`when_free` with ``start`` if a
+        slot is free for it now, the slot taken (see ``PrioritySlots.take_next``)."""
+        return self._slots.take_next(start)
+
+    @property
+    def ready_queue(self) -> Sized:
+        """What waits for a slot, for ``len()`` (the same object for the whole run: a
+        caller checking it per node keeps it instead of asking :attr:`queued`)."""
+        return self._slots.queue
 
     @property
     def queued(self) -> int:

@@ -4,8 +4,10 @@ Each thunk in the graph is a *node*, memoized by thunk ID, so a subgraph shared 
 parents runs once. A node is a small record, not a task: the graph is discovered
 top-down in batches, a node counts its dependencies not yet reduced, and the last one
 to finish makes it *ready*; a ready node waits in one priority queue (critical path
-first) and becomes a task only when it gets a slot. Waiting costs no coroutine, so a
-100,000-thunk graph is 100,000 records and a few tasks per engine slot. A node:
+first) and runs in a task only once it gets a slot (a task that finishes a node goes
+on with the best one waiting). Waiting costs no coroutine, and a reduced node leaves
+the graph for its outputs, so a 100,000-thunk graph is at most 100,000 records and a few
+tasks per engine slot. A node:
 
 1. checks the reductions first — a hit costs no run and loads no dependencies —
    the local ones, then those in the remote store when the run shares results
@@ -72,6 +74,12 @@ DISCOVERY_BATCH = 512
 # held until its records are written, so the delay is what a concurrent forcer waiting
 # for one of them may wait longer (it polls anyway); this run's own slots are free at once.
 RECORD_BATCH = 1024
+
+# Ready nodes one task runs in a row (:meth:`Scheduler._execute`): a task that finishes a
+# node goes on with the best one waiting instead of ending and leaving it to a grant (two
+# turns of the event loop and a new task per run). Bounded, so an engine that answers at
+# once (a cache, a peer's record) still lets the loop turn: discovery, timers, the rest.
+RUNS_PER_TASK = 16
 RECORD_DELAY = 0.01
 
 _REF_IN_TEXT = re.compile(r"@\{GGHASH:([^}#]+)(?:#([^}]+))?\}")
@@ -185,10 +193,13 @@ def replace_value(thunk: Thunk, old: str, new: str) -> Thunk:
 class _Node:
     """One thunk of the graph, as the scheduler tracks it (a record, not a task).
 
-    ``pending`` counts dependencies not reduced yet; ``parents`` are the nodes waiting
-    for this one; ``waiters`` are futures handed out by :meth:`Scheduler._node`.
-    ``thunk`` is kept only until the node settles (the rewritten one once ``run_id`` is
-    set), so a finished graph holds IDs and outputs, not thunks.
+    ``pending`` counts dependencies not reduced yet; ``deps`` are their IDs; ``parents``
+    are the nodes waiting for this one; ``waiters`` are futures handed out by
+    :meth:`Scheduler._node`. ``thunk`` is kept only until the node settles (the rewritten
+    one once ``run_id`` is set). A node reduced leaves the graph for its outputs
+    (``Scheduler._reduced``): a finished graph holds IDs and outputs, not records -- the
+    records alive are those discovered and not yet reduced, which is also what the garbage
+    collector walks (a record per node ever seen made its collections a tenth of a run).
     """
 
     __slots__ = ("id", "thunk", "run_id", "deps", "pending", "parents", "waiters", "outputs", "error", "priority")
@@ -197,9 +208,9 @@ class _Node:
         self.id = thunk_id
         self.thunk: Thunk | None = None
         self.run_id = thunk_id
-        self.deps: tuple[_Node, ...] = ()
+        self.deps: tuple[str, ...] = ()
         self.pending = 0
-        self.parents: list[_Node] | None = None
+        self.parents: _Node | list[_Node] | None = None  # one parent (the usual) is not a list
         self.waiters: list[asyncio.Future[dict[str, str]]] | None = None
         self.outputs: dict[str, str] | None = None
         self.error: BaseException | None = None
@@ -252,7 +263,8 @@ class Scheduler:
         self.shared_written = 0  # reductions this run wrote to the remote store
         self.share_errors: list[str] = []  # remote lookups or writes that failed (said at the end)
         self._sharing: set[asyncio.Task[None]] = set()  # writes of records, off the critical path
-        self._nodes: dict[str, _Node] = {}
+        self._nodes: dict[str, _Node] = {}  # discovered, not reduced (failed ones stay)
+        self._reduced: dict[str, dict[str, str]] = {}  # node ID -> its outputs
         self._undiscovered: list[_Node] = []  # new nodes to visit (depth first)
         self._discovering = False  # a _discover_some call is scheduled
         self._paused = False  # discovery waits for the ready queue to drain (ForceConfig.ready_queue)
@@ -308,6 +320,7 @@ class Scheduler:
         self._inflight = InFlight(store, leases if isinstance(leases, LeasingStorage) else None, self.observer,
                                   self._local, self._remote_hit, slots=sum(e.slots for e in every),
                                   period=self.config.lease_seconds, on_error=self.share_errors.append)
+        self._queue = self._inflight.ready_queue  # for len(): checked per node discovered and settled
 
     @property
     def peer_reduced(self) -> int:
@@ -398,16 +411,22 @@ class Scheduler:
     # batches, a node with dependencies counts the ones not reduced yet, and the last of
     # them to finish makes it ready. A ready node waits in the claim slots' priority
     # queue (executor/inflight.py, critical path first) as a callback; only when it gets
-    # a slot does it become a task (_execute). So a 100,000-thunk graph is 100,000 small
-    # records and at most a few tasks per engine slot, not 100,000 suspended coroutines.
+    # a slot does it run in a task (_execute, which then runs the next best ready node
+    # while a slot is free, up to RUNS_PER_TASK). So a 100,000-thunk graph is at most
+    # 100,000 small records (a reduced one leaves for its outputs, _reduced) and a few
+    # tasks per engine slot, not 100,000 suspended coroutines.
 
     def _node(self, thunk_id: str) -> asyncio.Future[dict[str, str]]:
         """A future of ``thunk_id``'s outputs (tag -> value ID, plus ``FIRST``); the node
         is discovered if it is new."""
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        reduced = self._reduced.get(thunk_id)
+        if reduced is not None:
+            future.set_result(reduced)
+            return future
         node = self._nodes.get(thunk_id)
         if node is None:
             node = self._new_node(thunk_id)
-        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
         if node.outputs is not None:
             future.set_result(node.outputs)
         elif node.error is not None:
@@ -435,10 +454,9 @@ class Scheduler:
         """Visit up to DISCOVERY_BATCH nodes, then let the loop run (ready nodes start
         while a large graph is still being discovered); pause while the ready queue is
         full (:meth:`_maybe_resume` goes on)."""
-        undiscovered = self._undiscovered
-        inflight, high = self._inflight, self._ready_high
+        undiscovered, queue, high = self._undiscovered, self._queue, self._ready_high
         for _ in range(DISCOVERY_BATCH):
-            if not undiscovered or inflight.queued >= high:
+            if not undiscovered or len(queue) >= high:
                 break
             node = undiscovered.pop()
             try:
@@ -447,7 +465,7 @@ class Scheduler:
                 self._settle_error(node, self._internal(node.id, exc))
         self._discovering = False
         if undiscovered and not self._stop.is_set():
-            if inflight.queued >= high:
+            if len(queue) >= high:
                 self._paused = True  # _maybe_resume goes on
             else:
                 self._schedule_discovery()
@@ -494,24 +512,27 @@ class Scheduler:
             return
         dep_ids = sorted({item.id for item in thunk.thunks})
         self._paths.below(thunk_id, thunk.function_hash, dep_ids)
-        deps = []
         pending = 0
-        nodes = self._nodes
+        nodes, reduced = self._nodes, self._reduced
         for dep_id in dep_ids:
             dep = nodes.get(dep_id)
             if dep is None:
+                if dep_id in reduced:
+                    continue
                 dep = self._new_node(dep_id)
-            deps.append(dep)
             if dep.error is not None:
                 self._dependency_failed(node, dep_id)
                 return
             if dep.outputs is None:
-                if dep.parents is None:
-                    dep.parents = [node]
+                parents = dep.parents
+                if parents is None:
+                    dep.parents = node
+                elif type(parents) is list:
+                    parents.append(node)
                 else:
-                    dep.parents.append(node)
+                    dep.parents = [parents, node]
                 pending += 1
-        node.deps = tuple(deps)
+        node.deps = tuple(dep_ids)
         node.pending = pending
         if pending == 0:
             self._deps_done(node)
@@ -523,7 +544,7 @@ class Scheduler:
         assert thunk is not None
         thunk_id = node.id
         try:
-            runnable = rewrite(thunk, {dep.id: dep.outputs for dep in node.deps if dep.outputs is not None})
+            runnable = rewrite(thunk, {dep_id: self._outputs_of(dep_id) for dep_id in node.deps})
         except KeyError as exc:
             self._settle_error(node, self._fail(NodeFailed(thunk_id, f"a dependency has no output {exc}")))
             return
@@ -544,6 +565,16 @@ class Scheduler:
         node.thunk, node.run_id = runnable, run_id
         self._ready(node)
 
+    def _outputs_of(self, thunk_id: str) -> dict[str, str]:
+        """A reduced node's outputs (KeyError if it has none)."""
+        outputs = self._reduced.get(thunk_id)
+        if outputs is None:
+            node = self._nodes.get(thunk_id)
+            outputs = node.outputs if node is not None else None
+            if outputs is None:
+                raise KeyError(thunk_id)
+        return outputs
+
     def _hit(self, thunk_id: str, run_id: str, thunk: Thunk, cached: dict[str, str], remote: bool,
              ran: bool) -> None:
         """A node reduced by a record (local, or a remote claim): said, counted, remembered."""
@@ -559,20 +590,33 @@ class Scheduler:
         """Queue a node that must run: it starts when it gets a claim slot."""
         assert node.thunk is not None
         node.priority = self._thunk_priority(node.id, node.thunk)
-        self._inflight.when_free(node.priority, functools.partial(self._start, node))
+        self._inflight.when_free(node.priority, self._start, node)
 
     def _start(self, node: _Node) -> None:
         """Called with a claim slot held for ``node``: run it as a task."""
+        if self._startable(node):
+            key = self._spawned = self._spawned + 1
+            self._active[key] = asyncio.get_running_loop().create_task(self._execute(node, key))
+
+    def _startable(self, node: _Node) -> bool:
+        """A node granted a claim slot may run (else the slot is given back)."""
         if self._paused:
             self._maybe_resume()
         if self._stop.is_set() or node.outputs is not None or node.error is not None:
             self._inflight.give_back_slot()
-            return
-        self._spawn(node, self._execute(node))
+            return False
+        return True
+
+    def _next_ready(self) -> _Node | None:
+        """The best ready node, with a claim slot, if one is free for it now."""
+        while (node := self._inflight.next_ready(self._start)) is not None:
+            if self._startable(node):
+                return node
+        return None
 
     def _maybe_resume(self) -> None:
         """Resume discovery paused for a full ready queue once half of it has started."""
-        if self._paused and self._inflight.queued <= self._ready_high // 2:
+        if self._paused and len(self._queue) <= self._ready_high // 2:
             self._paused = False
             if self._undiscovered:
                 self._schedule_discovery()
@@ -597,9 +641,31 @@ class Scheduler:
     def _internal(self, thunk_id: str, exc: BaseException) -> NodeFailed:
         return self._fail(NodeFailed(thunk_id, f"internal error: {type(exc).__name__}: {exc}"))
 
-    async def _execute(self, node: _Node) -> None:
-        """Run a ready node: it holds a claim slot (``_start``), claims the thunk
-        (executor/inflight.py; a peer may have it), dispatches it, records it."""
+    async def _execute(self, node: _Node, key: int) -> None:
+        """A task running ready nodes (``_start``): ``node``, then the best one waiting
+        while a slot is free for it (up to RUNS_PER_TASK). Whatever fails, its node
+        settles with it (``_guarded``'s handling: this runs per thunk)."""
+        try:
+            runs = 0
+            while True:
+                try:
+                    await self._execute_one(node)
+                except NodeFailed as failure:
+                    self._settle_error(node, failure)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
+                    self._settle_error(node, self._internal(node.id, exc))
+                runs += 1
+                if runs >= RUNS_PER_TASK or (next_node := self._next_ready()) is None:
+                    return
+                node = next_node
+        finally:
+            del self._active[key]
+
+    async def _execute_one(self, node: _Node) -> None:
+        """Run a ready node holding a claim slot: claim the thunk (executor/inflight.py; a
+        peer may have it), dispatch it, record it. The slot is free again when it returns."""
         thunk_id, run_id, runnable = node.id, node.run_id, node.thunk
         assert runnable is not None
         slot = True  # given to the claim below, or back
@@ -627,10 +693,14 @@ class Scheduler:
             self._finish(node, claim.outputs, (thunk_id, run_id))
             return
         try:
-            result, run_id, runnable = await self._dispatch_regenerating(thunk_id, run_id, runnable, claim)
+            try:
+                result = await self._dispatch(thunk_id, run_id, runnable)
+            except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
+                result, run_id, runnable = await self._regenerate_input(thunk_id, run_id, runnable, claim, missing)
             outputs = {o.tag: o.id for o in result.outputs}
             cached = {FIRST: outputs[runnable.outputs[0]], **outputs}
-            self._lost.difference_update(cached.values())
+            if self._lost:
+                self._lost.difference_update(cached.values())
             self._remember_producer(thunk_id, run_id, runnable, cached)
             if result.output:  # before the records: whoever finds them finds the output kept
                 self._keep_output(sorted({run_id, thunk_id}), run_id, runnable, result.output)
@@ -648,10 +718,11 @@ class Scheduler:
 
     def _finish(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
         """Settle ``node`` with ``outputs``, after following tail calls if any is a thunk."""
-        if any(result[0] == "T" for result in outputs.values()):
-            self._spawn(node, self._follow_then_settle(node, outputs, chain))
-        else:
-            self._settle(node, outputs)
+        for result in outputs.values():
+            if result[0] == "T":
+                self._spawn(node, self._follow_then_settle(node, outputs, chain))
+                return
+        self._settle(node, outputs)
 
     async def _follow_then_settle(self, node: _Node, outputs: dict[str, str], chain: tuple[str, ...]) -> None:
         self._settle(node, await self._follow_tail_calls(node.id, outputs, chain))
@@ -661,6 +732,12 @@ class Scheduler:
         dependency of (iteratively: a long chain of cached nodes must not recurse)."""
         node.outputs = outputs
         node.thunk = None
+        nodes = self._nodes
+        if nodes.get(node.id) is node:
+            del nodes[node.id]
+            self._reduced[node.id] = outputs
+        elif node.id not in nodes:  # dropped to rebuild a lost value while it followed a tail call
+            self._reduced.setdefault(node.id, outputs)
         self._wake(node)
 
     def _settle_error(self, node: _Node, error: BaseException) -> None:
@@ -695,7 +772,9 @@ class Scheduler:
                         waiter.set_result(outputs)
                     elif error is not None:
                         waiter.set_exception(error)
-                for parent in parents or ():
+                if parents is None:
+                    continue
+                for parent in parents if type(parents) is list else (parents,):
                     if parent.outputs is not None or parent.error is not None:
                         continue
                     if error is not None:
@@ -854,7 +933,8 @@ class Scheduler:
         """Queue ``thunk_id``'s records (the bare ID last: its presence is what _local()
         checks first); :meth:`_write_records` writes them with the rest of their batch
         in one append (see RECORD_BATCH)."""
-        records = [*((f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs), (thunk_id, outputs[FIRST])]
+        records = [(f"{thunk_id}#{tag}", outputs[tag]) for tag in thunk.outputs]
+        records.append((thunk_id, outputs[FIRST]))
         self.store.put_reductions(records, defer=True)
         self._unwritten += len(records)
         self._schedule_write()
@@ -941,10 +1021,10 @@ class Scheduler:
             if vouched:
                 self._vouched[result] = (node_id, tag)
 
-    async def _dispatch_regenerating(self, node_id: str, run_id: str, thunk: Thunk,
-                                     claim: Claim) -> tuple[ExecutionResult, str, Thunk]:
-        """Dispatch; if an input is gone from every store, rebuild it once and retry.
-        Returns the result and the thunk that ran (and its ID).
+    async def _regenerate_input(self, node_id: str, run_id: str, thunk: Thunk, claim: Claim,
+                                missing: MissingBlob | CorruptBlob) -> tuple[ExecutionResult, str, Thunk]:
+        """A dispatch found input ``missing.ident`` gone from every store: rebuild it once
+        and dispatch again. Returns the result and the thunk that ran (and its ID).
 
         A cached reduction can outlive its result (a bucket emptied, a blob removed as
         corrupt). gg retried such thunks forever; here the producer's reductions are
@@ -953,16 +1033,13 @@ class Scheduler:
         vouched for the input, the rerun may make another value (the record was forged):
         the thunk is rewritten with it, so it runs -- and is recorded -- as what it is.
         """
-        try:
-            return await self._dispatch(node_id, run_id, thunk), run_id, thunk
-        except (MissingBlob, CorruptBlob) as missing:  # corrupt in the remote store: as good as gone
-            self._inflight.lend_slot(claim)  # the producer needs one; this node waits for it holding none
-            replacement = await self._regenerate(missing.ident)
-            if replacement is None:
-                raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
-            if replacement != missing.ident:
-                thunk = replace_value(thunk, missing.ident, replacement)
-                run_id = self.store.put_thunk(thunk)
+        self._inflight.lend_slot(claim)  # the producer needs one; this node waits for it holding none
+        replacement = await self._regenerate(missing.ident)
+        if replacement is None:
+            raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {missing}")) from None
+        if replacement != missing.ident:
+            thunk = replace_value(thunk, missing.ident, replacement)
+            run_id = self.store.put_thunk(thunk)
         try:
             return await self._dispatch(node_id, run_id, thunk), run_id, thunk
         except (MissingBlob, CorruptBlob) as missing:
@@ -1002,6 +1079,7 @@ class Scheduler:
                 self.store.forget_reduction(f"{thunk_id}#{tag}")
             self.store.forget_reduction(thunk_id)
         self._nodes.pop(node_id, None)
+        self._reduced.pop(node_id, None)
         try:
             outputs = await self._node(node_id)
         except NodeFailed:
@@ -1073,7 +1151,7 @@ class Scheduler:
             except ExecutionFailed as exc:
                 raise self._fail(NodeFailed(node_id, str(exc), exc.describe())) from None
             except (MissingBlob, CorruptBlob):
-                raise  # _dispatch_regenerating decides
+                raise  # _execute decides (_regenerate_input)
             except StoreError as exc:
                 raise self._fail(NodeFailed(node_id, f"thunk {run_id}: {exc}")) from None
             except InfrastructureError as exc:
@@ -1163,66 +1241,67 @@ class Scheduler:
     def _priority(self, node_id: str, job: Job) -> float:
         return self._thunk_priority(node_id, job.thunk)
 
-    async def _run_once(
-        self, node_id: str, engine: Engine, job: Job, holding: bool = False
-    ) -> tuple[ExecutionResult, float]:
-        """Run with a slot (critical path first): taken at once if free, else waited for
-        here; or already held by the caller (``holding``, who then releases it). Returns
-        the result and the time it ran (not queued)."""
+    async def _run_once(self, node_id: str, engine: Engine, job: Job) -> tuple[ExecutionResult, float]:
+        """A straggler's duplicate (:meth:`_check_stragglers`): run with a slot (critical
+        path first), taken at once if free, else waited for here. Returns the result and
+        the time it ran (not queued)."""
         counts = self.observer.counts
         slots = self._slots[id(engine)]
-        if not holding and not slots.try_acquire():
+        if not slots.try_acquire():
             await slots.acquire(self._priority(node_id, job))
         try:
             counts.running += 1
-            if self._tracing:
-                self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name,
-                                    attempt=job.attempt)
-            else:
-                self.observer.tick()  # the progress line waits for this start (progress.py)
+            self._started(node_id, engine, job)
             started = time.monotonic()
             try:
                 return await engine.run(job), time.monotonic() - started
             finally:
                 counts.running -= 1
         finally:
-            if not holding:
-                slots.release()
+            slots.release()
+
+    def _started(self, node_id: str, engine: Engine, job: Job) -> None:
+        if self._tracing:
+            self.observer.event("started", thunk=node_id, ran=job.thunk_id, engine=engine.name, attempt=job.attempt)
+        else:
+            self.observer.tick()  # the progress line waits for this start (progress.py)
 
     async def _attempt(self, node_id: str, engine: Engine, job: Job) -> ExecutionResult:
-        """One attempt, duplicated once if it straggles; the first success wins.
+        """One attempt with a slot (critical path first: taken at once if free, else
+        waited for), duplicated once if it straggles; the first success wins.
 
         The straggler clock starts when the attempt gets a slot, not when it is queued:
         waiting for a slot is not straggling. The attempt runs in the node's own task
         either way; with speculation it is also *watched* (one timer for the whole run,
         :meth:`_check_stragglers`, not one per attempt), and a straggler's duplicate runs
-        as a task that, if it wins, interrupts this one.
+        as a task that, if it wins, interrupts this one. One coroutine frame for all of
+        it (it runs once per thunk): the duplicate alone goes through :meth:`_run_once`.
         """
         delay = self._speculation_delay()
-        if delay is None:
-            result, duration = await self._run_once(node_id, engine, job)
-            self._finished(node_id, engine, job, result, duration)
-            return result
         slots = self._slots[id(engine)]
         if not slots.try_acquire():
             await slots.acquire(self._priority(node_id, job))
+        watch = None
         try:
-            return await self._watched(node_id, engine, job, delay)
-        finally:
-            slots.release()  # the primary's slot: it has ended by now
-
-    async def _watched(self, node_id: str, engine: Engine, job: Job, delay: float) -> ExecutionResult:
-        task = asyncio.current_task()
-        assert task is not None
-        watch = _Watch(node_id, engine, job, task, asyncio.get_running_loop().time() + delay)
-        self._watch(watch)
-        try:
+            if delay is not None:
+                task = asyncio.current_task()
+                assert task is not None
+                watch = _Watch(node_id, engine, job, task, asyncio.get_running_loop().time() + delay)
+                self._watch(watch)
+            counts = self.observer.counts
+            counts.running += 1
+            self._started(node_id, engine, job)
+            started = time.monotonic()
             try:
-                result, duration = await self._run_once(node_id, engine, job, holding=True)
+                try:
+                    result = await engine.run(job)
+                finally:
+                    counts.running -= 1
+                duration = time.monotonic() - started
             except asyncio.CancelledError:
                 # Interrupted by the duplicate (it won, or failed for good), unless this
                 # task was also cancelled from outside.
-                outcome = watch.outcome
+                outcome = watch.outcome if watch is not None else None
                 if outcome is None or task.uncancel() > 0:
                     raise
                 if isinstance(outcome, BaseException):
@@ -1231,10 +1310,10 @@ class Scheduler:
             except ExecutionFailed:
                 raise  # final, even if a duplicate is still running
             except BaseException as error:
-                duplicate = watch.duplicate
+                duplicate = watch.duplicate if watch is not None else None
                 if duplicate is None or isinstance(error, ConfigError):
                     raise
-                watch.finished = True
+                watch.finished = True  # type: ignore[union-attr]
                 try:  # the duplicate may still succeed
                     result, duration = await duplicate
                 except ExecutionFailed:
@@ -1242,12 +1321,14 @@ class Scheduler:
                 except Exception:  # noqa: BLE001 -- both failed: the first failure is the one to report
                     raise error from None
         finally:
-            watch.finished = True
-            self._watching.discard(watch)
-            duplicate = watch.duplicate
-            if duplicate is not None and not duplicate.done():
-                duplicate.cancel()
-                await asyncio.gather(duplicate, return_exceptions=True)
+            if watch is not None:
+                watch.finished = True
+                self._watching.discard(watch)
+                duplicate = watch.duplicate
+                if duplicate is not None and not duplicate.done():
+                    duplicate.cancel()
+                    await asyncio.gather(duplicate, return_exceptions=True)
+            slots.release()  # the primary's slot: it has ended by now
         self._finished(node_id, engine, job, result, duration)
         return result
 

@@ -96,3 +96,36 @@ def test_priority_slots_grant_the_highest_waiting_priority_first():
 
     # all four became ready in the same turn: they start by priority, ties first come first served
     assert asyncio.run(run()) == ["high", "mid", "mid2", "low"]
+
+
+def test_take_next_hands_the_best_queued_callback_a_free_slot_or_nothing():
+    """What a scheduler task finishing a node uses to go on with the next one itself: the
+    same choice a grant would make of what is queued now, never ahead of an acquirer."""
+
+    async def run():
+        slots = PrioritySlots(1)
+        assert slots.try_acquire()
+        started = []
+        start = started.append
+        slots.call_when_free(1.0, start, "low")
+        slots.call_when_free(5.0, start, "high")
+        assert slots.take_next(start) is None  # no slot free: nothing is taken
+        slots.release()
+        assert slots.take_next(start) == "high"  # the best, its slot taken
+        assert slots.take_next(start) is None  # ... so none is free for "low"
+        cancelled = asyncio.ensure_future(slots.acquire(9.0))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        waiter = asyncio.ensure_future(slots.acquire(3.0))
+        await asyncio.sleep(0)
+        slots.release()
+        # "low" is below the waiting acquirer (3.0 > 1.0; the cancelled one is skipped):
+        assert slots.take_next(start) is None
+        await waiter  # the grant gives it the slot
+        slots.release()
+        assert slots.take_next(start) == "low"
+        assert slots.waiting == 0 and started == []  # taken, not called back
+        return True
+
+    assert asyncio.run(run())
