@@ -527,7 +527,7 @@ class Scheduler:
                 parents = dep.parents
                 if parents is None:
                     dep.parents = node
-                elif type(parents) is list:
+                elif isinstance(parents, list):
                     parents.append(node)
                 else:
                     dep.parents = [parents, node]
@@ -774,7 +774,7 @@ class Scheduler:
                         waiter.set_exception(error)
                 if parents is None:
                     continue
-                for parent in parents if type(parents) is list else (parents,):
+                for parent in parents if isinstance(parents, list) else (parents,):
                     if parent.outputs is not None or parent.error is not None:
                         continue
                     if error is not None:
@@ -1302,7 +1302,7 @@ class Scheduler:
                 # Interrupted by the duplicate (it won, or failed for good), unless this
                 # task was also cancelled from outside.
                 outcome = watch.outcome if watch is not None else None
-                if outcome is None or task.uncancel() > 0:
+                if outcome is None or watch is None or watch.task.uncancel() > 0:
                     raise
                 if isinstance(outcome, BaseException):
                     raise outcome from None
