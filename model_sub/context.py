@@ -111,7 +111,8 @@ class ModelContext:
                              "program": lambda name: program_fact(toolchain.program(name)),
                              "closure": lambda path: closure_fact(toolchain.closure(path))},
                             {"place": lambda path, ref, executable: ctx.place(path, ref, bool(executable)),
-                             "depfile": write_depfile, "debug_dirs": ctx.note_relative_debug_dirs})
+                             "depfile": write_depfile, "debug_dirs": ctx.note_relative_debug_dirs,
+                             "dated": ctx.note_dated})
         return ctx
 
     def cache_snapshot(self) -> dict[str, dict]:
@@ -230,6 +231,14 @@ class ModelContext:
         directory "."): said at the end of the run (fallback.LocalRuns), replayed by the memo."""
         self.observer.wrote("debug_dirs", count)
         self.local_runs.record_relative_debug_dir(count)
+
+    def note_dated(self, count: int) -> None:
+        """``count`` compiles read files that name ``__DATE__``/``__TIME__``/``__TIMESTAMP__``
+        and became thunks without the build's own SOURCE_DATE_EPOCH: they get the date of
+        ``SOURCE_DATE_EPOCH=0`` (THUNK_ENV), where a plain build gets the day it ran. Said
+        at the end of the run (fallback.LocalRuns), replayed by the memo."""
+        self.observer.wrote("dated", count)
+        self.local_runs.record_dated(count)
 
     def place(self, host_path: str, ref: str, executable: bool) -> None:
         """Write the placeholder for an output (mode as the real file would have)."""

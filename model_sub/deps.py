@@ -32,6 +32,10 @@ from .fileids import FileIds
 from .memo_observer import Observer
 
 _BLANKS = re.compile(r"[ \t]+")
+# The preprocessor's date and time macros: a compile that expands one writes the day it
+# ran into its output, except under SOURCE_DATE_EPOCH (as every thunk runs: see
+# ModelContext.note_dated). Looked for in the bytes of every file a scan lists.
+DATE_MACROS = re.compile(rb"__(?:DATE|TIME|TIMESTAMP)__")
 
 
 class ScanFailed(Exception):
@@ -42,6 +46,7 @@ class ScanFailed(Exception):
 class ScanResult:
     files: list[tuple[str, str]]  # (absolute host path, ID), source first
     depfile_text: str | None  # what the user's -MD/-MMD file must contain, if asked
+    dated: bool = False  # a file listed names __DATE__, __TIME__ or __TIMESTAMP__
 
 
 def parse_make_deps(text: str) -> list[str]:
@@ -112,6 +117,7 @@ class DepScanner:
         self.real_path = real_path
         self._lock = threading.Lock()
         self._memo: dict[str, ScanResult] = {}
+        self._dated: dict[str, bool] = {}  # file ID -> whether it names a date macro
         self._free_scratch: list[str] = []
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
@@ -121,16 +127,17 @@ class DepScanner:
             keep.pop(name, None)
         return keep
 
-    def snapshot(self) -> dict[str, tuple[list[tuple[str, str]], str | None]]:
+    def snapshot(self) -> dict[str, tuple[list[tuple[str, str]], str | None, bool]]:
         """The scans of this run, for the next (as the on-disk cache has them: each is
         used only after every file it lists is checked unchanged)."""
         with self._lock:
-            return {key: (result.files, result.depfile_text) for key, result in self._memo.items()}
+            return {key: (result.files, result.depfile_text, result.dated) for key, result in self._memo.items()}
 
-    def seed(self, memo: dict[str, tuple[list[tuple[str, str]], str | None]]) -> None:
+    def seed(self, memo: dict[str, tuple[list[tuple[str, str]], str | None, bool]]) -> None:
         with self._lock:
-            for key, (files, depfile_text) in memo.items():
-                self._memo.setdefault(key, ScanResult([(path, ident) for path, ident in files], depfile_text))
+            for key, (files, depfile_text, dated) in memo.items():
+                self._memo.setdefault(key, ScanResult([(path, ident) for path, ident in files], depfile_text,
+                                                      bool(dated)))
 
     def scan(self, argv: list[str], cwd: str, source: str, env: dict[str, str],
              user_depfile: str | None, user_dep_args: list[str], full_deps_in_user_file: bool) -> ScanResult:
@@ -147,7 +154,7 @@ class DepScanner:
         cached = self._load_valid(key)
         if cached is None:
             cached = self._run_scan(argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file)
-            self._disk.put(key, {"files": cached.files, "depfile": cached.depfile_text})
+            self._disk.put(key, {"files": cached.files, "depfile": cached.depfile_text, "dated": cached.dated})
             with self._lock:
                 self._memo[key] = cached
         if user_depfile is not None and cached.depfile_text is not None:
@@ -166,7 +173,7 @@ class DepScanner:
             entry = self._disk.get(key)
             try:
                 result = ScanResult([(str(path), str(ident)) for path, ident in entry["files"]],  # type: ignore[index]
-                                    entry["depfile"])  # type: ignore[index]
+                                    entry["depfile"], bool(entry["dated"]))  # type: ignore[index]
             except (TypeError, KeyError, ValueError):
                 return None
         for path, ident in result.files:
@@ -211,7 +218,21 @@ class DepScanner:
                 continue
             seen.add(path)
             files.append((path, self._file_id(path)))
-        return ScanResult(files, depfile_text)
+        return ScanResult(files, depfile_text, any(self._names_date(path, ident) for path, ident in files))
+
+    def _names_date(self, path: str, ident: str) -> bool:
+        """Whether the file (``ident``: its content) names a date or time macro, in code
+        or not (a comment, an #if'd-out line: the note says "name"); once per content."""
+        known = self._dated.get(ident)
+        if known is None:
+            try:
+                with open(path, "rb") as handle:
+                    known = DATE_MACROS.search(handle.read()) is not None
+            except OSError:
+                known = False  # gone since it was hashed: the thunk has the content hashed
+            with self._lock:
+                self._dated[ident] = known
+        return known
 
     def _run_dep(self, argv: list[str], source: str, dep_args: list[str], cwd: str, env: dict[str, str],
                  written: list[str]) -> None:

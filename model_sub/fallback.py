@@ -53,6 +53,10 @@ class LocalRuns:
     # directory as "." (the same in every checkout) where a plain build records the
     # absolute build directory, so they differ from a plain build's there: said once.
     relative_debug_dirs: int = 0
+    # Compiles whose files name __DATE__/__TIME__/__TIMESTAMP__, made as thunks with
+    # SOURCE_DATE_EPOCH=0 (the build set none): a fixed date where a plain build writes
+    # the day it ran: said once.
+    dated: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, reason: str) -> None:
@@ -66,6 +70,22 @@ class LocalRuns:
     def record_relative_debug_dir(self, count: int = 1) -> None:
         with self._lock:
             self.relative_debug_dirs += count
+
+    def record_dated(self, count: int = 1) -> None:
+        with self._lock:
+            self.dated += count
+
+    def dated_summary(self) -> str | None:
+        """``gg-infer: note: N compiles read files that name __DATE__ ...``."""
+        with self._lock:
+            count = self.dated
+        if not count:
+            return None
+        noun = "compile reads" if count == 1 else "compiles read"
+        return (f"gg-infer: note: {count} {noun} files that name __DATE__, __TIME__ or __TIMESTAMP__: "
+                f"as thunks they expand to Jan  1 1970 00:00:00 (the same on every run, so the "
+                f"outputs stay cached) where a plain build writes the time it ran; set "
+                f"SOURCE_DATE_EPOCH for a date of the build's choosing (see docs/model_sub.md)")
 
     def debug_dir_summary(self) -> str | None:
         """``gg-infer: note: N compiles with -g record their compile directory as "." ...``."""

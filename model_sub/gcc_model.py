@@ -48,6 +48,7 @@ class GccModel:
         self.env = env
         self.known: dict[str, str] = {}  # thunk name -> host path, for user-given files
         self.spelled: dict[str, str] = {}  # a name spelled as the build wrote it -> its thunk name
+        self.dated_compiles = 0  # compiles whose files name a date macro, no SOURCE_DATE_EPOCH
 
     # -- entry --------------------------------------------------------------------
 
@@ -79,6 +80,8 @@ class GccModel:
                 self.ctx.place(os.path.join(self.cwd, output), ref, executable=False)
         if call.sources and call.debug_info():  # modelled: every source became a thunk
             self.ctx.note_relative_debug_dirs(len(call.sources))
+        if self.dated_compiles:
+            self.ctx.note_dated(self.dated_compiles)
 
     # -- mapping ------------------------------------------------------------------
 
@@ -142,6 +145,8 @@ class GccModel:
         # 2. the stage commands, asked of the driver with checkout-independent arguments,
         # every path spelled so that the compiler prints it as the build wrote it
         header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
+        if scan.dated and not self.env.get("SOURCE_DATE_EPOCH"):
+            self.dated_compiles += 1
         maps = self.ctx.paths.prefix_maps(self.cwd, absolute=self._absolute_style(call, source))
         spelling = Spelling(self.ctx.paths, self.cwd, maps, {i.name for i in header_inputs} | {src_name})
         src_word = self._spell(spelling, source.path or "", src_name, kind="source")

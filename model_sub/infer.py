@@ -248,10 +248,12 @@ def _stop_child(pid: int, grace: float = 0.25) -> None:
 def local_run_lines(ctx: ModelContext) -> list[str]:
     """One line saying which calls ran the real tool instead of becoming thunks, one for
     the calls whose output the build read at once (run for real by design), and one for
-    the compiles whose debug info names their directory "." (not as a plain build)."""
+    the compiles whose debug info names their directory "." and one for those whose
+    files name a date macro (both: not as a plain build)."""
     hint = shown_path(ctx.log_path)
     runs = ctx.local_runs
-    return [line for line in (runs.summary(hint), runs.read_at_once_summary(hint), runs.debug_dir_summary()) if line]
+    return [line for line in (runs.summary(hint), runs.read_at_once_summary(hint), runs.debug_dir_summary(),
+                                          runs.dated_summary()) if line]
 
 
 DESCRIPTION = ("Run a build command (e.g. make) with models in place of gcc, g++, cc, ar, ranlib, "

@@ -97,7 +97,7 @@ class Memo:
     toolchain's ``which``, ``program`` and ``closure``), so a fact is checked the way
     the model would have found it; ``writers`` are the functions the models write their
     outputs (and the notes gg-infer says at the end) with, by the kind of write the
-    observer records: ``place``, ``depfile``, ``debug_dirs``."""
+    observer records: ``place``, ``depfile``, ``debug_dirs``, ``dated``."""
 
     def __init__(self, cache_dir: Path, ids: FileIds, fingerprint: Callable[[], str], identity: list[str],
                  checks: dict[str, Callable[[str], object]], writers: dict[str, Callable[..., None]]):

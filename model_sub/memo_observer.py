@@ -108,7 +108,7 @@ class Observer:
 
     def wrote(self, *write: object) -> None:
         """An output written: ``("place", path, ref, executable)``, ``("depfile", path, text)``,
-        or a note for the run's end: ``("debug_dirs", count)``."""
+        or a note for the run's end: ``("debug_dirs", count)``, ``("dated", count)``."""
         if (record := self.current) is not None:
             record.writes.append(list(write))
 
