@@ -629,14 +629,15 @@ class Scheduler:
         """Run a node's async work; whatever fails, the node settles with it."""
         try:
             await work
-        except NodeFailed as failure:
-            self._settle_error(node, failure)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
-            self._settle_error(node, self._internal(node.id, exc))
+            self._settle_failure(node, exc)
         finally:
             del self._active[key]
+
+    def _settle_failure(self, node: _Node, exc: Exception) -> None:
+        """The node settles with its failure, or with an internal error naming a bug
+        (cancellation is not an ``Exception``: it goes on up)."""
+        self._settle_error(node, exc if isinstance(exc, NodeFailed) else self._internal(node.id, exc))
 
     def _internal(self, thunk_id: str, exc: BaseException) -> NodeFailed:
         return self._fail(NodeFailed(thunk_id, f"internal error: {type(exc).__name__}: {exc}"))
@@ -650,12 +651,8 @@ class Scheduler:
             while True:
                 try:
                     await self._execute_one(node)
-                except NodeFailed as failure:
-                    self._settle_error(node, failure)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:  # noqa: BLE001 -- a bug fails its node (and says so), not the loop
-                    self._settle_error(node, self._internal(node.id, exc))
+                    self._settle_failure(node, exc)
                 runs += 1
                 if runs >= RUNS_PER_TASK or (next_node := self._next_ready()) is None:
                     return

@@ -79,25 +79,21 @@ class LocalRuns:
         """``gg-infer: note: N compiles read files that name __DATE__ ...``."""
         with self._lock:
             count = self.dated
-        if not count:
-            return None
-        noun = "compile reads" if count == 1 else "compiles read"
-        return (f"gg-infer: note: {count} {noun} files that name __DATE__, __TIME__ or __TIMESTAMP__: "
-                f"as thunks they expand to Jan  1 1970 00:00:00 (the same on every run, so the "
-                f"outputs stay cached) where a plain build writes the time it ran; set "
-                f"SOURCE_DATE_EPOCH for a date of the build's choosing (see docs/model_sub.md)")
+        return _note(count, "compile reads", "compiles read",
+                     "files that name __DATE__, __TIME__ or __TIMESTAMP__: as thunks they expand to "
+                     "Jan  1 1970 00:00:00 (the same on every run, so the outputs stay cached) where a "
+                     "plain build writes the time it ran; set SOURCE_DATE_EPOCH for a date of the "
+                     "build's choosing (see docs/model_sub.md)")
 
     def debug_dir_summary(self) -> str | None:
         """``gg-infer: note: N compiles with -g record their compile directory as "." ...``."""
         with self._lock:
             count = self.relative_debug_dirs
-        if not count:
-            return None
-        noun = "compile" if count == 1 else "compiles"
-        return (f'gg-infer: note: {count} {noun} with debug info record their compile directory '
-                f'(DW_AT_comp_dir) as "." where a plain build records the build directory: the '
-                f'objects are the same in every checkout and differ from a plain build only there; '
-                f'run a debugger from the build directory (see docs/model_sub.md)')
+        return _note(count, "compile", "compiles",
+                     'with debug info record their compile directory (DW_AT_comp_dir) as "." where a '
+                     "plain build records the build directory: the objects are the same in every "
+                     "checkout and differ from a plain build only there; run a debugger from the build "
+                     "directory (see docs/model_sub.md)")
 
     def read_at_once_summary(self, log_hint: str) -> str | None:
         """``gg-infer: N tool calls ran for real, their output read at once by the build: cc xN (see LOG)``."""
@@ -283,3 +279,11 @@ class Forcer:
         if result.returncode != 0:
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
             raise ForceError(lines[-1] if lines else f"gg-force exited with status {result.returncode}")
+
+
+def _note(count: int, one: str, many: str, rest: str) -> str | None:
+    """One closing ``gg-infer: note:`` line counting calls that differ from a plain build
+    by design (None when there are none)."""
+    if not count:
+        return None
+    return f"gg-infer: note: {count} {one if count == 1 else many} {rest}"
