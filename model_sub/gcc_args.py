@@ -27,6 +27,10 @@ SEPARATE = {
 }
 # Options whose argument is joined, or the next word when given alone.
 JOINED_OR_SEPARATE = ("-I", "-D", "-U", "-L", "-l", "-B")
+# Path options gcc also takes with the argument joined (-includeconfig.h, -isystem/opt/x),
+# longest first where one is a prefix of another. (-T is left out: -Ttext= and friends are
+# other linker options.)
+JOINED_PATH_OPTIONS = ("-include", "-imacros", "-iquote", "-isystem", "-idirafter", "-isysroot")
 # Options whose argument is a path to map into the thunk.
 PATH_OPTIONS = {"-I", "-iquote", "-isystem", "-idirafter", "-include", "-imacros", "-isysroot", "-L", "-T",
                 "--sysroot"}
@@ -54,6 +58,14 @@ class Item:
     path: str | None = None  # for a path option: the path; for an input: the file
     joined: bool = False  # path option written as one word (-Ifoo)
     lang: str | None = None  # for an input: the language forced by -x, or None
+
+    @property
+    def option(self) -> str:
+        """The option's name, whether its argument is joined or not (``-include`` for
+        ``-includeconfig.h``)."""
+        if self.joined and self.path is not None:
+            return self.words[0][: len(self.words[0]) - len(self.path)]
+        return self.words[0]
 
 
 @dataclass
@@ -248,6 +260,8 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             value = take()
             kind = "link" if word in ("-T", "-u", "-z", "-e", "--entry") else "opt"
             call.items.append(Item(kind, [word, value], path=value if word in PATH_OPTIONS else None))
+        elif (joined_option := _joined_path_option(word)) is not None:
+            call.items.append(Item("opt", [word], path=word[len(joined_option):], joined=True))
         elif word.startswith("--sysroot="):
             call.items.append(Item("opt", [word], path=word[len("--sysroot="):], joined=True))
         elif word.startswith(JOINED_OR_SEPARATE) and not word.startswith(("-Dump", "-Long")):
@@ -286,6 +300,15 @@ def parse(argv: list[str], cwd: str) -> GccCall:
     if call.mode == "link" and call.wants_depfile() and (len(call.sources) > 1 or not call.output):
         raise Unmodelled("dependency output from a compile-and-link call of several sources")
     return call
+
+
+def _joined_path_option(word: str) -> str | None:
+    """The path option ``word`` starts with, its path joined to it (``-includeconfig.h``),
+    or None (the option alone, with its path in the next word, is a SEPARATE one)."""
+    for option in JOINED_PATH_OPTIONS:
+        if word.startswith(option) and len(word) > len(option):
+            return option
+    return None
 
 
 def default_output(call: GccCall, source: Item) -> str:

@@ -59,17 +59,17 @@ class GccModel:
                 raise Unmodelled(f"${name} is set", label=f"(${name})")
         call = gcc_args.parse(self.argv, self.cwd)
         for item in call.items:
-            if item.words[0].startswith("--sysroot") or item.words[0] == "-isysroot":
+            if item.words[0].startswith("--sysroot") or item.option == "-isysroot":
                 raise Unmodelled("--sysroot/-isysroot")
         for item in call.items:
             if item.kind == "input" and not self.ctx.isfile(os.path.join(self.cwd, item.path or "")):
                 raise Unmodelled(f"input {item.path} does not exist", label="(missing input)")
-            if item.words[0] in ("-include", "-imacros") and item.path and \
+            if item.option in ("-include", "-imacros") and item.path and \
                     not self.ctx.isfile(os.path.join(self.cwd, item.path)):
                 # gcc then looks for it along the "..." include chain; the thunk would
                 # name it by the call's directory and fail to find it
-                raise Unmodelled(f"{item.words[0]} {item.path} is not in the working directory",
-                                 label=f"({item.words[0]} found through the include path)")
+                raise Unmodelled(f"{item.option} {item.path} is not in the working directory",
+                                 label=f"({item.option} found through the include path)")
         self.driver = self.ctx.toolchain.which(self.program or os.path.basename(self.argv[0]))
         if call.mode == "link":
             self._link(call)
@@ -95,7 +95,7 @@ class GccModel:
             return list(item.words)
         mapped = self._map(item.path)
         if spelling is not None:
-            mapped = self._spell(spelling, item.path, mapped, kind=item.words[0])
+            mapped = self._spell(spelling, item.path, mapped, kind=item.option)
         if item.joined:
             return [item.words[0][: len(item.words[0]) - len(item.path)] + mapped]
         return [item.words[0], mapped]

@@ -42,10 +42,11 @@ gcc -c asm.S -o out/obj/asm.o -MD
 gcc -c -x assembler-with-cpp asm.S -o out/obj/asm2.o
 gcc -static -pthread out/obj/main.o out/obj/foo.o -o prog-static
 g++ -x c++ -c main.c -o out/obj/main-cxx.o
+gcc -c -includesrc/foo.h -imacrossrc/foo.h -isystemsrc -iquotesrc -idirafterout main.c -o out/obj/main7.o
 """
 OUTPUTS = ["out/libfoo.so.1.0.0", "out/libfoo2.so", "prog", "prog-static", "out/obj/foo.o", "out/obj/main.o",
            "out/obj/main2.o", "out/obj/main3.o", "out/obj/main4.o", "out/obj/main5.o", "out/obj/main6.o",
-           "out/obj/noext.o", "out/obj/asm.o", "out/obj/asm2.o", "out/obj/main-cxx.o"]
+           "out/obj/noext.o", "out/obj/asm.o", "out/obj/asm2.o", "out/obj/main-cxx.o", "out/obj/main7.o"]
 DEPFILES = ["out/obj/foo.d", "out/obj/main.d", "out/obj/.main2.d", "out/obj/.main5.d", "out/obj/main3.d",
             "out/main6.dep", "out/obj/asm.d"]
 

@@ -28,6 +28,20 @@ def test_compile_with_separate_and_joined_arguments(tmp_path):
     assert ["-plugin"] in [i.words for i in call.items]
 
 
+def test_path_options_with_their_path_joined(tmp_path):
+    """gcc takes -includeFILE, -imacrosFILE, -isystemDIR, -iquoteDIR, -idirafterDIR and
+    -isysrootDIR as one word: each names a path to map (carried verbatim, the file was
+    missing from the thunk); the option alone still takes the next word."""
+    call = parse(["gcc", "-includeconfig.h", "-imacrosm.h", "-isystem/opt/x/include", "-iquoteq", "-idirafterd",
+                  "-isysroot/sr", "-include", "sep.h", "-imultiarch", "x86_64-linux-gnu", "-c", "a.c"],
+                 str(tmp_path))
+    joined = [(item.option, item.path, item.joined) for item in call.items if item.path and item.kind == "opt"]
+    assert joined == [("-include", "config.h", True), ("-imacros", "m.h", True), ("-isystem", "/opt/x/include", True),
+                      ("-iquote", "q", True), ("-idirafter", "d", True), ("-isysroot", "/sr", True),
+                      ("-include", "sep.h", False)]
+    assert ["-imultiarch", "x86_64-linux-gnu"] in [item.words for item in call.items]
+
+
 def test_link_items_keep_their_order_and_response_files_expand(tmp_path):
     (tmp_path / "args.rsp").write_text('main.o "-L lib dir" -lm\n-Wl,--as-needed\n')
     call = parse(["g++", "-o", "prog", "@args.rsp", "-Xlinker", "-z", "-Xlinker", "now", "x.cpp"], str(tmp_path))
