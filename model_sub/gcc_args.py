@@ -155,7 +155,17 @@ def _unmodelled_reason(word: str) -> str | None:
         return word
     if word.startswith("-fopt-info") and "=" in word:  # writes a report file
         return "-fopt-info=FILE"
-    return _link_extra_output(word)
+    return _cxx_modules_option(word) or _link_extra_output(word)
+
+
+def _cxx_modules_option(word: str) -> str | None:
+    """C++ modules (``-fmodules-ts``, ``-fmodule-header``, ``-fmodule-mapper=...``): g++ writes
+    and reads compiled module interfaces (``gcm.cache/NAME.gcm``, or where a mapper says)
+    named by the module declarations in the source, not on the command line — a thunk would
+    leave the ``.gcm`` missing and the importing compile would fail only when forced."""
+    if word.startswith(("-fmodules", "-fmodule-")):
+        return word.partition("=")[0]
+    return None
 
 
 # ld options that write a file (or print) besides the output: the thunk would lose it.
