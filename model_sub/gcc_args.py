@@ -184,6 +184,19 @@ def _link_extra_output(word: str) -> str | None:
     return None
 
 
+def _linker_response_items(ld_words: list[str], cwd: str) -> list[Item]:
+    """``-Wl,@FILE`` / ``-Xlinker @FILE``: ld reads more arguments (objects, archives,
+    options) from FILE. Carried as ``@FILE``, the thunk had neither the file nor the
+    objects it names and the link failed only when forced ("cannot find @FILE"); expanded
+    here (ld and gcc share libiberty's quoting), each word is an ``-Xlinker`` word, so
+    the files are mapped and forced as any other linker input."""
+    words = expand_response_files(ld_words, cwd)
+    for value in words:
+        if value.partition("=")[0] in _LD_EXTRA_OUTPUTS or value.startswith("-Map="):
+            raise Unmodelled(f"linker option {value} writes another output", label=f"-Xlinker {value}")
+    return [Item("link", ["-Xlinker", value]) for value in words]
+
+
 def _is_query(word: str) -> bool:
     """Options that ask the toolchain about itself (no build output): run as they are."""
     if word in ("-###", "--version", "--help", "-dumpmachine", "-dumpversion", "-dumpfullversion", "-dumpspecs"):
@@ -263,7 +276,12 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             value = take()
             if value.partition("=")[0] in _LD_EXTRA_OUTPUTS:
                 raise Unmodelled(f"linker option {value} writes another output", label=f"-Xlinker {value}")
-            call.items.append(Item("link", [word, value]))
+            if value.startswith("@"):
+                call.items.extend(_linker_response_items([value], cwd))
+            else:
+                call.items.append(Item("link", [word, value]))
+        elif word.startswith("-Wl,") and any(part.startswith("@") for part in word.split(",")[1:]):
+            call.items.extend(_linker_response_items(word.split(",")[1:], cwd))
         elif word.startswith("-Wl,"):
             call.items.append(Item("link", [word]))
         elif word in SEPARATE:
