@@ -155,7 +155,17 @@ def _unmodelled_reason(word: str) -> str | None:
         return word
     if word.startswith("-fopt-info") and "=" in word:  # writes a report file
         return "-fopt-info=FILE"
-    return _link_extra_output(word)
+    return _cxx_modules_option(word) or _link_extra_output(word)
+
+
+def _cxx_modules_option(word: str) -> str | None:
+    """C++ modules (``-fmodules-ts``, ``-fmodule-header``, ``-fmodule-mapper=...``): g++ writes
+    and reads compiled module interfaces (``gcm.cache/NAME.gcm``, or where a mapper says)
+    named by the module declarations in the source, not on the command line — a thunk would
+    leave the ``.gcm`` missing and the importing compile would fail only when forced."""
+    if word.startswith(("-fmodules", "-fmodule-")):
+        return word.partition("=")[0]
+    return None
 
 
 # ld options that write a file (or print) besides the output: the thunk would lose it.
@@ -172,6 +182,19 @@ def _link_extra_output(word: str) -> str | None:
         if part.partition("=")[0] in _LD_EXTRA_OUTPUTS or part.startswith("-Map="):
             return f"-Wl,{part.partition('=')[0]}"
     return None
+
+
+def _linker_response_items(ld_words: list[str], cwd: str) -> list[Item]:
+    """``-Wl,@FILE`` / ``-Xlinker @FILE``: ld reads more arguments (objects, archives,
+    options) from FILE. Carried as ``@FILE``, the thunk had neither the file nor the
+    objects it names and the link failed only when forced ("cannot find @FILE"); expanded
+    here (ld and gcc share libiberty's quoting), each word is an ``-Xlinker`` word, so
+    the files are mapped and forced as any other linker input."""
+    words = expand_response_files(ld_words, cwd)
+    for value in words:
+        if value.partition("=")[0] in _LD_EXTRA_OUTPUTS or value.startswith("-Map="):
+            raise Unmodelled(f"linker option {value} writes another output", label=f"-Xlinker {value}")
+    return [Item("link", ["-Xlinker", value]) for value in words]
 
 
 def _is_query(word: str) -> bool:
@@ -253,7 +276,12 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             value = take()
             if value.partition("=")[0] in _LD_EXTRA_OUTPUTS:
                 raise Unmodelled(f"linker option {value} writes another output", label=f"-Xlinker {value}")
-            call.items.append(Item("link", [word, value]))
+            if value.startswith("@"):
+                call.items.extend(_linker_response_items([value], cwd))
+            else:
+                call.items.append(Item("link", [word, value]))
+        elif word.startswith("-Wl,") and any(part.startswith("@") for part in word.split(",")[1:]):
+            call.items.extend(_linker_response_items(word.split(",")[1:], cwd))
         elif word.startswith("-Wl,"):
             call.items.append(Item("link", [word]))
         elif word in SEPARATE:
