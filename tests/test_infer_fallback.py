@@ -31,3 +31,27 @@ def test_unmodelled_calls_behave_like_the_real_tools(tmp_path):
     assert read_placeholder(tmp_path / "x.o") is not None  # the modelled call left a placeholder
     log = (tmp_path / ".gg" / "infer" / "log").read_text()
     assert "real\tgcc\toption -E" in log and "model\tcc" in log
+
+
+LISTING_SCRIPT = """
+set -e
+gcc -O2 -c -Wa,--noexecstack,-adhln=x.lst x.c -o x.o
+gcc -O2 -c -Xassembler -aln=y.lst x.c -o y.o
+gcc -O2 -c -Wa,--noexecstack x.c -o z.o
+"""
+
+
+def test_assembler_options_that_write_a_listing_run_locally(tmp_path):
+    """``-Wa,...,-adhln=FILE`` and ``-Xassembler -aln=FILE`` make ``as`` write a listing
+    besides the object; as a thunk (one output) the listing was silently missing. Such a
+    call runs locally, said in the summary line; ``-Wa,--noexecstack`` alone stays a thunk."""
+    (tmp_path / "x.c").write_text("int f(int x) { return x * 3; }\n")
+    subprocess.run(["sh", "-c", LISTING_SCRIPT], cwd=tmp_path, check=True)
+    plain = {name: (tmp_path / name).read_bytes() for name in ("x.lst", "y.lst", "x.o", "y.o")}
+    for name in plain:
+        (tmp_path / name).unlink()
+    inferred = gg_infer(tmp_path, "sh", "-c", LISTING_SCRIPT)
+    assert inferred.returncode == 0, inferred.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in plain} == plain
+    assert read_placeholder(tmp_path / "z.o") is not None
+    assert "gg-infer: 2 commands ran locally, not as thunks: " in inferred.stderr
