@@ -144,6 +144,9 @@ class GccModel:
         )
         # 2. the stage commands, asked of the driver with checkout-independent arguments,
         # every path spelled so that the compiler prints it as the build wrote it
+        if scan.asm_reads:
+            raise Unmodelled("an .include/.incbin directive: the assembler reads a file the header scan does not list",
+                             label="(assembler .include/.incbin)")
         header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
         if scan.dated and not self.env.get("SOURCE_DATE_EPOCH"):
             self.dated_compiles += 1
