@@ -36,6 +36,11 @@ _BLANKS = re.compile(r"[ \t]+")
 # ran into its output, except under SOURCE_DATE_EPOCH (as every thunk runs: see
 # ModelContext.note_dated). Looked for in the bytes of every file a scan lists.
 DATE_MACROS = re.compile(rb"__(?:DATE|TIME|TIMESTAMP)__")
+# Assembler directives that read a file of their own (`.include "m.s"`, `.incbin "x.bin"`,
+# in a .s/.S file or C's inline asm): the -M scan does not list it, so a thunk would lack it.
+ASSEMBLER_READS = re.compile(rb"\.inc(?:lude|bin)\s+\\?\"")
+# part of every scan key: entries made before ``asm_reads`` was noted are not trusted
+_SCAN_FORMAT = "asm-reads-1"
 
 
 class ScanFailed(Exception):
@@ -47,6 +52,7 @@ class ScanResult:
     files: list[tuple[str, str]]  # (absolute host path, ID), source first
     depfile_text: str | None  # what the user's -MD/-MMD file must contain, if asked
     dated: bool = False  # a file listed names __DATE__, __TIME__ or __TIMESTAMP__
+    asm_reads: bool = False  # a file listed has an .include/.incbin directive (ASSEMBLER_READS)
 
 
 def parse_make_deps(text: str) -> list[str]:
@@ -117,7 +123,7 @@ class DepScanner:
         self.real_path = real_path
         self._lock = threading.Lock()
         self._memo: dict[str, ScanResult] = {}
-        self._dated: dict[str, bool] = {}  # file ID -> whether it names a date macro
+        self._marks: dict[str, tuple[bool, bool]] = {}  # file ID -> (names a date macro, asm reads)
         self._free_scratch: list[str] = []
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
@@ -127,17 +133,18 @@ class DepScanner:
             keep.pop(name, None)
         return keep
 
-    def snapshot(self) -> dict[str, tuple[list[tuple[str, str]], str | None, bool]]:
+    def snapshot(self) -> dict[str, tuple[list[tuple[str, str]], str | None, bool, bool]]:
         """The scans of this run, for the next (as the on-disk cache has them: each is
         used only after every file it lists is checked unchanged)."""
         with self._lock:
-            return {key: (result.files, result.depfile_text, result.dated) for key, result in self._memo.items()}
+            return {key: (result.files, result.depfile_text, result.dated, result.asm_reads)
+                    for key, result in self._memo.items()}
 
-    def seed(self, memo: dict[str, tuple[list[tuple[str, str]], str | None, bool]]) -> None:
+    def seed(self, memo: dict[str, tuple[list[tuple[str, str]], str | None, bool, bool]]) -> None:
         with self._lock:
-            for key, (files, depfile_text, dated) in memo.items():
+            for key, (files, depfile_text, dated, asm_reads) in memo.items():
                 self._memo.setdefault(key, ScanResult([(path, ident) for path, ident in files], depfile_text,
-                                                      bool(dated)))
+                                                      bool(dated), bool(asm_reads)))
 
     def scan(self, argv: list[str], cwd: str, source: str, env: dict[str, str],
              user_depfile: str | None, user_dep_args: list[str], full_deps_in_user_file: bool) -> ScanResult:
@@ -149,12 +156,13 @@ class DepScanner:
         source_path = os.path.join(cwd, source)
         source_id = self._file_id(source_path)
         key = xxhash.xxh3_128_hexdigest("\0".join(
-            [cwd, source_id, str(user_depfile), *argv, "|", *user_dep_args,
+            [_SCAN_FORMAT, cwd, source_id, str(user_depfile), *argv, "|", *user_dep_args,
              *(f"{k}={env.get(k, '')}" for k in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH"))]).encode())
         cached = self._load_valid(key)
         if cached is None:
             cached = self._run_scan(argv, cwd, source, env, user_depfile, user_dep_args, full_deps_in_user_file)
-            self._disk.put(key, {"files": cached.files, "depfile": cached.depfile_text, "dated": cached.dated})
+            self._disk.put(key, {"files": cached.files, "depfile": cached.depfile_text, "dated": cached.dated,
+                                 "asm_reads": cached.asm_reads})
             with self._lock:
                 self._memo[key] = cached
         if user_depfile is not None and cached.depfile_text is not None:
@@ -173,7 +181,8 @@ class DepScanner:
             entry = self._disk.get(key)
             try:
                 result = ScanResult([(str(path), str(ident)) for path, ident in entry["files"]],  # type: ignore[index]
-                                    entry["depfile"], bool(entry["dated"]))  # type: ignore[index]
+                                    entry["depfile"], bool(entry["dated"]),  # type: ignore[index]
+                                    bool(entry["asm_reads"]))  # type: ignore[index]
             except (TypeError, KeyError, ValueError):
                 return None
         for path, ident in result.files:
@@ -218,20 +227,23 @@ class DepScanner:
                 continue
             seen.add(path)
             files.append((path, self._file_id(path)))
-        return ScanResult(files, depfile_text, any(self._names_date(path, ident) for path, ident in files))
+        marks = [self._file_marks(path, ident) for path, ident in files]
+        return ScanResult(files, depfile_text, any(m[0] for m in marks), any(m[1] for m in marks))
 
-    def _names_date(self, path: str, ident: str) -> bool:
+    def _file_marks(self, path: str, ident: str) -> tuple[bool, bool]:
         """Whether the file (``ident``: its content) names a date or time macro, in code
-        or not (a comment, an #if'd-out line: the note says "name"); once per content."""
-        known = self._dated.get(ident)
+        or not (a comment, an #if'd-out line: the note says "name"), and whether it has an
+        assembler directive that reads a file (ASSEMBLER_READS); once per content."""
+        known = self._marks.get(ident)
         if known is None:
             try:
                 with open(path, "rb") as handle:
-                    known = DATE_MACROS.search(handle.read()) is not None
+                    data = handle.read()
+                known = (DATE_MACROS.search(data) is not None, ASSEMBLER_READS.search(data) is not None)
             except OSError:
-                known = False  # gone since it was hashed: the thunk has the content hashed
+                known = (False, False)  # gone since it was hashed: the thunk has the content hashed
             with self._lock:
-                self._dated[ident] = known
+                self._marks[ident] = known
         return known
 
     def _run_dep(self, argv: list[str], source: str, dep_args: list[str], cwd: str, env: dict[str, str],

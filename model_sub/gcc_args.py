@@ -151,8 +151,10 @@ def _unmodelled_reason(word: str) -> str | None:
         return word
     if word.startswith(("-save-temps=", "-fplugin", "-flto=",
                         "-fprofile-generate", "-fprofile-use", "-fdump-", "-fcallgraph-info", "-fstack-usage",
-                        "-specs", "-wrapper", "-B", "-Wa,-a", "-fsanitize")):
+                        "-specs", "-wrapper", "-B", "-fsanitize")):
         return word
+    if word.startswith("-Wa,"):
+        return next(filter(None, map(_assembler_extra_output, word.split(",")[1:])), None)
     if word.startswith("-fopt-info") and "=" in word:  # writes a report file
         return "-fopt-info=FILE"
     return _cxx_modules_option(word) or _link_extra_output(word)
@@ -165,6 +167,19 @@ def _cxx_modules_option(word: str) -> str | None:
     leave the ``.gcm`` missing and the importing compile would fail only when forced."""
     if word.startswith(("-fmodules", "-fmodule-")):
         return word.partition("=")[0]
+    return None
+
+
+def _assembler_extra_output(part: str) -> str | None:
+    """GNU as options that write a file besides the object, which the thunk would lose:
+    a listing ``-a[cdghlmns][=FILE]`` (to FILE, or to stdout) and ``--MD FILE``.
+
+    Any word of ``-Wa,...`` or the value of ``-Xassembler`` may be one; checking only
+    the first word of ``-Wa,`` let ``-Wa,--noexecstack,-adhln=x.lst`` through, and the
+    listing was silently missing after gg-force.
+    """
+    if part.startswith("-a") or part.partition("=")[0] == "--MD":
+        return f"-Wa,{part.partition('=')[0]}"
     return None
 
 
@@ -284,6 +299,8 @@ def parse(argv: list[str], cwd: str) -> GccCall:
             call.items.extend(_linker_response_items(word.split(",")[1:], cwd))
         elif word.startswith("-Wl,"):
             call.items.append(Item("link", [word]))
+        elif word == "-Xassembler" and i < len(words) and (extra := _assembler_extra_output(words[i])):
+            raise Unmodelled(f"assembler option {words[i]} writes another output", label=f"-Xassembler {extra[4:]}")
         elif word in SEPARATE:
             value = take()
             kind = "link" if word in ("-T", "-u", "-z", "-e", "--entry") else "opt"

@@ -144,6 +144,9 @@ class GccModel:
         )
         # 2. the stage commands, asked of the driver with checkout-independent arguments,
         # every path spelled so that the compiler prints it as the build wrote it
+        if scan.asm_reads:
+            raise Unmodelled("an .include/.incbin directive: the assembler reads a file the header scan does not list",
+                             label="(assembler .include/.incbin)")
         header_inputs = {Input(ident, self.ctx.paths.to_thunk(path, "/")) for path, ident in scan.files}
         if scan.dated and not self.env.get("SOURCE_DATE_EPOCH"):
             self.dated_compiles += 1
@@ -159,7 +162,7 @@ class GccModel:
                 args += ["-isystem", self.ctx.paths.to_thunk(directory, "/")]
         user_maps = [w for w in args if w.startswith(USER_MAP_OPTIONS)]
         args += with_user_maps(maps + spelling.extra_maps, user_maps, os.path.normpath(self.cwd))
-        args += [f"-frandom-seed={src_name}", "-S" if call.mode == "assemble" else "-c", *forced, src_word,
+        args += [*_seed_args(args, src_name), "-S" if call.mode == "assemble" else "-c", *forced, src_word,
                  "-o", out_tag]
         stages = self.ctx.driver.compile_stages(self.driver, args, src_word, out_tag, self.env)
         return self._chain(stages, out_tag, header_inputs)
@@ -349,3 +352,20 @@ class GccModel:
         name = self.ctx.paths.to_thunk(host, "/")
         self.ctx.add_file(inputs, host, name)
         return name
+
+
+def _seed_args(args: list[str], src_name: str) -> list[str]:
+    """``-frandom-seed=<source>`` for a thunk, so gcc's randomness is the same on every run.
+
+    Not when the call sets its own seed: the last one counts, so ours would override the
+    build's choice. Not when the call records its switches in the object
+    (``-frecord-gcc-switches``, the ``.GCC.command.line`` section): ours would be recorded
+    too, and every object would differ from a plain build's (found by hand, silently).
+    """
+    if any(w.startswith("-frandom-seed") for w in args):
+        return []
+    records = [w for w in args if w in ("-frecord-gcc-switches", "-fno-record-gcc-switches")]
+    if records and records[-1] == "-frecord-gcc-switches":
+        return []
+    return [f"-frandom-seed={src_name}"]
+

@@ -150,6 +150,10 @@ def test_gcc_hash_hash_hash_quoting():
     (["gcc", "a.o", "-Wl,-Map=x.map"], "-Wl,-Map"),
     (["gcc", "a.o", "-Wl,--as-needed,--print-map"], "-Wl,--print-map"),
     (["gcc", "a.o", "-Xlinker", "--dependency-file=x.d"], "-Xlinker --dependency-file=x.d"),
+    (["gcc", "-c", "a.c", "-Wa,-adhln=a.lst"], "-Wa,-adhln"),
+    (["gcc", "-c", "a.c", "-Wa,--noexecstack,-adhln=a.lst"], "-Wa,-adhln"),
+    (["gcc", "-c", "a.c", "-Wa,--MD,a.d"], "-Wa,--MD"),
+    (["gcc", "-c", "a.c", "-Xassembler", "-al=a.lst"], "-Xassembler -al"),
 ])
 def test_options_that_write_other_outputs_run_locally(tmp_path, argv, label):
     """A thunk has one declared output; an option that writes another file (or prints
